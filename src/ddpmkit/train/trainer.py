@@ -1,0 +1,256 @@
+"""The training loop. It knows nothing about diffusion beyond calling the objective.
+
+Run directory layout: ``config.yaml`` (resolved), ``checkpoints/step_XXXXXXXX.pt``,
+``metrics.jsonl`` (one JSON object per log interval) and ``samples/step_XXXXXXXX.png``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..ema import EMA
+from ..errors import UserError
+from ..timestep_sampling import make_timestep_sampler
+from .build import build_dataset, build_diffusion, build_model, resolve_model_config
+from .checkpoint import (
+    capture_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    restore_rng_state,
+    save_checkpoint,
+    checkpoint_path,
+)
+from .config import ExperimentConfig, config_from_checkpoint, save_config
+from .distributed import DistInfo, all_reduce_mean_, barrier, wrap_ddp
+from .fast import autocast_context, pick_device, use_bf16
+from .metrics import MetricsLogger
+from .objective import DiffusionObjective
+
+__all__ = ["Trainer", "make_optimizer", "lr_at"]
+
+
+def make_optimizer(model: nn.Module, cfg, device: torch.device) -> torch.optim.Optimizer:
+    """Adam (AdamW with weight decay), fused on CUDA and multi-tensor (foreach) elsewhere."""
+    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+    if device.type == "cuda":
+        kwargs["fused"] = True
+    else:
+        kwargs["foreach"] = True
+    cls = torch.optim.AdamW if cfg.weight_decay > 0 else torch.optim.Adam
+    return cls(model.parameters(), **kwargs)
+
+
+def lr_at(step: int, cfg) -> float:
+    """Learning rate at optimizer step ``step`` (0-based): linear warm-up, then constant or cosine."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    """Trains the model an ExperimentConfig describes into ``run_dir``.
+
+    Args:
+        cfg: the experiment (validated).
+        run_dir: where config, checkpoints, metrics and sample grids go.
+        resume: continue from the latest checkpoint in run_dir.
+        dist: this process's place among torchrun processes.
+        progress: show a tqdm bar (main process only).
+    """
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
+                 dist: DistInfo | None = None, progress: bool = True):
+        self.dist = dist or DistInfo()
+        self.run_dir = Path(run_dir)
+        self.progress = progress and self.dist.is_main
+        tc = cfg.train
+        if tc.batch_size % self.dist.world_size:
+            raise UserError(f"batch size {tc.batch_size} is not divisible by the {self.dist.world_size} processes")
+        self.start_step = 0
+        ckpt = None
+        if resume:
+            path = latest_checkpoint(self.run_dir)
+            if path is None:
+                raise UserError(f"nothing to resume: {str(self.run_dir)!r} has no checkpoints")
+            ckpt = load_checkpoint(path)
+            saved = config_from_checkpoint(ckpt["config"])
+            # The run continues with its own config; only the step budget may grow.
+            saved.train.steps = tc.steps
+            cfg = saved
+            tc = cfg.train
+        self.device = pick_device(tc.device, self.dist)
+        if tc.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.dataset = build_dataset(cfg.data, "train", seed=tc.seed)
+        self.cfg = resolve_model_config(cfg, self.dataset)
+        self.images = self.dataset.kind == "image"
+        torch.manual_seed(tc.seed)
+        self.model = build_model(self.cfg.model).to(self.device)
+        if self.images and tc.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.diffusion = build_diffusion(self.cfg.diffusion, images=self.images)
+        self.ema = EMA(self.model, tc.ema_decay, tc.ema_start, tc.ema_every)
+        self.optimizer = make_optimizer(self.model, tc, self.device)
+        self.timesteps = make_timestep_sampler(self.cfg.diffusion.timestep_sampler, self.diffusion.num_timesteps)
+        self.objective = DiffusionObjective(self.diffusion, self.timesteps, self.cfg.diffusion.p_uncond,
+                                            getattr(self.model, "null_class", None))
+        self.generator = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
+        self.bf16 = use_bf16(tc.precision, self.device)
+        if ckpt is not None:
+            self._load(ckpt)
+        self.net = wrap_ddp(self.model, self.dist, self.device)
+        if tc.compile:
+            self.net = torch.compile(self.net)
+        self.logger = MetricsLogger(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main)
+
+    # ------------------------------------------------------------------ state
+    def _load(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        extra = ckpt.get("extra") or {}
+        if "generator" in extra:
+            self.generator.set_state(extra["generator"].cpu() if self.device.type == "cpu" else extra["generator"])
+        if "timesteps" in extra:
+            self.timesteps.load_state_dict(extra["timesteps"])
+        restore_rng_state(ckpt["rng"])
+        self.start_step = int(ckpt["step"])
+
+    def save(self, step: int) -> Path | None:
+        """Write a checkpoint (main process only) and prune old ones."""
+        if not self.dist.is_main:
+            return None
+        path = save_checkpoint(
+            checkpoint_path(self.run_dir, step),
+            step=step,
+            config=self.cfg.to_dict(),
+            model=self.model.state_dict(),
+            ema=self.ema.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            rng=capture_rng_state(),
+            extra={"generator": self.generator.get_state(), "timesteps": self.timesteps.state_dict()},
+        )
+        if self.cfg.train.keep_checkpoints > 0:
+            prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+        return path
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict:
+        """Run until cfg.train.steps; return the last logged metrics."""
+        from ..data import batches
+
+        tc = self.cfg.train
+        if self.dist.is_main:
+            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "samples").mkdir(exist_ok=True)
+            save_config(self.cfg, self.run_dir / "config.yaml")
+        barrier(self.dist)
+        stream = batches(self.dataset, tc.batch_size, seed=tc.seed, start_step=self.start_step,
+                         rank=self.dist.rank, world_size=self.dist.world_size, hflip=self.cfg.data.hflip,
+                         device=self.device)
+        rows = slice(self.dist.rank, None, self.dist.world_size)
+        sample_shape = self.dataset.shape
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=tc.steps, initial=self.start_step, desc="train", dynamic_ncols=True)
+        loss_sum = torch.zeros((), device=self.device)
+        count = 0
+        last: dict = {}
+        tick = time.perf_counter()
+        tick_step = self.start_step
+        self.net.train()
+        for step in range(self.start_step, tc.steps):
+            x0, y = next(stream)
+            if self.images and tc.channels_last:
+                x0 = x0.contiguous(memory_format=torch.channels_last)
+            t, w, noise, drop = self.objective.draw(tc.batch_size, sample_shape, self.device, self.generator)
+            t, w, noise, drop = t[rows], w[rows], noise[rows], drop[rows]
+            if self.images and tc.channels_last:
+                noise = noise.contiguous(memory_format=torch.channels_last)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at(step, tc)
+            with autocast_context(self.device, self.bf16):
+                loss, losses = self.objective(self.net, x0, y, t, w, noise, drop)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            self.optimizer.step()
+            self.ema.update(self.model, step + 1)
+            self._update_timestep_sampler(t, losses)
+            loss_sum += loss.detach()
+            count += 1
+            done = step + 1
+            if bar is not None:
+                bar.update(1)
+            if done % tc.log_every == 0 or done == tc.steps:
+                all_reduce_mean_(loss_sum, self.dist)
+                elapsed = time.perf_counter() - tick
+                last = {
+                    "step": done,
+                    "loss": loss_sum.item() / count,
+                    "lr": lr_at(step, tc),
+                    "images_per_s": (done - tick_step) * tc.batch_size / max(elapsed, 1e-9),
+                    "time": time.time(),
+                }
+                self.logger.log(last)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{last['images_per_s']:.0f}")
+                loss_sum.zero_()
+                count = 0
+                tick, tick_step = time.perf_counter(), done
+            if tc.sample_every and done % tc.sample_every == 0 and done != tc.steps:
+                self.write_grid(done)
+            if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done != tc.steps:
+                self.save(done)
+        if bar is not None:
+            bar.close()
+        if self.start_step < tc.steps or latest_checkpoint(self.run_dir) is None:
+            self.save(tc.steps)
+            if tc.sample_every:
+                self.write_grid(tc.steps)
+        barrier(self.dist)
+        return last
+
+    def _update_timestep_sampler(self, t, losses) -> None:
+        if self.cfg.diffusion.timestep_sampler != "loss_aware":
+            return
+        from .distributed import all_gather_cat
+
+        self.timesteps.update(all_gather_cat(t, self.dist), all_gather_cat(losses, self.dist))
+
+    @torch.no_grad()
+    def write_grid(self, step: int) -> Path | None:
+        """A PNG of EMA samples (main process only); labels cycle through the classes."""
+        if not self.dist.is_main:
+            return None
+        from ..images import save_image_grid, save_points_png, to_uint8
+
+        sc = self.cfg.sample
+        n = self.cfg.train.num_grid_samples
+        model = self.ema.model
+        null = getattr(model, "null_class", None)
+        y = None if null is None else torch.arange(n, device=self.device) % null
+        gen = torch.Generator(device=self.device).manual_seed(1234)
+        with autocast_context(self.device, self.bf16):
+            x = self.diffusion.sample(model, (n, *self.dataset.shape), sampler=sc.grid_sampler, steps=sc.grid_steps,
+                                      y=y, generator=gen, device=self.device)
+        path = self.run_dir / "samples" / f"step_{step:08d}.png"
+        if self.images:
+            save_image_grid(path, to_uint8(x.float()), nrow=int(math.ceil(math.sqrt(n))))
+        else:
+            save_points_png(path, x.float().cpu().numpy())
+        return path
