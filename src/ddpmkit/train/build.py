@@ -19,16 +19,15 @@ def build_dataset(cfg: DataConfig, split: str = "train", seed: int = 0):
     """Load the dataset a data config names (in memory)."""
     from ..data import load_dataset
 
+    if cfg.name == "toy2d":
+        return load_dataset("toy2d", split=split, toy2d=cfg.toy2d, num_samples=cfg.num_samples, seed=seed)
     return load_dataset(
         cfg.name,
         root=cfg.root,
         image_size=cfg.image_size,
         split=split,
-        toy2d=cfg.toy2d,
-        num_samples=cfg.num_samples,
         class_labels=cfg.class_labels,
         channels=cfg.channels,
-        seed=seed,
     )
 
 

@@ -1,0 +1,47 @@
+"""Timestep embeddings: the sinusoidal table of the note (section 4.1) and its MLP."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+__all__ = ["SinusoidalEmbedding", "TimeEmbedding"]
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Transformer-style embedding of timesteps: cat(sin(t * s * f_k), cos(t * s * f_k)), f_k = 10000^(-k/half)."""
+
+    def __init__(self, dim: int, scale: float = 1.0):
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % 2 != 0:
+            raise UserError(f"the sinusoidal embedding size must be a positive even integer, got {dim!r}")
+        self.dim = dim  # embedding width (half sines, half cosines)
+        self.scale = float(scale)  # factor applied to t before the table
+        half = dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float64) / half)
+        # not saved in checkpoints; kept in float32 whatever .to(dtype) does to the module (see forward)
+        self.register_buffer("freqs", freqs.float(), persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """Embed timesteps t of shape [B] (int or float) as a float32 tensor [B, dim]."""
+        args = torch.outer(t.float() * self.scale, self.freqs.float())
+        return torch.cat((args.sin(), args.cos()), dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, scale={self.scale}"
+
+
+class TimeEmbedding(nn.Sequential):
+    """Sinusoidal table followed by Linear, SiLU, Linear (the note's time_mlp)."""
+
+    def __init__(self, base_dim: int, emb_dim: int, scale: float = 1.0):
+        super().__init__(
+            SinusoidalEmbedding(base_dim, scale),  # [B] -> [B, base_dim]
+            nn.Linear(base_dim, emb_dim),
+            nn.SiLU(),
+            nn.Linear(emb_dim, emb_dim),
+        )

@@ -1,0 +1,114 @@
+"""A small residual-MLP denoiser for 2-D toy data."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from .embeddings import TimeEmbedding
+from .unet import check_positive, check_field_types, config_from_dict, config_to_dict
+
+__all__ = ["MLPConfig", "MLPDenoiser"]
+
+
+@dataclass
+class MLPConfig:
+    """Shape of an MLPDenoiser; saved in checkpoints."""
+
+    dim: int = 2  # data dimension
+    hidden: int = 256  # width of the residual blocks
+    depth: int = 4  # number of residual blocks
+    time_emb_dim: int = 128  # size of the sinusoidal timestep table (must be even)
+    time_emb_scale: float = 1.0  # factor applied to t before the sinusoidal table
+    num_classes: int | None = None  # class-conditional with this many classes (+1 null label); None: off
+    out_dim: int | None = None  # output size (None: dim; 2*dim for learned variance)
+
+    def __post_init__(self) -> None:
+        what = "mlp"
+        check_field_types(self, what)
+        for name in ("dim", "hidden", "depth", "time_emb_dim", "out_dim"):
+            check_positive(what, name, getattr(self, name))
+        if self.time_emb_dim % 2 != 0:
+            raise UserError(f"mlp config: time_emb_dim must be even, got {self.time_emb_dim}")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise UserError(f"mlp config: num_classes must be >= 1 or null, got {self.num_classes}")
+        if self.time_emb_scale <= 0:
+            raise UserError(f"mlp config: time_emb_scale must be positive, got {self.time_emb_scale}")
+
+    @property
+    def resolved_out_dim(self) -> int:
+        """Output size with the default filled in."""
+        return self.dim if self.out_dim is None else self.out_dim
+
+    def to_dict(self) -> dict:
+        """Plain dict of the fields."""
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "MLPConfig":
+        """Build from a dict; unknown keys and wrong types raise UserError."""
+        return config_from_dict(cls, d, "mlp")
+
+
+class _Block(nn.Module):
+    """h + Linear(SiLU(Linear(SiLU(LayerNorm(h))) + Linear(cond)))."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.fc1 = nn.Linear(hidden, hidden)
+        self.cond = nn.Linear(hidden, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """h [B, hidden], cond = SiLU(time + class embedding) [B, hidden] -> [B, hidden]."""
+        z = self.fc1(F.silu(self.norm(h))) + self.cond(cond)
+        return h + self.fc2(F.silu(z))
+
+
+class MLPDenoiser(nn.Module):
+    """Residual MLP: model(x [B, dim], t [B], y=None) -> [B, out_dim]."""
+
+    def __init__(self, config: MLPConfig):
+        super().__init__()
+        if not isinstance(config, MLPConfig):
+            raise TypeError(f"MLPDenoiser needs an MLPConfig, got {type(config).__name__}")
+        self.config = config
+        cfg = config
+        # label num_classes is the null ("no class") label of classifier-free guidance
+        self.null_class: int | None = cfg.num_classes
+        self.time_embedding = TimeEmbedding(cfg.time_emb_dim, cfg.hidden, cfg.time_emb_scale)
+        self.class_embedding = (nn.Embedding(cfg.num_classes + 1, cfg.hidden)
+                                if cfg.num_classes is not None else None)
+        self.in_proj = nn.Linear(cfg.dim, cfg.hidden)
+        self.blocks = nn.ModuleList([_Block(cfg.hidden) for _ in range(cfg.depth)])
+        self.out_norm = nn.LayerNorm(cfg.hidden)
+        self.out_proj = nn.Linear(cfg.hidden, cfg.resolved_out_dim)
+        nn.init.zeros_(self.out_proj.weight)  # the net starts by predicting 0
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, dim], t timesteps [B] (int64 or float), y labels [B] (conditional models only)."""
+        if t is None:
+            raise ValueError("time conditioning was specified but t is not passed")
+        if self.null_class is not None and y is None:
+            raise ValueError("class conditioning was specified but y is not passed")
+        if self.null_class is None and y is not None:
+            raise ValueError("y was passed but the model is not class-conditional (num_classes is None)")
+        if not isinstance(t, torch.Tensor):
+            t = torch.full((x.shape[0],), t, device=x.device)
+        elif t.ndim == 0:
+            t = t.expand(x.shape[0])
+        cond = self.time_embedding(t)
+        if self.class_embedding is not None:
+            cond = cond + self.class_embedding(y).to(cond.dtype)
+        cond = F.silu(cond)
+        h = self.in_proj(x)
+        for block in self.blocks:
+            h = block(h, cond)
+        return self.out_proj(F.silu(self.out_norm(h)))

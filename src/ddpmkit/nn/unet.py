@@ -1,0 +1,400 @@
+"""The DDPM UNet of the note (section 4): residual blocks with time and class bias, self-attention."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from .embeddings import TimeEmbedding
+
+__all__ = ["UNetConfig", "UNet", "ResidualBlock", "AttentionBlock", "Downsample", "Upsample", "GroupNorm",
+           "attention", "math_attention"]
+
+C = TypeVar("C")
+
+
+# ----------------------------------------------------------------------------- config helpers
+# (shared with nn/mlp.py: every network config is a typed dataclass checked the same way)
+
+
+def _describe(hint: Any) -> str:
+    """A few words naming what a type hint accepts, for error messages."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return f"{_describe(inner[0])} or null"
+    if origin is tuple:
+        return f"a list of {_describe(args[0]).replace('an ', '').replace('a ', '')}s"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def _coerce(what: str, name: str, value: Any, hint: Any) -> Any:
+    """Check one config value against its type hint; lists become tuples, ints become floats."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    bad = UserError(f"{what} config: {name} must be {_describe(hint)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        try:
+            return _coerce(what, name, value, inner[0])
+        except UserError:
+            raise bad from None
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        try:
+            return tuple(_coerce(what, name, v, args[0]) for v in value)
+        except UserError:
+            raise bad from None
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported config field type {hint!r}")  # a bug in ddpmkit, not the user's
+
+
+def check_field_types(config: Any, what: str) -> None:
+    """Check every field of a config dataclass against its type hint (in place; lists -> tuples)."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = _coerce(what, f.name, getattr(config, f.name), hints[f.name])
+        object.__setattr__(config, f.name, value)
+
+
+def config_to_dict(config: Any) -> dict:
+    """A config dataclass as a plain dict of YAML-safe values (tuples become lists)."""
+    return {
+        f.name: list(v) if isinstance(v := getattr(config, f.name), tuple) else v
+        for f in dataclasses.fields(config)
+    }
+
+
+def config_from_dict(cls: type[C], d: Mapping, what: str) -> C:
+    """Build a config dataclass from a mapping, rejecting unknown keys with a UserError."""
+    if not isinstance(d, Mapping):
+        raise UserError(f"{what} config must be a mapping of keys to values, got {type(d).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in d:
+        if key not in names:
+            raise UserError(f"{what} config: unknown key {key!r} (known keys: {', '.join(names)})")
+    return cls(**d)
+
+
+def check_positive(what: str, name: str, value: int | None) -> None:
+    """UserError unless value is None or a positive integer."""
+    if value is not None and value <= 0:
+        raise UserError(f"{what} config: {name} must be a positive integer, got {value}")
+
+
+# ----------------------------------------------------------------------------- UNetConfig
+
+
+@dataclass
+class UNetConfig:
+    """Shape of a UNet; saved in checkpoints, so sampling needs only the checkpoint."""
+
+    in_channels: int = 3  # image channels (1 grayscale, 3 RGB)
+    base_channels: int = 128  # width of level 0; also the sinusoidal table size (must be even)
+    channel_mults: tuple[int, ...] = (1, 2, 2, 2)  # width of level i = base_channels * channel_mults[i]
+    num_res_blocks: int = 2  # residual blocks per level on the way down (one more on the way up)
+    attention_resolutions: tuple[int, ...] = (16,)  # feature-map sizes (pixels) that get self-attention
+    dropout: float = 0.1  # dropout inside residual blocks, in [0, 1)
+    num_classes: int | None = None  # class-conditional with this many classes (+1 null label); None: off
+    time_emb_scale: float = 1.0  # factor applied to t before the sinusoidal table
+    initial_pad: int = 0  # zero padding added on every side before the net, cropped at the end
+    num_groups: int = 32  # GroupNorm groups; must divide every channel count
+    image_size: int = 32  # input height = width, used to place attention_resolutions on levels
+    out_channels: int | None = None  # output channels (None: in_channels; 2*in for learned variance)
+    time_emb_dim: int | None = None  # width of the time embedding MLP (None: 4 * base_channels)
+    head_channels: int = 64  # channels per attention head (heads = channels // head_channels, >= 1)
+
+    def __post_init__(self) -> None:
+        what = "unet"
+        check_field_types(self, what)
+        for name in ("in_channels", "base_channels", "num_res_blocks", "num_groups", "image_size",
+                     "head_channels", "out_channels", "time_emb_dim"):
+            check_positive(what, name, getattr(self, name))
+        if self.num_classes is not None and self.num_classes < 1:
+            raise UserError(f"unet config: num_classes must be >= 1 or null, got {self.num_classes}")
+        if not self.channel_mults or any(m <= 0 for m in self.channel_mults):
+            raise UserError(f"unet config: channel_mults must be a non-empty list of positive integers, "
+                            f"got {list(self.channel_mults)}")
+        if any(r <= 0 for r in self.attention_resolutions):
+            raise UserError(f"unet config: attention_resolutions must be positive, got {list(self.attention_resolutions)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"unet config: dropout must be in [0, 1), got {self.dropout}")
+        if self.time_emb_scale <= 0:
+            raise UserError(f"unet config: time_emb_scale must be positive, got {self.time_emb_scale}")
+        if self.initial_pad < 0:
+            raise UserError(f"unet config: initial_pad must be >= 0, got {self.initial_pad}")
+        if self.base_channels % 2 != 0:
+            raise UserError(f"unet config: base_channels must be even (sinusoidal table), got {self.base_channels}")
+        for ch in [self.base_channels, *self.level_channels()]:
+            if ch % self.num_groups != 0:
+                raise UserError(f"unet config: num_groups = {self.num_groups} does not divide the channel count {ch}")
+        size = self.image_size + 2 * self.initial_pad
+        factor = 2 ** (len(self.channel_mults) - 1)
+        if size % factor != 0:
+            raise UserError(f"unet config: image_size + 2*initial_pad = {size} must be divisible by {factor} "
+                            f"(2 ** (len(channel_mults) - 1))")
+        levels = self.level_resolutions()
+        for r in self.attention_resolutions:
+            if r not in levels:
+                raise UserError(f"unet config: attention resolution {r} is not the size of any level "
+                                f"(levels: {', '.join(map(str, levels))})")
+        attn_channels = [ch for ch, r in zip(self.level_channels(), levels) if r in self.attention_resolutions]
+        for ch in [*attn_channels, self.level_channels()[-1]]:  # the middle always has attention
+            heads = max(1, ch // self.head_channels)
+            if ch % heads != 0:
+                raise UserError(f"unet config: {ch} channels cannot be split into {heads} attention heads "
+                                f"(head_channels = {self.head_channels})")
+
+    def level_channels(self) -> list[int]:
+        """Channel count of each level."""
+        return [self.base_channels * m for m in self.channel_mults]
+
+    def level_resolutions(self) -> list[int]:
+        """Feature-map size of each level: (image_size + 2*initial_pad) // 2**i."""
+        size = self.image_size + 2 * self.initial_pad
+        return [size // 2**i for i in range(len(self.channel_mults))]
+
+    @property
+    def resolved_out_channels(self) -> int:
+        """Output channels with the default filled in."""
+        return self.in_channels if self.out_channels is None else self.out_channels
+
+    @property
+    def resolved_time_emb_dim(self) -> int:
+        """Time embedding width with the default filled in."""
+        return 4 * self.base_channels if self.time_emb_dim is None else self.time_emb_dim
+
+    def to_dict(self) -> dict:
+        """Plain dict of the fields (lists for tuples), safe for YAML and weights_only checkpoints."""
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "UNetConfig":
+        """Build from a dict; unknown keys and wrong types raise UserError."""
+        return config_from_dict(cls, d, "unet")
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm that avoids PyTorch's slow CPU kernel for bf16/fp16 channels_last input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Same result and memory format as nn.GroupNorm."""
+        if (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
+                and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
+            # that kernel is ~10x slower than two layout copies around the contiguous one (torch 2.x)
+            out = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
+            return out.contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
+# On CPU, PyTorch's fused attention kernels are slower than two batched matrix products for short
+# sequences (its bf16 backward by about 10x); the explicit form's L x L scores are small there.
+_CPU_MATH_ATTENTION_MAX_TOKENS = 256
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over the last two dimensions, written out."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    return scores.softmax(dim=-1).to(v.dtype) @ v
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Multi-head attention [B, heads, L, d] by the fastest kernel for the device and length."""
+    if q.device.type == "cpu" and q.shape[-2] <= _CPU_MATH_ATTENTION_MAX_TOKENS:
+        return math_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the pixels of a feature map, with a residual connection."""
+
+    def __init__(self, channels: int, num_groups: int, head_channels: int):
+        super().__init__()
+        self.heads = max(1, channels // head_channels)  # number of heads
+        self.norm = GroupNorm(num_groups, channels)
+        # a 1x1 convolution over pixels is a Linear over the channel vector of each token
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, H, W] -> x + attention(x), same shape."""
+        b, c, h, w = x.shape
+        # [B, C, H, W] -> [B, HW, C]: a free view when x is channels_last
+        tokens = self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)
+        qkv = self.qkv(tokens).view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each [B, heads, HW, d]
+        out = attention(q, k, v)
+        out = self.proj(out.transpose(1, 2).reshape(b, h * w, c))
+        # back to [B, C, H, W] as a channels_last view (no copy)
+        return x + out.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+class ResidualBlock(nn.Module):
+    """GroupNorm-SiLU-conv, + time (and class) bias, GroupNorm-SiLU-dropout-conv, + skip; then attention."""
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, class_rows: int | None,
+                 dropout: float, num_groups: int, attention: nn.Module | None = None):
+        super().__init__()
+        self.norm1 = GroupNorm(num_groups, in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.time_bias = nn.Linear(emb_dim, out_channels)
+        self.class_bias = nn.Embedding(class_rows, out_channels) if class_rows is not None else None
+        self.norm2 = GroupNorm(num_groups, out_channels)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.attention = attention if attention is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, Cin, H, W], emb = SiLU(time embedding) [B, E], y labels [B] -> [B, Cout, H, W]."""
+        h = self.conv1(F.silu(self.norm1(x)))
+        bias = self.time_bias(emb)
+        if self.class_bias is not None:
+            bias = bias + self.class_bias(y).to(bias.dtype)
+        h = h + bias.to(h.dtype)[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.attention(h + self.skip(x))
+
+
+class Downsample(nn.Module):
+    """Halve height and width with a stride-2 3x3 convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, C, H, W] -> [B, C, H/2, W/2]; emb and y are ignored."""
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double height and width: nearest-neighbour upsampling, then a 3x3 convolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, C, H, W] -> [B, C, 2H, 2W]; emb and y are ignored."""
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+# ----------------------------------------------------------------------------- UNet
+
+
+class UNet(nn.Module):
+    """The DDPM UNet: model(x_t, t, y=None) -> a tensor shaped like x_t (out_channels channels)."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        if not isinstance(config, UNetConfig):
+            raise TypeError(f"UNet needs a UNetConfig, got {type(config).__name__}")
+        self.config = config
+        cfg = config
+        # label num_classes is the null ("no class") label of classifier-free guidance
+        self.null_class: int | None = cfg.num_classes
+        class_rows = None if cfg.num_classes is None else cfg.num_classes + 1
+        emb_dim = cfg.resolved_time_emb_dim
+        self.time_embedding = TimeEmbedding(cfg.base_channels, emb_dim, cfg.time_emb_scale)
+        self.init_conv = nn.Conv2d(cfg.in_channels, cfg.base_channels, 3, padding=1)
+
+        def block(cin: int, cout: int, attend: bool) -> ResidualBlock:
+            attn = AttentionBlock(cout, cfg.num_groups, cfg.head_channels) if attend else None
+            return ResidualBlock(cin, cout, emb_dim, class_rows, cfg.dropout, cfg.num_groups, attn)
+
+        resolutions = cfg.level_resolutions()
+        last = len(cfg.channel_mults) - 1
+        self.downs = nn.ModuleList()
+        skip_channels = [cfg.base_channels]
+        ch = cfg.base_channels
+        for i, out in enumerate(cfg.level_channels()):
+            attend = resolutions[i] in cfg.attention_resolutions
+            for _ in range(cfg.num_res_blocks):
+                self.downs.append(block(ch, out, attend))
+                ch = out
+                skip_channels.append(ch)
+            if i != last:
+                self.downs.append(Downsample(ch))
+                skip_channels.append(ch)
+
+        self.middle = nn.ModuleList([block(ch, ch, True), block(ch, ch, False)])
+
+        self.ups = nn.ModuleList()
+        for i in reversed(range(len(cfg.channel_mults))):
+            out = cfg.level_channels()[i]
+            attend = resolutions[i] in cfg.attention_resolutions
+            for _ in range(cfg.num_res_blocks + 1):
+                self.ups.append(block(ch + skip_channels.pop(), out, attend))
+                ch = out
+            if i != 0:
+                self.ups.append(Upsample(ch))
+        assert not skip_channels  # every skip is consumed
+
+        self.out_norm = GroupNorm(cfg.num_groups, ch)
+        self.out_conv = nn.Conv2d(ch, cfg.resolved_out_channels, 3, padding=1)
+        nn.init.zeros_(self.out_conv.weight)  # the net starts by predicting 0
+        nn.init.zeros_(self.out_conv.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, C, H, W], t timesteps [B] (int64 or float), y labels [B] (conditional models only)."""
+        if t is None:
+            raise ValueError("time conditioning was specified but t is not passed")
+        if self.null_class is not None and y is None:
+            raise ValueError("class conditioning was specified but y is not passed")
+        if self.null_class is None and y is not None:
+            raise ValueError("y was passed but the model is not class-conditional (num_classes is None)")
+        if not isinstance(t, torch.Tensor):
+            t = torch.full((x.shape[0],), t, device=x.device)
+        elif t.ndim == 0:
+            t = t.expand(x.shape[0])
+        ip = self.config.initial_pad
+        if ip:
+            x = F.pad(x, (ip, ip, ip, ip))
+
+        emb = F.silu(self.time_embedding(t))  # every block applies SiLU first: do it once
+        h = self.init_conv(x)
+        skips = [h]
+        for layer in self.downs:
+            h = layer(h, emb, y)
+            skips.append(h)
+        for layer in self.middle:
+            h = layer(h, emb, y)
+        for layer in self.ups:
+            if isinstance(layer, ResidualBlock):
+                h = torch.cat([h, skips.pop()], dim=1)
+            h = layer(h, emb, y)
+        h = self.out_conv(F.silu(self.out_norm(h)))
+        if ip:
+            h = h[:, :, ip:-ip, ip:-ip]
+        return h

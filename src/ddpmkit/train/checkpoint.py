@@ -1,0 +1,282 @@
+"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)``, never unpickled.
+
+A checkpoint is a dict of tensors and plain Python values only::
+
+    format     "ddpmkit-checkpoint"
+    version    1
+    step       optimizer steps done
+    config     the resolved config as a plain dict
+    model      state dict of the live model
+    ema        state dict of the EMA model, or None
+    optimizer  optimizer state dict, or None
+    rng        RNG states as tensors / plain values (torch CPU, CUDA, Python, NumPy, + the caller's)
+    extra      dict of anything else plain
+
+A run directory keeps them as ``checkpoints/step_00001000.pt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import pickle
+import warnings
+import random
+import re
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..ema import EMA, unwrap_model
+from ..errors import UserError
+
+FORMAT = "ddpmkit-checkpoint"
+VERSION = 1
+REQUIRED_KEYS = ("step", "config", "model", "ema", "optimizer", "rng", "extra")
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    """The checkpoint after ``step`` optimizer steps: run_dir/checkpoints/step_XXXXXXXX.pt."""
+    return Path(run_dir) / "checkpoints" / f"step_{int(step):08d}.pt"
+
+
+def _step_files(folder: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every step_N.pt file in ``folder``, sorted by step."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in folder.iterdir():
+        match = _STEP_FILE.match(entry.name)
+        if match and entry.is_file():
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoints of a run, oldest (lowest step) first."""
+    return [p for _, p in _step_files(Path(run_dir) / "checkpoints")]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The run's checkpoint with the highest step, or None when it has none."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
+    """A checkpoint file -> itself; a run directory (or its checkpoints/) -> its latest checkpoint."""
+    path = Path(run_or_checkpoint)
+    if not path.exists():
+        raise UserError(f"no such run directory or checkpoint: {path}")
+    if path.is_file():
+        return path
+    if path.is_dir():
+        latest = latest_checkpoint(path)
+        if latest is None:
+            inside = _step_files(path)  # the checkpoints/ folder itself
+            latest = inside[-1][1] if inside else None
+        if latest is None:
+            raise UserError(f"run directory has no checkpoints (no checkpoints/step_*.pt): {path}")
+        return latest
+    raise UserError(f"not a file or directory: {path}")
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints of a run; return the deleted paths."""
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise UserError(f"number of checkpoints to keep must be an integer >= 1, got {keep!r}")
+    found = list_checkpoints(run_dir)
+    doomed = found[:-keep]
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed
+
+
+# --------------------------------------------------------------------------- RNG
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Global RNG states: torch CPU, CUDA (every device, when available), Python and NumPy."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "kind": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`capture_rng_state` captured; keys it does not know are ignored."""
+    try:
+        if "torch" in state:
+            torch.set_rng_state(state["torch"].cpu())
+        if "cuda" in state and torch.cuda.is_available():
+            cuda = [t.cpu() for t in state["cuda"]][: torch.cuda.device_count()]
+            for index, t in enumerate(cuda):
+                torch.cuda.set_rng_state(t, index)
+        if "python" in state:
+            version, internal, gauss = state["python"]
+            random.setstate((version, tuple(internal), gauss))
+        if "numpy" in state:
+            s = state["numpy"]
+            keys = s["keys"].cpu().numpy().astype(np.uint32)
+            np.random.set_state((s["kind"], keys, s["pos"], s["has_gauss"], s["cached_gaussian"]))
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise UserError(f"checkpoint RNG state is malformed ({type(exc).__name__}: {exc})") from None
+
+
+# --------------------------------------------------------------------------- save
+
+
+def _to_plain(value: Any, where: str) -> Any:
+    """Turn dataclasses, Paths and enums into plain values; refuse anything weights_only cannot load."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _to_plain(getattr(value, f.name), f"{where}.{f.name}")
+            for f in dataclasses.fields(value)
+        }
+    if isinstance(value, enum.Enum):
+        return _to_plain(value.value, where)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {key: _to_plain(v, f"{where}.{key}") for key, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_to_plain(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, list):
+        return [_to_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (torch.dtype, torch.device, torch.Size)):
+        return value
+    kind = type(value).__name__
+    raise TypeError(f"checkpoint entry {where} has type {kind}, which is not a plain value")
+
+
+def _state_of(obj: Any, where: str) -> Any:
+    """A state dict from a module / EMA / optimizer, or the mapping itself; None stays None."""
+    if obj is None:
+        return None
+    if isinstance(obj, nn.Module):
+        return unwrap_model(obj).state_dict()
+    if isinstance(obj, (EMA, torch.optim.Optimizer)) or hasattr(obj, "state_dict"):
+        return obj.state_dict()
+    if isinstance(obj, Mapping):
+        return obj
+    raise TypeError(f"checkpoint entry {where} must be a module, optimizer, EMA or state dict")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable by syncing its directory (best effort; not possible on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """torch.save to a temp file in the same directory, fsync, then os.replace onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    step: int,
+    config: Any,
+    model: nn.Module | Mapping[str, Any],
+    ema: EMA | Mapping[str, Any] | None,
+    optimizer: torch.optim.Optimizer | Mapping[str, Any] | None,
+    rng: Mapping[str, Any] | None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically; ``rng`` entries add to (and override) the global RNG states."""
+    ckpt = {
+        "format": FORMAT,
+        "version": VERSION,
+        "step": int(step),
+        "config": _to_plain(config if config is not None else {}, "config"),
+        "model": _state_of(model, "model"),
+        "ema": _state_of(ema, "ema"),
+        "optimizer": _state_of(optimizer, "optimizer"),
+        "rng": _to_plain({**capture_rng_state(), **dict(rng or {})}, "rng"),
+        "extra": _to_plain(dict(extra or {}), "extra"),
+    }
+    return atomic_torch_save(ckpt, path)
+
+
+# --------------------------------------------------------------------------- load
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint (a file, or a run directory's latest) with weights_only=True."""
+    path = resolve_checkpoint(path)
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: we report one line
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" in str(exc):
+            raise UserError(
+                f"refused to load unsafe content: {path} is not a ddpmkit checkpoint "
+                "(it asks to import or run code)"
+            ) from None
+        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt)") from None
+    except (PermissionError, IsADirectoryError) as exc:
+        raise UserError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+    except Exception:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt)") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"{path} is not a ddpmkit checkpoint (no format: {FORMAT!r} entry)")
+    version = ckpt.get("version")
+    if version != VERSION:
+        raise UserError(
+            f"{path} has checkpoint version {version!r}; this ddpmkit reads version {VERSION}"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in ckpt]
+    if missing:
+        raise UserError(f"{path} is not a complete ddpmkit checkpoint (missing: {', '.join(missing)})")
+    if not isinstance(ckpt["model"], Mapping) or not isinstance(ckpt["step"], int):
+        raise UserError(f"{path} is not a readable checkpoint (malformed model or step entry)")
+    return ckpt

@@ -1,0 +1,24 @@
+"""Shared fixtures: a tiny config for fast end-to-end runs."""
+
+import pytest
+import torch
+import yaml
+
+torch.set_num_threads(2)
+
+TINY_DIGITS = {
+    "model": {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_resolutions": [4],
+              "num_groups": 8, "dropout": 0.0},
+    "diffusion": {"timesteps": 50},
+    "train": {"steps": 4, "batch_size": 16, "log_every": 2, "sample_every": 0, "checkpoint_every": 2,
+              "warmup_steps": 0, "ema_start": 0, "num_grid_samples": 4, "precision": "fp32"},
+    "sample": {"sampler": "ddpm", "grid_steps": 5},
+}
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A YAML file that shrinks the digits preset to seconds."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY_DIGITS))
+    return path

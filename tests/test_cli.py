@@ -1,0 +1,195 @@
+"""The command line end to end on tiny runs, and every bad input of the contract:
+one `error:` line, exit code 2, no traceback, nothing overwritten or executed."""
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ddpmkit.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A digits run trained for 4 steps with a tiny network."""
+    from conftest import TINY_DIGITS
+
+    root = tmp_path_factory.mktemp("cli")
+    cfg = root / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY_DIGITS))
+    out = root / "run"
+    assert main(["train", "--preset", "digits", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_train_writes_the_run_directory(run_dir):
+    assert (run_dir / "config.yaml").is_file()
+    ckpts = sorted((run_dir / "checkpoints").glob("*.pt"))
+    assert [p.name for p in ckpts] == ["step_00000002.pt", "step_00000004.pt"]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and '"images_per_s"' in lines[0]
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["model"]["num_classes"] == 10 and cfg["model"]["in_channels"] == 1
+
+
+def test_sample_npz_and_grid(run_dir, tmp_path, capsys):
+    npz, png = tmp_path / "s.npz", tmp_path / "g.png"
+    code = main(["sample", str(run_dir), "--num", "13", "--labels", "all", "--steps", "5", "--batch-size", "5",
+                 "--out", str(npz), "--out", str(png), "--no-progress"])
+    assert code == 0
+    data = np.load(npz)
+    assert data["images"].dtype == np.uint8 and data["images"].shape == (13, 8, 8, 1)
+    assert data["labels"].dtype == np.int64
+    np.testing.assert_array_equal(data["labels"], np.arange(13) % 10)
+    assert png.stat().st_size > 0
+
+
+def test_samples_do_not_depend_on_batch_size(run_dir, tmp_path):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    common = ["--num", "6", "--labels", "3", "--sampler", "ddim", "--steps", "4", "--seed", "7", "--no-progress"]
+    assert main(["sample", str(run_dir), *common, "--batch-size", "6", "--out", str(a)]) == 0
+    assert main(["sample", str(run_dir), *common, "--batch-size", "4", "--out", str(b)]) == 0
+    np.testing.assert_array_equal(np.load(a)["images"], np.load(b)["images"])
+
+
+def test_sample_with_guidance_and_trajectory(run_dir, tmp_path):
+    out, traj = tmp_path / "g.npz", tmp_path / "traj.png"
+    assert main(["sample", str(run_dir), "--num", "4", "--labels", "0,1", "--guidance", "2.0", "--sampler", "dpm++2m",
+                 "--steps", "5", "--out", str(out), "--trajectory", str(traj), "--no-progress"]) == 0
+    assert traj.stat().st_size > 0
+    np.testing.assert_array_equal(np.load(out)["labels"], [0, 1, 0, 1])
+
+
+def test_info_and_eval(run_dir, tmp_path, capsys):
+    assert main(["info", str(run_dir)]) == 0
+    assert "step         4 of 4" in capsys.readouterr().out
+    out = tmp_path / "bpd.json"
+    assert main(["eval", str(run_dir), "--metric", "bpd", "--num", "8", "--out", str(out), "--no-progress"]) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    assert result["num"] == 8 and result["bpd"] > 0 and result["stderr"] >= 0
+
+
+def test_resume_continues_the_step_count(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    assert main(["train", "--out", str(copy), "--resume", "--steps", "6", "--no-progress"]) == 0
+    assert (copy / "checkpoints" / "step_00000006.pt").is_file()
+
+
+# ---------------------------------------------------------------------- bad input
+def run_cli(*args, cwd=None):
+    """Run the real console entry point in a subprocess; return (code, stderr)."""
+    proc = subprocess.run([sys.executable, "-m", "ddpmkit", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+    return proc.returncode, proc.stderr
+
+
+def assert_user_error(code, err, *words):
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_missing_data_directory(tmp_path):
+    code, err = run_cli("train", "--preset", "folder", "--data", tmp_path / "nope", "--out", tmp_path / "r")
+    assert_user_error(code, err, "nope")
+    assert not (tmp_path / "r").exists()
+
+
+def test_empty_data_directory(tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, err = run_cli("train", "--preset", "folder", "--data", tmp_path / "empty", "--out", tmp_path / "r")
+    assert_user_error(code, err, "empty")
+
+
+def test_corrupt_image_file(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    code, err = run_cli("train", "--preset", "folder", "--data", d, "--out", tmp_path / "r")
+    assert_user_error(code, err, "broken.png")
+
+
+@pytest.mark.parametrize("bad,word", [
+    ({"train": {"stepz": 3}}, "train.stepz"),
+    ({"train": {"steps": "many"}}, "train.steps"),
+    ({"model": {"base_chanels": 8}}, "base_chanels"),
+    ({"diffusion": {"variance": "huge"}}, "diffusion.variance"),
+    ({"optimizer": {}}, "optimizer"),
+])
+def test_bad_config(tmp_path, bad, word):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump(bad))
+    code, err = run_cli("train", "--preset", "digits", "--config", cfg, "--out", tmp_path / "r")
+    assert_user_error(code, err, word)
+
+
+def test_not_a_checkpoint_and_truncated(run_dir, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(200))
+    assert_user_error(*run_cli("sample", junk, "--out", tmp_path / "s.npz"), "junk.pt")
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(2)}, plain)
+    assert_user_error(*run_cli("info", plain), "plain.pt")
+    real = sorted((run_dir / "checkpoints").glob("*.pt"))[-1].read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(real[: len(real) // 2])
+    assert_user_error(*run_cli("sample", cut, "--out", tmp_path / "s.npz"), "cut.pt")
+    assert not (tmp_path / "s.npz").exists()
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_is_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"format": "ddpmkit-checkpoint", "model": _Evil(str(marker))}, f)
+    code, err = run_cli("sample", evil, "--out", tmp_path / "s.npz")
+    assert_user_error(code, err, "evil.pt")
+    assert not marker.exists()
+
+
+def test_labels_out_of_range_and_negative_num(run_dir, tmp_path):
+    assert_user_error(*run_cli("sample", run_dir, "--labels", "10", "--out", tmp_path / "s.npz"), "10")
+    assert_user_error(*run_cli("sample", run_dir, "--labels", "x", "--out", tmp_path / "s.npz"), "labels")
+    assert_user_error(*run_cli("sample", run_dir, "--num", "-5", "--out", tmp_path / "s.npz"), "-5")
+    assert not (tmp_path / "s.npz").exists()
+
+
+def test_existing_output_is_not_overwritten(run_dir, tmp_path):
+    out = tmp_path / "s.npz"
+    out.write_bytes(b"precious")
+    assert_user_error(*run_cli("sample", run_dir, "--num", "2", "--out", out), "exists")
+    assert out.read_bytes() == b"precious"
+
+
+def test_existing_run_is_not_overwritten(run_dir):
+    before = {p.name: p.stat().st_mtime_ns for p in (run_dir / "checkpoints").glob("*.pt")}
+    code, err = run_cli("train", "--preset", "digits", "--out", run_dir)
+    assert_user_error(code, err, "--resume")
+    after = {p.name: p.stat().st_mtime_ns for p in (run_dir / "checkpoints").glob("*.pt")}
+    assert before == after
+
+
+def test_missing_run(tmp_path):
+    assert_user_error(*run_cli("info", tmp_path / "nothing"), "nothing")

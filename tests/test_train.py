@@ -1,0 +1,117 @@
+"""The trainer: resume equality, the learning-rate schedule, config loading, bf16 vs fp32 steps."""
+
+import copy
+
+import pytest
+import torch
+
+from ddpmkit import UserError
+from ddpmkit.train.config import ExperimentConfig, TrainConfig, from_dict, load_config
+from ddpmkit.train.trainer import Trainer, lr_at
+
+
+def tiny_cfg(steps: int, **train):
+    from conftest import TINY_DIGITS
+
+    over = copy.deepcopy(TINY_DIGITS)
+    over["model"]["dropout"] = 0.1  # exercises the global RNG across a resume
+    over["train"].update(steps=steps, deterministic=True, **train)
+    return load_config("digits", overrides=over)
+
+
+def state(trainer):
+    return {
+        "model": {k: v.clone() for k, v in trainer.model.state_dict().items()},
+        "ema": {k: v.clone() for k, v in trainer.ema.state_dict().items()},
+    }
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    # a constant learning rate: a cosine schedule depends on the total number of steps
+    straight = Trainer(tiny_cfg(6, lr_schedule="constant"), tmp_path / "a", progress=False)
+    straight.train()
+    first = Trainer(tiny_cfg(3, lr_schedule="constant"), tmp_path / "b", progress=False)
+    first.train()
+    resumed = Trainer(tiny_cfg(6, lr_schedule="constant"), tmp_path / "b", resume=True, progress=False)
+    assert resumed.start_step == 3
+    resumed.train()
+    a, b = state(straight), state(resumed)
+    for part in ("model", "ema"):
+        for k in a[part]:
+            torch.testing.assert_close(a[part][k], b[part][k], rtol=0, atol=0, msg=f"{part}.{k}")
+    # and the optimizer moments too
+    sa, sb = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    for k in sa:
+        torch.testing.assert_close(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"], rtol=0, atol=0)
+
+
+def test_resume_without_checkpoints_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="nothing to resume"):
+        Trainer(tiny_cfg(2), tmp_path / "none", resume=True, progress=False)
+
+
+def test_training_reduces_the_loss(tmp_path):
+    cfg = tiny_cfg(60, lr=2e-3, log_every=20)
+    cfg.diffusion.timesteps = 50
+    trainer = Trainer(cfg, tmp_path / "r", progress=False)
+    trainer.train()
+    from ddpmkit.train.metrics import read_metrics
+
+    losses = [m["loss"] for m in read_metrics(tmp_path / "r" / "metrics.jsonl")]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_lr_warmup_then_cosine():
+    tc = TrainConfig(steps=110, lr=1.0, warmup_steps=10, lr_schedule="cosine", min_lr_ratio=0.1)
+    assert lr_at(0, tc) == pytest.approx(0.1)
+    assert lr_at(9, tc) == pytest.approx(1.0)
+    assert lr_at(10, tc) == pytest.approx(1.0)
+    assert lr_at(60, tc) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_at(110, tc) == pytest.approx(0.1)
+    const = TrainConfig(lr=0.5)
+    assert lr_at(1000, const) == 0.5
+
+
+def test_config_is_strict_and_round_trips():
+    cfg = load_config("digits")
+    again = from_dict(ExperimentConfig, cfg.to_dict())
+    assert again == cfg
+    with pytest.raises(UserError, match="train.nope"):
+        load_config("digits", overrides={"train": {"nope": 1}})
+    with pytest.raises(UserError, match="train.batch_size"):
+        load_config("digits", overrides={"train": {"batch_size": 1.5}})
+    with pytest.raises(UserError, match="data.hflip"):
+        load_config("digits", overrides={"data": {"hflip": "yes"}})
+    with pytest.raises(UserError, match="unknown preset"):
+        load_config("imagenet")
+
+
+def test_toy2d_preset_names_the_distribution():
+    cfg = load_config("toy2d-moons")
+    assert cfg.data.toy2d == "moons" and cfg.model.kind == "mlp"
+
+
+def test_bad_model_field_is_caught_before_training(tmp_path):
+    cfg = tiny_cfg(2)
+    cfg.model.params["num_groups"] = 7  # does not divide 16
+    with pytest.raises(UserError):
+        Trainer(cfg, tmp_path / "r", progress=False)
+
+
+def test_bf16_step_agrees_with_fp32(tmp_path):
+    """One training step's loss under bf16 autocast is within bf16 precision of fp32."""
+    from ddpmkit.train.fast import autocast_context
+
+    trainer = Trainer(tiny_cfg(1), tmp_path / "r", progress=False)
+    torch.manual_seed(0)
+    x0 = torch.rand(8, 1, 8, 8) * 2 - 1
+    y = torch.arange(8) % 10
+    t, w, noise, drop = trainer.objective.draw(8, (1, 8, 8), torch.device("cpu"), torch.Generator().manual_seed(0))
+    # give the zero-initialised output a signal so the comparison means something
+    torch.nn.init.normal_(trainer.model.out_conv.weight, std=0.1) if hasattr(trainer.model, "out_conv") else None
+    trainer.model.eval()
+    fp32, _ = trainer.objective(trainer.model, x0, y, t, w, noise, drop)
+    with autocast_context(torch.device("cpu"), True):
+        bf16, _ = trainer.objective(trainer.model, x0, y, t, w, noise, drop)
+    assert bf16.dtype == torch.float32
+    assert bf16.item() == pytest.approx(fp32.item(), rel=0.03)
