@@ -107,6 +107,7 @@ class Trainer:
                                             getattr(self.model, "null_class", None))
         self.generator = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
         self.bf16 = use_bf16(tc.precision, self.device)
+        self.step = 0  # optimizer steps done; train_step advances it
         if ckpt is not None:
             self._load(ckpt)
         self.net = wrap_ddp(self.model, self.dist, self.device)
@@ -125,7 +126,7 @@ class Trainer:
         if "timesteps" in extra:
             self.timesteps.load_state_dict(extra["timesteps"])
         restore_rng_state(ckpt["rng"])
-        self.start_step = int(ckpt["step"])
+        self.start_step = self.step = int(ckpt["step"])
 
     def save(self, step: int) -> Path | None:
         """Write a checkpoint (main process only) and prune old ones."""
@@ -159,8 +160,6 @@ class Trainer:
         stream = batches(self.dataset, tc.batch_size, seed=tc.seed, start_step=self.start_step,
                          rank=self.dist.rank, world_size=self.dist.world_size, hflip=self.cfg.data.hflip,
                          device=self.device)
-        rows = slice(self.dist.rank, None, self.dist.world_size)
-        sample_shape = self.dataset.shape
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
@@ -171,27 +170,12 @@ class Trainer:
         last: dict = {}
         tick = time.perf_counter()
         tick_step = self.start_step
+        self.step = self.start_step
         self.net.train()
         for step in range(self.start_step, tc.steps):
             x0, y = next(stream)
-            if self.images and tc.channels_last:
-                x0 = x0.contiguous(memory_format=torch.channels_last)
-            t, w, noise, drop = self.objective.draw(tc.batch_size, sample_shape, self.device, self.generator)
-            t, w, noise, drop = t[rows], w[rows], noise[rows], drop[rows]
-            if self.images and tc.channels_last:
-                noise = noise.contiguous(memory_format=torch.channels_last)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr_at(step, tc)
-            with autocast_context(self.device, self.bf16):
-                loss, losses = self.objective(self.net, x0, y, t, w, noise, drop)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-            self.optimizer.step()
-            self.ema.update(self.model, step + 1)
-            self._update_timestep_sampler(t, losses)
-            loss_sum += loss.detach()
+            loss = self.train_step(x0, y)
+            loss_sum += loss
             count += 1
             done = step + 1
             if bar is not None:
@@ -224,6 +208,34 @@ class Trainer:
                 self.write_grid(tc.steps)
         barrier(self.dist)
         return last
+
+    def train_step(self, x0: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """One optimizer step on this process's rows (x0, y) of the global batch; returns the loss.
+
+        Draws t and noise for the whole global batch and keeps this rank's rows (rank::world_size),
+        so 1 and N processes compute the same step. Advances ``self.step``; no host sync.
+        """
+        tc = self.cfg.train
+        step = self.step
+        rows = slice(self.dist.rank, None, self.dist.world_size)
+        t, w, noise, drop = self.objective.draw(tc.batch_size, self.dataset.shape, self.device, self.generator)
+        t, w, noise, drop = t[rows], w[rows], noise[rows], drop[rows]
+        if self.images and tc.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+            noise = noise.contiguous(memory_format=torch.channels_last)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(step, tc)
+        with autocast_context(self.device, self.bf16):
+            loss, losses = self.objective(self.net, x0, y, t, w, noise, drop)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.optimizer.step()
+        self.ema.update(self.model, step + 1)
+        self._update_timestep_sampler(t, losses)
+        self.step = step + 1
+        return loss.detach()
 
     def _update_timestep_sampler(self, t, losses) -> None:
         if self.cfg.diffusion.timestep_sampler != "loss_aware":

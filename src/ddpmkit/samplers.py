@@ -1,0 +1,419 @@
+"""Samplers over a denoiser: ancestral DDPM, DDIM, DPM-Solver++, and the choice of sampling timesteps.
+
+Every sampler is a plain function ``sampler(denoiser, x_T, timesteps, alphas_cumprod, *,
+generator=None, callback=None, **opts) -> x_0`` (the k-diffusion style). ``denoiser(x_t, t)``
+returns a :class:`Denoised` for int64 timesteps ``t`` of shape [B] (indices of the original
+schedule); it is the only way a sampler sees the network, so guidance, clipping and the
+prediction type (eps, x0 or v) all live in the caller's closure.
+
+``timesteps`` is the explicit, strictly decreasing array of kept indices (see
+:func:`sampling_timesteps`). Sampling makes one network call per kept index, from the first
+(largest) down to the last, then one final step into clean data (alpha-bar = 1): the returned
+sample is the predicted x0 of the last call. Coefficients are computed once in float64 on the
+host and applied as Python floats, so ``x`` may be float32 or float64 on any device.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Literal, NamedTuple, Sequence, get_args
+
+import torch
+from torch import Tensor
+
+from .errors import UserError
+from .schedules import StepCoefficients, step_coefficients
+
+__all__ = [
+    "Denoised",
+    "Denoiser",
+    "Spacing",
+    "Variance",
+    "sampling_timesteps",
+    "randn",
+    "ddpm_sample",
+    "ddim_sample",
+    "ddim_invert",
+    "dpmpp_2m_sample",
+    "dpmpp_3m_sample",
+    "SAMPLERS",
+    "DEFAULT_SPACING",
+]
+
+
+class Denoised(NamedTuple):
+    """What a denoiser returns for x_t at timestep t."""
+
+    x0: Tensor  # predicted clean data at this x_t (already clipped when clipping is on)
+    eps: Tensor  # noise consistent with x0: (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)
+    var_frac: Tensor | None  # learned-range variance interpolation in [0, 1] (improved DDPM eq. 15)
+
+
+Denoiser = Callable[[Tensor, Tensor], Denoised]
+Callback = Callable[[int, int, Tensor, Denoised], None]  # (step i, timestep t, x_t, denoised)
+Generator = torch.Generator | Sequence[torch.Generator] | None
+
+Spacing = Literal["linspace", "leading", "trailing", "quadratic", "logsnr"]
+Variance = Literal["fixed_large", "fixed_small", "learned_range"]
+
+
+# --------------------------------------------------------------------------- timesteps
+def sampling_timesteps(
+    num_timesteps: int,
+    steps: int,
+    spacing: Spacing = "linspace",
+    alphas_cumprod: Tensor | None = None,
+) -> Tensor:
+    """The kept timesteps of a ``steps``-call sampler, strictly decreasing int64 in {0..T-1}.
+
+    Spacings (``T = num_timesteps``, ``k = steps``; ``k == T`` always gives T-1, ..., 0):
+
+    - ``"linspace"``: round(linspace(T-1, 0, k)) (half to even, as numpy): both ends kept.
+    - ``"leading"``: arange(k) * (T // k), reversed: 0 is kept, the top is T - T//k (DDIM
+      paper's uniform skip; diffusers' "leading" with steps_offset = 0).
+    - ``"trailing"``: round(T - i T/k) - 1 for i < k: starts at T-1, the last kept index is
+      about T/k - 1 (Lin et al. 2024, "Common diffusion noise schedules are flawed", table 2).
+    - ``"quadratic"``: floor(linspace(0, sqrt(0.8 T), k)^2) (Song et al. 2021, DDIM's CIFAR-10
+      choice): starts at about 0.8 T, dense near 0.
+    - ``"logsnr"``: uniform in log-SNR log(abar / (1 - abar)) between t = T-1 and t = 0
+      (Lu et al. 2022, DPM-Solver sec. 3.3), mapped back to t by linear interpolation and
+      rounded; needs ``alphas_cumprod``.
+
+    Where rounding makes two kept indices equal (quadratic and logsnr at many steps), the later
+    ones are pushed up by one until all are distinct (and back down from T-1 if needed).
+    """
+    T = num_timesteps
+    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+        raise UserError(f"the number of timesteps must be a positive integer, got {T!r}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= T:
+        raise UserError(f"sampling steps must be an integer in [1, {T}], got {steps!r}")
+    _check_choice("spacing", spacing, Spacing)
+    if alphas_cumprod is not None:
+        alphas_cumprod = _as_abar(alphas_cumprod)
+        if alphas_cumprod.numel() != T:
+            raise UserError(f"alphas_cumprod has {alphas_cumprod.numel()} entries, expected {T}")
+    if spacing == "logsnr" and alphas_cumprod is None:
+        raise UserError("spacing 'logsnr' needs the schedule's alphas_cumprod")
+    k = steps
+    if k == T:
+        return torch.arange(T - 1, -1, -1, dtype=torch.long)
+    i = torch.arange(k, dtype=torch.float64)
+    if spacing == "linspace":
+        if k == 1:
+            return torch.tensor([T - 1], dtype=torch.long)
+        t = i * ((T - 1) / (k - 1))  # numpy's linspace formula (and diffusers'), last set exactly
+        t[-1] = T - 1
+        t = torch.round(t).flip(0)
+    elif spacing == "leading":
+        t = (torch.arange(k) * (T // k)).flip(0)
+    elif spacing == "trailing":
+        t = torch.round(T - i * (T / k)) - 1
+    elif spacing == "quadratic":
+        base = i * (math.sqrt(0.8 * T) / (k - 1)) if k > 1 else i
+        t = _distinct(torch.floor(base**2).long(), T).flip(0)
+    else:  # logsnr
+        lam = _log_snr(alphas_cumprod)
+        if not bool((lam[1:] < lam[:-1]).all()):
+            raise UserError("spacing 'logsnr' needs a strictly decreasing alphas_cumprod")
+        target = torch.linspace(float(lam[-1]), float(lam[0]), k, dtype=torch.float64) if k > 1 else lam[-1:]
+        t_cont = _interp(target, lam.flip(0), torch.arange(T - 1, -1, -1, dtype=torch.float64))
+        t_cont[0] = T - 1
+        if k > 1:
+            t_cont[-1] = 0
+        t = _distinct(torch.round(t_cont).long().flip(0), T).flip(0)
+    return t.long()
+
+
+def _distinct(t: Tensor, T: int) -> Tensor:
+    """Nondecreasing ints in [0, T-1] -> strictly increasing ints in [0, T-1], moved as little as needed."""
+    u = t.tolist()
+    for j in range(1, len(u)):
+        u[j] = max(u[j], u[j - 1] + 1)
+    u[-1] = min(u[-1], T - 1)
+    for j in range(len(u) - 2, -1, -1):
+        u[j] = min(u[j], u[j + 1] - 1)
+    return torch.tensor(u, dtype=torch.long)
+
+
+def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+    """Piecewise-linear interpolation (numpy's interp) for increasing ``xp``."""
+    j = torch.searchsorted(xp, x).clamp(1, xp.numel() - 1)
+    x0, x1, f0, f1 = xp[j - 1], xp[j], fp[j - 1], fp[j]
+    return f0 + (f1 - f0) * ((x - x0) / (x1 - x0)).clamp(0.0, 1.0)
+
+
+def _log_snr(abar: Tensor) -> Tensor:
+    return torch.log(abar) - torch.log1p(-abar)
+
+
+# --------------------------------------------------------------------------- noise
+def randn(
+    shape: Sequence[int],
+    generator: Generator = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Standard normal noise; with one generator per sample, row i depends only on generator i (EDM)."""
+    shape = tuple(shape)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    if isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+    generators = list(generator)
+    if len(shape) == 0 or len(generators) != shape[0]:
+        raise UserError(f"got {len(generators)} generators for a batch of {shape[0] if shape else 0} samples")
+    rows = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generators]
+    return torch.cat(rows).to(device)
+
+
+# --------------------------------------------------------------------------- samplers
+def ddpm_sample(
+    denoiser: Denoiser,
+    x: Tensor,
+    timesteps: Tensor | Sequence[int],
+    alphas_cumprod: Tensor,
+    *,
+    variance: Variance = "fixed_large",
+    generator: Generator = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2), respaced with beta'_t = 1 - abar_t/abar_s (Nichol & Dhariwal 2021, sec. 4).
+
+    ``variance``: "fixed_large" sigma^2 = beta'_t, "fixed_small" sigma^2 = beta~'_t (Ho et al.
+    sec. 3.2), "learned_range" log sigma^2 = v log beta'_t + (1 - v) log beta~'_t with
+    v = ``denoised.var_frac`` (Nichol & Dhariwal eq. 15). The mean is the posterior mean with
+    the predicted x0 (Ho et al. eq. 7); the last step returns x0 with no noise.
+    """
+    _check_choice("variance", variance, Variance)
+    ts, c = _chain(timesteps, alphas_cumprod)
+    log_beta = torch.log(c.beta).tolist()
+    log_post = c.posterior_log_variance.tolist()
+    coef_x0, coef_xt = c.coef_x0.tolist(), c.coef_xt.tolist()
+    last = len(ts) - 1
+    for i, t in enumerate(ts):
+        d = denoiser(x, _t_batch(t, x))
+        if callback is not None:
+            callback(i, t, x, d)
+        if i == last:
+            return d.x0
+        mean = coef_x0[i] * d.x0 + coef_xt[i] * x
+        noise = randn(x.shape, generator, x.device, x.dtype)
+        if variance == "learned_range":
+            if d.var_frac is None:
+                raise UserError("variance 'learned_range' needs a denoiser that returns var_frac")
+            log_var = d.var_frac * log_beta[i] + (1.0 - d.var_frac) * log_post[i]
+            x = mean + torch.exp(0.5 * log_var) * noise
+        else:
+            log_var = log_beta[i] if variance == "fixed_large" else log_post[i]
+            x = mean + math.exp(0.5 * log_var) * noise
+    raise AssertionError("unreachable")
+
+
+def ddim_sample(
+    denoiser: Denoiser,
+    x: Tensor,
+    timesteps: Tensor | Sequence[int],
+    alphas_cumprod: Tensor,
+    *,
+    eta: float = 0.0,
+    generator: Generator = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """DDIM (Song et al. 2021, eq. 12) with sigma = eta sqrt(beta~'_t) (eq. 16): eta = 0 is deterministic.
+
+    At eta = 1 this is ancestral sampling with the posterior variance ("fixed_small") on the
+    same respaced chain, drawing the same noise.
+    """
+    if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not 0.0 <= eta <= 1.0:
+        raise UserError(f"eta must be a number in [0, 1], got {eta!r}")
+    ts, c = _chain(timesteps, alphas_cumprod)
+    abar_s = _abar_s(ts, alphas_cumprod)
+    post_var = c.posterior_variance.tolist()
+    last = len(ts) - 1
+    for i, t in enumerate(ts):
+        d = denoiser(x, _t_batch(t, x))
+        if callback is not None:
+            callback(i, t, x, d)
+        if i == last:
+            return d.x0
+        sigma2 = eta * eta * post_var[i]
+        x_next = math.sqrt(abar_s[i]) * d.x0 + math.sqrt(max(1.0 - abar_s[i] - sigma2, 0.0)) * d.eps
+        if eta > 0:
+            x_next = x_next + math.sqrt(sigma2) * randn(x.shape, generator, x.device, x.dtype)
+        x = x_next
+    raise AssertionError("unreachable")
+
+
+def ddim_invert(
+    denoiser: Denoiser,
+    x0: Tensor,
+    timesteps: Tensor | Sequence[int],
+    alphas_cumprod: Tensor,
+    *,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Deterministic DDIM encoding x0 -> x_{t_k}: eq. 12 at eta = 0 run upwards (Song et al. 2021, sec. 4.3).
+
+    ``timesteps`` is strictly increasing (the reverse of the sampler's). Each step from s to t
+    uses the prediction at (x_s, s), an explicit Euler step of the probability-flow ODE
+    (Dhariwal & Nichol 2021, app. F); the first step starts from clean data, where x0 is known
+    and the noise direction is taken from the denoiser at (x0, t_1).
+    """
+    ts_desc, _ = _chain(_reverse_increasing(timesteps), alphas_cumprod)
+    ts = ts_desc[::-1]
+    abar = _as_abar(alphas_cumprod)[torch.tensor(ts)].tolist()
+    x = x0
+    for i, t in enumerate(ts):
+        t_eval = ts[i - 1] if i > 0 else t
+        d = denoiser(x, _t_batch(t_eval, x))
+        if callback is not None:
+            callback(i, t_eval, x, d)
+        x0_hat = d.x0 if i > 0 else x
+        x = math.sqrt(abar[i]) * x0_hat + math.sqrt(1.0 - abar[i]) * d.eps
+    return x
+
+
+def dpmpp_2m_sample(
+    denoiser: Denoiser,
+    x: Tensor,
+    timesteps: Tensor | Sequence[int],
+    alphas_cumprod: Tensor,
+    *,
+    generator: Generator = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """DPM-Solver++(2M) in the data-prediction form (Lu et al. 2022, arXiv 2211.01095, Algorithm 2).
+
+    lambda = log(alpha / sigma); the first step is first order, every later one uses
+    D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1} with r = h_{i-1} / h_i; the step into clean data
+    (sigma = 0) is first order and returns the last x0. Deterministic: ``generator`` is unused.
+    """
+    return _dpmpp_multistep(denoiser, x, timesteps, alphas_cumprod, 2, callback)
+
+
+def dpmpp_3m_sample(
+    denoiser: Denoiser,
+    x: Tensor,
+    timesteps: Tensor | Sequence[int],
+    alphas_cumprod: Tensor,
+    *,
+    generator: Generator = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """DPM-Solver++(3M): third-order multistep exponential integrator in x0 (Lu et al. 2022, sec. 4 and app. B).
+
+    x_t = (sigma_t/sigma_s) x_s + alpha_t [(1 - e^-h) x0 + (h - 1 + e^-h) x0' + (h^2/2 - h + 1 - e^-h) x0'']
+    with x0' and x0'' (d/dlambda) from the quadratic through the last three predictions at their
+    actual lambdas. Warm-up steps use 1st then 2M order; the last solver step is 2M (lower order
+    final steps, Lu et al. 2022 sec. 5) and the step into clean data returns the last x0.
+    """
+    return _dpmpp_multistep(denoiser, x, timesteps, alphas_cumprod, 3, callback)
+
+
+def _dpmpp_multistep(denoiser, x, timesteps, alphas_cumprod, order, callback, lower_order_final=True):
+    ts, _ = _chain(timesteps, alphas_cumprod)
+    abar = _as_abar(alphas_cumprod)[torch.tensor(ts)].tolist()
+    alpha = [math.sqrt(a) for a in abar]
+    sigma = [math.sqrt(1.0 - a) for a in abar]
+    lam = [math.log(al) - math.log(si) for al, si in zip(alpha, sigma)]
+    last = len(ts) - 1
+    hist: list[tuple[float, Tensor]] = []  # (lambda, x0) of the previous calls, newest first
+    for i, t in enumerate(ts):
+        d = denoiser(x, _t_batch(t, x))
+        if callback is not None:
+            callback(i, t, x, d)
+        if i == last:
+            return d.x0
+        hist = [(lam[i], d.x0)] + hist[: order - 1]
+        h = lam[i + 1] - lam[i]
+        phi1 = -math.expm1(-h)  # 1 - e^-h
+        q = len(hist)
+        if lower_order_final and i == last - 1:
+            q = min(q, 2)
+        if q == 1:
+            D = d.x0
+        elif q == 2 or order == 2:
+            r = (lam[i] - hist[1][0]) / h
+            D = (1.0 + 0.5 / r) * d.x0 - (0.5 / r) * hist[1][1]
+        else:
+            (l0, m0), (l1, m1), (l2, m2) = hist[:3]
+            h0, h1 = l0 - l1, l1 - l2
+            d01, d12 = (m0 - m1) / h0, (m1 - m2) / h1
+            d012 = (d01 - d12) / (h0 + h1)
+            c2 = h - phi1  # h - 1 + e^-h
+            c3 = 0.5 * h * h - c2  # h^2/2 - h + 1 - e^-h
+            # x0' = d01 + h0 d012, x0'' = 2 d012, folded into one D with x += alpha_t phi1 D
+            D = m0 + (c2 / phi1) * (d01 + h0 * d012) + (2.0 * c3 / phi1) * d012
+        x = (sigma[i + 1] / sigma[i]) * x + (alpha[i + 1] * phi1) * D
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- helpers
+def _check_choice(name: str, value, literal) -> None:
+    choices = get_args(literal)
+    if value not in choices:
+        raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
+
+
+def _as_abar(alphas_cumprod) -> Tensor:
+    abar = torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64)
+    if abar.ndim != 1 or abar.numel() < 1:
+        raise UserError(f"alphas_cumprod must be a 1-D tensor, got shape {tuple(abar.shape)}")
+    return abar
+
+
+def _as_steps(timesteps) -> list[int]:
+    t = torch.as_tensor(timesteps).detach().cpu()
+    if t.ndim != 1 or t.numel() < 1 or t.is_floating_point() or t.dtype == torch.bool:
+        raise UserError("timesteps must be a non-empty 1-D array of integers")
+    return [int(v) for v in t.tolist()]
+
+
+def _chain(timesteps, alphas_cumprod) -> tuple[list[int], StepCoefficients]:
+    """Validated decreasing kept steps and each step's coefficients, in sampling order."""
+    ts = _as_steps(timesteps)
+    abar = _as_abar(alphas_cumprod)
+    T = abar.numel()
+    if any(a <= b for a, b in zip(ts, ts[1:])):
+        raise UserError(f"sampling timesteps must be strictly decreasing, got {ts[:8]}{'...' if len(ts) > 8 else ''}")
+    if ts[0] > T - 1 or ts[-1] < 0:
+        raise UserError(f"sampling timesteps must lie in [0, {T - 1}], got {ts[0]} ... {ts[-1]}")
+    idx = torch.tensor(ts[::-1])  # increasing t, as step_coefficients wants
+    abar_t = abar[idx]
+    abar_s = torch.cat([torch.ones(1, dtype=torch.float64), abar_t[:-1]])
+    c = step_coefficients(abar_t, abar_s)
+    return ts, type(c)(*(v.flip(0) for v in c))
+
+
+def _abar_s(ts: list[int], alphas_cumprod) -> list[float]:
+    """alpha-bar of the step below each kept step: the next kept index, 1.0 after the last."""
+    abar = _as_abar(alphas_cumprod)
+    return [float(abar[s]) for s in ts[1:]] + [1.0]
+
+
+def _reverse_increasing(timesteps) -> list[int]:
+    ts = _as_steps(timesteps)
+    if any(a >= b for a, b in zip(ts, ts[1:])):
+        raise UserError("inversion timesteps must be strictly increasing")
+    return ts[::-1]
+
+
+def _t_batch(t: int, x: Tensor) -> Tensor:
+    return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "ddpm": ddpm_sample,
+    "ddim": ddim_sample,
+    "dpm++2m": dpmpp_2m_sample,
+    "dpm++3m": dpmpp_3m_sample,
+}
+
+# Chosen by benchmarks/sampler_quality.py (see the report in that file's docstring).
+DEFAULT_SPACING: dict[str, Spacing] = {
+    "ddpm": "linspace",
+    "ddim": "linspace",
+    "dpm++2m": "linspace",
+    "dpm++3m": "linspace",
+}
