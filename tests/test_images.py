@@ -112,3 +112,19 @@ def test_points_png(tmp_path):
     assert img[75, 25].sum() == 765  # (-1, -1): nothing there
     save_points_png(tmp_path / "q.png", torch.randn(1000, 2))
     assert Image.open(tmp_path / "q.png").size == (512, 512)
+
+
+def test_to_uint8_levels_snaps_to_the_data_grid():
+    from ddpmkit.data import load_digits
+
+    real = load_digits("all").data  # uint8 on the 17-level grid
+    x = real.float() / 127.5 - 1.0
+    assert np.array_equal(to_uint8(x, levels=17), real.permute(0, 2, 3, 1).numpy())
+    grid = {(v * 255 * 2 + 16) // 32 for v in range(17)}
+    y = to_uint8(torch.linspace(-1.2, 1.2, 997).reshape(1, 1, 1, -1), levels=17)
+    assert set(np.unique(y).tolist()) == grid
+    # each value goes to the nearest level: 0.49 of a level step rounds down, 0.51 up
+    step = 2.0 / 16
+    y = to_uint8(torch.tensor([-1 + 0.49 * step, -1 + 0.51 * step]).reshape(1, 1, 1, 2), levels=17)
+    assert y.ravel().tolist() == [0, 16]
+    assert np.array_equal(to_uint8(x, levels=256), to_uint8(x))

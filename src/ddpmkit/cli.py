@@ -250,7 +250,7 @@ def cmd_sample(args) -> int:
     x = torch.cat(chunks)
     for p in outs:
         if cfg.model.kind == "unet":
-            images = to_uint8(x)
+            images = to_uint8(x, sc.levels)
             if p.suffix.lower() == ".npz":
                 save_npz(p, images, None if labels is None else labels.numpy().astype(np.int64))
             else:

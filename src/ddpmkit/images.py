@@ -24,11 +24,21 @@ from torch import Tensor
 from .errors import UserError
 
 
-def to_uint8(x: Tensor) -> np.ndarray:
-    """Float NCHW in [-1, 1] -> uint8 NHWC numpy: round((x + 1) * 127.5) clamped to 0..255 (NaN as 0)."""
+def to_uint8(x: Tensor, levels: int | None = None) -> np.ndarray:
+    """Float NCHW in [-1, 1] -> uint8 NHWC numpy: round((x + 1) * 127.5) clamped to 0..255 (NaN as grey).
+
+    With ``levels`` (2..256), values are first snapped to that many evenly spaced grey levels
+    v in 0..levels-1 and stored as round(v * 255 / (levels - 1)), half up: the quantisation of
+    data such as the 17-level digits, so that samples live on the data's own grid.
+    """
     if x.dim() != 4:
         raise ValueError(f"expected NCHW images, got shape {tuple(x.shape)}")
+    if levels is not None and not 2 <= levels <= 256:
+        raise ValueError(f"levels must be in 2..256, got {levels}")
     y = (torch.nan_to_num(x.detach().to(torch.float32), nan=0.0) + 1.0) * 127.5  # NaN -> grey
+    if levels is not None and levels != 256:
+        v = (y * ((levels - 1) / 255.0)).round().clamp(0, levels - 1).to(torch.int64)
+        y = (v * 255 * 2 + (levels - 1)) // (2 * (levels - 1))  # round half up, exact in integers
     y = y.round().clamp(0, 255).to(torch.uint8)
     return y.permute(0, 2, 3, 1).cpu().numpy()
 

@@ -107,6 +107,11 @@ class SampleConfig:
     spacing: Optional[str] = None  # timestep spacing (None: the sampler's default)
     grid_sampler: Literal["ddpm", "ddim", "dpm++2m"] = "dpm++2m"  # sampler for training grids
     grid_steps: int = 50  # its network calls
+    levels: Optional[int] = None  # snap saved pixels to this many grey levels (the data's own; digits: 17)
+
+    def __post_init__(self) -> None:
+        if self.levels is not None and not 2 <= self.levels <= 256:
+            raise UserError(f"config key 'sample.levels' must be in 2..256, got {self.levels}")
 
 
 @dataclass
