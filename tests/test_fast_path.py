@@ -1,0 +1,219 @@
+"""What the fast path changes must not change the maths: channels-last, the CPU GroupNorm
+backward, bf16 autocast, the optimizer, sampling under inference mode."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from ddpmkit.nn import UNet, UNetConfig
+from ddpmkit.nn.unet import GroupNorm
+from ddpmkit.train.config import TrainConfig, load_config
+from ddpmkit.train.fast import autocast_context, cpu_has_bf16_matmul, use_bf16
+from ddpmkit.train.trainer import Trainer, make_optimizer
+
+CPU = torch.device("cpu")
+CL = torch.channels_last
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors: one thread is fastest and kind to a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_trainer(tmp_path, name: str, **train) -> Trainer:
+    from conftest import TINY_DIGITS
+
+    over = copy.deepcopy(TINY_DIGITS)
+    over["train"].update(device="cpu", **train)
+    return Trainer(load_config("digits", overrides=over), tmp_path / name, progress=False)
+
+
+def a_batch(n: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 8, 8, generator=g) * 2 - 1, torch.randint(0, 10, (n,), generator=g)
+
+
+def flat_grads(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def unet32(**overrides) -> UNet:
+    """A small UNet on 32x32 RGB images (large enough for the 32x32 GroupNorm path)."""
+    torch.manual_seed(0)
+    cfg = dict(in_channels=3, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
+               attention_resolutions=(16,), num_groups=8, dropout=0.0, image_size=32, head_channels=16)
+    net = UNet(UNetConfig(**{**cfg, **overrides}))
+    with torch.no_grad():  # the zero-initialised output layer would hide every difference
+        net.out_conv.weight.normal_(0.0, 0.1)
+    return net
+
+
+# ----------------------------------------------------------------------------- channels-last
+
+
+@pytest.mark.parametrize("groups,channels,size", [(32, 64, 32), (8, 24, 32), (4, 16, 40), (8, 32, 16)])
+def test_channels_last_group_norm_forward_and_backward_match_torch(groups, channels, size):
+    torch.manual_seed(0)
+    norm = GroupNorm(groups, channels)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    ref = nn.GroupNorm(groups, channels)
+    ref.load_state_dict(norm.state_dict())
+    x = torch.randn(3, channels, size, size) * 3 + 1
+    dy = torch.randn_like(x)
+    xa = x.clone().requires_grad_()
+    ya = ref(xa)
+    ya.backward(dy)
+    xb = x.contiguous(memory_format=CL).requires_grad_()
+    yb = norm(xb)
+    yb.backward(dy.contiguous(memory_format=CL))
+    assert yb.is_contiguous(memory_format=CL) and xb.grad.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(yb, ya, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(norm.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(norm.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_channels_last_group_norm_takes_a_gradient_of_any_layout():
+    torch.manual_seed(0)
+    norm = GroupNorm(4, 8)
+    x = torch.randn(2, 8, 32, 32)
+    dy = torch.randn(2, 8, 32, 32)  # NCHW, as an op after the norm may hand back
+    xa = x.clone().requires_grad_()
+    nn.functional.group_norm(xa, 4, norm.weight, norm.bias).backward(dy)
+    xb = x.contiguous(memory_format=CL).requires_grad_()
+    norm(xb).backward(dy)
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_unet_matches_contiguous_forward_and_gradients():
+    net = unet32()
+    net_cl = copy.deepcopy(net).to(memory_format=CL)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 32, 32, generator=g)
+    t = torch.randint(0, 1000, (4,), generator=g)
+    out = net(x, t)
+    out_cl = net_cl(x.contiguous(memory_format=CL), t)
+    assert out_cl.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(out_cl, out, rtol=1e-4, atol=1e-5)
+    out.square().mean().backward()
+    out_cl.square().mean().backward()
+    for (name, p), q in zip(net.named_parameters(), net_cl.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_channels_last_training_step_matches_contiguous(tmp_path):
+    a = tiny_trainer(tmp_path, "a", channels_last=False)
+    b = tiny_trainer(tmp_path, "b", channels_last=True)
+    w = b.model.downs[0].conv1.weight
+    assert w.is_contiguous(memory_format=CL) and not w.is_contiguous()
+    x0, y = a_batch()
+    for _ in range(2):
+        la, lb = a.train_step(x0, y), b.train_step(x0, y)
+        torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+# ----------------------------------------------------------------------------- bf16
+
+
+def test_precision_option_resolves_as_documented():
+    assert use_bf16("fp32", CPU) is False
+    assert use_bf16("bf16", CPU) is True
+    assert use_bf16("auto", CPU) is cpu_has_bf16_matmul()  # bf16 only where the CPU runs it natively
+    with autocast_context(CPU, True):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with autocast_context(CPU, False):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_bf16_training_step_agrees_with_fp32(tmp_path):
+    """Loss within bf16 rounding; the gradient points the same way (cosine > 0.99)."""
+    fp32 = tiny_trainer(tmp_path, "fp32", precision="fp32", grad_clip=None)
+    bf16 = tiny_trainer(tmp_path, "bf16", precision="bf16", grad_clip=None)
+    assert bf16.bf16 and not fp32.bf16
+    with torch.no_grad():  # a live output layer, identical in both, so the gradient is not trivial
+        for tr in (fp32, bf16):
+            torch.manual_seed(3)
+            tr.model.out_conv.weight.normal_(0.0, 0.1)
+    x0, y = a_batch()
+    la, lb = fp32.train_step(x0, y), bf16.train_step(x0, y)
+    assert lb.dtype == torch.float32  # the loss is reduced in fp32 under autocast
+    assert lb.item() == pytest.approx(la.item(), rel=0.03)
+    ga, gb = flat_grads(fp32.model), flat_grads(bf16.model)
+    assert torch.nn.functional.cosine_similarity(ga, gb, dim=0).item() > 0.99
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())  # master weights stay fp32
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+def test_optimizer_is_multi_tensor_or_fused_adam():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    opt = make_optimizer(model, TrainConfig(), CPU)
+    assert type(opt) is torch.optim.Adam
+    assert opt.defaults.get("fused") or opt.defaults.get("foreach"), "the per-parameter loop is the slow one"
+    opt = make_optimizer(model, TrainConfig(weight_decay=0.01), CPU)
+    assert type(opt) is torch.optim.AdamW and opt.defaults["weight_decay"] == 0.01
+    assert opt.defaults.get("fused") or opt.defaults.get("foreach")
+    cfg = TrainConfig(lr=3e-4, adam_betas=(0.8, 0.95))
+    opt = make_optimizer(model, cfg, CPU)
+    assert opt.defaults["lr"] == 3e-4 and opt.defaults["betas"] == (0.8, 0.95)
+
+
+def test_train_step_returns_a_tensor_and_steps_the_optimizer(tmp_path):
+    tr = tiny_trainer(tmp_path, "r")
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    x0, y = a_batch()
+    loss = tr.train_step(x0, y)
+    assert isinstance(loss, torch.Tensor) and loss.dim() == 0 and not loss.requires_grad  # no .item() inside
+    assert tr.step == 1
+    assert any(not torch.equal(a, p) for a, p in zip(before, tr.model.parameters()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs can only be caught on CUDA")
+def test_cuda_train_step_has_no_host_sync(tmp_path):
+    tr = tiny_trainer(tmp_path, "cuda", device="cuda")
+    x0, y = a_batch()
+    x0, y = x0.cuda(), y.cuda()
+    tr.train_step(x0, y)  # warm-up: lazy initialisation may sync
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        tr.train_step(x0, y)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_sampling_runs_under_inference_mode(tmp_path):
+    tr = tiny_trainer(tmp_path, "s")
+    model = tr.ema.model
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(4) % 10
+    x = tr.diffusion.sample(model, (4, 1, 8, 8), sampler="ddim", steps=3, y=y, generator=g)
+    assert torch.is_inference(x)  # no autograd graph, no version counters
+    assert all(p.grad is None for p in model.parameters())
+    assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
+
+
+def test_sampling_with_a_channels_last_model_matches_contiguous():
+    net = unet32().eval()
+    from ddpmkit import GaussianDiffusion, linear_beta_schedule
+
+    diffusion = GaussianDiffusion(linear_beta_schedule(50))
+    common = dict(sampler="ddim", steps=3)
+    a = diffusion.sample(net, (2, 3, 32, 32), generator=torch.Generator().manual_seed(0), **common)
+    b = diffusion.sample(copy.deepcopy(net).to(memory_format=CL), (2, 3, 32, 32),
+                         generator=torch.Generator().manual_seed(0), **common)
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
