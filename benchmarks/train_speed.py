@@ -1,0 +1,426 @@
+"""Training and sampling speed of ddpmkit's UNet against public anchors, at matched FLOPs.
+
+    python benchmarks/train_speed.py [--threads N] [--repeats R] [--steps S] [--compile] [--quick]
+
+What it measures, all in one process, configurations alternating within every repeat (so a
+slow spell on a shared machine hits every configuration alike), medians over the repeats:
+
+* training throughput (images/s) of one optimizer step on a batch of random 32x32x3 images:
+  noise, q_sample, network, MSE to the noise, backward, Adam. ddpmkit goes through its real
+  training path (``Trainer.train_step``: objective, make_optimizer's foreach Adam, autocast,
+  channels-last, gradient clipping and the EMA update included); the anchors use the same
+  loop written plainly (foreach Adam, no clipping, no EMA);
+* the anchors: diffusers' ``UNet2DModel`` (6.47M parameters) and, when it imports,
+  lucidrains' ``denoising_diffusion_pytorch.Unet(dim=64, dim_mults=(1, 2, 2))``. ddpmkit's
+  UNet is configured to the diffusers architecture, so parameters and FLOPs per image match;
+* each network in each mode: fp32 eager (contiguous and channels-last), bf16 autocast, and
+  with ``--compile`` torch.compile. Every network is ranked by its best mode;
+* FLOPs per image counted with ``torch.utils.flop_counter.FlopCounterMode`` over one training
+  step (forward + backward), with attention run through the math backend so its matrix
+  products are counted (PyTorch's fused CPU attention kernel is invisible to the counter);
+* sampling throughput: images/s of ONE network evaluation at batch 64 under
+  ``torch.inference_mode`` (a sampler makes one such call per step);
+* the matrix-multiply peak (2048 x 2048, fp32 and bf16) of this machine, and the fraction of
+  it each configuration achieves.
+
+The last line is ``ratio_vs_best_anchor=X``: ddpmkit's best training images/s over the best
+anchor configuration's. Anchors are optional benchmark dependencies (``pip install
+diffusers``), never runtime dependencies of ddpmkit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+IMAGE = (3, 32, 32)
+# diffusers' UNet2DModel of the issue; ddpmkit's UNetConfig below builds the same network
+DIFFUSERS_KWARGS = dict(
+    sample_size=32, in_channels=3, out_channels=3, block_out_channels=(64, 128, 128), layers_per_block=2,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+)
+OURS_MODEL = dict(kind="unet", base_channels=64, channel_mults=[1, 2, 2], num_res_blocks=2,
+                  attention_resolutions=[16], num_groups=32, dropout=0.0)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def median_time(fn: Callable[[], object], repeats: int = 3) -> float:
+    """Median wall time of fn() over ``repeats`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048) -> tuple[float, int]:
+    """(FLOP/s of a size x size matrix product in ``dtype``, the size used).
+
+    A dtype the CPU has no fast kernels for (bf16 without AVX512-BF16/AMX runs a reference
+    loop hundreds of times slower) is probed at 256 first and measured at the largest size
+    that takes under a few seconds, so the benchmark does not stall on it.
+    """
+    probe = 256
+    a, b = torch.randn(probe, probe).to(dtype), torch.randn(probe, probe).to(dtype)
+    t = median_time(lambda: a @ b, 2)
+    rate = 2 * probe**3 / t
+    while size > probe and 2 * size**3 / rate > 3.0:
+        size //= 2
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    t = median_time(lambda: a @ b, 3)
+    return 2 * size**3 / t, size
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of fn() by FlopCounterMode, attention forced onto the math backend (counted)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def linear_alphas_cumprod(timesteps: int = 1000) -> torch.Tensor:
+    """alpha-bar of the DDPM linear schedule (1e-4 .. 0.02), computed in float64."""
+    betas = torch.linspace(1e-4, 0.02, timesteps, dtype=torch.float64)
+    return torch.cumprod(1.0 - betas, 0).float()
+
+
+def autocast(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------- the contenders
+
+
+@dataclass
+class Mode:
+    """How a network is run: precision, memory format, compilation."""
+
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def name(self) -> str:
+        parts = ["bf16 autocast" if self.bf16 else "fp32"]
+        parts.append("compile" if self.compile else "eager")
+        if self.channels_last:
+            parts.append("channels-last")
+        return " ".join(parts)
+
+
+@dataclass
+class Contender:
+    """One network in one mode, ready to time."""
+
+    family: str  # "ddpmkit", "diffusers", "lucidrains"
+    mode: Mode
+    train_step: Callable[[], object]  # one optimizer step on a fresh batch
+    params: int
+    flops_per_image: float = 0.0  # one training step (forward + backward) per image
+    rates: list[float] = field(default_factory=list)  # images/s, one per repeat
+
+    @property
+    def label(self) -> str:
+        return f"{self.family} ({self.mode.name})"
+
+    @property
+    def img_s(self) -> float:
+        return statistics.median(self.rates) if self.rates else float("nan")
+
+
+def ours_trainer(mode: Mode, batch: int, workdir: Path):
+    """A real ddpmkit Trainer on a folder of random 32x32 RGB images."""
+    from PIL import Image
+
+    from ddpmkit.train.config import load_config
+    from ddpmkit.train.trainer import Trainer
+
+    data = workdir / "images"
+    if not data.is_dir():
+        data.mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        for i in range(batch):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(data / f"{i:03d}.png")
+    precision = "bf16" if mode.bf16 else "fp32"
+    cfg = load_config("folder", overrides={
+        "data": {"root": str(data), "image_size": 32, "hflip": False},
+        "model": OURS_MODEL,
+        "train": {"batch_size": batch, "precision": precision, "channels_last": mode.channels_last,
+                  "compile": mode.compile, "device": "cpu", "warmup_steps": 0, "ema_start": 0},
+    })
+    run = workdir / f"run-{precision}-{int(mode.channels_last)}-{int(mode.compile)}"
+    return Trainer(cfg, run, progress=False)
+
+
+def make_ours(mode: Mode, batch: int, workdir: Path) -> Contender:
+    trainer = ours_trainer(mode, batch, workdir)
+    g = torch.Generator().manual_seed(0)
+
+    def step():
+        x0 = torch.rand((batch, *IMAGE), generator=g) * 2 - 1
+        return trainer.train_step(x0, None)
+
+    params = sum(p.numel() for p in trainer.model.parameters())
+    return Contender("ddpmkit", mode, step, params)
+
+
+class _SampleOnly(nn.Module):
+    """diffusers' UNet2DModel returns an output object; this returns its tensor."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, t):
+        return self.net(x, t).sample
+
+
+def build_anchor(family: str) -> nn.Module:
+    if family == "diffusers":
+        from diffusers import UNet2DModel
+
+        return _SampleOnly(UNet2DModel(**DIFFUSERS_KWARGS))
+    from denoising_diffusion_pytorch import Unet
+
+    return Unet(dim=64, dim_mults=(1, 2, 2), channels=3)
+
+
+def make_anchor(family: str, mode: Mode, batch: int) -> Contender:
+    """The plain loop: q_sample, network, MSE to the noise, backward, foreach Adam."""
+    torch.manual_seed(0)
+    model = build_anchor(family)
+    if mode.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if mode.compile else model
+    opt = torch.optim.Adam(model.parameters(), lr=2e-4, foreach=True)
+    abar = linear_alphas_cumprod()
+    g = torch.Generator().manual_seed(0)
+    fmt = torch.channels_last if mode.channels_last else torch.contiguous_format
+
+    def step():
+        x0 = (torch.rand((batch, *IMAGE), generator=g) * 2 - 1).contiguous(memory_format=fmt)
+        t = torch.randint(0, len(abar), (batch,), generator=g)
+        noise = torch.randn(x0.shape, generator=g).contiguous(memory_format=fmt)
+        a = abar[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        with autocast(mode.bf16):
+            pred = net(x_t, t)
+        loss = F.mse_loss(pred.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return Contender(family, mode, step, sum(p.numel() for p in model.parameters()))
+
+
+def train_flops(family: str, batch: int, workdir: Path) -> float:
+    """FLOPs of one training step (forward + backward) per image, fp32 eager."""
+    x = torch.randn(batch, *IMAGE)
+    t = torch.randint(0, 1000, (batch,))
+    if family == "ddpmkit":
+        model = ours_trainer(Mode(), batch, workdir).model
+        fn = lambda: F.mse_loss(model(x, t), x).backward()  # noqa: E731
+    else:
+        model = build_anchor(family)
+        fn = lambda: F.mse_loss(model(x, t), x).backward()  # noqa: E731
+    return count_flops(fn) / batch
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def sampling_rates(batch: int, repeats: int, bf16_ok: bool) -> list[tuple[str, float, float]]:
+    """(label, images/s of one network call at ``batch``, forward GFLOP/img), best mode per network."""
+    from ddpmkit.nn import UNet, UNetConfig
+    from ddpmkit.train.fast import autocast_context
+
+    torch.manual_seed(0)
+    cfg = {k: v for k, v in OURS_MODEL.items() if k != "kind"}
+    ours = UNet(UNetConfig(in_channels=3, image_size=32, **cfg)).eval()
+    with torch.no_grad():  # the zero-initialised output layer would make the last conv trivial
+        ours.out_conv.weight.normal_(0, 0.02)
+    nets = {"ddpmkit": ours}
+    try:
+        nets["diffusers"] = build_anchor("diffusers").eval()
+    except ImportError:
+        pass
+    x = torch.randn(batch, *IMAGE)
+    t = torch.randint(0, 1000, (batch,))
+    results = []
+    for name, net in nets.items():
+        flops = count_flops(lambda: net(x, t)) / batch
+        modes = [(False, False), (False, True)] + ([(True, True)] if bf16_ok else [])
+        rates = {}
+        for rep in range(repeats):  # alternate the modes within each repeat
+            for bf16, cl in modes:
+                m = net.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+                xi = x.contiguous(memory_format=torch.channels_last) if cl else x
+                with torch.inference_mode(), autocast_context(torch.device("cpu"), bf16):
+                    if rep == 0:
+                        m(xi, t)
+                    t0 = time.perf_counter()
+                    m(xi, t)
+                    rates.setdefault((bf16, cl), []).append(batch / (time.perf_counter() - t0))
+        medians = {k: statistics.median(v) for k, v in rates.items()}
+        print(f"# sampling {name}: " + ", ".join(
+            f"{'bf16' if b else 'fp32'}{' channels-last' if c else ''} {r:.1f} img/s" for (b, c), r in medians.items()),
+            flush=True)
+        (bf16, cl), best = max(medians.items(), key=lambda kv: kv[1])
+        label = f"{name} ({'bf16' if bf16 else 'fp32'}{' channels-last' if cl else ''})"
+        results.append((label, best, flops / 1e9))
+    return results
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--repeats", type=int, default=5, help="timing rounds; every configuration once per round")
+    p.add_argument("--steps", type=int, default=2, help="optimizer steps timed per configuration per round")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration before the rounds")
+    p.add_argument("--batch", type=int, default=16, help="training batch size")
+    p.add_argument("--sample-batch", type=int, default=64, help="batch of the sampling measurement")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd networks")
+    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
+                   help="time bf16 autocast modes (auto: only where bf16 matmul beats fp32 on this machine)")
+    p.add_argument("--no-lucidrains", action="store_true", help="skip the denoising_diffusion_pytorch anchor")
+    p.add_argument("--quick", action="store_true", help="2 rounds of 1 step, 1 warm-up step: a smoke test")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.repeats, args.steps, args.warmup = 2, 1, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}", flush=True)
+
+    from ddpmkit.train.fast import cpu_has_bf16_matmul
+
+    fp32_peak, fp32_size = matmul_peak(torch.float32)
+    bf16_peak, bf16_size = matmul_peak(torch.bfloat16)
+    print(f"# matmul peak: fp32 {fp32_peak / 1e12:.3f} TFLOP/s ({fp32_size}^2), "
+          f"bf16 {bf16_peak / 1e12:.3f} TFLOP/s ({bf16_size}^2); "
+          f"bf16 matrix units detected: {cpu_has_bf16_matmul()}", flush=True)
+    use_bf16_modes = args.bf16 == "on" or (args.bf16 == "auto" and bf16_peak > fp32_peak)
+    if not use_bf16_modes:
+        print(f"# bf16 autocast modes skipped: bf16 matmul runs at {bf16_peak / fp32_peak:.3g}x fp32 here "
+              f"(--bf16 on to time them anyway)", flush=True)
+
+    modes = [Mode(), Mode(channels_last=True)]
+    if use_bf16_modes:
+        modes.append(Mode(bf16=True, channels_last=True))
+    if args.compile:
+        modes.append(Mode(channels_last=True, compile=True))
+        if use_bf16_modes:
+            modes.append(Mode(bf16=True, channels_last=True, compile=True))
+
+    families = ["ddpmkit"]
+    notes = []
+    try:
+        import diffusers  # noqa: F401
+
+        families.append("diffusers")
+    except ImportError:
+        notes.append("diffusers not installed: no diffusers anchor (pip install diffusers)")
+    if not args.no_lucidrains:
+        try:
+            import denoising_diffusion_pytorch  # noqa: F401
+
+            families.append("lucidrains")
+        except ImportError as e:
+            notes.append(f"lucidrains' denoising_diffusion_pytorch does not import ({e}); anchor skipped")
+    for n in notes:
+        print(f"# {n}", flush=True)
+
+    workdir = Path(tempfile.mkdtemp(prefix="ddpmkit-bench-"))
+    flops = {fam: train_flops(fam, args.batch, workdir) for fam in families}
+    contenders: list[Contender] = []
+    for fam in families:
+        for mode in modes:
+            c = make_ours(mode, args.batch, workdir) if fam == "ddpmkit" else make_anchor(fam, mode, args.batch)
+            c.flops_per_image = flops[fam]
+            t0 = time.perf_counter()
+            for _ in range(args.warmup):
+                c.train_step()
+            print(f"# warmed up {c.label} in {time.perf_counter() - t0:.1f} s", flush=True)
+            contenders.append(c)
+
+    for rep in range(args.repeats):
+        for c in contenders:  # alternating: every configuration once per round
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                c.train_step()
+            c.rates.append(args.steps * args.batch / (time.perf_counter() - t0))
+        print(f"# round {rep + 1}/{args.repeats}: "
+              + ", ".join(f"{c.family}/{c.mode.name} {c.rates[-1]:.2f}" for c in contenders), flush=True)
+
+    print()
+    print(f"Training: batch {args.batch} of random 32x32x3, MSE, Adam; median of {args.repeats} rounds "
+          f"x {args.steps} steps; {torch.get_num_threads()} threads")
+    print()
+    print("| config | params | GFLOP/img (fwd+bwd) | img/s | achieved TFLOP/s | of matmul peak |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for c in contenders:
+        tflops = c.img_s * c.flops_per_image / 1e12
+        peak = bf16_peak if c.mode.bf16 else fp32_peak
+        print(f"| {c.label} | {c.params / 1e6:.2f}M | {c.flops_per_image / 1e9:.2f} | {c.img_s:.2f} | "
+              f"{tflops:.4f} | {100 * tflops * 1e12 / peak:.0f}% |")
+
+    def best(fam: str) -> Contender | None:
+        cs = [c for c in contenders if c.family == fam]
+        return max(cs, key=lambda c: c.img_s) if cs else None
+
+    ours = best("ddpmkit")
+    anchors = [b for fam in families[1:] if (b := best(fam)) is not None]
+    print()
+    print(f"best ddpmkit: {ours.label} {ours.img_s:.2f} img/s")
+    for a in anchors:
+        print(f"best {a.family}: {a.label} {a.img_s:.2f} img/s -> ddpmkit is {ours.img_s / a.img_s:.2f}x")
+    base = next((c for c in contenders if c.family == "diffusers" and c.mode == Mode()), None)
+    if base is not None:
+        print(f"ddpmkit best vs diffusers fp32 eager (contiguous): {ours.img_s / base.img_s:.2f}x")
+
+    print(flush=True)
+    samp = sampling_rates(args.sample_batch, max(3, args.repeats), use_bf16_modes)
+    print()
+    print(f"Sampling: one network evaluation at batch {args.sample_batch} under torch.inference_mode, "
+          f"best mode per network")
+    print()
+    print("| network | GFLOP/img (fwd) | img/s per evaluation |")
+    print("| --- | ---: | ---: |")
+    for label, rate, gf in samp:
+        print(f"| {label} | {gf:.2f} | {rate:.1f} |")
+    if len(samp) > 1:
+        print(f"sampling ratio ddpmkit / diffusers: {samp[0][1] / samp[1][1]:.2f}x")
+    print()
+    best_anchor = max(anchors, key=lambda c: c.img_s) if anchors else None
+    ratio = ours.img_s / best_anchor.img_s if best_anchor else float("nan")
+    print(f"ratio_vs_best_anchor={ratio:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
