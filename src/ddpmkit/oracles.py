@@ -110,7 +110,7 @@ class GaussianMixtureOracle:
         lam, U = self._lam.to(x.device), self._U.to(x.device)
         shift_rot = a.sqrt()[:, None, None] * lam[None] / dvar * z
         x0_k = self.means.to(x.device)[None] + torch.einsum("bke,kde->bkd", shift_rot, U)
-        return (r[:, :, None] * x0_k).sum(dim=1)
+        return (r[:, None, :] @ x0_k).squeeze(1)  # sum_k r_k x0_k, as a batched matmul
 
     def _rotated(self, x: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
         """x_t - sqrt(a) mu_k in the eigenbasis of Sigma_k, and the per-axis variance of x_t."""
@@ -120,7 +120,7 @@ class GaussianMixtureOracle:
         return z, dvar
 
     def _log_resp(self, z: Tensor, dvar: Tensor) -> Tensor:
-        log_n = -0.5 * ((z * z) / dvar + dvar.log() + math.log(2 * math.pi)).sum(dim=2)
+        log_n = -0.5 * _sum_last((z * z) / dvar + dvar.log() + math.log(2 * math.pi))
         log_r = self.weights.to(z.device).log()[None] + log_n
         return log_r - log_r.logsumexp(dim=1, keepdim=True)
 
@@ -151,13 +151,13 @@ class GaussianMixtureOracle:
     def log_prob(self, x: Tensor) -> Tensor:
         """log density of clean data under the mixture, float64 [n] (needs non-singular covariances)."""
         z, dvar = self._data_rotated(x)
-        log_n = -0.5 * ((z * z) / dvar + dvar.log() + math.log(2 * math.pi)).sum(dim=2)
+        log_n = -0.5 * _sum_last((z * z) / dvar + dvar.log() + math.log(2 * math.pi))
         return (self.weights.log()[None] + log_n).logsumexp(dim=1)
 
     def component_of(self, x: Tensor) -> Tensor:
         """The most likely component of each clean sample, int64 [n]."""
         z, dvar = self._data_rotated(x)
-        log_n = -0.5 * ((z * z) / dvar + dvar.log()).sum(dim=2)
+        log_n = -0.5 * _sum_last((z * z) / dvar + dvar.log())
         return (self.weights.log()[None] + log_n).argmax(dim=1)
 
     def _data_rotated(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -205,6 +205,11 @@ class GaussianMixtureOracle:
         covs = std[:, None, None] ** 2 * torch.eye(2, dtype=torch.float64)
         w = torch.ones(num, dtype=torch.float64) if weights is None else weights
         return cls(w, means, covs, alphas_cumprod)
+
+
+def _sum_last(x: Tensor) -> Tensor:
+    """x.sum(-1) as a matrix product: several times faster than a reduction over a short last axis."""
+    return x @ torch.ones(x.shape[-1], dtype=x.dtype, device=x.device)
 
 
 def sliced_wasserstein(
