@@ -75,14 +75,15 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048) -> tuple[float, int]:
     """(FLOP/s of a size x size matrix product in ``dtype``, the size used).
 
     A dtype the CPU has no fast kernels for (bf16 without AVX512-BF16/AMX runs a reference
-    loop hundreds of times slower) is probed at 256 first and measured at the largest size
-    that takes under a few seconds, so the benchmark does not stall on it.
+    loop a hundred times slower) is probed at 256 first and, when one 2048 product would take
+    over 10 s, measured at the largest size that does not, so the benchmark does not stall.
+    fp32 is always measured at ``size``.
     """
     probe = 256
     a, b = torch.randn(probe, probe).to(dtype), torch.randn(probe, probe).to(dtype)
     t = median_time(lambda: a @ b, 2)
     rate = 2 * probe**3 / t
-    while size > probe and 2 * size**3 / rate > 3.0:
+    while dtype != torch.float32 and size > probe and 2 * size**3 / rate > 10.0:
         size //= 2
     a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
     t = median_time(lambda: a @ b, 3)
