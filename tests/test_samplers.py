@@ -210,7 +210,7 @@ def mixture_mismatches(oracle, x):
         se_std = 1 / math.sqrt(2 * (xs.shape[0] - 1))  # relative standard error of a std estimate
         for ax in range(z.shape[1]):
             if abs(float(z[:, ax].mean())) > Z * se_mean + MEAN_ALLOWANCE:
-                bad.append(f"mean {j}/{ax}: {float(z[:, ax].mean()):+.4f} std units (tol {Z * se_mean:.4f} + allowance)")
+                bad.append(f"mean {j}/{ax}: {float(z[:, ax].mean()):+.4f} std units (tol {Z * se_mean:.4f} + allow.)")
             if abs(float(z[:, ax].std()) - 1) > Z * se_std + STD_ALLOWANCE:
                 bad.append(f"std {j}/{ax}: ratio {float(z[:, ax].std()):.4f} (tol {Z * se_std:.4f} + allowance)")
     return bad
@@ -425,7 +425,8 @@ def test_learned_range_through_the_diffusion_uses_the_model_variance_output():
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 1.0), ("ddim", 0.0), ("dpm++2m", 0.0), ("dpm++3m", 0.0)])
+@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 1.0), ("ddim", 0.0), ("dpm++2m", 0.0),
+                                          ("dpm++3m", 0.0)])
 def test_per_sample_generators_make_samples_independent_of_batch_size(mixture, sampler, eta):
     d = GaussianDiffusion(BETAS)
     big = d.sample(mixture, (6, 2), sampler=sampler, steps=12, eta=eta, dtype=F64,

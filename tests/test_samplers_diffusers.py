@@ -174,7 +174,8 @@ def ddim_scheduler(k, spacing):
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0, 0.3])
-@pytest.mark.parametrize("spacing, k", [("leading", 10), ("leading", 7), ("trailing", 10), ("trailing", 25), ("leading", 50)])
+@pytest.mark.parametrize("spacing, k", [("leading", 10), ("leading", 7), ("trailing", 10), ("trailing", 25),
+                                       ("leading", 50)])
 def test_ddim_steps_match_diffusers(spacing, k, eta):
     sched = ddim_scheduler(k, spacing)
     ts = S.sampling_timesteps(T, k, spacing)
@@ -233,7 +234,8 @@ def our_order(i, k, order):
 
 
 @pytest.mark.parametrize("order", [2, 3])
-@pytest.mark.parametrize("spacing, k", [("snr_root", 10), ("logsnr", 10), ("trailing", 20), ("snr_root", 20), ("quadratic", 25)])
+@pytest.mark.parametrize("spacing, k", [("snr_root", 10), ("logsnr", 10), ("trailing", 20), ("snr_root", 20),
+                                       ("quadratic", 25)])
 def test_dpmpp_updates_match_diffusers_in_float64(order, spacing, k):
     ts = S.sampling_timesteps(T, k, spacing, ABAR)
     states, out = run_ours(f"dpm++{order}m", ts)
@@ -255,7 +257,8 @@ def test_dpmpp_updates_match_diffusers_in_float64(order, spacing, k):
     assert sum(our_order(i, k, order) == order for i in range(k)) == k - 2 * order + 2  # all but warm-up and end
 
 
-@pytest.mark.parametrize("order, spacing, k", [(2, "snr_root", 10), (2, "logsnr", 20), (2, "trailing", 16), (3, "snr_root", 10), (3, "logsnr", 14)])
+@pytest.mark.parametrize("order, spacing, k", [(2, "snr_root", 10), (2, "logsnr", 20), (2, "trailing", 16),
+                                              (3, "snr_root", 10), (3, "logsnr", 14)])
 def test_dpmpp_scheduler_steps_match_ours(order, spacing, k):
     """diffusers' own step(): its order bookkeeping (warm-up, lower_order_final) against ours,
     to float32 rounding (step casts the sample to float32)."""

@@ -60,6 +60,8 @@ Variance = Literal["fixed_large", "fixed_small", "learned_range"]
 # --------------------------------------------------------------------------- timesteps
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5: the sigma grid's curvature
 SNR_ROOT = 8.0  # "snr_root" is uniform in SNR^(1/SNR_ROOT) (measured: see DEFAULT_SPACING)
+
+
 def sampling_timesteps(
     num_timesteps: int,
     steps: int,
@@ -91,7 +93,8 @@ def sampling_timesteps(
     The first kept index is T-1 and the last 0 for every spacing except "leading" (top
     T - T//k), "trailing" (last about T/k - 1) and "quadratic" (top about 0.8 T).
 
-    Where rounding makes two kept indices equal (quadratic and logsnr at many steps), the later
+    Where rounding makes two kept indices equal (quadratic, logsnr, karras, snr_root at many
+    steps), the later
     ones are pushed up by one until all are distinct (and back down from T-1 if needed).
     """
     T = num_timesteps
@@ -312,6 +315,11 @@ def dpmpp_2m_sample(
     lambda = log(alpha / sigma); the first step is first order, every later one uses
     D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1} with r = h_{i-1} / h_i; the step into clean data
     (sigma = 0) is first order and returns the last x0. Deterministic: ``generator`` is unused.
+
+    The multistep extrapolation wants steps whose log-SNR lengths change gradually, as on the
+    "snr_root", "logsnr", "karras", "quadratic" and "trailing" grids. On "linspace" and
+    "leading" the last step is some 30 times longer in log-SNR than the one before (r << 1), and
+    2M is then less accurate than DDIM on the same timesteps (tests/test_samplers.py).
     """
     return _dpmpp_multistep(denoiser, x, timesteps, alphas_cumprod, 2, callback)
 
@@ -331,6 +339,10 @@ def dpmpp_3m_sample(
     with x0' and x0'' (d/dlambda) from the quadratic through the last three predictions at their
     actual lambdas. Warm-up steps use 1st then 2M order; the last solver step is 2M (lower order
     final steps, Lu et al. 2022 sec. 5) and the step into clean data returns the last x0.
+
+    The x0'' term is the full Taylor term; diffusers' third-order update (like the reference
+    DPM-Solver code) has half of it and converges at order 2, this one at order 3 (both checked
+    in tests/test_samplers.py and tests/test_samplers_diffusers.py).
     """
     return _dpmpp_multistep(denoiser, x, timesteps, alphas_cumprod, 3, callback)
 
@@ -446,11 +458,13 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
 #   dpm++2m                 65.3/20.1 12.9/2.5   4.5/0.7    5.7/0.9  15.4/2.6   2.4/0.9
 #   dpm++3m                 67.1/19.6 12.6/2.6  15.0/2.1    7.2/1.6  22.6/6.9   1.9/0.8
 #
-# (ddim: 7 mixtures' worth with 1 seed, 12 000 samples; the ranking is the same.) snr_root's
-# exponent 1/8 was the best of 1/8, 1/10, 1/12, 1/14 for both DPM-Solver++ orders and ddpm.
-# At 50 calls and more every spacing but linspace, leading and trailing is within sampling
-# noise of exact (benchmarks/sampler_quality.py). On the cosine schedule "quadratic" measured
-# best for all three samplers; pass ``spacing=`` there.
+# (ddim row: the five mixtures without the std-0.07 ring, 20 000 samples, 1 seed.) The exponent
+# 1/8 of snr_root had the lowest 10 + 20-call total of 1/8, 1/10, 1/12, 1/14 for dpm++2m,
+# dpm++3m and ddpm; at 20 calls alone dpm++2m is a little better on "quadratic" (0.7 vs 0.9),
+# at 10 calls much worse (4.5 vs 2.4). By 50 calls DPM-Solver++ is at the noise level on every
+# grid but linspace, leading and trailing; DDIM and ddpm at about 100 calls on their defaults
+# (table in benchmarks/sampler_quality.py). On the cosine schedule "quadratic" measured best
+# for ddpm, ddim and dpm++2m alike; pass ``spacing=`` there.
 DEFAULT_SPACING: dict[str, Spacing] = {
     "ddpm": "snr_root",
     "ddim": "quadratic",
