@@ -159,8 +159,10 @@ ancestral reference, about 25 minutes on one thread, was not run):
 | dpm++2m | snr_root | 50 | 0.991 | 0.521 | 52.0 |
 | dpm++3m | snr_root | 50 | 0.991 | 0.519 | 55.5 |
 
-On this model every sampler is close to the floor by 20 calls; at 10 calls ancestral sampling
-is visibly behind the deterministic samplers.
+By 20 calls the deterministic samplers are at FD 0.53, about their 50-call value; ancestral
+sampling trails at 10 calls (FD 0.84, accuracy 0.97). On this model "quadratic" scored a little
+better than "snr_root" (500 digits, same seeds; FD at 10 / 20 calls: dpm++2m 0.64 / 0.63 vs
+0.72 / 0.65, ddpm 0.77 / 0.66 vs 0.85 / 0.79): the defaults favour the sharp-mixture accuracy.
 """
 
 from __future__ import annotations

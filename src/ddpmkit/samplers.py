@@ -464,7 +464,8 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
 # at 10 calls much worse (4.5 vs 2.4). By 50 calls DPM-Solver++ is at the noise level on every
 # grid but linspace, leading and trailing; DDIM and ddpm at about 100 calls on their defaults
 # (table in benchmarks/sampler_quality.py). On the cosine schedule "quadratic" measured best
-# for ddpm, ddim and dpm++2m alike; pass ``spacing=`` there.
+# for ddpm, ddim and dpm++2m alike, and on a trained digits model (linear schedule) it gave a
+# slightly lower Fréchet distance than snr_root at 10 and 20 calls; pass ``spacing=`` there.
 DEFAULT_SPACING: dict[str, Spacing] = {
     "ddpm": "snr_root",
     "ddim": "quadratic",
