@@ -122,7 +122,6 @@ def test_two_processes_write_one_set_of_files(runs):
     metrics = [yaml.safe_load(line) for line in (dist / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [2, 4]  # one line per interval, not one per rank
     assert (dist / "config.yaml").is_file()
-    assert sorted(p.name for p in dist.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "samples"]
     for run in (runs["first"], runs["second"]):
         assert run.stdout.count("trained ") == 1, run.stdout  # the summary line comes from rank 0 only
 
