@@ -7,8 +7,10 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import get_args
 
 from .errors import UserError
+from .samplers import SAMPLERS, Spacing
 
 __all__ = ["main"]
 
@@ -36,10 +38,10 @@ def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="draw samples from a trained model")
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("--num", type=int, default=64, help="number of samples")
-    p.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++2m"], help="default: the run's config")
+    p.add_argument("--sampler", choices=list(SAMPLERS), help="default: the run's config")
     p.add_argument("--steps", type=int, help="network calls (default: the run's config; ddpm: all T)")
     p.add_argument("--eta", type=float, help="DDIM eta in [0, 1]")
-    p.add_argument("--spacing", choices=["linspace", "leading", "trailing", "quadratic", "logsnr"], help="timestep spacing")
+    p.add_argument("--spacing", choices=list(get_args(Spacing)), help="timestep spacing (default: the run's config, else the sampler's)")
     p.add_argument("--labels", help="class labels: all | 3 | 0,1,2 (cycled over the samples)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i, whatever the batch size")

@@ -100,12 +100,12 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: Literal["ddpm", "ddim", "dpm++2m"] = "ddpm"  # default sampler of `ddpmkit sample`
+    sampler: Literal["ddpm", "ddim", "dpm++2m", "dpm++3m"] = "ddpm"  # default sampler of `ddpmkit sample`
     steps: Optional[int] = None  # network calls (None: all T)
     guidance: float = 1.0  # classifier-free guidance weight
     eta: float = 0.0  # DDIM eta
     spacing: Optional[str] = None  # timestep spacing (None: the sampler's default)
-    grid_sampler: Literal["ddpm", "ddim", "dpm++2m"] = "dpm++2m"  # sampler for training grids
+    grid_sampler: Literal["ddpm", "ddim", "dpm++2m", "dpm++3m"] = "dpm++2m"  # sampler for training grids
     grid_steps: int = 50  # its network calls
     levels: Optional[int] = None  # snap saved pixels to this many grey levels (the data's own; digits: 17)
 
