@@ -7,7 +7,7 @@ slow spell on a shared machine hits every configuration alike), medians over the
 
 * training throughput (images/s) of one optimizer step on a batch of random 32x32x3 images:
   noise, q_sample, network, MSE to the noise, backward, Adam. ddpmkit goes through its real
-  training path (``Trainer.train_step``: objective, make_optimizer's foreach Adam, autocast,
+  training path (``Trainer.train_step``: objective, make_optimizer's Adam (fused where available), autocast,
   channels-last, gradient clipping and the EMA update included); the anchors use the same
   loop written plainly (foreach Adam, no clipping, no EMA);
 * the anchors: diffusers' ``UNet2DModel`` (6.47M parameters) and, when it imports,
