@@ -45,3 +45,16 @@ class TimeEmbedding(nn.Sequential):
             nn.SiLU(),
             nn.Linear(emb_dim, emb_dim),
         )
+
+
+def check_conditioning(x: torch.Tensor, t, y, conditional: bool) -> torch.Tensor:
+    """The errors of the note's model when t or y is missing or unexpected; t as a [B] tensor."""
+    if t is None:
+        raise ValueError("time conditioning was specified but t is not passed")
+    if conditional and y is None:
+        raise ValueError("class conditioning was specified but y is not passed")
+    if not conditional and y is not None:
+        raise ValueError("y was passed but the model is not class-conditional (num_classes is None)")
+    if not isinstance(t, torch.Tensor):
+        return torch.full((x.shape[0],), t, device=x.device)
+    return t.expand(x.shape[0]) if t.ndim == 0 else t

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .embeddings import TimeEmbedding
+from .embeddings import TimeEmbedding, check_conditioning
 from .unet import check_positive, check_field_types, config_from_dict, config_to_dict
 
 __all__ = ["MLPConfig", "MLPDenoiser"]
@@ -94,16 +94,7 @@ class MLPDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, dim], t timesteps [B] (int64 or float), y labels [B] (conditional models only)."""
-        if t is None:
-            raise ValueError("time conditioning was specified but t is not passed")
-        if self.null_class is not None and y is None:
-            raise ValueError("class conditioning was specified but y is not passed")
-        if self.null_class is None and y is not None:
-            raise ValueError("y was passed but the model is not class-conditional (num_classes is None)")
-        if not isinstance(t, torch.Tensor):
-            t = torch.full((x.shape[0],), t, device=x.device)
-        elif t.ndim == 0:
-            t = t.expand(x.shape[0])
+        t = check_conditioning(x, t, y, self.null_class is not None)
         cond = self.time_embedding(t)
         if self.class_embedding is not None:
             cond = cond + self.class_embedding(y).to(cond.dtype)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .embeddings import TimeEmbedding
+from .embeddings import TimeEmbedding, check_conditioning
 
 __all__ = ["UNetConfig", "UNet", "ResidualBlock", "AttentionBlock", "Downsample", "Upsample", "GroupNorm",
            "attention", "math_attention"]
@@ -427,16 +427,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, C, H, W], t timesteps [B] (int64 or float), y labels [B] (conditional models only)."""
-        if t is None:
-            raise ValueError("time conditioning was specified but t is not passed")
-        if self.null_class is not None and y is None:
-            raise ValueError("class conditioning was specified but y is not passed")
-        if self.null_class is None and y is not None:
-            raise ValueError("y was passed but the model is not class-conditional (num_classes is None)")
-        if not isinstance(t, torch.Tensor):
-            t = torch.full((x.shape[0],), t, device=x.device)
-        elif t.ndim == 0:
-            t = t.expand(x.shape[0])
+        t = check_conditioning(x, t, y, self.null_class is not None)
         ip = self.config.initial_pad
         if ip:
             x = F.pad(x, (ip, ip, ip, ip))
