@@ -14,13 +14,7 @@ from ddpmkit.nn import MLPConfig, MLPDenoiser, SinusoidalEmbedding, UNet, UNetCo
 from ddpmkit.nn.embeddings import TimeEmbedding
 from ddpmkit.nn.unet import AttentionBlock, GroupNorm, math_attention
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP spinning on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = dict(in_channels=1, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,

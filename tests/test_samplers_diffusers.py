@@ -48,12 +48,7 @@ SHAPE = (3, 2, 4, 4)
 TIGHT = dict(rtol=1e-11, atol=1e-11)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fake_eps(x, t):
