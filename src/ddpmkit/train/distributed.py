@@ -102,8 +102,16 @@ def init_distributed(device_type: str = "cpu") -> DistInfo:
 
 
 def cleanup_distributed() -> None:
-    """Destroy the process group if one was started."""
+    """Destroy the process group if one was started, after every rank has got here.
+
+    The barrier first keeps one rank from tearing down its side (and rank 0 the rendezvous
+    store) while another still has Gloo work in flight, which can abort the slower process.
+    """
     if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
         dist.destroy_process_group()
 
 
