@@ -1,6 +1,7 @@
 """Training and sampling speed of ddpmkit's UNet against public anchors, at matched FLOPs.
 
     python benchmarks/train_speed.py [--threads N] [--repeats R] [--steps S] [--compile] [--quick]
+    python benchmarks/train_speed.py --device cuda [--compile]     # the DDPM CIFAR-10 model, batch 128
 
 What it measures, all in one process, configurations alternating within every repeat (so a
 slow spell on a shared machine hits every configuration alike), medians over the repeats:
@@ -22,6 +23,13 @@ slow spell on a shared machine hits every configuration alike), medians over the
   ``torch.inference_mode`` (a sampler makes one such call per step);
 * the matrix-multiply peak (2048 x 2048, fp32 and bf16) of this machine, and the fraction of
   it each configuration achieves.
+
+Two architectures (``--model``): ``matched`` (the default on the CPU) is the 6.47M-parameter
+network above at batch 16; ``cifar10`` (the default with ``--device cuda``) is the DDPM paper's
+CIFAR-10 model (ddpmkit's ``cifar10`` preset, 35.7M parameters, dropout 0.1) against
+``UNet2DModel`` built to the same size (35,746,307 parameters each) at batch 128. On CUDA the
+modes are fp32 (TF32 allowed for everyone), bf16 autocast, bf16 channels-last, and with
+``--compile`` compiled bf16; every timed round ends with ``torch.cuda.synchronize``.
 
 The last line is ``ratio_vs_best_anchor=X``: ddpmkit's best training images/s over the best
 anchor configuration's. Anchors are optional benchmark dependencies (``pip install
@@ -55,39 +63,77 @@ DIFFUSERS_KWARGS = dict(
 )
 OURS_MODEL = dict(kind="unet", base_channels=64, channel_mults=[1, 2, 2], num_res_blocks=2,
                   attention_resolutions=[16], num_groups=32, dropout=0.0)
+# the DDPM paper's CIFAR-10 model: ddpmkit's cifar10 preset, and diffusers built to the same size
+DIFFUSERS_CIFAR10_KWARGS = dict(
+    sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256), layers_per_block=2,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    dropout=0.1, attention_head_dim=64,
+)
+OURS_CIFAR10 = dict(kind="unet", base_channels=128, channel_mults=[1, 2, 2, 2], num_res_blocks=2,
+                    attention_resolutions=[16], num_groups=32, dropout=0.1)
+# --model name -> (diffusers UNet2DModel kwargs, ddpmkit model config)
+ARCHS = {"matched": (DIFFUSERS_KWARGS, OURS_MODEL), "cifar10": (DIFFUSERS_CIFAR10_KWARGS, OURS_CIFAR10)}
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def median_time(fn: Callable[[], object], repeats: int = 3) -> float:
+@dataclass(frozen=True)
+class Bench:
+    """Where and what is measured: the device, the architecture (a key of ARCHS), the batch."""
+
+    device: torch.device
+    arch: str
+    batch: int
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def sync(self) -> None:
+        """Wait for queued GPU work, so wall time measures it (no-op on the CPU)."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+
+def median_time(fn: Callable[[], object], repeats: int = 3, sync: Callable[[], None] = lambda: None) -> float:
     """Median wall time of fn() over ``repeats`` calls after one warm-up call."""
     fn()
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def matmul_peak(dtype: torch.dtype, size: int = 2048) -> tuple[float, int]:
-    """(FLOP/s of a size x size matrix product in ``dtype``, the size used).
+def matmul_peak(dtype: torch.dtype, bench: Bench, quick: bool = False) -> tuple[float, int]:
+    """(FLOP/s of a size x size matrix product in ``dtype`` on the bench's device, the size used).
 
-    A dtype the CPU has no fast kernels for (bf16 without AVX512-BF16/AMX runs a reference
-    loop a hundred times slower) is probed at 256 first and, when one 2048 product would take
-    over 10 s, measured at the largest size that does not, so the benchmark does not stall.
-    fp32 is always measured at ``size``.
+    2048 on the CPU, 8192 on a GPU. A dtype the CPU has no fast kernels for (bf16 without
+    AVX512-BF16/AMX runs a reference loop a hundred times slower) is probed at 256 first and,
+    when one product would take over 10 s, measured at the largest size that does not, so the
+    benchmark does not stall. fp32 is always measured at the full size. ``quick``: the probe only.
     """
-    probe = 256
-    a, b = torch.randn(probe, probe).to(dtype), torch.randn(probe, probe).to(dtype)
-    t = median_time(lambda: a @ b, 2)
-    rate = 2 * probe**3 / t
+    size, probe = (8192, 1024) if bench.cuda else (2048, 256)
+    if quick:
+        size = probe
+
+    def rate_at(n: int, repeats: int) -> float:
+        a = torch.randn(n, n, device=bench.device).to(dtype)
+        b = torch.randn(n, n, device=bench.device).to(dtype)
+        return 2 * n**3 / median_time(lambda: a @ b, repeats, bench.sync)
+
+    rate = rate_at(probe, 2)
     while dtype != torch.float32 and size > probe and 2 * size**3 / rate > 10.0:
         size //= 2
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    t = median_time(lambda: a @ b, 3)
-    return 2 * size**3 / t, size
+    return rate_at(size, 3), size
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -99,14 +145,14 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def linear_alphas_cumprod(timesteps: int = 1000) -> torch.Tensor:
+def linear_alphas_cumprod(timesteps: int = 1000, device: torch.device | str = "cpu") -> torch.Tensor:
     """alpha-bar of the DDPM linear schedule (1e-4 .. 0.02), computed in float64."""
     betas = torch.linspace(1e-4, 0.02, timesteps, dtype=torch.float64)
-    return torch.cumprod(1.0 - betas, 0).float()
+    return torch.cumprod(1.0 - betas, 0).float().to(device)
 
 
-def autocast(bf16: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+def autocast(bf16: bool, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------- the contenders
@@ -149,8 +195,8 @@ class Contender:
         return statistics.median(self.rates) if self.rates else float("nan")
 
 
-def ours_trainer(mode: Mode, batch: int, workdir: Path):
-    """A real ddpmkit Trainer on a folder of random 32x32 RGB images."""
+def ours_trainer(mode: Mode, bench: Bench, workdir: Path):
+    """A real ddpmkit Trainer, built on a folder of random 32x32 RGB images."""
     from PIL import Image
 
     from ddpmkit.train.config import load_config
@@ -160,25 +206,25 @@ def ours_trainer(mode: Mode, batch: int, workdir: Path):
     if not data.is_dir():
         data.mkdir(parents=True)
         rng = np.random.default_rng(0)
-        for i in range(batch):
+        for i in range(8):
             Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(data / f"{i:03d}.png")
     precision = "bf16" if mode.bf16 else "fp32"
     cfg = load_config("folder", overrides={
         "data": {"root": str(data), "image_size": 32, "hflip": False},
-        "model": OURS_MODEL,
-        "train": {"batch_size": batch, "precision": precision, "channels_last": mode.channels_last,
-                  "compile": mode.compile, "device": "cpu", "warmup_steps": 0, "ema_start": 0},
+        "model": ARCHS[bench.arch][1],
+        "train": {"batch_size": bench.batch, "precision": precision, "channels_last": mode.channels_last,
+                  "compile": mode.compile, "device": bench.device.type, "warmup_steps": 0, "ema_start": 0},
     })
-    run = workdir / f"run-{precision}-{int(mode.channels_last)}-{int(mode.compile)}"
+    run = workdir / f"run-{bench.arch}-{bench.device.type}-{precision}-{int(mode.channels_last)}-{int(mode.compile)}"
     return Trainer(cfg, run, progress=False)
 
 
-def make_ours(mode: Mode, batch: int, workdir: Path) -> Contender:
-    trainer = ours_trainer(mode, batch, workdir)
-    g = torch.Generator().manual_seed(0)
+def make_ours(mode: Mode, bench: Bench, workdir: Path) -> Contender:
+    trainer = ours_trainer(mode, bench, workdir)
+    g = bench.generator(0)
 
     def step():
-        x0 = torch.rand((batch, *IMAGE), generator=g) * 2 - 1
+        x0 = torch.rand((bench.batch, *IMAGE), generator=g, device=bench.device) * 2 - 1
         return trainer.train_step(x0, None)
 
     params = sum(p.numel() for p in trainer.model.parameters())
@@ -196,35 +242,37 @@ class _SampleOnly(nn.Module):
         return self.net(x, t).sample
 
 
-def build_anchor(family: str) -> nn.Module:
+def build_anchor(family: str, arch: str) -> nn.Module:
     if family == "diffusers":
         from diffusers import UNet2DModel
 
-        return _SampleOnly(UNet2DModel(**DIFFUSERS_KWARGS))
+        return _SampleOnly(UNet2DModel(**ARCHS[arch][0]))
     from denoising_diffusion_pytorch import Unet
 
     return Unet(dim=64, dim_mults=(1, 2, 2), channels=3)
 
 
-def make_anchor(family: str, mode: Mode, batch: int) -> Contender:
-    """The plain loop: q_sample, network, MSE to the noise, backward, foreach Adam."""
+def make_anchor(family: str, mode: Mode, bench: Bench) -> Contender:
+    """The plain loop: q_sample, network, MSE to the noise, backward, Adam (fused on CUDA)."""
     torch.manual_seed(0)
-    model = build_anchor(family)
+    model = build_anchor(family, bench.arch).to(bench.device)
     if mode.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if mode.compile else model
-    opt = torch.optim.Adam(model.parameters(), lr=2e-4, foreach=True)
-    abar = linear_alphas_cumprod()
-    g = torch.Generator().manual_seed(0)
+    fused = {"fused": True} if bench.cuda else {"foreach": True}
+    opt = torch.optim.Adam(model.parameters(), lr=2e-4, **fused)
+    abar = linear_alphas_cumprod(device=bench.device)
+    g = bench.generator(0)
     fmt = torch.channels_last if mode.channels_last else torch.contiguous_format
+    batch, dev = bench.batch, bench.device
 
     def step():
-        x0 = (torch.rand((batch, *IMAGE), generator=g) * 2 - 1).contiguous(memory_format=fmt)
-        t = torch.randint(0, len(abar), (batch,), generator=g)
-        noise = torch.randn(x0.shape, generator=g).contiguous(memory_format=fmt)
+        x0 = (torch.rand((batch, *IMAGE), generator=g, device=dev) * 2 - 1).contiguous(memory_format=fmt)
+        t = torch.randint(0, len(abar), (batch,), generator=g, device=dev)
+        noise = torch.randn(x0.shape, generator=g, device=dev).contiguous(memory_format=fmt)
         a = abar[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        with autocast(mode.bf16):
+        with autocast(mode.bf16, dev):
             pred = net(x_t, t)
         loss = F.mse_loss(pred.float(), noise)
         opt.zero_grad(set_to_none=True)
@@ -235,35 +283,33 @@ def make_anchor(family: str, mode: Mode, batch: int) -> Contender:
     return Contender(family, mode, step, sum(p.numel() for p in model.parameters()))
 
 
-def train_flops(family: str, batch: int, workdir: Path) -> float:
-    """FLOPs of one training step (forward + backward) per image, fp32 eager."""
+def train_flops(family: str, arch: str, workdir: Path, batch: int = 2) -> float:
+    """FLOPs of one training step (forward + backward) per image, fp32 on the CPU (counts do not
+    depend on the device)."""
     x = torch.randn(batch, *IMAGE)
     t = torch.randint(0, 1000, (batch,))
     if family == "ddpmkit":
-        model = ours_trainer(Mode(), batch, workdir).model
-        fn = lambda: F.mse_loss(model(x, t), x).backward()  # noqa: E731
+        model = ours_trainer(Mode(), Bench(torch.device("cpu"), arch, batch), workdir).model
     else:
-        model = build_anchor(family)
-        fn = lambda: F.mse_loss(model(x, t), x).backward()  # noqa: E731
-    return count_flops(fn) / batch
+        model = build_anchor(family, arch)
+    return count_flops(lambda: F.mse_loss(model(x, t), x).backward()) / batch
 
 
 # ----------------------------------------------------------------------------- sampling
 
 
-def sampling_rates(batch: int, repeats: int, bf16_ok: bool) -> list[tuple[str, float, float]]:
+def sampling_rates(bench: Bench, batch: int, repeats: int, bf16_ok: bool) -> list[tuple[str, float, float]]:
     """(label, images/s of one network call at ``batch``, forward GFLOP/img), best mode per network."""
     from ddpmkit.nn import UNet, UNetConfig
-    from ddpmkit.train.fast import autocast_context
 
     torch.manual_seed(0)
-    cfg = {k: v for k, v in OURS_MODEL.items() if k != "kind"}
+    cfg = {k: v for k, v in ARCHS[bench.arch][1].items() if k != "kind"}
     ours = UNet(UNetConfig(in_channels=3, image_size=32, **cfg)).eval()
     with torch.no_grad():  # the zero-initialised output layer would make the last conv trivial
         ours.out_conv.weight.normal_(0, 0.02)
     nets = {"ddpmkit": ours}
     try:
-        nets["diffusers"] = build_anchor("diffusers").eval()
+        nets["diffusers"] = build_anchor("diffusers", bench.arch).eval()
     except ImportError:
         pass
     x = torch.randn(batch, *IMAGE)
@@ -271,17 +317,21 @@ def sampling_rates(batch: int, repeats: int, bf16_ok: bool) -> list[tuple[str, f
     results = []
     for name, net in nets.items():
         flops = count_flops(lambda: net(x, t)) / batch
-        modes = [(False, False), (False, True)] + ([(True, True)] if bf16_ok else [])
+        net.to(bench.device)
+        xd, td = x.to(bench.device), t.to(bench.device)
+        modes = [(False, False), (False, True)] + ([(True, False), (True, True)] if bf16_ok else [])
         rates = {}
         for rep in range(repeats):  # alternate the modes within each repeat
             for bf16, cl in modes:
                 m = net.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
-                xi = x.contiguous(memory_format=torch.channels_last) if cl else x
-                with torch.inference_mode(), autocast_context(torch.device("cpu"), bf16):
+                xi = xd.contiguous(memory_format=torch.channels_last) if cl else xd
+                with torch.inference_mode(), autocast(bf16, bench.device):
                     if rep == 0:
-                        m(xi, t)
+                        m(xi, td)
+                        bench.sync()
                     t0 = time.perf_counter()
-                    m(xi, t)
+                    m(xi, td)
+                    bench.sync()
                     rates.setdefault((bf16, cl), []).append(batch / (time.perf_counter() - t0))
         medians = {k: statistics.median(v) for k, v in rates.items()}
         print(f"# sampling {name}: " + ", ".join(
@@ -291,52 +341,80 @@ def sampling_rates(batch: int, repeats: int, bf16_ok: bool) -> list[tuple[str, f
         label = f"{name} ({'bf16' if bf16 else 'fp32'}{' channels-last' if cl else ''})"
         results.append((label, best, flops / 1e9))
     return results
-
-
 # ----------------------------------------------------------------------------- main
+
+
+def pick_modes(bench: Bench, bf16: bool, compile_too: bool) -> list[Mode]:
+    """The modes every network is timed in; each network is then ranked by its best one."""
+    modes = [Mode(), Mode(channels_last=True)]
+    if bf16:
+        if bench.cuda:
+            modes.append(Mode(bf16=True))
+        modes.append(Mode(bf16=True, channels_last=True))
+    if compile_too:
+        if not bench.cuda:
+            modes.append(Mode(channels_last=True, compile=True))
+        if bf16:
+            modes.append(Mode(bf16=True, channels_last=True, compile=True))
+    return modes
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to measure")
+    p.add_argument("--model", choices=sorted(ARCHS), default=None,
+                   help="architecture (default: matched on the CPU, cifar10 on CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=5, help="timing rounds; every configuration once per round")
-    p.add_argument("--steps", type=int, default=2, help="optimizer steps timed per configuration per round")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration before the rounds")
-    p.add_argument("--batch", type=int, default=16, help="training batch size")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps timed per configuration per round (default 2 on the CPU, 20 on CUDA)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed steps per configuration before the rounds (default 2 on the CPU, 10 on CUDA)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="training batch size (default 16 for matched, 128 for cifar10)")
     p.add_argument("--sample-batch", type=int, default=64, help="batch of the sampling measurement")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd networks")
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
-                   help="time bf16 autocast modes (auto: only where bf16 matmul beats fp32 on this machine)")
+                   help="time bf16 autocast modes (auto: on GPUs with bf16, and on CPUs where bf16 matmul beats fp32)")
     p.add_argument("--no-lucidrains", action="store_true", help="skip the denoising_diffusion_pytorch anchor")
-    p.add_argument("--quick", action="store_true", help="2 rounds of 1 step, 1 warm-up step: a smoke test")
+    p.add_argument("--quick", action="store_true",
+                   help="2 rounds of 1 step, 1 warm-up step, small matmul probe: a smoke test")
     args = p.parse_args(argv)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        print("error: --device cuda, but no CUDA GPU is available", file=sys.stderr)
+        return 2
+    arch = args.model or ("cifar10" if cuda else "matched")
+    bench = Bench(torch.device("cuda" if cuda else "cpu"), arch, args.batch or (128 if arch == "cifar10" else 16))
+    steps = args.steps or (20 if cuda else 2)
+    warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
     if args.quick:
-        args.repeats, args.steps, args.warmup = 2, 1, 1
+        args.repeats, steps, warmup = 2, 1, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}", flush=True)
+    if cuda:  # the same matmul/conv precision for every contender
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        print(f"# torch {torch.__version__}, {torch.cuda.get_device_name(bench.device)}, "
+              f"CUDA {torch.version.cuda}, TF32 allowed", flush=True)
+    else:
+        print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
+              f"CPU capability {torch.backends.cpu.get_cpu_capability()}", flush=True)
 
     from ddpmkit.train.fast import cpu_has_bf16_matmul
 
-    fp32_peak, fp32_size = matmul_peak(torch.float32)
-    bf16_peak, bf16_size = matmul_peak(torch.bfloat16)
-    print(f"# matmul peak: fp32 {fp32_peak / 1e12:.3f} TFLOP/s ({fp32_size}^2), "
-          f"bf16 {bf16_peak / 1e12:.3f} TFLOP/s ({bf16_size}^2); "
-          f"bf16 matrix units detected: {cpu_has_bf16_matmul()}", flush=True)
-    use_bf16_modes = args.bf16 == "on" or (args.bf16 == "auto" and bf16_peak > fp32_peak)
+    fp32_peak, fp32_size = matmul_peak(torch.float32, bench, args.quick)
+    bf16_peak, bf16_size = matmul_peak(torch.bfloat16, bench, args.quick)
+    units = torch.cuda.is_bf16_supported() if cuda else cpu_has_bf16_matmul()
+    print(f"# matmul peak: fp32{' (TF32)' if cuda else ''} {fp32_peak / 1e12:.3f} TFLOP/s ({fp32_size}^2), "
+          f"bf16 {bf16_peak / 1e12:.3f} TFLOP/s ({bf16_size}^2); bf16 matrix units detected: {units}", flush=True)
+    use_bf16_modes = args.bf16 == "on" or (args.bf16 == "auto" and (units if cuda else bf16_peak > fp32_peak))
     if not use_bf16_modes:
         print(f"# bf16 autocast modes skipped: bf16 matmul runs at {bf16_peak / fp32_peak:.3g}x fp32 here "
               f"(--bf16 on to time them anyway)", flush=True)
-
-    modes = [Mode(), Mode(channels_last=True)]
-    if use_bf16_modes:
-        modes.append(Mode(bf16=True, channels_last=True))
-    if args.compile:
-        modes.append(Mode(channels_last=True, compile=True))
-        if use_bf16_modes:
-            modes.append(Mode(bf16=True, channels_last=True, compile=True))
+    modes = pick_modes(bench, use_bf16_modes, args.compile)
 
     families = ["ddpmkit"]
     notes = []
@@ -346,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         families.append("diffusers")
     except ImportError:
         notes.append("diffusers not installed: no diffusers anchor (pip install diffusers)")
-    if not args.no_lucidrains:
+    if arch != "matched":
+        notes.append(f"lucidrains' Unet has no configuration matching the {arch} model; anchor skipped")
+    elif not args.no_lucidrains:
         try:
             import denoising_diffusion_pytorch  # noqa: F401
 
@@ -357,30 +437,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {n}", flush=True)
 
     workdir = Path(tempfile.mkdtemp(prefix="ddpmkit-bench-"))
-    flops = {fam: train_flops(fam, args.batch, workdir) for fam in families}
+    flops = {fam: train_flops(fam, arch, workdir) for fam in families}
     contenders: list[Contender] = []
     for fam in families:
         for mode in modes:
-            c = make_ours(mode, args.batch, workdir) if fam == "ddpmkit" else make_anchor(fam, mode, args.batch)
+            c = make_ours(mode, bench, workdir) if fam == "ddpmkit" else make_anchor(fam, mode, bench)
             c.flops_per_image = flops[fam]
             t0 = time.perf_counter()
-            for _ in range(args.warmup):
+            for _ in range(warmup):
                 c.train_step()
+            bench.sync()
             print(f"# warmed up {c.label} in {time.perf_counter() - t0:.1f} s", flush=True)
             contenders.append(c)
 
     for rep in range(args.repeats):
         for c in contenders:  # alternating: every configuration once per round
+            bench.sync()
             t0 = time.perf_counter()
-            for _ in range(args.steps):
+            for _ in range(steps):
                 c.train_step()
-            c.rates.append(args.steps * args.batch / (time.perf_counter() - t0))
+            bench.sync()
+            c.rates.append(steps * bench.batch / (time.perf_counter() - t0))
         print(f"# round {rep + 1}/{args.repeats}: "
               + ", ".join(f"{c.family}/{c.mode.name} {c.rates[-1]:.2f}" for c in contenders), flush=True)
 
+    where = torch.cuda.get_device_name(bench.device) if cuda else f"{torch.get_num_threads()} CPU threads"
     print()
-    print(f"Training: batch {args.batch} of random 32x32x3, MSE, Adam; median of {args.repeats} rounds "
-          f"x {args.steps} steps; {torch.get_num_threads()} threads")
+    print(f"Training ({arch} model): batch {bench.batch} of random 32x32x3, MSE, Adam; median of "
+          f"{args.repeats} rounds x {steps} steps; {where}")
     print()
     print("| config | params | GFLOP/img (fwd+bwd) | img/s | achieved TFLOP/s | of matmul peak |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -405,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ddpmkit best vs diffusers fp32 eager (contiguous): {ours.img_s / base.img_s:.2f}x")
 
     print(flush=True)
-    samp = sampling_rates(args.sample_batch, max(3, args.repeats), use_bf16_modes)
+    samp = sampling_rates(bench, args.sample_batch, max(3, args.repeats), use_bf16_modes)
     print()
     print(f"Sampling: one network evaluation at batch {args.sample_batch} under torch.inference_mode, "
           f"best mode per network")
