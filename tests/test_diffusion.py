@@ -240,3 +240,22 @@ def test_coefficients_follow_device_and_dtype(diffusion):
     assert out.dtype == torch.float32
     abar = diffusion.alphas_cumprod[t].float().sqrt()[:, None]
     torch.testing.assert_close(out, abar * x)
+
+
+def test_unconditional_model_may_take_two_arguments():
+    """An unconditional call is model(x_t, t): a plain two-argument callable samples and trains."""
+    d = GaussianDiffusion(ddpmkit.linear_beta_schedule(100))
+    seen = []
+
+    def model(x, t):
+        seen.append(x.shape[0])
+        return 0.1 * x
+
+    for sampler in ("ddpm", "ddim", "dpm++2m", "dpm++3m"):
+        x = d.sample(model, (4, 2), sampler=sampler, steps=5, generator=torch.Generator().manual_seed(0))
+        assert x.shape == (4, 2) and torch.isfinite(x).all()
+    loss = d.training_losses(model, torch.zeros(4, 2), torch.tensor([0, 10, 50, 99]))
+    assert loss.shape == (4,)
+    assert len(seen) == 4 * 5 + 1
+    with pytest.raises(TypeError):  # labels are still passed to a model that needs them
+        d.sample(model, (4, 2), sampler="ddim", steps=5, y=torch.zeros(4, dtype=torch.long))

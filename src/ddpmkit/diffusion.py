@@ -200,7 +200,7 @@ class GaussianDiffusion:
             pred = uncond + guidance_scale * (cond - uncond)
             var_out = None if var_out is None else var_out.chunk(2)[0]
             return pred, var_out
-        return self._split(model(x_t, t, y), x_t.shape)
+        return self._split(_call(model, x_t, t, y), x_t.shape)
 
     def _split(self, out: Tensor, shape) -> tuple[Tensor, Tensor | None]:
         if self.variance != "learned_range":
@@ -378,7 +378,7 @@ class GaussianDiffusion:
         if noise is None:
             noise = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, noise)
-        pred, var_out = self._split(model(x_t, t, y), x_t.shape)
+        pred, var_out = self._split(_call(model, x_t, t, y), x_t.shape)
         target = self.prediction_target(x0, noise, t)
         err = pred.float() - target.float()
         per_example = mean_flat(err.abs() if self.loss_type == "l1" else err**2)
@@ -457,6 +457,11 @@ def _check_choice(what: str, value, literal) -> None:
     choices = get_args(literal)
     if value not in choices:
         raise UserError(f"unknown {what} {value!r}; choose one of {', '.join(map(repr, choices))}")
+
+
+def _call(model: Model, x_t: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
+    """``model(x_t, t, y)``; an unconditional call leaves y out, so ``model(x_t, t)`` callables work too."""
+    return model(x_t, t) if y is None else model(x_t, t, y)
 
 
 def _model_device(model) -> torch.device:
