@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ddpmkit.nn import UNet, UNetConfig
+from ddpmkit.nn import unet as unet_module
 from ddpmkit.nn.unet import GroupNorm
 from ddpmkit.train.config import TrainConfig, load_config
 from ddpmkit.train.fast import autocast_context, cpu_has_bf16_matmul, use_bf16
@@ -59,8 +60,16 @@ def unet32(**overrides) -> UNet:
 # ----------------------------------------------------------------------------- channels-last
 
 
+@pytest.fixture(params=["own backward", "native"])
+def norm_backward(request, monkeypatch):
+    """Both channels-last fp32 GroupNorm paths, whichever this CPU's build would pick."""
+    slow = request.param == "own backward"
+    monkeypatch.setattr(unet_module, "_native_cl_norm_backward_is_slow", lambda: slow)
+    return request.param
+
+
 @pytest.mark.parametrize("groups,channels,size", [(32, 64, 32), (8, 24, 32), (4, 16, 40), (8, 32, 16)])
-def test_channels_last_group_norm_forward_and_backward_match_torch(groups, channels, size):
+def test_channels_last_group_norm_forward_and_backward_match_torch(groups, channels, size, norm_backward):
     torch.manual_seed(0)
     norm = GroupNorm(groups, channels)
     nn.init.normal_(norm.weight)
@@ -82,7 +91,7 @@ def test_channels_last_group_norm_forward_and_backward_match_torch(groups, chann
     torch.testing.assert_close(norm.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-4)
 
 
-def test_channels_last_group_norm_takes_a_gradient_of_any_layout():
+def test_channels_last_group_norm_takes_a_gradient_of_any_layout(norm_backward):
     torch.manual_seed(0)
     norm = GroupNorm(4, 8)
     x = torch.randn(2, 8, 32, 32)
@@ -92,6 +101,43 @@ def test_channels_last_group_norm_takes_a_gradient_of_any_layout():
     xb = x.contiguous(memory_format=CL).requires_grad_()
     norm(xb).backward(dy)
     torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_group_norm_own_backward_runs_where_chosen(monkeypatch):
+    """The own backward is taken exactly when the native kernel is slow (and the map is large)."""
+    calls = []
+    real = unet_module._ChannelsLastGroupNorm.apply
+    monkeypatch.setattr(unet_module._ChannelsLastGroupNorm, "apply", lambda *a: calls.append(1) or real(*a))
+    norm = GroupNorm(4, 8)
+    x = torch.randn(2, 8, 32, 32).contiguous(memory_format=CL).requires_grad_()
+    for slow, expected in ((True, 1), (False, 1)):
+        monkeypatch.setattr(unet_module, "_native_cl_norm_backward_is_slow", lambda: slow)
+        norm(x)
+        assert len(calls) == expected
+    monkeypatch.setattr(unet_module, "_native_cl_norm_backward_is_slow", lambda: True)
+    norm(x[:, :, :16, :16].contiguous(memory_format=CL))  # below the size where it pays
+    assert len(calls) == 1
+
+
+def test_bf16_channels_last_group_norm_gradients_match_fp32():
+    """Half precision channels-last input is normalised as fp32: output bf16, gradients as fp32's."""
+    torch.manual_seed(0)
+    norm = GroupNorm(8, 32)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    x = (torch.randn(2, 32, 16, 16) * 3 + 1).bfloat16()
+    dy = torch.randn(2, 32, 16, 16).bfloat16()
+    xa = x.float().requires_grad_()
+    nn.functional.group_norm(xa, 8, norm.weight, norm.bias).backward(dy.float())
+    ref_w = norm.weight.grad.clone()
+    norm.zero_grad()
+    xb = x.contiguous(memory_format=CL).requires_grad_()
+    yb = norm(xb)
+    yb.backward(dy.contiguous(memory_format=CL))
+    assert yb.dtype == torch.bfloat16 and yb.is_contiguous(memory_format=CL)
+    assert xb.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(xb.grad.float(), xa.grad, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(norm.weight.grad, ref_w, rtol=1e-4, atol=1e-4)
 
 
 def test_channels_last_unet_matches_contiguous_forward_and_gradients():
