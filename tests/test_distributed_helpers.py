@@ -22,6 +22,7 @@ from ddpmkit.train.distributed import (
     barrier,
     broadcast_object,
     device_for,
+    exit_process,
     init_distributed,
     per_rank_batch_size,
     wrap_ddp,
@@ -89,6 +90,23 @@ def test_bad_environment(clean_env: pytest.MonkeyPatch) -> None:
     assert not dist.is_initialized()
 
 
+def test_exit_process_skips_interpreter_shutdown_only_in_a_torchrun_worker(clean_env, monkeypatch):
+    left = []
+    monkeypatch.setattr(os, "_exit", lambda code: left.append(code))
+    for code in (0, 2):
+        with pytest.raises(SystemExit) as e:
+            exit_process(code)
+        assert e.value.code == code
+    assert left == []
+    clean_env.setenv("WORLD_SIZE", "two")  # a broken environment: a plain exit, not a traceback
+    with pytest.raises(SystemExit):
+        exit_process(2)
+    clean_env.setenv("WORLD_SIZE", "2")
+    clean_env.setenv("RANK", "1")
+    exit_process(3)
+    assert left == [3]
+
+
 WORKER = r"""
 import json, sys
 import torch
@@ -110,12 +128,14 @@ mean = D.all_reduce_mean_(torch.tensor([float(info.rank + 1), 10.0 * info.rank])
 gathered = D.all_gather_cat(torch.tensor([[info.rank, 1], [info.rank, 2]]), info)
 obj = D.broadcast_object({"from": info.rank, "list": [info.rank] * 3}, info)
 D.barrier(info)
-json.dump({
-    "info": [info.rank, info.local_rank, info.world_size, info.is_main, info.enabled],
-    "mean": mean.tolist(), "gathered": gathered.tolist(), "obj": obj, "ddp": type(ddp).__name__,
-    "weight": model.weight.tolist(), "bias": model.bias.tolist(),
-}, open(out, "w"))
+with open(out, "w") as f:
+    json.dump({
+        "info": [info.rank, info.local_rank, info.world_size, info.is_main, info.enabled],
+        "mean": mean.tolist(), "gathered": gathered.tolist(), "obj": obj, "ddp": type(ddp).__name__,
+        "weight": model.weight.tolist(), "bias": model.bias.tolist(),
+    }, f)
 D.cleanup_distributed()
+D.exit_process(0)  # as the ddpmkit command ends a torchrun worker
 """
 
 

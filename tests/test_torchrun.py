@@ -35,6 +35,7 @@ import torch
 
 from ddpmkit import cli
 from ddpmkit.train import trainer as trainer_module
+from ddpmkit.train.distributed import exit_process
 
 dump_dir, argv = sys.argv[1], sys.argv[2:]
 seen = []
@@ -52,7 +53,7 @@ if seen:
     t = seen[0]
     torch.save({"model": t.model.state_dict(), "ema": t.ema.state_dict(), "step": t.step},
                f"{dump_dir}/rank{t.dist.rank}.pt")
-sys.exit(code)
+exit_process(code)  # as the ddpmkit command ends
 '''
 
 

@@ -1,7 +1,5 @@
 """`python -m ddpmkit ...` (and `torchrun -m ddpmkit train ...`)."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

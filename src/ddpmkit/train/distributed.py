@@ -16,8 +16,9 @@ or N processes (up to floating-point summation order), with no learning-rate res
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -113,6 +114,26 @@ def cleanup_distributed() -> None:
         else:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the program with ``code``; a torchrun worker (WORLD_SIZE > 1) skips interpreter shutdown.
+
+    After every collective has finished and the process group is destroyed, Gloo's C++ threads
+    can still abort a worker while the interpreter finalises ("terminate called without an active
+    exception", exit -6; measured in 1 of 8 to 30 two-process runs on a busy 2-core CPU, torch
+    2.13, always after the atexit handlers). A worker that got here has written everything, so it
+    flushes its output and leaves with os._exit; a single process exits normally.
+    """
+    try:
+        worker = dist_info_from_env().enabled
+    except UserError:
+        worker = False
+    if not worker:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def barrier(info: DistInfo) -> None:
