@@ -176,6 +176,26 @@ def test_labels_out_of_range_and_negative_num(run_dir, tmp_path):
     assert not (tmp_path / "s.npz").exists()
 
 
+def test_trajectory_must_be_a_png(run_dir, tmp_path):
+    traj = tmp_path / "traj.txt"
+    assert_user_error(*run_cli("sample", run_dir, "--num", "2", "--out", tmp_path / "s.npz", "--trajectory", traj),
+                      "trajectory")
+    assert not traj.exists() and not (tmp_path / "s.npz").exists()
+
+
+def test_default_steps_follow_the_chosen_sampler():
+    from ddpmkit.cli import _default_steps
+    from ddpmkit.train.config import SampleConfig
+
+    sc = SampleConfig(sampler="dpm++2m", steps=25, grid_steps=40)
+    assert _default_steps("dpm++2m", sc) == 25
+    assert _default_steps("ddim", sc) == 25  # another fast sampler keeps the run's budget
+    assert _default_steps("ddpm", sc) is None  # ancestral sampling chosen here: all T steps
+    full = SampleConfig(sampler="ddpm", steps=None, grid_steps=40)
+    assert _default_steps("ddpm", full) is None
+    assert _default_steps("dpm++3m", full) == 40  # never 1000 calls of a fast sampler by default
+
+
 def test_existing_output_is_not_overwritten(run_dir, tmp_path):
     out = tmp_path / "s.npz"
     out.write_bytes(b"precious")

@@ -39,7 +39,8 @@ def _add_sample(sub) -> None:
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("--num", type=int, default=64, help="number of samples")
     p.add_argument("--sampler", choices=list(SAMPLERS), help="default: the run's config")
-    p.add_argument("--steps", type=int, help="network calls (default: the run's config; ddpm: all T)")
+    p.add_argument("--steps", type=int,
+                   help="network calls (default: the run's sample.steps; --sampler ddpm chosen here: all T)")
     p.add_argument("--eta", type=float, help="DDIM eta in [0, 1]")
     p.add_argument("--spacing", choices=list(get_args(Spacing)), help="timestep spacing (default: the run's config, else the sampler's)")
     p.add_argument("--labels", help="class labels: all | 3 | 0,1,2 (cycled over the samples)")
@@ -193,6 +194,16 @@ def parse_labels(spec: str | None, num: int, num_classes: int | None):
     return torch.tensor([values[i % len(values)] for i in range(num)], dtype=torch.long)
 
 
+def _default_steps(sampler: str, sc) -> int | None:
+    """Network calls when --steps is not given: the run's own for its sampler, the whole chain for
+    ancestral sampling chosen instead, and the run's (or its grids') few-step budget for a fast sampler."""
+    if sampler == sc.sampler:
+        return sc.steps
+    if sampler == "ddpm":
+        return None
+    return sc.steps or sc.grid_steps
+
+
 def _check_outputs(paths: list[Path], force: bool) -> None:
     for p in paths:
         if p.exists() and not force:
@@ -218,11 +229,13 @@ def cmd_sample(args) -> int:
         if p.suffix.lower() not in (".npz", ".png"):
             raise UserError(f"--out {str(p)!r}: give a .npz or a .png file")
     extra = [Path(args.trajectory)] if args.trajectory else []
+    if extra and extra[0].suffix.lower() != ".png":
+        raise UserError(f"--trajectory {args.trajectory!r}: give a .png file")
     _check_outputs(outs + extra, args.force)
     cfg, model, diffusion, _ = load_run(args.run, use_ema=not args.no_ema, device=args.device)
     sc = cfg.sample
     sampler = args.sampler or sc.sampler
-    steps = args.steps if args.steps is not None else (sc.steps if sampler == sc.sampler else None)
+    steps = args.steps if args.steps is not None else _default_steps(sampler, sc)
     eta = sc.eta if args.eta is None else args.eta
     spacing = args.spacing or (sc.spacing if sampler == sc.sampler else None)
     guidance = sc.guidance if args.guidance is None else args.guidance
