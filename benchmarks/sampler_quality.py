@@ -140,31 +140,7 @@ ancestral sampling get there at about 100 calls on their default grids. With the
 "trailing" keeps a large std_error at every budget: its last network call is at t = T/k - 1,
 whose denoised output is still shrunk towards the component means; grids ending at t = 0 are not.
 
-Part B, same day and machine, ``--no-oracle --no-reference --run`` on a digits run of the
-default preset trained 4000 steps (EMA; fd_floor, real train digits, 0.412; the 1000-step
-ancestral reference, about 25 minutes on one thread, was not run):
-
-| sampler | spacing | steps | accuracy | FD (features) | wall s |
-| --- | --- | ---: | ---: | ---: | ---: |
-| ddpm | snr_root | 10 | 0.970 | 0.836 | 14.6 |
-| ddim | quadratic | 10 | 0.998 | 0.590 | 13.6 |
-| dpm++2m | snr_root | 10 | 0.998 | 0.618 | 14.4 |
-| dpm++3m | snr_root | 10 | 0.997 | 0.631 | 14.3 |
-| ddpm | snr_root | 20 | 0.992 | 0.604 | 29.7 |
-| ddim | quadratic | 20 | 0.996 | 0.536 | 30.8 |
-| dpm++2m | snr_root | 20 | 0.994 | 0.534 | 31.3 |
-| dpm++3m | snr_root | 20 | 0.992 | 0.528 | 29.6 |
-| ddpm | snr_root | 50 | 0.994 | 0.576 | 75.2 |
-| ddim | quadratic | 50 | 0.992 | 0.515 | 74.2 |
-| dpm++2m | snr_root | 50 | 0.991 | 0.521 | 52.0 |
-| dpm++3m | snr_root | 50 | 0.991 | 0.519 | 55.5 |
-
-By 20 calls the deterministic samplers are at FD 0.53, about their 50-call value; ancestral
-sampling trails at 10 calls (FD 0.84, accuracy 0.97). On this model "quadratic" scored a little
-better than "snr_root" (500 digits, same seeds; FD at 10 / 20 calls: dpm++2m 0.64 / 0.63 vs
-0.72 / 0.65, ddpm 0.77 / 0.66 vs 0.85 / 0.79): the defaults favour the sharp-mixture accuracy.
-
-Part B again on 2026-11-26, the default preset (4000 steps, bf16) on the Zen 5 CI CPU, 2 threads,
+Part B, 2026-11-26: the default preset's run (4000 steps, bf16) on the Zen 5 CI CPU, 2 threads,
 with the 1000-step ancestral reference (``--no-oracle --run runs/digits --threads 2``; fd_floor
 0.412):
 
@@ -184,8 +160,12 @@ with the 1000-step ancestral reference (``--no-oracle --run runs/digits --thread
 | dpm++3m | snr_root | 50 | 0.990 | 0.517 | 11.4 |
 | ddpm | all | 1000 | 0.995 | 0.580 | 222.2 |
 
-The 20-call deterministic samplers match the 1000-step chain (FD 0.52-0.53 vs 0.58) at 1/50 of
-its wall time.
+By 20 calls the deterministic samplers match the 1000-step ancestral chain (FD 0.52-0.53 vs
+0.58, accuracy 0.992-0.993 vs 0.995) at 1/50 of its wall time; ancestral sampling trails at 10
+calls (FD 0.78, accuracy 0.97). On an earlier 4000-step fp32 run (2026-11-25, Zen 3) the
+numbers were within about 0.05 FD of these, and "quadratic" scored a little better than "snr_root"
+there (500 digits, same seeds; FD at 10 / 20 calls: dpm++2m 0.64 / 0.63 vs 0.72 / 0.65, ddpm
+0.77 / 0.66 vs 0.85 / 0.79): the defaults favour the sharp-mixture accuracy.
 """
 
 from __future__ import annotations
