@@ -140,6 +140,24 @@ def test_bf16_channels_last_group_norm_gradients_match_fp32():
     torch.testing.assert_close(norm.weight.grad, ref_w, rtol=1e-4, atol=1e-4)
 
 
+def test_half_precision_model_normalises_channels_last_input():
+    """A network cast to bf16 (weights included) normalises channels-last maps like nn.GroupNorm in fp32."""
+    torch.manual_seed(0)
+    norm = GroupNorm(4, 16)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    ref = nn.GroupNorm(4, 16)
+    ref.load_state_dict(norm.state_dict())
+    x = torch.randn(2, 16, 8, 8) * 2 + 1
+    out = norm.bfloat16()(x.bfloat16().contiguous(memory_format=CL))
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(out.float(), ref(x.bfloat16().float()), rtol=2e-2, atol=3e-2)
+    net = unet32().bfloat16().to(memory_format=CL)
+    x = torch.randn(2, 3, 32, 32).bfloat16().contiguous(memory_format=CL)
+    with torch.no_grad():
+        assert torch.isfinite(net(x, torch.tensor([3, 700])).float()).all()
+
+
 def test_channels_last_unet_matches_contiguous_forward_and_gradients():
     net = unet32()
     net_cl = copy.deepcopy(net).to(memory_format=CL)

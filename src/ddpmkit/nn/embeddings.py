@@ -46,6 +46,11 @@ class TimeEmbedding(nn.Sequential):
             nn.Linear(emb_dim, emb_dim),
         )
 
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """t [B] -> [B, emb_dim]; the float32 table meets the MLP in its weights' dtype (a model cast to bf16)."""
+        table, first = self[0](t), self[1]
+        return self[3](self[2](first(table.to(first.weight.dtype))))
+
 
 def check_conditioning(x: torch.Tensor, t, y, conditional: bool) -> torch.Tensor:
     """The errors of the note's model when t or y is missing or unexpected; t as a [B] tensor."""
