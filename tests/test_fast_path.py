@@ -60,6 +60,16 @@ def unet32(**overrides) -> UNet:
 # ----------------------------------------------------------------------------- channels-last
 
 
+def norm_and_reference(groups: int, channels: int) -> tuple[GroupNorm, nn.GroupNorm]:
+    """ddpmkit's GroupNorm with random affine weights, and torch's with the same weights."""
+    norm = GroupNorm(groups, channels)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    ref = nn.GroupNorm(groups, channels)
+    ref.load_state_dict(norm.state_dict())
+    return norm, ref
+
+
 @pytest.fixture(params=["own backward", "native"])
 def norm_backward(request, monkeypatch):
     """Both channels-last fp32 GroupNorm paths, whichever this CPU's build would pick."""
@@ -71,11 +81,7 @@ def norm_backward(request, monkeypatch):
 @pytest.mark.parametrize("groups,channels,size", [(32, 64, 32), (8, 24, 32), (4, 16, 40), (8, 32, 16)])
 def test_channels_last_group_norm_forward_and_backward_match_torch(groups, channels, size, norm_backward):
     torch.manual_seed(0)
-    norm = GroupNorm(groups, channels)
-    nn.init.normal_(norm.weight)
-    nn.init.normal_(norm.bias)
-    ref = nn.GroupNorm(groups, channels)
-    ref.load_state_dict(norm.state_dict())
+    norm, ref = norm_and_reference(groups, channels)
     x = torch.randn(3, channels, size, size) * 3 + 1
     dy = torch.randn_like(x)
     xa = x.clone().requires_grad_()
@@ -122,9 +128,7 @@ def test_channels_last_group_norm_own_backward_runs_where_chosen(monkeypatch):
 def test_bf16_channels_last_group_norm_gradients_match_fp32():
     """Half precision channels-last input is normalised as fp32: output bf16, gradients as fp32's."""
     torch.manual_seed(0)
-    norm = GroupNorm(8, 32)
-    nn.init.normal_(norm.weight)
-    nn.init.normal_(norm.bias)
+    norm, _ = norm_and_reference(8, 32)
     x = (torch.randn(2, 32, 16, 16) * 3 + 1).bfloat16()
     dy = torch.randn(2, 32, 16, 16).bfloat16()
     xa = x.float().requires_grad_()
@@ -143,11 +147,7 @@ def test_bf16_channels_last_group_norm_gradients_match_fp32():
 def test_half_precision_model_normalises_channels_last_input():
     """A network cast to bf16 (weights included) normalises channels-last maps like nn.GroupNorm in fp32."""
     torch.manual_seed(0)
-    norm = GroupNorm(4, 16)
-    nn.init.normal_(norm.weight)
-    nn.init.normal_(norm.bias)
-    ref = nn.GroupNorm(4, 16)
-    ref.load_state_dict(norm.state_dict())
+    norm, ref = norm_and_reference(4, 16)
     x = torch.randn(2, 16, 8, 8) * 2 + 1
     out = norm.bfloat16()(x.bfloat16().contiguous(memory_format=CL))
     assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=CL)
