@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -211,6 +212,7 @@ class UNetConfig:
 _CPU_CL_NORM_BACKWARD_MIN_PIXELS = 1024
 
 
+@functools.cache
 def _native_cl_norm_backward_is_slow() -> bool:
     return torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2")
 
@@ -273,10 +275,9 @@ class GroupNorm(nn.GroupNorm):
                 # PyTorch's half-precision channels_last kernel is slow (fwd + bwd 3-10x the fp32 one),
                 # and so are layout copies around its contiguous kernel; normalising an fp32 copy
                 # is 1.6-2.5x faster than those copies (torch 2.13, AVX512-BF16, 8x8 to 32x32 maps)
-                if self.weight is not None and self.weight.dtype != torch.float32:  # a model cast to half
-                    out = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
-                    return out.to(x.dtype)
-                return self.forward(x.float()).to(x.dtype)
+                weight = None if self.weight is None else self.weight.float()  # no copy unless cast to half
+                bias = None if self.bias is None else self.bias.float()
+                return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
             if (x.dtype == torch.float32 and self.affine and torch.is_grad_enabled()
                     and x.shape[2] * x.shape[3] >= _CPU_CL_NORM_BACKWARD_MIN_PIXELS
                     and self.weight.dtype == torch.float32 and _native_cl_norm_backward_is_slow()):
