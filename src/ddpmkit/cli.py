@@ -151,7 +151,7 @@ def load_run(run: str, use_ema: bool = True, device: str = "auto"):
     from .train.build import build_diffusion, build_model
     from .train.checkpoint import load_checkpoint, resolve_checkpoint
     from .train.config import config_from_checkpoint
-    from .train.fast import pick_device
+    from .train.distributed import DistInfo, device_for
 
     ckpt = load_checkpoint(resolve_checkpoint(run))
     try:
@@ -162,7 +162,7 @@ def load_run(run: str, use_ema: bool = True, device: str = "auto"):
     except (UserError, KeyError, RuntimeError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"checkpoint of {run!r} does not match its config: {first}") from None
-    dev = pick_device(device)
+    dev = device_for(DistInfo(), device)
     model = model.to(dev).eval()
     if cfg.model.kind == "unet":  # channels-last convolutions are faster on CPU and GPU
         model = model.to(memory_format=torch.channels_last)

@@ -1,4 +1,4 @@
-"""Choices of the fast path: device, bf16 autocast where the hardware has bf16 matrix units."""
+"""Choices of the fast path: bf16 autocast where the hardware has bf16 matrix units."""
 
 from __future__ import annotations
 
@@ -6,19 +6,7 @@ import contextlib
 
 import torch
 
-from ..errors import UserError
-
-__all__ = ["pick_device", "cpu_has_bf16_matmul", "use_bf16", "autocast_context"]
-
-
-def pick_device(prefer: str, dist=None) -> torch.device:
-    """'auto' takes CUDA when present; under torchrun each process takes its local GPU."""
-    local = 0 if dist is None else dist.local_rank
-    if prefer == "cuda" or (prefer == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("device 'cuda' was asked for, but no CUDA GPU is available")
-        return torch.device("cuda", local)
-    return torch.device("cpu")
+__all__ = ["cpu_has_bf16_matmul", "use_bf16", "autocast_context"]
 
 
 def cpu_has_bf16_matmul() -> bool:

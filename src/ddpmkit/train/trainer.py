@@ -27,8 +27,8 @@ from .checkpoint import (
     checkpoint_path,
 )
 from .config import ExperimentConfig, config_from_checkpoint, save_config
-from .distributed import DistInfo, all_reduce_mean_, barrier, wrap_ddp
-from .fast import autocast_context, pick_device, use_bf16
+from .distributed import DistInfo, all_reduce_mean_, barrier, device_for, wrap_ddp
+from .fast import autocast_context, use_bf16
 from .metrics import MetricsLogger
 from .objective import DiffusionObjective
 
@@ -98,7 +98,7 @@ class Trainer:
             saved.train.steps = tc.steps
             cfg = saved
             tc = cfg.train
-        self.device = pick_device(tc.device, self.dist)
+        self.device = device_for(self.dist, tc.device)
         if tc.deterministic:
             torch.use_deterministic_algorithms(True)
         self.dataset = build_dataset(cfg.data, "train", seed=tc.seed)
