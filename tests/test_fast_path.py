@@ -144,6 +144,36 @@ def test_bf16_channels_last_group_norm_gradients_match_fp32():
     torch.testing.assert_close(norm.weight.grad, ref_w, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("size", [8, 16, 32, 40])
+def test_bf16_channels_last_group_norm_forward_only_matches_fp32(size):
+    """Without autograd, large half-precision maps take PyTorch's kernel, small ones the fp32 copy: same result."""
+    torch.manual_seed(0)
+    norm, ref = norm_and_reference(8, 32)
+    x = (torch.randn(2, 32, size, size) * 3 + 1).bfloat16()
+    with torch.inference_mode():
+        out = norm(x.contiguous(memory_format=CL))
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(out.float(), ref(x.float()).detach(), rtol=2e-2, atol=3e-2)
+
+
+def test_bf16_channels_last_group_norm_picks_its_kernel(monkeypatch):
+    """PyTorch's half kernel for a forward only on maps of >= 1024 pixels; the fp32 copy otherwise."""
+    seen = []
+    real = nn.functional.group_norm
+    monkeypatch.setattr(unet_module.F, "group_norm", lambda x, *a, **k: seen.append(x.dtype) or real(x, *a, **k))
+    norm = GroupNorm(4, 16)
+    big = torch.randn(2, 16, 32, 32).bfloat16().contiguous(memory_format=CL)
+    small = big[:, :, :16, :16].contiguous(memory_format=CL)
+    with torch.no_grad():
+        norm(big)
+        norm(small)
+    norm(big)  # the weights require grad: a backward may follow
+    norm.requires_grad_(False)
+    norm(big.clone().requires_grad_())
+    norm(big)
+    assert seen == [torch.bfloat16, torch.float32, torch.float32, torch.float32, torch.bfloat16]
+
+
 def test_half_precision_model_normalises_channels_last_input():
     """A network cast to bf16 (weights included) normalises channels-last maps like nn.GroupNorm in fp32."""
     torch.manual_seed(0)
@@ -281,3 +311,4 @@ def test_sampling_with_a_channels_last_model_matches_contiguous():
     b = diffusion.sample(copy.deepcopy(net).to(memory_format=CL), (2, 3, 32, 32),
                          generator=torch.Generator().manual_seed(0), **common)
     torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+

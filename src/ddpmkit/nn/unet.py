@@ -205,11 +205,14 @@ class UNetConfig:
 # ----------------------------------------------------------------------------- blocks
 
 
-# PyTorch's CPU GroupNorm backward for channels_last fp32 input, in its AVX2 build, is 3-5x slower
-# than its contiguous one on large feature maps (torch 2.x; 32x32 maps of a CIFAR UNet), while its
-# forward is fine, and at 16x16 and below it is as fast as the replacement below. Its AVX512 build
-# is 2x faster than the replacement (torch 2.13, AMD Zen 5): there PyTorch's kernel is kept.
-_CPU_CL_NORM_BACKWARD_MIN_PIXELS = 1024
+# PyTorch's CPU GroupNorm kernels for channels_last maps split their work by (sample, group) below
+# this many pixels and by (sample, pixel) from it up. The backward of its AVX2 build is 3-5x slower
+# than its contiguous one from there up (torch 2.x; 32x32 maps of a CIFAR UNet), while its forward
+# is fine, and below it is as fast as the replacement below; its AVX512 build is 2x faster than the
+# replacement (torch 2.13, AMD Zen 5), so there PyTorch's kernel is kept. In half precision the
+# per-pixel forward is 2-5x faster than normalising an fp32 copy (batch 16-256, AVX512-BF16), the
+# per-group one 3-5x slower.
+_CPU_CL_NORM_PIXEL_SPLIT = 1024
 
 
 @functools.cache
@@ -271,18 +274,24 @@ class GroupNorm(nn.GroupNorm):
             return super().forward(x)
         if (x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous()
                 and x.is_contiguous(memory_format=torch.channels_last)):
+            pixel_split = x.shape[2] * x.shape[3] >= _CPU_CL_NORM_PIXEL_SPLIT
             if x.dtype in (torch.bfloat16, torch.float16):
-                # PyTorch's half-precision channels_last kernel is slow (fwd + bwd 3-10x the fp32 one),
-                # and so are layout copies around its contiguous kernel; normalising an fp32 copy
+                if pixel_split and not self._differentiable(x):  # a forward only: PyTorch's kernel wins
+                    return super().forward(x)
+                # Else PyTorch's half-precision channels_last kernel is slow (fwd + bwd 3-10x the fp32
+                # one), and so are layout copies around its contiguous kernel; normalising an fp32 copy
                 # is 1.6-2.5x faster than those copies (torch 2.13, AVX512-BF16, 8x8 to 32x32 maps)
                 weight = None if self.weight is None else self.weight.float()  # no copy unless cast to half
                 bias = None if self.bias is None else self.bias.float()
                 return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
-            if (x.dtype == torch.float32 and self.affine and torch.is_grad_enabled()
-                    and x.shape[2] * x.shape[3] >= _CPU_CL_NORM_BACKWARD_MIN_PIXELS
+            if (x.dtype == torch.float32 and self.affine and torch.is_grad_enabled() and pixel_split
                     and self.weight.dtype == torch.float32 and _native_cl_norm_backward_is_slow()):
                 return _ChannelsLastGroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps)
         return super().forward(x)
+
+    def _differentiable(self, x: torch.Tensor) -> bool:
+        """Whether autograd will record this call (a backward may follow)."""
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
 
 # On CPU, PyTorch's fused attention kernel in bf16/fp16 is slower than two batched matrix products
