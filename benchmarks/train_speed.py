@@ -21,6 +21,8 @@ slow spell on a shared machine hits every configuration alike), medians over the
   products are counted (PyTorch's fused CPU attention kernel is invisible to the counter);
 * sampling throughput: images/s of ONE network evaluation at batch 64 under
   ``torch.inference_mode`` (a sampler makes one such call per step);
+* glibc's malloc set to keep freed memory, as the ``ddpmkit`` command sets it (process-wide, so
+  for every contender; ``--system-malloc`` leaves it alone);
 * the matrix-multiply peaks (2048 x 2048 on the CPU, 8192 x 8192 on a GPU; fp32 and bf16) of
   this machine, and the fraction of each peak every configuration achieves.
 
@@ -377,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
                    help="time bf16 autocast modes (auto: on GPUs with bf16, and on CPUs where bf16 matmul beats fp32)")
     p.add_argument("--no-lucidrains", action="store_true", help="skip the denoising_diffusion_pytorch anchor")
+    p.add_argument("--system-malloc", action="store_true",
+                   help="leave glibc's malloc as it is (default: keep freed memory, as the ddpmkit command does)")
     p.add_argument("--quick", action="store_true",
                    help="2 rounds of 1 step, 1 warm-up step, small matmul probe: a smoke test")
     args = p.parse_args(argv)
@@ -392,6 +396,12 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats, steps, warmup = 2, 1, 1
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.system_malloc:
+        from ddpmkit.train.fast import keep_freed_memory
+
+        kept = keep_freed_memory()  # process-wide: every contender gets it
+        print(f"# malloc keeps freed memory for every contender: {'yes' if kept else 'no (not glibc, or MALLOC_* set)'}",
+              flush=True)
     torch.manual_seed(0)
     if cuda:  # the same matmul/conv precision for every contender
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -62,7 +62,8 @@ def test_cuda_without_gpu_is_a_clean_error(bench, capsys: pytest.CaptureFixture[
 
 def test_quick_run_prints_the_ratio(bench, one_thread, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("diffusers")
-    assert bench.main(["--quick", "--batch", "2", "--sample-batch", "2", "--no-lucidrains", "--bf16", "off"]) == 0
+    assert bench.main(["--quick", "--batch", "2", "--sample-batch", "2", "--no-lucidrains", "--bf16", "off",
+                       "--system-malloc"]) == 0
     out = capsys.readouterr().out
     last = out.strip().splitlines()[-1]
     assert last.startswith("ratio_vs_best_anchor=") and float(last.split("=")[1]) > 0

@@ -4,6 +4,10 @@ backward, bf16 autocast, the optimizer, sampling under inference mode."""
 from __future__ import annotations
 
 import copy
+import ctypes
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -312,3 +316,39 @@ def test_sampling_with_a_channels_last_model_matches_contiguous():
                          generator=torch.Generator().manual_seed(0), **common)
     torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
 
+
+# ----------------------------------------------------------------------------- allocator
+
+MALLINFO = """
+import ctypes, torch
+from ddpmkit.train.fast import keep_freed_memory
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+kept = keep_freed_memory()
+x = torch.ones(16 * 2**20)  # 64 MiB: glibc would mmap it, and unmap it when freed
+during = libc.mallinfo2()
+del x
+after = libc.mallinfo2()
+print(kept, during.hblkhd >= 64 * 2**20, after.fordblks >= 64 * 2**20)
+"""
+
+
+def has_mallinfo2() -> bool:
+    try:
+        return hasattr(ctypes.CDLL(None), "mallinfo2")
+    except (OSError, TypeError):  # no C library to load by that name (Windows)
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not has_mallinfo2(), reason="needs glibc >= 2.33")
+@pytest.mark.parametrize("env, expected", [({}, "True False True"), ({"MALLOC_ARENA_MAX": "4"}, "False True False")])
+def test_keep_freed_memory_serves_large_blocks_from_a_kept_heap(env, expected):
+    """Applied: a 64 MiB tensor comes from the heap and its memory stays there once freed.
+    A MALLOC_* variable (the user's own tuning) leaves glibc's defaults: mmap, unmapped when freed."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", MALLINFO], env={**clean, **env}, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == expected.split()

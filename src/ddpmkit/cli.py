@@ -441,9 +441,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """The console script: main(), then exit (a torchrun worker without interpreter shutdown)."""
-    from .train.distributed import exit_process
+    """The console script: main(), then exit (a torchrun worker without interpreter shutdown).
 
+    Before anything is allocated, glibc's malloc is told to keep freed memory (see
+    ``keep_freed_memory``): steps then reuse their buffers instead of page-faulting them in anew.
+    """
+    from .train.distributed import exit_process
+    from .train.fast import keep_freed_memory
+
+    keep_freed_memory()
     exit_process(main())
 
 

