@@ -20,7 +20,7 @@ slow spell on a shared machine hits every configuration alike), medians over the
   step (forward + backward), with attention run through the math backend so its matrix
   products are counted (PyTorch's fused CPU attention kernel is invisible to the counter);
 * sampling throughput: images/s of ONE network evaluation at batch 64 under
-  ``torch.inference_mode`` (a sampler makes one such call per step);
+  ``torch.inference_mode`` (a sampler makes one such call per step), timed over ``--steps`` calls;
 * glibc's malloc set to keep freed memory, as the ``ddpmkit`` command sets it (process-wide, so
   for every contender; ``--system-malloc`` leaves it alone);
 * the matrix-multiply peaks (2048 x 2048 on the CPU, 8192 x 8192 on a GPU; fp32 and bf16) of
@@ -300,8 +300,9 @@ def train_flops(family: str, arch: str, workdir: Path, batch: int = 2) -> float:
 # ----------------------------------------------------------------------------- sampling
 
 
-def sampling_rates(bench: Bench, batch: int, repeats: int, bf16_ok: bool) -> list[tuple[str, float, float]]:
-    """(label, images/s of one network call at ``batch``, forward GFLOP/img), best mode per network."""
+def sampling_rates(bench: Bench, batch: int, repeats: int, calls: int, bf16_ok: bool) -> list[tuple[str, float, float]]:
+    """(label, images/s of one network call at ``batch``, forward GFLOP/img), best mode per network;
+    each repeat times ``calls`` calls."""
     from ddpmkit.nn import UNet, UNetConfig
 
     torch.manual_seed(0)
@@ -332,9 +333,10 @@ def sampling_rates(bench: Bench, batch: int, repeats: int, bf16_ok: bool) -> lis
                         m(xi, td)
                         bench.sync()
                     t0 = time.perf_counter()
-                    m(xi, td)
+                    for _ in range(calls):
+                        m(xi, td)
                     bench.sync()
-                    rates.setdefault((bf16, cl), []).append(batch / (time.perf_counter() - t0))
+                    rates.setdefault((bf16, cl), []).append(calls * batch / (time.perf_counter() - t0))
         medians = {k: statistics.median(v) for k, v in rates.items()}
         print(f"# sampling {name}: " + ", ".join(
             f"{'bf16' if b else 'fp32'}{' channels-last' if c else ''} {r:.1f} img/s" for (b, c), r in medians.items()),
@@ -369,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=5, help="timing rounds; every configuration once per round")
     p.add_argument("--steps", type=int, default=None,
-                   help="optimizer steps timed per configuration per round (default 2 on the CPU, 20 on CUDA)")
+                   help="optimizer steps (and sampling calls) timed per configuration per round (default 2 on the CPU, 20 on CUDA)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed steps per configuration before the rounds (default 2 on the CPU, 10 on CUDA)")
     p.add_argument("--batch", type=int, default=None,
@@ -499,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ddpmkit best vs diffusers fp32 eager (contiguous): {ours.img_s / base.img_s:.2f}x")
 
     print(flush=True)
-    samp = sampling_rates(bench, args.sample_batch, max(3, args.repeats), use_bf16_modes)
+    samp = sampling_rates(bench, args.sample_batch, max(3, args.repeats), steps, use_bf16_modes)
     print()
     print(f"Sampling: one network evaluation at batch {args.sample_batch} under torch.inference_mode, "
           f"best mode per network")
