@@ -86,6 +86,17 @@ def test_resume_continues_the_step_count(run_dir, tmp_path):
     assert (copy / "checkpoints" / "step_00000006.pt").is_file()
 
 
+def test_compile_mode_flag_turns_compile_on(tmp_path, tiny_config, monkeypatch):
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "digits", "--config", str(tiny_config), "--out", str(out), "--steps", "1",
+                 "--compile-mode", "max-autotune-no-cudagraphs", "--no-progress"]) == 0
+    assert modes == ["max-autotune-no-cudagraphs"]
+    saved = yaml.safe_load((out / "config.yaml").read_text())["train"]
+    assert saved["compile"] is True and saved["compile_mode"] == "max-autotune-no-cudagraphs"
+
+
 # ---------------------------------------------------------------------- bad input
 def run_cli(*args, cwd=None):
     """Run the real console entry point in a subprocess; return (code, stderr)."""

@@ -278,6 +278,62 @@ def test_train_step_returns_a_tensor_and_steps_the_optimizer(tmp_path):
     assert any(not torch.equal(a, p) for a, p in zip(before, tr.model.parameters()))
 
 
+# ----------------------------------------------------------------------------- torch.compile
+
+
+@pytest.fixture
+def compile_calls(monkeypatch):
+    """torch.compile through the aot_eager backend (dynamo and AOT autograd trace our code as with
+    inductor, in seconds instead of a minute of C++ builds); records each call's mode."""
+    calls = []
+    real = torch.compile
+
+    def spy(model, mode=None, **kwargs):
+        calls.append(mode)
+        return real(model, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", spy)
+    yield calls
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compiled_training_step_matches_eager(tmp_path, compile_calls, precision):
+    eager = tiny_trainer(tmp_path, "eager", precision=precision)
+    compiled = tiny_trainer(tmp_path, "compiled", precision=precision, compile=True)
+    assert compile_calls == [None]  # mode "default" is torch.compile's own default
+    assert compiled.net is not compiled.model and not compiled._cuda_graphs
+    x0, y = a_batch()
+    for _ in range(2):
+        la, lb = eager.train_step(x0, y), compiled.train_step(x0, y)
+        torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(eager.model.named_parameters(), compiled.model.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    torch.testing.assert_close(compiled.ema.model.out_conv.weight, eager.ema.model.out_conv.weight)
+
+
+def test_compile_mode_reaches_torch_compile_and_cuda_graph_steps_are_marked(tmp_path, compile_calls, monkeypatch):
+    tr = tiny_trainer(tmp_path, "ro", compile=True, compile_mode="reduce-overhead")
+    assert compile_calls == ["reduce-overhead"]
+    assert not tr._cuda_graphs  # CUDA graphs are a GPU matter; on the CPU the mode only compiles
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(tr.step))
+    x0, y = a_batch()
+    tr.train_step(x0, y)
+    assert marks == []
+    tr._cuda_graphs = True  # as on a GPU: every step tells the graph trees that a new one begins
+    tr.train_step(x0, y)
+    tr.train_step(x0, y)
+    assert marks == [1, 2]
+
+
+def test_compile_mode_must_be_one_of_torch_compiles(tmp_path):
+    from ddpmkit.errors import UserError
+
+    with pytest.raises(UserError, match="compile_mode"):
+        tiny_trainer(tmp_path, "bad", compile=True, compile_mode="fastest")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs can only be caught on CUDA")
 def test_cuda_train_step_has_no_host_sync(tmp_path):
     tr = tiny_trainer(tmp_path, "cuda", device="cuda")

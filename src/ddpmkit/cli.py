@@ -11,6 +11,7 @@ from typing import get_args
 
 from .errors import UserError
 from .samplers import SAMPLERS, Spacing
+from .train.config import CompileMode
 
 __all__ = ["main"]
 
@@ -29,6 +30,8 @@ def _add_train(sub) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 where the hardware is fast at it")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
+    p.add_argument("--compile-mode", choices=list(get_args(CompileMode)),
+                   help="torch.compile's mode (turns --compile on); reduce-overhead adds CUDA graphs on GPUs")
     p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
     p.add_argument("--force", action="store_true", help="start over in a run directory that has checkpoints")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -90,9 +93,12 @@ def cmd_train(args) -> int:
 
     over: dict = {"train": {}, "data": {}}
     for key, attr in [("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"),
-                      ("device", "device"), ("precision", "precision"), ("compile", "compile")]:
+                      ("device", "device"), ("precision", "precision"), ("compile", "compile"),
+                      ("compile_mode", "compile_mode")]:
         if getattr(args, attr) is not None:
             over["train"][key] = getattr(args, attr)
+    if args.compile_mode is not None:
+        over["train"]["compile"] = True
     if args.data is not None:
         over["data"]["root"] = args.data
     if args.image_size is not None:

@@ -71,6 +71,11 @@ class DiffusionConfig:
     p_uncond: float = 0.0  # probability of dropping the label (classifier-free guidance)
 
 
+# torch.compile's modes; the ones that capture CUDA graphs on GPUs (a no-op on CPUs)
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
 @dataclass
 class TrainConfig:
     steps: int = 10000  # optimizer steps
@@ -93,6 +98,7 @@ class TrainConfig:
     seed: int = 0  # seeds weights, batches, noise and timesteps
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the hardware has bf16 matrix units
     compile: bool = False  # torch.compile the network
+    compile_mode: CompileMode = "default"  # torch.compile's mode; reduce-overhead, max-autotune: + CUDA graphs on GPUs
     channels_last: bool = True  # NHWC memory format for image networks
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where to train
     deterministic: bool = False  # torch.use_deterministic_algorithms

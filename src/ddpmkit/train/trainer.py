@@ -26,7 +26,7 @@ from .checkpoint import (
     save_checkpoint,
     checkpoint_path,
 )
-from .config import ExperimentConfig, config_from_checkpoint, save_config
+from .config import CUDA_GRAPH_MODES, ExperimentConfig, config_from_checkpoint, save_config
 from .distributed import DistInfo, all_reduce_mean_, barrier, device_for, wrap_ddp
 from .fast import autocast_context, use_bf16
 from .metrics import MetricsLogger
@@ -121,7 +121,9 @@ class Trainer:
             self._load(ckpt)
         self.net = wrap_ddp(self.model, self.dist, self.device)
         if tc.compile:
-            self.net = torch.compile(self.net)
+            self.net = torch.compile(self.net, mode=None if tc.compile_mode == "default" else tc.compile_mode)
+        # CUDA graphs replay into the same output buffers: each step must say where it begins
+        self._cuda_graphs = tc.compile and tc.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
         self.logger = MetricsLogger(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main)
 
     # ------------------------------------------------------------------ state
@@ -234,6 +236,8 @@ class Trainer:
             noise = noise.contiguous(memory_format=torch.channels_last)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, tc)
+        if self._cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast_context(self.device, self.bf16):
             loss, losses = self.objective(self.net, x0, y, t, w, noise, drop)
         self.optimizer.zero_grad(set_to_none=True)
