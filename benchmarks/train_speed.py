@@ -1,7 +1,7 @@
 """Training and sampling speed of ddpmkit's UNet against public anchors, at matched FLOPs.
 
     python benchmarks/train_speed.py [--threads N] [--repeats R] [--steps S] [--compile] [--quick]
-    python benchmarks/train_speed.py --device cuda [--compile]     # the DDPM CIFAR-10 model, batch 128
+    python benchmarks/train_speed.py --device cuda [--compile [--compile-mode reduce-overhead]]  # CIFAR-10 model
 
 What it measures, all in one process, configurations alternating within every repeat (so a
 slow spell on a shared machine hits every configuration alike), medians over the repeats:
@@ -31,7 +31,9 @@ network above at batch 16; ``cifar10`` (the default with ``--device cuda``) is t
 CIFAR-10 model (ddpmkit's ``cifar10`` preset, 35.7M parameters, dropout 0.1) against
 ``UNet2DModel`` built to the same size (35,746,307 parameters each) at batch 128. On CUDA the
 modes are fp32 (TF32 allowed for everyone), bf16 autocast, bf16 channels-last, and with
-``--compile`` compiled bf16; every timed round ends with ``torch.cuda.synchronize``.
+``--compile`` compiled bf16 (``--compile-mode reduce-overhead`` adds CUDA graphs, for every
+contender alike); every timed round ends with ``torch.cuda.synchronize``. A configuration that
+fails to build or warm up is reported (``# FAILED ...``) and left out; the others still run.
 
 The last line is ``ratio_vs_best_anchor=X``: ddpmkit's best training images/s over the best
 anchor configuration's. Anchors are optional benchmark dependencies (``pip install
@@ -48,13 +50,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from ddpmkit.train.config import CUDA_GRAPH_MODES, CompileMode
 
 IMAGE = (3, 32, 32)
 # diffusers' UNet2DModel of the issue; ddpmkit's UNetConfig below builds the same network
@@ -167,11 +171,20 @@ class Mode:
     bf16: bool = False
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile's mode, when compile is on
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether this mode replays CUDA graphs on a GPU (each step must then be marked)."""
+        return self.compile and self.compile_mode in CUDA_GRAPH_MODES
 
     @property
     def name(self) -> str:
         parts = ["bf16 autocast" if self.bf16 else "fp32"]
-        parts.append("compile" if self.compile else "eager")
+        if not self.compile:
+            parts.append("eager")
+        else:
+            parts.append("compile" if self.compile_mode == "default" else f"compile ({self.compile_mode})")
         if self.channels_last:
             parts.append("channels-last")
         return " ".join(parts)
@@ -215,9 +228,9 @@ def ours_trainer(mode: Mode, bench: Bench, workdir: Path):
         "data": {"root": str(data), "image_size": 32, "hflip": False},
         "model": ARCHS[bench.arch][1],
         "train": {"batch_size": bench.batch, "precision": precision, "channels_last": mode.channels_last,
-                  "compile": mode.compile, "device": bench.device.type, "warmup_steps": 0, "ema_start": 0},
+                  "compile": mode.compile, "compile_mode": mode.compile_mode, "device": bench.device.type, "warmup_steps": 0, "ema_start": 0},
     })
-    run = workdir / f"run-{bench.arch}-{bench.device.type}-{precision}-{int(mode.channels_last)}-{int(mode.compile)}"
+    run = workdir / f"run-{bench.arch}-{bench.device.type}-{precision}-{int(mode.channels_last)}-{int(mode.compile)}-{mode.compile_mode}"
     return Trainer(cfg, run, progress=False)
 
 
@@ -260,7 +273,8 @@ def make_anchor(family: str, mode: Mode, bench: Bench) -> Contender:
     model = build_anchor(family, bench.arch).to(bench.device)
     if mode.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    net = torch.compile(model) if mode.compile else model
+    net = torch.compile(model, mode=None if mode.compile_mode == "default" else mode.compile_mode) if mode.compile else model
+    mark_steps = mode.cuda_graphs and bench.cuda
     fused = {"fused": True} if bench.cuda else {"foreach": True}
     opt = torch.optim.Adam(model.parameters(), lr=2e-4, **fused)
     abar = linear_alphas_cumprod(device=bench.device)
@@ -269,6 +283,8 @@ def make_anchor(family: str, mode: Mode, bench: Bench) -> Contender:
     batch, dev = bench.batch, bench.device
 
     def step():
+        if mark_steps:
+            torch.compiler.cudagraph_mark_step_begin()
         x0 = (torch.rand((batch, *IMAGE), generator=g, device=dev) * 2 - 1).contiguous(memory_format=fmt)
         t = torch.randint(0, len(abar), (batch,), generator=g, device=dev)
         noise = torch.randn(x0.shape, generator=g, device=dev).contiguous(memory_format=fmt)
@@ -348,7 +364,7 @@ def sampling_rates(bench: Bench, batch: int, repeats: int, calls: int, bf16_ok: 
 # ----------------------------------------------------------------------------- main
 
 
-def pick_modes(bench: Bench, bf16: bool, compile_too: bool) -> list[Mode]:
+def pick_modes(bench: Bench, bf16: bool, compile_too: bool, compile_mode: str = "default") -> list[Mode]:
     """The modes every network is timed in; each network is then ranked by its best one."""
     modes = [Mode(), Mode(channels_last=True)]
     if bf16:
@@ -357,9 +373,9 @@ def pick_modes(bench: Bench, bf16: bool, compile_too: bool) -> list[Mode]:
         modes.append(Mode(bf16=True, channels_last=True))
     if compile_too:
         if not bench.cuda:
-            modes.append(Mode(channels_last=True, compile=True))
+            modes.append(Mode(channels_last=True, compile=True, compile_mode=compile_mode))
         if bf16:
-            modes.append(Mode(bf16=True, channels_last=True, compile=True))
+            modes.append(Mode(bf16=True, channels_last=True, compile=True, compile_mode=compile_mode))
     return modes
 
 
@@ -378,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="training batch size (default 16 for matched, 128 for cifar10)")
     p.add_argument("--sample-batch", type=int, default=64, help="batch of the sampling measurement")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd networks")
+    p.add_argument("--compile-mode", choices=list(get_args(CompileMode)), default="default",
+                   help="torch.compile's mode for --compile (reduce-overhead: CUDA graphs on a GPU)")
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
                    help="time bf16 autocast modes (auto: on GPUs with bf16, and on CPUs where bf16 matmul beats fp32)")
     p.add_argument("--no-lucidrains", action="store_true", help="skip the denoising_diffusion_pytorch anchor")
@@ -426,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     if not use_bf16_modes:
         print(f"# bf16 autocast modes skipped: bf16 matmul runs at {bf16_peak / fp32_peak:.3g}x fp32 here "
               f"(--bf16 on to time them anyway)", flush=True)
-    modes = pick_modes(bench, use_bf16_modes, args.compile)
+    modes = pick_modes(bench, use_bf16_modes, args.compile, args.compile_mode)
 
     families = ["ddpmkit"]
     notes = []
@@ -453,14 +471,22 @@ def main(argv: list[str] | None = None) -> int:
     contenders: list[Contender] = []
     for fam in families:
         for mode in modes:
-            c = make_ours(mode, bench, workdir) if fam == "ddpmkit" else make_anchor(fam, mode, bench)
-            c.flops_per_image = flops[fam]
             t0 = time.perf_counter()
-            for _ in range(warmup):
-                c.train_step()
-            bench.sync()
+            try:  # one configuration failing (a compiler error, out of memory) must not lose the others
+                c = make_ours(mode, bench, workdir) if fam == "ddpmkit" else make_anchor(fam, mode, bench)
+                for _ in range(warmup):
+                    c.train_step()
+                bench.sync()
+            except Exception as e:  # noqa: BLE001 - reported, and the configuration is left out
+                print(f"# FAILED {fam} ({mode.name}), left out: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
+                      flush=True)
+                continue
+            c.flops_per_image = flops[fam]
             print(f"# warmed up {c.label} in {time.perf_counter() - t0:.1f} s", flush=True)
             contenders.append(c)
+    if not any(c.family == "ddpmkit" for c in contenders):
+        print("error: every ddpmkit configuration failed", file=sys.stderr)
+        return 1
 
     for rep in range(args.repeats):
         for c in contenders:  # alternating: every configuration once per round

@@ -69,3 +69,49 @@ def test_quick_run_prints_the_ratio(bench, one_thread, capsys: pytest.CaptureFix
     assert last.startswith("ratio_vs_best_anchor=") and float(last.split("=")[1]) > 0
     assert "| ddpmkit (fp32 eager channels-last) | 6.47M | " in out
     assert "| diffusers (fp32 eager) | 6.47M | " in out
+
+
+def test_modes_name_the_compile_mode(bench) -> None:
+    gpu = bench.Bench(torch.device("cuda"), "cifar10", 128)
+    compiled = bench.pick_modes(gpu, bf16=True, compile_too=True, compile_mode="reduce-overhead")[-1]
+    assert compiled.name == "bf16 autocast compile (reduce-overhead) channels-last" and compiled.cuda_graphs
+    plain = bench.pick_modes(gpu, bf16=True, compile_too=True)[-1]
+    assert plain.name == "bf16 autocast compile channels-last" and not plain.cuda_graphs
+
+
+def test_a_failing_configuration_is_reported_and_left_out(bench, one_thread, monkeypatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("diffusers")
+    real = bench.make_anchor
+
+    def flaky(family, mode, b):
+        if mode == bench.Mode():
+            raise RuntimeError("boom\nsecond line")
+        return real(family, mode, b)
+
+    monkeypatch.setattr(bench, "make_anchor", flaky)
+    args = ["--quick", "--batch", "2", "--sample-batch", "2", "--no-lucidrains", "--bf16", "off", "--system-malloc"]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert "# FAILED diffusers (fp32 eager), left out: RuntimeError: boom\n" in out
+    assert "| diffusers (fp32 eager channels-last) | 6.47M | " in out
+    assert "| diffusers (fp32 eager) |" not in out
+    assert float(out.strip().splitlines()[-1].split("=")[1]) > 0  # ranked against the configuration left
+
+    monkeypatch.setattr(bench, "make_ours", lambda *a: flaky("ddpmkit", bench.Mode(), None))
+    monkeypatch.setattr(bench, "pick_modes", lambda *a: [bench.Mode()])
+    assert bench.main(args) == 1
+    assert "every ddpmkit configuration failed" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer without CUDA")
+def test_gpu_check_without_gpu_is_a_clean_error(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    script = SCRIPT.parent / "gpu_check.sh"
+    proc = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable}, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == "error: no CUDA GPU is available to PyTorch here"
+    assert not (tmp_path / "out").exists()  # nothing written

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The GPU checks in one run, for a machine with a CUDA GPU and PyTorch already installed
+# (about 9 minutes on one H100; no network needed):
+#
+#     bash benchmarks/gpu_check.sh [OUTDIR]            # logs in OUTDIR (default gpu-check/)
+#
+# 1. benchmark.txt: benchmarks/train_speed.py --device cuda: the DDPM CIFAR-10 model (35.7M
+#    parameters, batch 128) against diffusers' UNet2DModel of the same size, in fp32 (TF32), bf16,
+#    bf16 channels-last, and compiled with CUDA graphs (--compile-mode reduce-overhead).
+# 2. tests.txt: the test suite on the GPU machine (the tests that need CUDA run only there).
+# 3. cli.txt: the command line on the GPU: train the digits preset, resume it under torchrun
+#    (NCCL), sample from it.
+# Each part runs under its own time limit, so one that hangs does not take the others down.
+# ddpmkit runs from this checkout (src/ on PYTHONPATH, nothing installed). diffusers is an
+# optional anchor: where pip cannot reach an index, put its wheel in .whl/ (see README,
+# Performance) and it is installed into a temporary folder first.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-gpu-check}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+
+if ! "$py" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "error: no CUDA GPU is available to PyTorch here" >&2
+    exit 2
+fi
+mkdir -p "$out"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    site=$(mktemp -d)
+    "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl || exit 1
+    export PYTHONPATH="$PYTHONPATH:$site"
+fi
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+  "$py" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name())"
+  "$py" -c "import diffusers; print('diffusers', diffusers.__version__)" 2>/dev/null || echo "diffusers: not installed"
+} | tee "$out/env.txt"
+
+part() {  # part NAME SECONDS COMMAND...: run COMMAND under a time limit, log to OUTDIR/NAME.txt
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit} s): $*"
+    local t0=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$out/$name.txt"
+    local rc=${PIPESTATUS[0]}
+    echo "== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
+}
+
+part benchmark 330 "$py" benchmarks/train_speed.py --device cuda --repeats 3 --compile --compile-mode reduce-overhead
+part tests 150 "$py" -m pytest -q -p no:cacheprovider --durations=5
+run=$(mktemp -d)/digits
+part cli 90 bash -c "
+    set -e
+    $py -m ddpmkit train --preset digits --steps 300 --out $run --no-progress
+    $py -m torch.distributed.run --standalone --nproc_per_node 1 -m ddpmkit train --out $run --resume --steps 400 --no-progress
+    $py -m ddpmkit sample $run --num 64 --sampler ddim --steps 20 --labels all --out $out/digits_samples.png --no-progress
+    tail -n 2 $run/metrics.jsonl
+    ls $run/checkpoints"
+cat "$out/summary.txt"
