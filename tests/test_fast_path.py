@@ -312,6 +312,24 @@ def test_compiled_training_step_matches_eager(tmp_path, compile_calls, precision
     torch.testing.assert_close(compiled.ema.model.out_conv.weight, eager.ema.model.out_conv.weight)
 
 
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
+def test_compiled_upsample_matches_interpolate(fmt):
+    """Under the compiler Upsample broadcasts instead of calling interpolate: same values, same gradients."""
+    from ddpmkit.nn.unet import Upsample
+
+    torch.manual_seed(0)
+    up = Upsample(4)
+    x = torch.randn(2, 4, 3, 5).contiguous(memory_format=fmt).requires_grad_()
+    eager = up(x)
+    (eager * torch.arange(eager.numel()).view_as(eager).sin()).sum().backward()
+    grad, x.grad = x.grad, None
+    compiled = torch.compile(up, backend="aot_eager")(x)
+    (compiled * torch.arange(compiled.numel()).view_as(compiled).sin()).sum().backward()
+    torch._dynamo.reset()
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(x.grad, grad)
+
+
 def test_compile_mode_reaches_torch_compile_and_cuda_graph_steps_are_marked(tmp_path, compile_calls, monkeypatch):
     tr = tiny_trainer(tmp_path, "ro", compile=True, compile_mode="reduce-overhead")
     assert compile_calls == ["reduce-overhead"]
