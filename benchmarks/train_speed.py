@@ -273,7 +273,7 @@ def make_anchor(family: str, mode: Mode, bench: Bench) -> Contender:
     model = build_anchor(family, bench.arch).to(bench.device)
     if mode.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    net = torch.compile(model, mode=None if mode.compile_mode == "default" else mode.compile_mode) if mode.compile else model
+    net = torch.compile(model, mode=mode.compile_mode) if mode.compile else model
     mark_steps = mode.cuda_graphs and bench.cuda
     fused = {"fused": True} if bench.cuda else {"foreach": True}
     opt = torch.optim.Adam(model.parameters(), lr=2e-4, **fused)

@@ -121,7 +121,7 @@ class Trainer:
             self._load(ckpt)
         self.net = wrap_ddp(self.model, self.dist, self.device)
         if tc.compile:
-            self.net = torch.compile(self.net, mode=None if tc.compile_mode == "default" else tc.compile_mode)
+            self.net = torch.compile(self.net, mode=tc.compile_mode)
         # CUDA graphs replay into the same output buffers: each step must say where it begins
         self._cuda_graphs = tc.compile and tc.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
         self.logger = MetricsLogger(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main)
