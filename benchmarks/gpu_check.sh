@@ -9,7 +9,7 @@
 #    bf16 channels-last, and compiled with CUDA graphs (--compile-mode reduce-overhead).
 # 2. tests.txt: the test suite on the GPU machine (the tests that need CUDA run only there).
 # 3. cli.txt: the command line on the GPU: train the digits preset, resume it under torchrun
-#    (NCCL), sample from it.
+#    with one process per GPU (NCCL from two GPUs up; one GPU runs a single process), sample.
 # Each part runs under its own time limit, so one that hangs does not take the others down.
 # ddpmkit runs from this checkout (src/ on PYTHONPATH, nothing installed). diffusers is an
 # optional anchor: where pip cannot reach an index, put its wheel in .whl/ (see README,
@@ -48,10 +48,11 @@ part() {  # part NAME SECONDS COMMAND...: run COMMAND under a time limit, log to
 part benchmark 330 "$py" benchmarks/train_speed.py --device cuda --repeats 3 --compile --compile-mode reduce-overhead
 part tests 150 "$py" -m pytest -q -p no:cacheprovider --durations=5
 run=$(mktemp -d)/digits
+gpus=$("$py" -c "import torch; print(torch.cuda.device_count())")
 part cli 90 bash -c "
     set -e
     $py -m ddpmkit train --preset digits --steps 300 --out $run --no-progress
-    $py -m torch.distributed.run --standalone --nproc_per_node 1 -m ddpmkit train --out $run --resume --steps 400 --no-progress
+    $py -m torch.distributed.run --standalone --nproc_per_node $gpus -m ddpmkit train --out $run --resume --steps 400 --no-progress
     $py -m ddpmkit sample $run --num 64 --sampler ddim --steps 20 --labels all --out $out/digits_samples.png --no-progress
     tail -n 2 $run/metrics.jsonl
     ls $run/checkpoints"
