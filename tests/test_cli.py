@@ -1,6 +1,7 @@
 """The command line end to end on tiny runs, and every bad input of the contract:
 one `error:` line, exit code 2, no traceback, nothing overwritten or executed."""
 
+import json
 import os
 import pickle
 import subprocess
@@ -95,6 +96,79 @@ def test_compile_mode_flag_turns_compile_on(tmp_path, tiny_config, monkeypatch):
     assert modes == ["max-autotune-no-cudagraphs"]
     saved = yaml.safe_load((out / "config.yaml").read_text())["train"]
     assert saved["compile"] is True and saved["compile_mode"] == "max-autotune-no-cudagraphs"
+
+
+# ---------------------------------------------------------------------- eval on held-out images
+def write_pngs(folder: Path, n: int, seed: int, size: int = 8) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """A class-conditional folder run (classes ant, bee, cat) whose class bias really matters."""
+    from conftest import TINY_DIGITS
+
+    root = tmp_path_factory.mktemp("folder")
+    for k, name in enumerate(["ant", "bee", "cat"]):
+        write_pngs(root / "train" / name, 3, seed=k)
+    cfg = {**TINY_DIGITS, "data": {"image_size": 8, "class_labels": True}}
+    (root / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = root / "run"
+    assert main(["train", "--preset", "folder", "--data", str(root / "train"), "--config", str(root / "c.yaml"),
+                 "--out", str(out), "--steps", "2", "--no-progress"]) == 0
+    path = sorted((out / "checkpoints").glob("*.pt"))[-1]
+    ckpt = torch.load(path, weights_only=True)
+    g = torch.Generator().manual_seed(0)
+    for state in (ckpt["model"], ckpt["ema"]):  # large random class biases and output layer
+        for key in state:
+            if "class_bias" in key or "out_conv" in key:
+                state[key] = torch.randn(state[key].shape, generator=g)
+    torch.save(ckpt, path)
+    return out, root
+
+
+def test_eval_on_held_out_images_uses_the_runs_class_names(folder_run, tmp_path, capsys):
+    from ddpmkit.cli import load_run
+
+    run, root = folder_run
+    assert main(["info", str(run)]) == 0
+    assert "classes      3 (labels 0..2: ant, bee, cat)" in capsys.readouterr().out
+    held = tmp_path / "held"
+    write_pngs(held / "cat", 2, seed=7)  # only cat (label 2 in training), so label 0 here if not matched
+    out = tmp_path / "bpd.json"
+    assert main(["eval", str(run), "--data", str(held), "--out", str(out), "--seed", "3", "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    assert result["num"] == 2 and result["data"] == str(held) and result["split"] is None
+
+    cfg, model, diffusion, _ = load_run(str(run), use_ema=True, device="cpu")
+    from PIL import Image
+
+    x0 = torch.stack([torch.from_numpy(np.array(Image.open(held / "cat" / f"{i}.png"))).permute(2, 0, 1)
+                      for i in range(2)]).float() / 127.5 - 1.0
+
+    def bpd(label: int) -> float:
+        gen = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            return diffusion.vb_terms(model, x0, torch.full((2,), label), generator=gen).total.mean().item()
+
+    assert result["bpd"] == pytest.approx(bpd(2), rel=1e-6)
+    assert abs(bpd(0) - bpd(2)) > 1e-3 * bpd(2)  # the label matters, so a wrong one would show
+
+
+def test_eval_data_errors(folder_run, run_dir, tmp_path):
+    run, root = folder_run
+    code, err = run_cli("eval", run, "--no-progress")
+    assert_user_error(code, err, "no test split", "--data")
+    write_pngs(tmp_path / "held" / "dog", 1, seed=0)
+    code, err = run_cli("eval", run, "--data", tmp_path / "held", "--no-progress")
+    assert_user_error(code, err, "'dog'", "ant, bee, cat")
+    code, err = run_cli("eval", run_dir, "--data", tmp_path / "held", "--no-progress")
+    assert_user_error(code, err, "--data applies to folder, cifar10 and mnist runs")
 
 
 # ---------------------------------------------------------------------- bad input

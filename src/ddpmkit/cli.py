@@ -64,6 +64,8 @@ def _add_eval(sub) -> None:
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("--metric", choices=["bpd"], default="bpd", help="bpd: the variational bound in bits/dim")
     p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--data", help="evaluate on other images: a folder of held-out images (folder runs; "
+                                  "class sub-folders named as in training), or the dataset's directory (cifar10, mnist)")
     p.add_argument("--num", type=int, help="evaluate the first N examples of the split")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -356,8 +358,6 @@ def _save_trajectory(path: Path, rows: list, cfg, shape) -> None:
 def cmd_eval(args) -> int:
     import torch
 
-    from .train.build import build_dataset
-
     out = Path(args.out) if args.out else None
     if out is not None:
         _check_outputs([out], args.force)
@@ -366,10 +366,10 @@ def cmd_eval(args) -> int:
     cfg, model, diffusion, ckpt = load_run(args.run, use_ema=not args.no_ema, device=args.device)
     if cfg.model.kind != "unet":
         raise UserError("bits/dim is defined for image data on 256 levels; this run models 2-D points")
-    data = build_dataset(cfg.data, args.split)
+    data, source = _eval_dataset(cfg, ckpt, args.split, args.data)
     n = len(data) if args.num is None else args.num
     if not 1 <= n <= len(data):
-        raise UserError(f"--num must be between 1 and {len(data)} (the size of the {args.split} split), got {n}")
+        raise UserError(f"--num must be between 1 and {len(data)} (the size of the {source}), got {n}")
     device = next(model.parameters()).device
     conditional = getattr(model, "null_class", None) is not None
     gen = torch.Generator(device=device).manual_seed(args.seed)
@@ -392,7 +392,8 @@ def cmd_eval(args) -> int:
         "bpd": mean,
         "stderr": sem,
         "num": n,
-        "split": args.split,
+        "split": None if args.data and cfg.data.name == "folder" else args.split,
+        "data": args.data or cfg.data.root,
         "prior_bpd": torch.cat(priors).mean().item(),
         "decoder_bpd": torch.cat(decoders).mean().item(),
         "step": int(ckpt["step"]),
@@ -404,8 +405,51 @@ def cmd_eval(args) -> int:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
         tmp.replace(out)
     print(json.dumps(result))
-    print(f"bits/dim = {mean:.4f} +- {sem:.4f} (n = {n}, {args.split} split)")
+    print(f"bits/dim = {mean:.4f} +- {sem:.4f} (n = {n}, {source})")
     return 0
+
+
+def _eval_dataset(cfg, ckpt: dict, split: str, root: str | None):
+    """(the examples ``eval`` measures, a few words naming them): the run's data at ``split``, or the
+    images under ``root`` prepared as the run's were, labelled by the run's own class names."""
+    import dataclasses
+
+    import torch
+
+    from .train.build import build_dataset
+
+    folder = cfg.data.name == "folder"
+    if root is None:
+        if folder and split != "train":
+            raise UserError("a folder run has no test split: pass --data DIR (a folder of held-out images) "
+                            "or --split train")
+        return build_dataset(cfg.data, split), f"{split} split"
+    if cfg.data.name not in ("folder", "cifar10", "mnist"):
+        raise UserError(f"--data applies to folder, cifar10 and mnist runs; the {cfg.data.name} data has no directory")
+    classes = cfg.model.params.get("num_classes")
+    data_cfg = dataclasses.replace(cfg.data, root=root, channels=cfg.model.params["in_channels"],
+                                   class_labels=cfg.data.class_labels and bool(classes))
+    if not folder:
+        return build_dataset(data_cfg, split), f"{split} split of {root}"
+    data = build_dataset(data_cfg, "train")  # the whole folder
+    if classes:
+        names = _class_names(ckpt)
+        if names is None:
+            raise UserError("this checkpoint does not record its class names (it predates them), so the class "
+                            f"sub-folders under {root} cannot be matched to its labels")
+        index = {name: i for i, name in enumerate(names)}
+        for name in data.class_names:
+            if name not in index:
+                raise UserError(f"class sub-folder {name!r} under {root} is not a class of this run "
+                                f"(its classes: {', '.join(names)})")
+        relabel = torch.tensor([index[name] for name in data.class_names])
+        data = dataclasses.replace(data, labels=relabel[data.labels], num_classes=len(names), class_names=names)
+    return data, f"images under {root}"
+
+
+def _class_names(ckpt: dict) -> list[str] | None:
+    """The names of the run's labels (label i is names[i]), where its data named them."""
+    return (ckpt.get("extra") or {}).get("class_names")
 
 
 # ---------------------------------------------------------------------- info
@@ -426,7 +470,9 @@ def cmd_info(args) -> int:
     print(f"model        {cfg.model.kind}, {num_parameters(model) / 1e6:.3f} M parameters")
     print(f"diffusion    T={d.timesteps} {d.schedule}, prediction={d.prediction}, variance={d.variance}, loss={d.loss}")
     classes = cfg.model.params.get("num_classes")
-    print(f"classes      {classes if classes else 'unconditional'}" + (f", p_uncond={d.p_uncond}" if classes else ""))
+    names = _class_names(ckpt)
+    named = f" (labels 0..{classes - 1}: {', '.join(names)})" if classes and names else ""
+    print(f"classes      {classes if classes else 'unconditional'}{named}" + (f", p_uncond={d.p_uncond}" if classes else ""))
     print(f"ema          {'yes' if ckpt.get('ema') is not None else 'no'} (decay {cfg.train.ema_decay})")
     return 0
 

@@ -151,7 +151,8 @@ class Trainer:
             ema=self.ema.state_dict(),
             optimizer=self.optimizer.state_dict(),
             rng=capture_rng_state(),
-            extra={"generator": self.generator.get_state(), "timesteps": self.timesteps.state_dict()},
+            extra={"generator": self.generator.get_state(), "timesteps": self.timesteps.state_dict(),
+                   "class_names": self.dataset.class_names},  # label i is class_names[i]; None when unnamed
         )
         if self.cfg.train.keep_checkpoints > 0:
             prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
