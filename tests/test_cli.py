@@ -160,6 +160,25 @@ def test_eval_on_held_out_images_uses_the_runs_class_names(folder_run, tmp_path,
     assert abs(bpd(0) - bpd(2)) > 1e-3 * bpd(2)  # the label matters, so a wrong one would show
 
 
+def test_sample_labels_by_class_name(folder_run, tmp_path):
+    run, _ = folder_run
+    npz = tmp_path / "s.npz"
+    assert main(["sample", str(run), "--num", "5", "--labels", "cat,ant, 1", "--steps", "2", "--sampler", "ddim",
+                 "--out", str(npz), "--no-progress"]) == 0
+    np.testing.assert_array_equal(np.load(npz)["labels"], [2, 0, 1, 2, 0])
+    code, err = run_cli("sample", run, "--num", "2", "--labels", "dog", "--out", tmp_path / "t.npz")
+    assert_user_error(code, err, "'dog'", "ant, bee, cat")
+
+
+def test_parse_labels_prefers_a_class_name_to_a_number():
+    from ddpmkit.cli import parse_labels
+
+    assert parse_labels("2,1,0", 3, 2, ["1", "2"]).tolist() == [1, 0, 0]  # names "2", "1"; then label 0
+    assert parse_labels("1", 2, 2).tolist() == [1, 1]
+    with pytest.raises(Exception, match="class numbers, got 'x'"):
+        parse_labels("x", 2, 2)
+
+
 def test_eval_data_errors(folder_run, run_dir, tmp_path):
     run, root = folder_run
     code, err = run_cli("eval", run, "--no-progress")

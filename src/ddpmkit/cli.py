@@ -46,7 +46,8 @@ def _add_sample(sub) -> None:
                    help="network calls (default: the run's sample.steps; --sampler ddpm chosen here: all T)")
     p.add_argument("--eta", type=float, help="DDIM eta in [0, 1]")
     p.add_argument("--spacing", choices=list(get_args(Spacing)), help="timestep spacing (default: the run's config, else the sampler's)")
-    p.add_argument("--labels", help="class labels: all | 3 | 0,1,2 (cycled over the samples)")
+    p.add_argument("--labels", help="class labels: all | 3 | 0,1,2 | cat,dog (numbers or the run's class names; "
+                                    "cycled over the samples)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i, whatever the batch size")
     p.add_argument("--batch-size", type=int, default=256, help="samples per network batch")
@@ -179,8 +180,12 @@ def load_run(run: str, use_ema: bool = True, device: str = "auto"):
     return cfg, model, diffusion, ckpt
 
 
-def parse_labels(spec: str | None, num: int, num_classes: int | None):
-    """--labels all | K | a,b,c -> int64 [num] cycled, or None for an unconditional model."""
+def parse_labels(spec: str | None, num: int, num_classes: int | None, names: list[str] | None = None):
+    """--labels all | K | a,b,c -> int64 [num] cycled, or None for an unconditional model.
+
+    Each of a, b, c is a label number or, where the run recorded them, a class name (a name wins:
+    a folder run's class "1" may have label 0).
+    """
     import torch
 
     if num_classes is None:
@@ -190,10 +195,18 @@ def parse_labels(spec: str | None, num: int, num_classes: int | None):
     if spec is None or spec == "all":
         values = list(range(num_classes))
     else:
-        try:
-            values = [int(v) for v in spec.split(",") if v.strip() != ""]
-        except ValueError:
-            raise UserError(f"--labels must be 'all', a class number or a comma list, got {spec!r}") from None
+        index = {name: i for i, name in enumerate(names or [])}
+        values = []
+        for token in (v.strip() for v in spec.split(",")):
+            if token in index:
+                values.append(index[token])
+            elif token:
+                try:
+                    values.append(int(token))
+                except ValueError:
+                    known = f" or one of its class names ({', '.join(names)})" if names else ""
+                    raise UserError(f"--labels must be 'all' or a comma list of class numbers{known}, "
+                                    f"got {token!r}") from None
         if not values:
             raise UserError(f"--labels must name at least one class, got {spec!r}")
         bad = [v for v in values if not 0 <= v < num_classes]
@@ -240,7 +253,7 @@ def cmd_sample(args) -> int:
     if extra and extra[0].suffix.lower() != ".png":
         raise UserError(f"--trajectory {args.trajectory!r}: give a .png file")
     _check_outputs(outs + extra, args.force)
-    cfg, model, diffusion, _ = load_run(args.run, use_ema=not args.no_ema, device=args.device)
+    cfg, model, diffusion, ckpt = load_run(args.run, use_ema=not args.no_ema, device=args.device)
     sc = cfg.sample
     sampler = args.sampler or sc.sampler
     steps = args.steps if args.steps is not None else _default_steps(sampler, sc)
@@ -252,7 +265,7 @@ def cmd_sample(args) -> int:
     if not 0.0 <= eta <= 1.0:
         raise UserError(f"--eta must be in [0, 1], got {eta}")
     null = getattr(model, "null_class", None)
-    labels = parse_labels(args.labels, args.num, null)
+    labels = parse_labels(args.labels, args.num, null, _class_names(ckpt))
     if guidance != 1.0 and labels is None:
         raise UserError("--guidance needs a class-conditional model")
     device = next(model.parameters()).device
