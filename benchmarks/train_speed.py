@@ -228,9 +228,11 @@ def ours_trainer(mode: Mode, bench: Bench, workdir: Path):
         "data": {"root": str(data), "image_size": 32, "hflip": False},
         "model": ARCHS[bench.arch][1],
         "train": {"batch_size": bench.batch, "precision": precision, "channels_last": mode.channels_last,
-                  "compile": mode.compile, "compile_mode": mode.compile_mode, "device": bench.device.type, "warmup_steps": 0, "ema_start": 0},
+                  "compile": mode.compile, "compile_mode": mode.compile_mode, "device": bench.device.type,
+                  "warmup_steps": 0, "ema_start": 0},
     })
-    run = workdir / f"run-{bench.arch}-{bench.device.type}-{precision}-{int(mode.channels_last)}-{int(mode.compile)}-{mode.compile_mode}"
+    run = workdir / (f"run-{bench.arch}-{bench.device.type}-{precision}-{int(mode.channels_last)}"
+                     f"-{int(mode.compile)}-{mode.compile_mode}")
     return Trainer(cfg, run, progress=False)
 
 
