@@ -41,6 +41,16 @@ def tiny_trainer(tmp_path, name: str, **train) -> Trainer:
     return Trainer(load_config("digits", overrides=over), tmp_path / name, progress=False)
 
 
+def assert_same_training(a: Trainer, b: Trainer, steps: int = 2) -> None:
+    """Step both trainers on the same batch: the same losses, then the same weights."""
+    x0, y = a_batch()
+    for _ in range(steps):
+        la, lb = a.train_step(x0, y), b.train_step(x0, y)
+        torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
 def a_batch(n: int = 16, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 1, 8, 8, generator=g) * 2 - 1, torch.randint(0, 10, (n,), generator=g)
@@ -213,12 +223,7 @@ def test_channels_last_training_step_matches_contiguous(tmp_path):
     b = tiny_trainer(tmp_path, "b", channels_last=True)
     w = b.model.downs[0].conv1.weight
     assert w.is_contiguous(memory_format=CL) and not w.is_contiguous()
-    x0, y = a_batch()
-    for _ in range(2):
-        la, lb = a.train_step(x0, y), b.train_step(x0, y)
-        torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-6)
-    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
-        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    assert_same_training(a, b)
 
 
 # ----------------------------------------------------------------------------- bf16
@@ -303,12 +308,7 @@ def test_compiled_training_step_matches_eager(tmp_path, compile_calls, precision
     compiled = tiny_trainer(tmp_path, "compiled", precision=precision, compile=True)
     assert compile_calls == ["default"]
     assert compiled.net is not compiled.model and not compiled._cuda_graphs
-    x0, y = a_batch()
-    for _ in range(2):
-        la, lb = eager.train_step(x0, y), compiled.train_step(x0, y)
-        torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-6)
-    for (name, p), q in zip(eager.model.named_parameters(), compiled.model.parameters()):
-        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+    assert_same_training(eager, compiled)
     torch.testing.assert_close(compiled.ema.model.out_conv.weight, eager.ema.model.out_conv.weight)
 
 
