@@ -45,11 +45,11 @@ part() {  # part NAME SECONDS COMMAND...: run COMMAND under a time limit, log to
     echo "== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
 }
 
-part benchmark 330 "$py" benchmarks/train_speed.py --device cuda --repeats 3 --compile --compile-mode reduce-overhead
-part tests 150 "$py" -m pytest -q -p no:cacheprovider --durations=5
+part benchmark 320 "$py" benchmarks/train_speed.py --device cuda --repeats 3 --compile --compile-mode reduce-overhead
+part tests 140 "$py" -m pytest -q -p no:cacheprovider --durations=5
 run=$(mktemp -d)/digits
 gpus=$("$py" -c "import torch; print(torch.cuda.device_count())")
-part cli 90 bash -c "
+part cli 80 bash -c "
     set -e
     $py -m ddpmkit train --preset digits --steps 300 --out $run --no-progress
     $py -m torch.distributed.run --standalone --nproc_per_node $gpus -m ddpmkit train --out $run --resume --steps 400 --no-progress
