@@ -1,10 +1,14 @@
 """Shared fixtures: a tiny config for fast end-to-end runs."""
 
+import os
+
 import pytest
 import torch
 import yaml
 
 torch.set_num_threads(2)
+# Deterministic training on a GPU needs this before cuBLAS starts; tests run many trainers in one process.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 TINY_DIGITS = {
     "model": {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_resolutions": [4],

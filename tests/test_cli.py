@@ -53,7 +53,8 @@ def test_sample_npz_and_grid(run_dir, tmp_path, capsys):
 
 def test_samples_do_not_depend_on_batch_size(run_dir, tmp_path):
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
-    common = ["--num", "6", "--labels", "3", "--sampler", "ddim", "--steps", "4", "--seed", "7", "--no-progress"]
+    common = ["--num", "6", "--labels", "3", "--sampler", "ddim", "--steps", "4", "--seed", "7", "--no-progress",
+              "--device", "cpu"]  # bitwise on the CPU; a GPU may pick other kernels for another batch size
     assert main(["sample", str(run_dir), *common, "--batch-size", "6", "--out", str(a)]) == 0
     assert main(["sample", str(run_dir), *common, "--batch-size", "4", "--out", str(b)]) == 0
     np.testing.assert_array_equal(np.load(a)["images"], np.load(b)["images"])
@@ -141,7 +142,8 @@ def test_eval_on_held_out_images_uses_the_runs_class_names(folder_run, tmp_path,
     held = tmp_path / "held"
     write_pngs(held / "cat", 2, seed=7)  # only cat (label 2 in training), so label 0 here if not matched
     out = tmp_path / "bpd.json"
-    assert main(["eval", str(run), "--data", str(held), "--out", str(out), "--seed", "3", "--no-progress"]) == 0
+    assert main(["eval", str(run), "--data", str(held), "--out", str(out), "--seed", "3", "--device", "cpu",
+                 "--no-progress"]) == 0
     result = json.loads(out.read_text())
     assert result["num"] == 2 and result["data"] == str(held) and result["split"] is None
 

@@ -257,6 +257,22 @@ def test_bf16_training_step_agrees_with_fp32(tmp_path):
     assert all(p.dtype == torch.float32 for p in bf16.model.parameters())  # master weights stay fp32
 
 
+def test_deterministic_mode_sets_the_cublas_workspace_only_for_cuda(monkeypatch):
+    from ddpmkit.train.fast import use_deterministic_algorithms
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        use_deterministic_algorithms(CPU)
+        assert torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        use_deterministic_algorithms(torch.device("cuda", 0))  # without a GPU: only the variable and the flag
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+        use_deterministic_algorithms(torch.device("cuda", 0))
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"  # the user's own value is kept
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 # ----------------------------------------------------------------------------- optimizer
 
 

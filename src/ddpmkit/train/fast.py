@@ -1,5 +1,5 @@
-"""Choices of the fast path: bf16 autocast where the hardware has bf16 matrix units; an allocator
-that keeps freed memory."""
+"""Runtime choices of training: bf16 autocast where the hardware has bf16 matrix units,
+deterministic algorithms on request, an allocator that keeps freed memory."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-__all__ = ["cpu_has_bf16_matmul", "use_bf16", "autocast_context", "keep_freed_memory"]
+__all__ = ["cpu_has_bf16_matmul", "use_bf16", "autocast_context", "use_deterministic_algorithms", "keep_freed_memory"]
 
 
 def cpu_has_bf16_matmul() -> bool:
@@ -44,6 +44,17 @@ def autocast_context(device: torch.device, bf16: bool):
     if not bf16:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def use_deterministic_algorithms(device: torch.device) -> None:
+    """torch.use_deterministic_algorithms(True), with the cuBLAS setting it needs on a GPU.
+
+    On CUDA, deterministic matrix products need ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (or
+    ``:16:8``), or PyTorch refuses them at the first call; a value the user set is kept.
+    """
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters of glibc's malloc.h

@@ -28,7 +28,7 @@ from .checkpoint import (
 )
 from .config import CUDA_GRAPH_MODES, ExperimentConfig, config_from_checkpoint, save_config
 from .distributed import DistInfo, all_reduce_mean_, barrier, device_for, wrap_ddp
-from .fast import autocast_context, use_bf16
+from .fast import autocast_context, use_bf16, use_deterministic_algorithms
 from .metrics import MetricsLogger
 from .objective import DiffusionObjective
 
@@ -100,7 +100,7 @@ class Trainer:
             tc = cfg.train
         self.device = device_for(self.dist, tc.device)
         if tc.deterministic:
-            torch.use_deterministic_algorithms(True)
+            use_deterministic_algorithms(self.device)
         self.dataset = build_dataset(cfg.data, "train", seed=tc.seed)
         self.cfg = resolve_model_config(cfg, self.dataset)
         self.images = self.dataset.kind == "image"
