@@ -9,6 +9,7 @@ directory and inside every checkpoint, so sampling needs nothing but the checkpo
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -70,6 +71,10 @@ class DiffusionConfig:
     timestep_sampler: Literal["uniform", "loss_aware"] = "uniform"  # how training draws t
     p_uncond: float = 0.0  # probability of dropping the label (classifier-free guidance)
 
+    def __post_init__(self) -> None:
+        if not self.vlb_weight >= 0:
+            raise UserError(f"config key 'diffusion.vlb_weight' must be at least 0, got {self.vlb_weight}")
+
 
 # torch.compile's modes; the ones that capture CUDA graphs on GPUs (a no-op on CPUs)
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
@@ -103,6 +108,23 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where to train
     deterministic: bool = False  # torch.use_deterministic_algorithms
 
+    def __post_init__(self) -> None:
+        at_least = {"steps": 1, "batch_size": 1, "log_every": 1, "ema_every": 1, "num_grid_samples": 1,
+                    "warmup_steps": 0, "ema_start": 0, "sample_every": 0, "checkpoint_every": 0,
+                    "keep_checkpoints": 0}
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise UserError(f"config key 'train.{name}' must be at least {low}, got {getattr(self, name)}")
+        ranges = {"lr": (math.isfinite(self.lr) and self.lr > 0, "a positive number"),
+                  "weight_decay": (self.weight_decay >= 0, "at least 0"),
+                  "min_lr_ratio": (0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+                  "ema_decay": (0 <= self.ema_decay < 1, "in [0, 1)"),
+                  "grad_clip": (self.grad_clip is None or self.grad_clip > 0, "positive or null (no clipping)"),
+                  "adam_betas": (all(0 <= b < 1 for b in self.adam_betas), "two numbers in [0, 1)")}
+        for name, (ok, what) in ranges.items():
+            if not ok:
+                raise UserError(f"config key 'train.{name}' must be {what}, got {getattr(self, name)!r}")
+
 
 @dataclass
 class SampleConfig:
@@ -118,6 +140,13 @@ class SampleConfig:
     def __post_init__(self) -> None:
         if self.levels is not None and not 2 <= self.levels <= 256:
             raise UserError(f"config key 'sample.levels' must be in 2..256, got {self.levels}")
+        for name, ok, what in [("steps", self.steps is None or self.steps >= 1, "at least 1 or null (all T)"),
+                               ("grid_steps", self.grid_steps >= 1, "at least 1"),
+                               ("eta", 0 <= self.eta <= 1, "in [0, 1]"),
+                               ("guidance", math.isfinite(self.guidance) and self.guidance >= 0,
+                                "a number >= 0 (1: no guidance)")]:
+            if not ok:
+                raise UserError(f"config key 'sample.{name}' must be {what}, got {getattr(self, name)}")
 
 
 @dataclass
