@@ -317,5 +317,19 @@ def test_existing_run_is_not_overwritten(run_dir):
     assert before == after
 
 
+def test_negative_guidance(run_dir, tmp_path):
+    code, err = run_cli("sample", run_dir, "--num", "2", "--guidance", "-1", "--out", tmp_path / "g.npz")
+    assert_user_error(code, err, "--guidance must be a number >= 0")
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(run_dir):
+    proc = subprocess.Popen([sys.executable, "-m", "ddpmkit", "info", str(run_dir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command has imported torch, let alone printed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == ""
+
+
 def test_missing_run(tmp_path):
     assert_user_error(*run_cli("info", tmp_path / "nothing"), "nothing")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import get_args
@@ -260,6 +261,8 @@ def cmd_sample(args) -> int:
     eta = sc.eta if args.eta is None else args.eta
     spacing = args.spacing or (sc.spacing if sampler == sc.sampler else None)
     guidance = sc.guidance if args.guidance is None else args.guidance
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise UserError(f"--guidance must be a number >= 0 (1: no guidance), got {guidance}")
     if steps is not None and not 1 <= steps <= diffusion.num_timesteps:
         raise UserError(f"--steps must be between 1 and {diffusion.num_timesteps}, got {steps}")
     if not 0.0 <= eta <= 1.0:
@@ -503,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`ddpmkit info RUN | head -1`): stop quietly, as on SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 141
 
 
 def run() -> None:
