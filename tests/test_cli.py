@@ -88,6 +88,29 @@ def test_resume_continues_the_step_count(run_dir, tmp_path):
     assert (copy / "checkpoints" / "step_00000006.pt").is_file()
 
 
+def test_resume_keeps_the_runs_config_and_takes_only_runtime_flags(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    before = sorted(p.name for p in (copy / "checkpoints").glob("*.pt"))
+    for flags, words in [(["--steps", "6", "--lr", "0.1"], ["--lr 0.1 differs", "train.lr = 0.001"]),
+                         (["--steps", "6", "--batch-size", "8"], ["--batch-size 8", "train.batch_size = 16"]),
+                         (["--steps", "3"], ["at step 4 already", "go back"]),
+                         (["--preset", "toy2d-moons", "--steps", "6"], ["run on digits data, not on toy2d"])]:
+        code, err = run_cli("train", "--out", copy, "--resume", *flags, "--no-progress")
+        assert_user_error(code, err, *words)
+    assert sorted(p.name for p in (copy / "checkpoints").glob("*.pt")) == before  # nothing written
+
+    assert main(["train", "--out", str(copy), "--resume", "--no-progress"]) == 0
+    assert "at step 4 of 4 already: nothing to train" in capsys.readouterr().out
+    # flags that agree with the run are fine; device and precision may change
+    assert main(["train", "--preset", "digits", "--out", str(copy), "--resume", "--steps", "5", "--lr", "0.001",
+                 "--device", "cpu", "--precision", "bf16", "--no-progress"]) == 0
+    saved = yaml.safe_load((copy / "config.yaml").read_text())["train"]
+    assert saved["steps"] == 5 and saved["precision"] == "bf16" and saved["batch_size"] == 16
+
+
 def test_compile_mode_flag_turns_compile_on(tmp_path, tiny_config, monkeypatch):
     modes = []
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)

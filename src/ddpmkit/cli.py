@@ -119,16 +119,8 @@ def cmd_train(args) -> int:
         raise UserError(f"run directory {str(out)!r} already has checkpoints: pass --resume to continue or --force to start over")
     if out.exists() and not out.is_dir():
         raise UserError(f"run directory {str(out)!r} exists and is not a directory")
-    if cfg is None:
-        from .train.checkpoint import latest_checkpoint, load_checkpoint
-        from .train.config import config_from_checkpoint
-
-        latest = latest_checkpoint(out)
-        if latest is None:
-            raise UserError(f"nothing to resume: {str(out)!r} has no checkpoints")
-        cfg = config_from_checkpoint(load_checkpoint(latest)["config"])
-        if args.steps is not None:
-            cfg.train.steps = args.steps
+    if args.resume:
+        cfg = _resumed_config(out, cfg, over, args.preset)
     if args.force and has_ckpt:
         for f in (out / "checkpoints").glob("*.pt"):
             f.unlink()
@@ -141,10 +133,41 @@ def cmd_train(args) -> int:
         last = trainer.train()
     finally:
         cleanup_distributed()
-    if dist.is_main:
+    if dist.is_main and not last:
+        print(f"{out} is at step {trainer.step} of {cfg.train.steps} already: nothing to train")
+    elif dist.is_main:
         summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k in ("step", "loss", "images_per_s"))
         print(f"trained {out} ({summary})")
     return 0
+
+
+def _resumed_config(out: Path, given, over: dict, preset: str | None):
+    """The config a resumed run goes on with: its own (from its latest checkpoint), with the command
+    line's --steps, --device, --precision, --compile, --compile-mode and --data; any other flag
+    given must agree with it, and a --preset or --config must name the same dataset."""
+    from .train.checkpoint import latest_checkpoint, load_checkpoint
+    from .train.config import config_from_checkpoint
+    from .train.trainer import RESUMABLE_TRAIN_KEYS
+
+    latest = latest_checkpoint(out)
+    if latest is None:
+        raise UserError(f"nothing to resume: {str(out)!r} has no checkpoints")
+    saved = config_from_checkpoint(load_checkpoint(latest)["config"])
+    if given is not None and given.data.name != saved.data.name:
+        source = f"the {preset} preset" if preset else "the config given"
+        raise UserError(f"{str(out)!r} is a run on {saved.data.name} data, not on {given.data.name} ({source}): "
+                        f"resume it with --out {out} --resume")
+    changeable = {("train", key) for key in RESUMABLE_TRAIN_KEYS} | {("data", "root")}
+    for section, values in over.items():
+        for key, value in values.items():
+            part = getattr(saved, section)
+            if (section, key) in changeable:
+                setattr(part, key, value)
+            elif value != getattr(part, key):
+                raise UserError(f"--{key.replace('_', '-')} {value} differs from the run's {section}.{key} = "
+                                f"{getattr(part, key)}: a resumed run keeps its config (only --steps, --device, "
+                                f"--precision, --compile, --compile-mode and --data may change)")
+    return saved
 
 
 def _cuda() -> bool:

@@ -32,7 +32,10 @@ from .fast import autocast_context, use_bf16, use_deterministic_algorithms
 from .metrics import MetricsLogger
 from .objective import DiffusionObjective
 
-__all__ = ["Trainer", "make_optimizer", "lr_at"]
+__all__ = ["Trainer", "make_optimizer", "lr_at", "RESUMABLE_TRAIN_KEYS"]
+
+# train keys a resumed run takes from the config it is given; every other key comes from its checkpoint
+RESUMABLE_TRAIN_KEYS = ("steps", "device", "precision", "compile", "compile_mode")
 
 
 def make_optimizer(model: nn.Module, cfg, device: torch.device) -> torch.optim.Optimizer:
@@ -93,9 +96,15 @@ class Trainer:
             if path is None:
                 raise UserError(f"nothing to resume: {str(self.run_dir)!r} has no checkpoints")
             ckpt = load_checkpoint(path)
+            if tc.steps < int(ckpt["step"]):
+                raise UserError(f"{str(self.run_dir)!r} is at step {ckpt['step']} already: train.steps = {tc.steps} "
+                                f"would go back (give a larger --steps)")
             saved = config_from_checkpoint(ckpt["config"])
-            # The run continues with its own config; only the step budget may grow.
-            saved.train.steps = tc.steps
+            # The run continues with its own config; the step budget, how it runs and where its data
+            # lives come from cfg (the maths does not depend on them)
+            for key in RESUMABLE_TRAIN_KEYS:
+                setattr(saved.train, key, getattr(tc, key))
+            saved.data.root = cfg.data.root if cfg.data.root is not None else saved.data.root
             cfg = saved
             tc = cfg.train
         self.device = device_for(self.dist, tc.device)
