@@ -2,6 +2,7 @@
 against an independent computation (direct formulas, Bayes' rule, Monte Carlo, a Gaussian oracle)."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -66,6 +67,18 @@ def test_q_sample_equals_iterating_eq1(diffusion):
     closed = diffusion.q_mean_variance(torch.full((n,), -0.5, dtype=torch.float64), t)
     assert x.mean().item() == pytest.approx(closed.mean[0].item(), abs=0.01)
     assert x.var().item() == pytest.approx(closed.var[0].item(), rel=0.02)
+
+
+@pytest.mark.parametrize("t, error, words", [
+    ([0, 5, -1], ValueError, "from -1 to 5"),  # -1 would index T - 1 silently
+    ([0, 1000], ValueError, "[0, 1000)"),
+    ([0.0, 1.0], TypeError, "integer tensor"),
+])
+def test_timesteps_outside_the_chain_are_refused(diffusion, t, error, words):
+    x0 = torch.zeros(len(t), 3)
+    with pytest.raises(error, match=re.escape(words)):
+        diffusion.q_sample(x0, torch.tensor(t))
+    assert diffusion.q_sample(torch.zeros(2, 3), torch.tensor([0, 999], dtype=torch.int32)).shape == (2, 3)  # the ends
 
 
 def test_posterior_equals_bayes_rule(diffusion):

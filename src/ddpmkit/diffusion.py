@@ -120,12 +120,26 @@ class GaussianDiffusion:
     # ------------------------------------------------------------------ coefficients
     def _coef(self, name: str, t: Tensor, x: Tensor) -> Tensor:
         """Coefficient ``name`` at timesteps t, shaped [B, 1, ...] to broadcast over x."""
+        self._check_timesteps(t)
         key = (x.device, x.dtype)
         tables = self._cache.get(key)
         if tables is None:
             tables = {k: v.to(device=x.device, dtype=x.dtype) for k, v in self._tables64.items()}
             self._cache[key] = tables
         return tables[name][t].reshape(t.shape[0], *([1] * (x.ndim - 1)))
+
+    def _check_timesteps(self, t: Tensor) -> None:
+        """t must hold integer timesteps in [0, T): indexing would wrap -1 round to T - 1 silently.
+
+        The range is checked where it costs no host synchronisation (CPU tensors); on a GPU an index
+        of T or more still fails in the kernel, and a negative one is not caught.
+        """
+        if t.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            raise TypeError(f"timesteps t must be an integer tensor (0-based, in [0, {self.num_timesteps})), "
+                            f"got {t.dtype}")
+        if t.device.type == "cpu" and t.numel() and not (0 <= int(t.min()) and int(t.max()) < self.num_timesteps):
+            raise ValueError(f"timesteps t must lie in [0, {self.num_timesteps}) (0-based), "
+                             f"got values from {int(t.min())} to {int(t.max())}")
 
     # ------------------------------------------------------------------ forward process
     def q_mean_variance(self, x0: Tensor, t: Tensor) -> MeanVariance:
