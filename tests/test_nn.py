@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -181,6 +182,15 @@ def test_unet_missing_and_unexpected_inputs_raise():
     uncond = tiny_unet()
     with pytest.raises(ValueError, match="not class-conditional"):
         uncond(x, t, y)
+    n = x.shape[0]
+    for bad, words in [(y[:1], "one integer label per example"), (y.float(), "one integer label per example"),
+                       (torch.full((n,), 4), "lie in [0, 3] (3: the null label)"),
+                       (torch.full((n,), -1), "from -1 to -1")]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            cond(x, t, bad)
+    cond(x, t, torch.full((n,), 3))  # the null label is a label
+    with pytest.raises(ValueError, match="divisible by"):
+        cond(x[:, :, :-1, :-1], t, y)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -401,6 +411,8 @@ def test_mlp_missing_and_unexpected_inputs_raise():
         cond(x, t)
     with pytest.raises(ValueError, match="not class-conditional"):
         tiny_mlp()(x, t, y)
+    with pytest.raises(ValueError, match=re.escape("lie in [0, 3]")):
+        cond(x, t, torch.tensor([0, 9]))
 
 
 def test_mlp_gradients_reach_every_parameter():

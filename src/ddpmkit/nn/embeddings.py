@@ -52,14 +52,28 @@ class TimeEmbedding(nn.Sequential):
         return self[3](self[2](first(table.to(first.weight.dtype))))
 
 
-def check_conditioning(x: torch.Tensor, t, y, conditional: bool) -> torch.Tensor:
-    """The errors of the note's model when t or y is missing or unexpected; t as a [B] tensor."""
+def check_conditioning(x: torch.Tensor, t, y, null_class: int | None) -> torch.Tensor:
+    """The errors of the note's model when t or y is missing or unexpected; t as a [B] tensor.
+
+    ``null_class`` is the model's null label (= its number of classes), None when unconditional.
+    Labels must be integers in [0, null_class], one per example; the range is checked on CPU
+    tensors outside torch.compile (elsewhere it would cost a host synchronisation or a graph break).
+    """
+    conditional = null_class is not None
     if t is None:
         raise ValueError("time conditioning was specified but t is not passed")
     if conditional and y is None:
         raise ValueError("class conditioning was specified but y is not passed")
     if not conditional and y is not None:
         raise ValueError("y was passed but the model is not class-conditional (num_classes is None)")
+    if conditional:
+        if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],) or y.is_floating_point() or y.is_complex():
+            got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ValueError(f"y must be one integer label per example, shape ({x.shape[0]},), got {got}")
+        checkable = y.device.type == "cpu" and y.numel() and not torch.compiler.is_compiling()
+        if checkable and not (0 <= int(y.min()) and int(y.max()) <= null_class):
+            raise ValueError(f"labels y must lie in [0, {null_class}] ({null_class}: the null label), "
+                             f"got values from {int(y.min())} to {int(y.max())}")
     if not isinstance(t, torch.Tensor):
         return torch.full((x.shape[0],), t, device=x.device)
     return t.expand(x.shape[0]) if t.ndim == 0 else t

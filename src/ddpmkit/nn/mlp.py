@@ -94,7 +94,7 @@ class MLPDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, dim], t timesteps [B] (int64 or float), y labels [B] (conditional models only)."""
-        t = check_conditioning(x, t, y, self.null_class is not None)
+        t = check_conditioning(x, t, y, self.null_class)
         cond = self.time_embedding(t)
         if self.class_embedding is not None:
             cond = cond + self.class_embedding(y).to(cond.dtype)

@@ -454,7 +454,11 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, C, H, W], t timesteps [B] (int64 or float), y labels [B] (conditional models only)."""
-        t = check_conditioning(x, t, y, self.null_class is not None)
+        t = check_conditioning(x, t, y, self.null_class)
+        factor = 2 ** (len(self.config.channel_mults) - 1)
+        if x.dim() != 4 or any((s + 2 * self.config.initial_pad) % factor for s in x.shape[2:]):
+            raise ValueError(f"the UNet needs [B, C, H, W] input with H and W (+ 2 * initial_pad) divisible by "
+                             f"{factor}, got shape {tuple(x.shape)}")
         ip = self.config.initial_pad
         if ip:
             x = F.pad(x, (ip, ip, ip, ip))
