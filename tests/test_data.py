@@ -143,6 +143,19 @@ def test_folder_tree_channels_and_labels(tmp_path):
         load_image_folder(tmp_path, 6, class_labels=True)
 
 
+def test_folder_reads_webp_bmp_and_tiff_losslessly(tmp_path):
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for name, kw in [("a.webp", {"lossless": True}), ("b.bmp", {}), ("c.tif", {}), ("d.TIFF", {})]:
+        arrays[name] = rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
+        _save(tmp_path / name, arrays[name], **kw)
+    (tmp_path / "e.gif").write_bytes(b"GIF89a")  # not a still format we read: ignored, not an error
+    ds = load_image_folder(tmp_path, 5)
+    assert len(ds) == 4
+    for i, name in enumerate(sorted(arrays)):
+        assert np.array_equal(ds.data[i].permute(1, 2, 0).numpy(), arrays[name]), name
+
+
 def test_folder_resize_and_center_crop_geometry(tmp_path):
     img = np.zeros((40, 80, 3), np.uint8)  # 80 wide, 40 high
     img[:, :20] = (255, 0, 0)

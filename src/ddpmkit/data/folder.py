@@ -1,4 +1,4 @@
-"""Load a directory tree of PNG/JPEG images into memory, resized and centre-cropped.
+"""Load a directory tree of PNG/JPEG/WebP/BMP/TIFF images into memory, resized and centre-cropped.
 
 Files are found recursively (extensions .png, .jpg, .jpeg in any case; names and folders
 starting with "." are skipped) and decoded in sorted order of their path relative to the
@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 from ..errors import UserError
 from .base import InMemoryDataset, resize_center_crop
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # still images Pillow reads
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
