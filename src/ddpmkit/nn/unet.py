@@ -164,8 +164,9 @@ class UNetConfig:
         levels = self.level_resolutions()
         for r in self.attention_resolutions:
             if r not in levels:
-                raise UserError(f"unet config: attention resolution {r} is not the size of any level "
-                                f"(levels: {', '.join(map(str, levels))})")
+                raise UserError(f"unet config: attention_resolutions has {r}, which is not the size of any level "
+                                f"(levels: {', '.join(map(str, levels))} for image_size {self.image_size}): "
+                                f"set model.attention_resolutions to sizes among them")
         attn_channels = [ch for ch, r in zip(self.level_channels(), levels) if r in self.attention_resolutions]
         for ch in [*attn_channels, self.level_channels()[-1]]:  # the middle always has attention
             heads = max(1, ch // self.head_channels)
