@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from .dropout import Dropout
 from .embeddings import TimeEmbedding, check_conditioning
 
 __all__ = ["UNetConfig", "UNet", "ResidualBlock", "AttentionBlock", "Downsample", "Upsample", "GroupNorm",
@@ -351,7 +352,7 @@ class ResidualBlock(nn.Module):
         self.time_bias = nn.Linear(emb_dim, out_channels)
         self.class_bias = nn.Embedding(class_rows, out_channels) if class_rows is not None else None
         self.norm2 = GroupNorm(num_groups, out_channels)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
         self.attention = attention if attention is not None else nn.Identity()
