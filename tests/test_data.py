@@ -393,3 +393,27 @@ def test_batches_small_dataset_wraps_and_hflip_flips():
     assert yp is None and sorted(xp[:, 0].tolist()) == sorted(pts.data[:, 0].tolist())
     with pytest.raises(UserError):
         next(batches(pts, 5, seed=0, hflip=True))
+
+
+def test_folder_decodes_the_same_on_any_number_of_threads(tmp_path):
+    rng = np.random.default_rng(2)
+    for i in range(24):  # colour PNGs, JPEGs and grey images, several sizes
+        shape = (int(rng.integers(6, 30)), int(rng.integers(6, 30))) + ((3,) if i % 3 else ())
+        _save(tmp_path / f"{i % 4}" / f"{i:02d}.{'jpg' if i % 5 == 0 else 'png'}",
+              rng.integers(0, 256, shape, dtype=np.uint8))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = load_image_folder(tmp_path, 8, class_labels=True)
+        torch.set_num_threads(4)
+        parallel = load_image_folder(tmp_path, 8, class_labels=True)
+        assert torch.equal(serial.data, parallel.data) and torch.equal(serial.labels, parallel.labels)
+        assert serial.data.is_contiguous() and serial.data.shape == (24, 3, 8, 8)
+        grey = serial.data[[int(f.stem) % 3 == 0 for f in sorted(tmp_path.rglob("*.*"))]]
+        assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 0], grey[:, 2])
+        (tmp_path / "1" / "05b.png").write_bytes(b"broken")  # two bad files: the first in sorted order is named
+        (tmp_path / "3" / "zz.png").write_bytes(b"broken")
+        with pytest.raises(UserError, match="05b.png"):
+            load_image_folder(tmp_path, 8)
+    finally:
+        torch.set_num_threads(threads)
