@@ -7,7 +7,8 @@
 # 1. benchmark.txt: benchmarks/train_speed.py --device cuda: the DDPM CIFAR-10 model (35.7M
 #    parameters, batch 128) against diffusers' UNet2DModel of the same size, in fp32 (TF32), bf16,
 #    bf16 channels-last, and compiled with CUDA graphs (--compile-mode reduce-overhead).
-# 2. tests.txt: the test suite on the GPU machine (the tests that need CUDA run only there).
+# 2. tests.txt: the test suite on the GPU machine (the tests that need CUDA run only there;
+#    8 processes where pytest-xdist is installed).
 # 3. cli.txt: the command line on the GPU: train the digits preset, resume it under torchrun
 #    with one process per GPU (NCCL from two GPUs up; one GPU runs a single process), sample.
 # Each part runs under its own time limit, so one that hangs does not take the others down.
@@ -46,7 +47,9 @@ part() {  # part NAME SECONDS COMMAND...: run COMMAND under a time limit, log to
 }
 
 part benchmark 320 "$py" benchmarks/train_speed.py --device cuda --repeats 3 --compile --compile-mode reduce-overhead
-part tests 140 "$py" -m pytest -q -p no:cacheprovider --durations=5
+# pytest-xdist (in the GPU image) spreads the tests over 8 processes sharing the GPU
+xdist=$("$py" -c "import xdist" 2>/dev/null && echo "-n 8")
+part tests 140 "$py" -m pytest -q -p no:cacheprovider --durations=5 $xdist
 run=$(mktemp -d)/digits
 gpus=$("$py" -c "import torch; print(torch.cuda.device_count())")
 part cli 80 bash -c "
