@@ -104,11 +104,14 @@ def test_resume_keeps_the_runs_config_and_takes_only_runtime_flags(run_dir, tmp_
 
     assert main(["train", "--out", str(copy), "--resume", "--no-progress"]) == 0
     assert "at step 4 of 4 already: nothing to train" in capsys.readouterr().out
-    # flags that agree with the run are fine; device and precision may change
+    # flags that agree with the run are fine; device, precision and microbatch may change
     assert main(["train", "--preset", "digits", "--out", str(copy), "--resume", "--steps", "5", "--lr", "0.001",
-                 "--device", "cpu", "--precision", "bf16", "--no-progress"]) == 0
+                 "--device", "cpu", "--precision", "bf16", "--microbatch", "5", "--no-progress"]) == 0
     saved = yaml.safe_load((copy / "config.yaml").read_text())["train"]
     assert saved["steps"] == 5 and saved["precision"] == "bf16" and saved["batch_size"] == 16
+    assert saved["microbatch"] == 5
+    code, err = run_cli("train", "--out", copy, "--resume", "--steps", "6", "--microbatch", "0", "--no-progress")
+    assert_user_error(code, err, "train.microbatch", "at least 1")
 
 
 def test_compile_mode_flag_turns_compile_on(tmp_path, tiny_config, monkeypatch):

@@ -328,6 +328,13 @@ def test_compiled_training_step_matches_eager(tmp_path, compile_calls, precision
     torch.testing.assert_close(compiled.ema.model.out_conv.weight, eager.ema.model.out_conv.weight)
 
 
+def test_compiled_microbatches_match_the_eager_whole_batch(tmp_path, compile_calls):
+    """Chunks of 6, 6 and 4 through the compiled network (the last chunk's size recompiles)."""
+    eager = tiny_trainer(tmp_path, "eager")
+    compiled = tiny_trainer(tmp_path, "compiled", compile=True, microbatch=6)
+    assert_same_training(eager, compiled)
+
+
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
 def test_compiled_upsample_matches_interpolate(fmt):
     """Under the compiler Upsample broadcasts instead of calling interpolate: same values, same gradients."""

@@ -3,8 +3,10 @@
 One module-scoped fixture runs, on a tiny digits config in fp32:
   * the reference: 1 process, 4 steps (checkpoints at steps 2 and 4);
   * `python -m torch.distributed.run --standalone --nproc_per_node 2 -m ddpmkit train` for 2 steps;
-  * the same under torchrun with `--resume --steps 4`, through a small launcher that calls the
-    real CLI and then saves each rank's final weights and EMA, so the ranks can be compared.
+  * the same under torchrun with `--resume --steps 4 --microbatch 3` (each rank's 8 rows in
+    chunks of 3, 3 and 2, gradients all-reduced after the last), through a small launcher that
+    calls the real CLI and then saves each rank's final weights and EMA, so the ranks can be
+    compared.
 The same global batch and seed on 1 or 2 processes must give the same training (up to
 floating-point summation order), and only rank 0 may write files.
 """
@@ -99,7 +101,8 @@ def runs(tmp_path_factory):
     launcher.write_text(LAUNCHER)
     dumps = root / "dumps"
     dumps.mkdir()
-    second = torchrun(launcher, dumps, "train", "--out", dist, "--resume", "--steps", "4", "--no-progress", cwd=root)
+    second = torchrun(launcher, dumps, "train", "--out", dist, "--resume", "--steps", "4", "--microbatch", "3",
+                      "--no-progress", cwd=root)
     assert second.returncode == 0, second.stdout + second.stderr
     return {"ref": ref, "dist": dist, "first": first, "second": second, "after_first": after_first,
             "dumps": [torch.load(dumps / f"rank{r}.pt", weights_only=True) for r in (0, 1)]}
@@ -133,7 +136,8 @@ def test_two_processes_match_one_process(runs):
         got = load_checkpoint(runs["dist"] / "checkpoints" / f"step_{step:08d}.pt")
         assert got["step"] == ref["step"] == step
         assert {**got["config"], "train": None} == {**ref["config"], "train": None}
-        assert got["config"]["train"] == {**ref["config"]["train"], "steps": got["config"]["train"]["steps"]}
+        runtime = {k: got["config"]["train"][k] for k in ("steps", "microbatch")}
+        assert got["config"]["train"] == {**ref["config"]["train"], **runtime}
         assert_states_close(got["model"], ref["model"], f"model@{step}", **TOL)
         assert_states_close(got["ema"], ref["ema"], f"ema@{step}", **TOL)
     # the logged mean loss is the mean over the global batch on both

@@ -142,3 +142,55 @@ def test_bf16_step_agrees_with_fp32(tmp_path):
         bf16, _ = trainer.objective(trainer.model, x0, y, t, w, noise, drop)
     assert bf16.dtype == torch.float32
     assert bf16.item() == pytest.approx(fp32.item(), rel=0.03)
+
+
+def _grads_of_one_step(tmp_path, name, x0, y, **train):
+    """The gradient one train_step hands to the optimizer (the step itself is skipped)."""
+    cfg = tiny_cfg(1, precision="fp32", **train)
+    cfg.model.params["dropout"] = 0.0  # a chunked step draws its dropout masks in another order
+    trainer = Trainer(cfg, tmp_path / name, progress=False)
+    seen = {}
+
+    def capture():
+        seen.update({n: p.grad.clone() for n, p in trainer.model.named_parameters()})
+
+    trainer.optimizer.step = capture
+    loss = trainer.train_step(x0, y)
+    return loss, seen
+
+
+def test_microbatches_accumulate_the_whole_batch_gradient(tmp_path):
+    """Chunks of 6, 6 and 4 of a batch of 16, each chunk's mean loss weighted by its size."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(16, 1, 8, 8, generator=g) * 2 - 1
+    y = torch.arange(16) % 10
+    loss, whole = _grads_of_one_step(tmp_path, "whole", x0, y, grad_clip=None)
+    chunked_loss, chunked = _grads_of_one_step(tmp_path, "chunks", x0, y, grad_clip=None, microbatch=6)
+    torch.testing.assert_close(chunked_loss, loss, rtol=1e-6, atol=0)
+    assert whole.keys() == chunked.keys()
+    for k in whole:
+        torch.testing.assert_close(chunked[k], whole[k], rtol=1e-5, atol=1e-7, msg=k)
+    # a microbatch at least as large as the batch is the whole batch, bit for bit
+    same_loss, same = _grads_of_one_step(tmp_path, "same", x0, y, grad_clip=None, microbatch=64)
+    assert torch.equal(same_loss, loss) and all(torch.equal(same[k], whole[k]) for k in whole)
+
+
+def test_microbatched_training_follows_the_same_path(tmp_path):
+    """Three steps with loss-aware timesteps (which see every chunk's losses) and clipping; the
+    tolerance is the 2-process test's: summation order, amplified by Adam's first steps."""
+    runs = {}
+    for name, microbatch in (("whole", None), ("chunks", 5)):
+        cfg = tiny_cfg(3, precision="fp32", lr_schedule="constant", microbatch=microbatch)
+        cfg.model.params["dropout"] = 0.0
+        cfg.diffusion.timestep_sampler = "loss_aware"
+        trainer = Trainer(cfg, tmp_path / name, progress=False)
+        trainer.train()
+        runs[name] = trainer
+    a, b = state(runs["whole"]), state(runs["chunks"])
+    for part in ("model", "ema"):
+        for k in a[part]:
+            torch.testing.assert_close(b[part][k], a[part][k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{part}.{k}: {m}")
+    sa, sb = runs["whole"].timesteps.state_dict(), runs["chunks"].timesteps.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(torch.as_tensor(sb[k]), torch.as_tensor(sa[k]), rtol=1e-5, atol=1e-7)

@@ -24,6 +24,8 @@ def _add_train(sub) -> None:
     p.add_argument("--out", help="run directory (default runs/<config name>)")
     p.add_argument("--steps", type=int, help="total optimizer steps")
     p.add_argument("--batch-size", type=int, help="global batch size")
+    p.add_argument("--microbatch", type=int, help="run each process's share of the batch in chunks of at most "
+                                                  "this many examples (same training, less memory)")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--data", help="data directory (folder, cifar10, mnist presets)")
     p.add_argument("--image-size", type=int, help="resize images to this size")
@@ -96,11 +98,9 @@ def cmd_train(args) -> int:
     from .train.trainer import Trainer
 
     over: dict = {"train": {}, "data": {}}
-    for key, attr in [("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"),
-                      ("device", "device"), ("precision", "precision"), ("compile", "compile"),
-                      ("compile_mode", "compile_mode")]:
-        if getattr(args, attr) is not None:
-            over["train"][key] = getattr(args, attr)
+    for key in ("steps", "batch_size", "microbatch", "lr", "seed", "device", "precision", "compile", "compile_mode"):
+        if getattr(args, key) is not None:
+            over["train"][key] = getattr(args, key)
     if args.compile_mode is not None:
         over["train"]["compile"] = True
     if args.data is not None:
@@ -143,8 +143,9 @@ def cmd_train(args) -> int:
 
 def _resumed_config(out: Path, given, over: dict, preset: str | None):
     """The config a resumed run goes on with: its own (from its latest checkpoint), with the command
-    line's --steps, --device, --precision, --compile, --compile-mode and --data; any other flag
-    given must agree with it, and a --preset or --config must name the same dataset."""
+    line's flags of how it runs (RESUMABLE_TRAIN_KEYS: --steps, --device, --precision, --compile,
+    --compile-mode, --microbatch) and --data; any other flag given must agree with it, and a
+    --preset or --config must name the same dataset."""
     from .train.checkpoint import latest_checkpoint, load_checkpoint
     from .train.config import config_from_checkpoint
     from .train.trainer import RESUMABLE_TRAIN_KEYS
@@ -164,9 +165,11 @@ def _resumed_config(out: Path, given, over: dict, preset: str | None):
             if (section, key) in changeable:
                 setattr(part, key, value)
             elif value != getattr(part, key):
+                may = ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE_TRAIN_KEYS)
                 raise UserError(f"--{key.replace('_', '-')} {value} differs from the run's {section}.{key} = "
-                                f"{getattr(part, key)}: a resumed run keeps its config (only --steps, --device, "
-                                f"--precision, --compile, --compile-mode and --data may change)")
+                                f"{getattr(part, key)}: a resumed run keeps its config (only {may} and --data "
+                                f"may change)")
+    saved.train.__post_init__()  # the runtime values given must be in range too
     return saved
 
 

@@ -85,6 +85,8 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 class TrainConfig:
     steps: int = 10000  # optimizer steps
     batch_size: int = 128  # GLOBAL batch size (split across torchrun processes)
+    microbatch: Optional[int] = None  # run each process's share in chunks of at most this many examples,
+    # accumulating gradients: the same optimizer step in less memory (None: the whole share at once)
     lr: float = 2e-4  # Adam learning rate for the global batch
     warmup_steps: int = 0  # linear learning-rate warm-up
     lr_schedule: Literal["constant", "cosine"] = "constant"  # after warm-up
@@ -109,12 +111,13 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms
 
     def __post_init__(self) -> None:
-        at_least = {"steps": 1, "batch_size": 1, "log_every": 1, "ema_every": 1, "num_grid_samples": 1,
-                    "warmup_steps": 0, "ema_start": 0, "sample_every": 0, "checkpoint_every": 0,
-                    "keep_checkpoints": 0}
+        at_least = {"steps": 1, "batch_size": 1, "microbatch": 1, "log_every": 1, "ema_every": 1,
+                    "num_grid_samples": 1, "warmup_steps": 0, "ema_start": 0, "sample_every": 0,
+                    "checkpoint_every": 0, "keep_checkpoints": 0}
         for name, low in at_least.items():
-            if getattr(self, name) < low:
-                raise UserError(f"config key 'train.{name}' must be at least {low}, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and value < low:  # None: only microbatch may be null
+                raise UserError(f"config key 'train.{name}' must be at least {low}, got {value}")
         ranges = {"lr": (math.isfinite(self.lr) and self.lr > 0, "a positive number"),
                   "weight_decay": (self.weight_decay >= 0, "at least 0"),
                   "min_lr_ratio": (0 <= self.min_lr_ratio <= 1, "in [0, 1]"),

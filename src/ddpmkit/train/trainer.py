@@ -6,6 +6,7 @@ Run directory layout: ``config.yaml`` (resolved), ``checkpoints/step_XXXXXXXX.pt
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ from .objective import DiffusionObjective
 __all__ = ["Trainer", "make_optimizer", "lr_at", "RESUMABLE_TRAIN_KEYS"]
 
 # train keys a resumed run takes from the config it is given; every other key comes from its checkpoint
-RESUMABLE_TRAIN_KEYS = ("steps", "device", "precision", "compile", "compile_mode")
+RESUMABLE_TRAIN_KEYS = ("steps", "device", "precision", "compile", "compile_mode", "microbatch")
 
 
 def make_optimizer(model: nn.Module, cfg, device: torch.device) -> torch.optim.Optimizer:
@@ -128,9 +129,8 @@ class Trainer:
         self.step = 0  # optimizer steps done; train_step advances it
         if ckpt is not None:
             self._load(ckpt)
-        self.net = wrap_ddp(self.model, self.dist, self.device)
-        if tc.compile:
-            self.net = torch.compile(self.net, mode=tc.compile_mode)
+        self.ddp = wrap_ddp(self.model, self.dist, self.device)  # the model itself in one process
+        self.net = torch.compile(self.ddp, mode=tc.compile_mode) if tc.compile else self.ddp
         # CUDA graphs replay into the same output buffers: each step must say where it begins
         self._cuda_graphs = tc.compile and tc.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
         self.logger = MetricsLogger(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main)
@@ -234,7 +234,10 @@ class Trainer:
         """One optimizer step on this process's rows (x0, y) of the global batch; returns the loss.
 
         Draws t and noise for the whole global batch and keeps this rank's rows (rank::world_size),
-        so 1 and N processes compute the same step. Advances ``self.step``; no host sync.
+        so 1 and N processes compute the same step. With ``train.microbatch`` the rows go through
+        the network in chunks whose gradients add up to the whole share's (each chunk's mean loss
+        weighted by its size), all-reduced once, after the last chunk. Advances ``self.step``;
+        no host sync.
         """
         tc = self.cfg.train
         step = self.step
@@ -246,19 +249,37 @@ class Trainer:
             noise = noise.contiguous(memory_format=torch.channels_last)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, tc)
-        if self._cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        with autocast_context(self.device, self.bf16):
-            loss, losses = self.objective(self.net, x0, y, t, w, noise, drop)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        share = x0.shape[0]
+        size = min(tc.microbatch or share, share)
+        loss = torch.zeros((), device=self.device)
+        parts = []
+        for start in range(0, share, size):
+            chunk = slice(start, start + size)
+            weight = (min(start + size, share) - start) / share
+            if self._cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            with self._no_sync(last=start + size >= share):
+                with autocast_context(self.device, self.bf16):
+                    part_loss, part_losses = self.objective(self.net, x0[chunk], None if y is None else y[chunk],
+                                                            t[chunk], w[chunk], noise[chunk], drop[chunk])
+                (part_loss * weight).backward()
+            loss += part_loss.detach() * weight
+            parts.append(part_losses)
+        losses = parts[0] if len(parts) == 1 else torch.cat(parts)
         if tc.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.optimizer.step()
         self.ema.update(self.model, step + 1)
         self._update_timestep_sampler(t, losses)
         self.step = step + 1
-        return loss.detach()
+        return loss
+
+    def _no_sync(self, last: bool):
+        """DDP's no_sync() for all but the last chunk of a step: gradients are all-reduced once."""
+        if last or not isinstance(self.ddp, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.ddp.no_sync()
 
     def _update_timestep_sampler(self, t, losses) -> None:
         if self.cfg.diffusion.timestep_sampler != "loss_aware":
