@@ -13,7 +13,7 @@ Wasserstein-2 distance to as many exact samples. Each number is the mean over bo
 the seeds; "ms" is the wall time of one sampling run. The "exact" row is exact samples scored
 the same way: the sampling-noise floor. A * marks each sampler's default spacing.
 
-Part B (with --run): a trained class-conditional digits run, sampled as ``ddpmkit sample`` does
+Part B (with --run): a trained class-conditional digits run, sampled as ``ddpmkit sample --precision fp32`` does
 (EMA weights, per-sample generators, the run's clipping, guidance and grey levels): 100 digits
 per class with each sampler at 10, 20, 50 steps (default spacing) and the 1000-step ancestral
 reference, scored by the project's digits judge (ddpmkit/eval/digits.py): classifier accuracy

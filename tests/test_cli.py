@@ -51,13 +51,34 @@ def test_sample_npz_and_grid(run_dir, tmp_path, capsys):
     assert png.stat().st_size > 0
 
 
-def test_samples_do_not_depend_on_batch_size(run_dir, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_samples_do_not_depend_on_batch_size(run_dir, tmp_path, precision):
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     common = ["--num", "6", "--labels", "3", "--sampler", "ddim", "--steps", "4", "--seed", "7", "--no-progress",
-              "--device", "cpu"]  # bitwise on the CPU; a GPU may pick other kernels for another batch size
+              "--device", "cpu",  # bitwise on the CPU; a GPU may pick other kernels for another batch size
+              "--precision", precision]
     assert main(["sample", str(run_dir), *common, "--batch-size", "6", "--out", str(a)]) == 0
     assert main(["sample", str(run_dir), *common, "--batch-size", "4", "--out", str(b)]) == 0
     np.testing.assert_array_equal(np.load(a)["images"], np.load(b)["images"])
+
+
+def test_sample_precision_defaults_to_auto_for_images_and_fp32_for_points(run_dir, tmp_path, monkeypatch):
+    import ddpmkit.train.fast as fast
+
+    asked = []
+    real = fast.use_bf16
+    monkeypatch.setattr(fast, "use_bf16", lambda precision, device: asked.append(precision) or real(precision, device))
+    common = ["--num", "2", "--sampler", "ddim", "--steps", "2", "--device", "cpu", "--no-progress"]
+    assert main(["sample", str(run_dir), *common, "--out", str(tmp_path / "a.npz")]) == 0
+    assert main(["sample", str(run_dir), *common, "--precision", "fp32", "--out", str(tmp_path / "b.npz")]) == 0
+    assert asked == ["auto", "fp32"]
+    toy = tmp_path / "toy"
+    assert main(["train", "--preset", "toy2d-moons", "--steps", "2", "--batch-size", "64", "--device", "cpu",
+                 "--out", str(toy), "--no-progress"]) == 0
+    asked.clear()
+    assert main(["sample", str(toy), *common, "--out", str(tmp_path / "c.npz")]) == 0
+    assert main(["sample", str(toy), *common, "--precision", "bf16", "--out", str(tmp_path / "d.npz")]) == 0
+    assert asked == ["fp32", "bf16"]
 
 
 def test_sample_with_guidance_and_trajectory(run_dir, tmp_path):
