@@ -7,7 +7,8 @@ residual block (batch 128), 11% of a whole digits training step on a 2-core CPU.
 when its 16-bit uniform integer is at least k - 32768, k = round(p * 65536), so it is dropped
 with probability k / 65536 (0.1 becomes 0.100006) and kept values are scaled by
 65536 / (65536 - k), which keeps the expectation of every element exactly equal to its input.
-Forward and backward together run about 4x faster than ``F.dropout``.
+Forward and backward together run about 3x faster than ``F.dropout`` (1.0-1.1 ms against
+3.2-3.4 ms for half a million bf16 or fp32 activations on 2 cores).
 
 On GPUs (where PyTorch's dropout is a fused Philox kernel) and under ``torch.compile``
 (which generates its own) the module is plain ``nn.Dropout``.
@@ -51,7 +52,7 @@ def cpu_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 class Dropout(nn.Dropout):
-    """nn.Dropout whose CPU training mask is drawn 4x faster (see the module's docstring)."""
+    """nn.Dropout whose CPU training pass runs 3x faster (see the module's docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Dropout of ``x`` in training mode, ``x`` itself in evaluation mode."""
