@@ -435,11 +435,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"CPU capability {torch.backends.cpu.get_cpu_capability()}", flush=True)
 
-    from ddpmkit.train.fast import cpu_has_bf16_matmul
+    from ddpmkit.train.fast import cpu_has_bf16_matmul, cuda_has_bf16_matmul
 
     fp32_peak, fp32_size = matmul_peak(torch.float32, bench, args.quick)
     bf16_peak, bf16_size = matmul_peak(torch.bfloat16, bench, args.quick)
-    units = torch.cuda.is_bf16_supported() if cuda else cpu_has_bf16_matmul()
+    units = cuda_has_bf16_matmul(bench.device) if cuda else cpu_has_bf16_matmul()
     print(f"# matmul peak: fp32{' (TF32)' if cuda else ''} {fp32_peak / 1e12:.3f} TFLOP/s ({fp32_size}^2), "
           f"bf16 {bf16_peak / 1e12:.3f} TFLOP/s ({bf16_size}^2); bf16 matrix units detected: {units}", flush=True)
     use_bf16_modes = args.bf16 == "on" or (args.bf16 == "auto" and (units if cuda else bf16_peak > fp32_peak))

@@ -239,6 +239,19 @@ def test_precision_option_resolves_as_documented():
         assert not torch.is_autocast_enabled("cpu")
 
 
+@pytest.mark.parametrize("hip, capability, native", [(None, (7, 0), False), (None, (7, 5), False),
+                                                     (None, (8, 0), True), (None, (9, 0), True),
+                                                     ("6.2", (9, 4), True)])
+def test_auto_precision_on_gpus_takes_bf16_only_where_it_is_native(monkeypatch, hip, capability, native):
+    """V100 and T4 emulate bf16 (slower than fp32), though torch.cuda.is_bf16_supported() says True."""
+    monkeypatch.setattr(torch.version, "hip", hip)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    gpu = torch.device("cuda", 0)
+    assert use_bf16("auto", gpu) is native
+    assert use_bf16("bf16", gpu) is True and use_bf16("fp32", gpu) is False
+
+
 def test_bf16_training_step_agrees_with_fp32(tmp_path):
     """Loss within bf16 rounding; the gradient points the same way (cosine > 0.99)."""
     fp32 = tiny_trainer(tmp_path, "fp32", precision="fp32", grad_clip=None)

@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-__all__ = ["cpu_has_bf16_matmul", "use_bf16", "autocast_context", "use_deterministic_algorithms", "keep_freed_memory"]
+__all__ = ["cpu_has_bf16_matmul", "cuda_has_bf16_matmul", "use_bf16", "autocast_context", "use_deterministic_algorithms", "keep_freed_memory"]
 
 
 def cpu_has_bf16_matmul() -> bool:
@@ -26,12 +26,21 @@ def cpu_has_bf16_matmul() -> bool:
     return False
 
 
+def cuda_has_bf16_matmul(device: torch.device | int | None = None) -> bool:
+    """True when this GPU runs bf16 matrix products natively: NVIDIA from compute capability 8.0
+    (Ampere) on, and AMD GPUs. ``torch.cuda.is_bf16_supported()`` also says True where bf16 is
+    only emulated (Volta and Turing: V100, T4), which is slower than fp32 there."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def use_bf16(precision: str, device: torch.device) -> bool:
     """Resolve the 'precision' option: 'auto' means bf16 where the hardware runs it fast."""
     if precision == "fp32":
         return False
     if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
+        supported = cuda_has_bf16_matmul(device)
     else:
         supported = cpu_has_bf16_matmul()
     if precision == "bf16":
