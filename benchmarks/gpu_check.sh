@@ -10,7 +10,8 @@
 # 2. tests.txt: the test suite on the GPU machine (the tests that need CUDA run only there;
 #    8 processes where pytest-xdist is installed).
 # 3. cli.txt: the command line on the GPU: train the digits preset, resume it under torchrun
-#    with one process per GPU (NCCL from two GPUs up; one GPU runs a single process), sample.
+#    with one process per GPU (NCCL from two GPUs up; one GPU runs a single process), sample;
+#    100 steps in fp16 with loss scaling.
 # Each part runs under its own time limit, so one that hangs does not take the others down.
 # ddpmkit runs from this checkout (src/ on PYTHONPATH, nothing installed). diffusers is an
 # optional anchor: where pip cannot reach an index, put its wheel in .whl/ (see README,
@@ -57,6 +58,7 @@ part cli 80 bash -c "
     $py -m ddpmkit train --preset digits --steps 300 --out $run --no-progress
     $py -m torch.distributed.run --standalone --nproc_per_node $gpus -m ddpmkit train --out $run --resume --steps 400 --no-progress
     $py -m ddpmkit sample $run --num 64 --sampler ddim --steps 20 --labels all --out $out/digits_samples.png --no-progress
+    $py -m ddpmkit train --preset digits --steps 100 --precision fp16 --out $run-fp16 --no-progress
     tail -n 2 $run/metrics.jsonl
     ls $run/checkpoints"
 cat "$out/summary.txt"

@@ -66,8 +66,9 @@ def test_sample_precision_defaults_to_auto_for_images_and_fp32_for_points(run_di
     import ddpmkit.train.fast as fast
 
     asked = []
-    real = fast.use_bf16
-    monkeypatch.setattr(fast, "use_bf16", lambda precision, device: asked.append(precision) or real(precision, device))
+    real = fast.autocast_dtype
+    monkeypatch.setattr(fast, "autocast_dtype",
+                        lambda precision, device: asked.append(precision) or real(precision, device))
     common = ["--num", "2", "--sampler", "ddim", "--steps", "2", "--device", "cpu", "--no-progress"]
     assert main(["sample", str(run_dir), *common, "--out", str(tmp_path / "a.npz")]) == 0
     assert main(["sample", str(run_dir), *common, "--precision", "fp32", "--out", str(tmp_path / "b.npz")]) == 0
@@ -79,6 +80,19 @@ def test_sample_precision_defaults_to_auto_for_images_and_fp32_for_points(run_di
     assert main(["sample", str(toy), *common, "--out", str(tmp_path / "c.npz")]) == 0
     assert main(["sample", str(toy), *common, "--precision", "bf16", "--out", str(tmp_path / "d.npz")]) == 0
     assert asked == ["fp32", "bf16"]
+
+
+def test_fp16_trains_resumes_and_samples_from_the_command_line(tiny_config, tmp_path):
+    out = tmp_path / "fp16"
+    common = ["--preset", "digits", "--config", str(tiny_config), "--out", str(out), "--device", "cpu", "--no-progress"]
+    assert main(["train", *common, "--steps", "2", "--precision", "fp16"]) == 0
+    ckpt = torch.load(out / "checkpoints" / "step_00000002.pt", weights_only=True)
+    assert ckpt["config"]["train"]["precision"] == "fp16" and ckpt["extra"]["grad_scaler"]["scale"] == 2.0 ** 16
+    assert main(["train", "--out", str(out), "--resume", "--steps", "3", "--no-progress"]) == 0
+    npz = tmp_path / "s.npz"
+    assert main(["sample", str(out), "--num", "3", "--steps", "2", "--sampler", "ddim", "--precision", "fp16",
+                 "--device", "cpu", "--out", str(npz), "--no-progress"]) == 0
+    assert np.load(npz)["images"].shape == (3, 8, 8, 1)
 
 
 def test_sample_with_guidance_and_trajectory(run_dir, tmp_path):

@@ -17,7 +17,7 @@ from ddpmkit.nn import UNet, UNetConfig
 from ddpmkit.nn import unet as unet_module
 from ddpmkit.nn.unet import GroupNorm
 from ddpmkit.train.config import TrainConfig, load_config
-from ddpmkit.train.fast import autocast_context, cpu_has_bf16_matmul, use_bf16
+from ddpmkit.train.fast import autocast_context, autocast_dtype, cpu_has_bf16_matmul, use_bf16
 from ddpmkit.train.trainer import Trainer, make_optimizer
 
 CPU = torch.device("cpu")
@@ -233,9 +233,14 @@ def test_precision_option_resolves_as_documented():
     assert use_bf16("fp32", CPU) is False
     assert use_bf16("bf16", CPU) is True
     assert use_bf16("auto", CPU) is cpu_has_bf16_matmul()  # bf16 only where the CPU runs it natively
-    with autocast_context(CPU, True):
-        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    with autocast_context(CPU, False):
+    assert use_bf16("fp16", CPU) is False
+    assert autocast_dtype("fp32", CPU) is None and autocast_dtype("bf16", CPU) == torch.bfloat16
+    assert autocast_dtype("fp16", CPU) == torch.float16
+    assert autocast_dtype("auto", CPU) == (torch.bfloat16 if cpu_has_bf16_matmul() else None)
+    for dtype in (torch.bfloat16, torch.float16):
+        with autocast_context(CPU, dtype):
+            assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == dtype
+    with autocast_context(CPU, None):
         assert not torch.is_autocast_enabled("cpu")
 
 
@@ -256,7 +261,7 @@ def test_bf16_training_step_agrees_with_fp32(tmp_path):
     """Loss within bf16 rounding; the gradient points the same way (cosine > 0.99)."""
     fp32 = tiny_trainer(tmp_path, "fp32", precision="fp32", grad_clip=None)
     bf16 = tiny_trainer(tmp_path, "bf16", precision="bf16", grad_clip=None)
-    assert bf16.bf16 and not fp32.bf16
+    assert bf16.amp == torch.bfloat16 and fp32.amp is None
     with torch.no_grad():  # a live output layer, identical in both, so the gradient is not trivial
         for tr in (fp32, bf16):
             torch.manual_seed(3)
@@ -268,6 +273,39 @@ def test_bf16_training_step_agrees_with_fp32(tmp_path):
     ga, gb = flat_grads(fp32.model), flat_grads(bf16.model)
     assert torch.nn.functional.cosine_similarity(ga, gb, dim=0).item() > 0.99
     assert all(p.dtype == torch.float32 for p in bf16.model.parameters())  # master weights stay fp32
+
+
+def test_fp16_training_scales_the_loss_and_hands_on_the_true_gradient(tmp_path):
+    """float16 autocast with a GradScaler: gradients are unscaled before clipping, so the clipped
+    gradient the optimizer sees is the fp32 run's (to fp16 rounding), not 65536 times smaller."""
+    fp32 = tiny_trainer(tmp_path, "fp32", precision="fp32", grad_clip=1e-3)
+    fp16 = tiny_trainer(tmp_path, "fp16", precision="fp16", grad_clip=1e-3)  # clipping that bites
+    assert fp16.amp == torch.float16 and fp16.scaler.is_enabled() and not fp32.scaler.is_enabled()
+    assert fp16.scaler.get_scale() == 2.0 ** 16
+    with torch.no_grad():
+        for tr in (fp32, fp16):
+            torch.manual_seed(3)
+            tr.model.out_conv.weight.normal_(0.0, 0.1)
+    x0, y = a_batch()
+    la, lb = fp32.train_step(x0, y), fp16.train_step(x0, y)
+    assert lb.item() == pytest.approx(la.item(), rel=0.01)
+    ga, gb = flat_grads(fp32.model), flat_grads(fp16.model)
+    assert torch.nn.functional.cosine_similarity(ga, gb, dim=0).item() > 0.999
+    assert ga.norm().item() == pytest.approx(1e-3, rel=1e-3)  # clipped
+    assert (gb.norm() / ga.norm()).item() == pytest.approx(1.0, abs=0.01)
+    assert all(p.dtype == torch.float32 for p in fp16.model.parameters())
+
+
+def test_fp16_step_whose_gradient_overflows_is_skipped_and_the_scale_backs_off(tmp_path):
+    tr = tiny_trainer(tmp_path, "fp16", precision="fp16")
+    tr.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 60)  # overflows float16 in the backward
+    before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
+    tr.train_step(*a_batch())
+    assert all(torch.equal(p, before[n]) for n, p in tr.model.named_parameters())
+    assert tr.scaler.get_scale() == 2.0 ** 59
+    tr.scaler = torch.amp.GradScaler("cpu")  # a sane scale: the next step trains
+    tr.train_step(*a_batch())
+    assert not all(torch.equal(p, before[n]) for n, p in tr.model.named_parameters())
 
 
 def test_deterministic_mode_sets_the_cublas_workspace_only_for_cuda(monkeypatch):

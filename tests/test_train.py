@@ -45,6 +45,23 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"], rtol=0, atol=0)
 
 
+def test_fp16_resume_keeps_the_loss_scale(tmp_path):
+    """The GradScaler's state (scale, steps since the last overflow) travels in the checkpoint."""
+    straight = Trainer(tiny_cfg(4, lr_schedule="constant", precision="fp16"), tmp_path / "a", progress=False)
+    straight.train()
+    Trainer(tiny_cfg(2, lr_schedule="constant", precision="fp16"), tmp_path / "b", progress=False).train()
+    resumed = Trainer(tiny_cfg(4, lr_schedule="constant", precision="fp16"), tmp_path / "b", resume=True,
+                      progress=False)
+    assert resumed.scaler.state_dict()["_growth_tracker"] == 2
+    resumed.train()
+    assert resumed.scaler.state_dict() == straight.scaler.state_dict()
+    assert straight.scaler.state_dict()["_growth_tracker"] == 4  # four steps without an overflow
+    a, b = state(straight), state(resumed)
+    for part in ("model", "ema"):
+        for k in a[part]:
+            torch.testing.assert_close(a[part][k], b[part][k], rtol=0, atol=0, msg=f"{part}.{k}")
+
+
 def test_resume_without_checkpoints_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="nothing to resume"):
         Trainer(tiny_cfg(2), tmp_path / "none", resume=True, progress=False)
@@ -138,7 +155,7 @@ def test_bf16_step_agrees_with_fp32(tmp_path):
     torch.nn.init.normal_(trainer.model.out_conv.weight, std=0.1) if hasattr(trainer.model, "out_conv") else None
     trainer.model.eval()
     fp32, _ = trainer.objective(trainer.model, x0, y, t, w, noise, drop)
-    with autocast_context(torch.device("cpu"), True):
+    with autocast_context(torch.device("cpu"), torch.bfloat16):
         bf16, _ = trainer.objective(trainer.model, x0, y, t, w, noise, drop)
     assert bf16.dtype == torch.float32
     assert bf16.item() == pytest.approx(fp32.item(), rel=0.03)

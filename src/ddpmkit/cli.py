@@ -31,7 +31,9 @@ def _add_train(sub) -> None:
     p.add_argument("--image-size", type=int, help="resize images to this size")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 where the hardware is fast at it")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 where the hardware runs it natively, else fp32; fp16 (with loss scaling): "
+                        "for GPUs without native bf16 (V100, T4)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
     p.add_argument("--compile-mode", choices=list(get_args(CompileMode)),
                    help="torch.compile's mode (turns --compile on); reduce-overhead adds CUDA graphs on GPUs")
@@ -58,7 +60,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--trajectory", help="PNG strip of x_t and predicted x0 along the reverse process")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
                    help="network precision; default: auto for image models (bf16 where the hardware is fast "
                         "at it), fp32 for 2-D data")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
@@ -275,7 +277,7 @@ def cmd_sample(args) -> int:
     import torch
 
     from .images import save_image_grid, save_npz, save_points_png, to_uint8
-    from .train.fast import autocast_context, use_bf16
+    from .train.fast import autocast_context, autocast_dtype
 
     if args.num < 1:
         raise UserError(f"--num must be a positive number of samples, got {args.num}")
@@ -308,7 +310,7 @@ def cmd_sample(args) -> int:
         raise UserError("--guidance needs a class-conditional model")
     device = next(model.parameters()).device
     shape = _sample_shape(cfg)
-    bf16 = use_bf16(args.precision or _default_sample_precision(cfg), device)
+    amp = autocast_dtype(args.precision or _default_sample_precision(cfg), device)
     chunks = []
     traj_rows: list = []
     from tqdm.auto import tqdm
@@ -319,7 +321,7 @@ def cmd_sample(args) -> int:
         gens = [torch.Generator(device=device).manual_seed(args.seed + start + i) for i in range(n)]
         y = None if labels is None else labels[start:start + n].to(device)
         callback = _trajectory_callback(traj_rows, diffusion, sampler, steps) if (args.trajectory and start == 0) else None
-        with autocast_context(device, bf16):
+        with autocast_context(device, amp):
             x = diffusion.sample(model, (n, *shape), sampler=sampler, steps=steps, y=y, guidance_scale=guidance,
                                  generator=gens, eta=eta, spacing=spacing, device=device, callback=callback)
         chunks.append(x.float().cpu())

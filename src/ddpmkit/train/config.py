@@ -103,7 +103,8 @@ class TrainConfig:
     keep_checkpoints: int = 3  # newest checkpoints kept (0: keep all)
     num_grid_samples: int = 64  # samples in each training grid
     seed: int = 0  # seeds weights, batches, noise and timesteps
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the hardware has bf16 matrix units
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast where the hardware has bf16
+    # matrix units, else fp32; fp16: float16 autocast with loss scaling, for GPUs without native bf16 (V100, T4)
     compile: bool = False  # torch.compile the network
     compile_mode: CompileMode = "default"  # torch.compile's mode; reduce-overhead, max-autotune: + CUDA graphs on GPUs
     channels_last: bool = True  # NHWC memory format for image networks

@@ -1,4 +1,4 @@
-"""Runtime choices of training: bf16 autocast where the hardware has bf16 matrix units,
+"""Runtime choices of training: bf16 autocast where the hardware has bf16 matrix units (fp16 on request),
 deterministic algorithms on request, an allocator that keeps freed memory."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-__all__ = ["cpu_has_bf16_matmul", "cuda_has_bf16_matmul", "use_bf16", "autocast_context", "use_deterministic_algorithms", "keep_freed_memory"]
+__all__ = ["cpu_has_bf16_matmul", "cuda_has_bf16_matmul", "use_bf16", "autocast_dtype", "autocast_context", "use_deterministic_algorithms", "keep_freed_memory"]
 
 
 def cpu_has_bf16_matmul() -> bool:
@@ -36,23 +36,28 @@ def cuda_has_bf16_matmul(device: torch.device | int | None = None) -> bool:
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
-    """Resolve the 'precision' option: 'auto' means bf16 where the hardware runs it fast."""
-    if precision == "fp32":
-        return False
-    if device.type == "cuda":
-        supported = cuda_has_bf16_matmul(device)
-    else:
-        supported = cpu_has_bf16_matmul()
-    if precision == "bf16":
-        return True
-    return supported
+    """Whether the 'precision' option means bf16: 'bf16', or 'auto' where the hardware runs bf16 natively."""
+    if precision != "auto":
+        return precision == "bf16"
+    return cuda_has_bf16_matmul(device) if device.type == "cuda" else cpu_has_bf16_matmul()
 
 
-def autocast_context(device: torch.device, bf16: bool):
-    """torch.autocast to bfloat16 on ``device`` when ``bf16``, else a no-op context."""
-    if not bf16:
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype the 'precision' option runs networks in under autocast; None for fp32.
+
+    'auto': bf16 where the hardware runs it natively, else fp32. 'fp16': float16, for GPUs
+    without native bf16 (V100, T4); training then needs loss scaling (the trainer's GradScaler).
+    """
+    if precision == "fp16":
+        return torch.float16
+    return torch.bfloat16 if use_bf16(precision, device) else None
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """torch.autocast to ``dtype`` on ``device``, or a no-op context for None (fp32)."""
+    if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def use_deterministic_algorithms(device: torch.device) -> None:

@@ -29,7 +29,7 @@ from .checkpoint import (
 )
 from .config import CUDA_GRAPH_MODES, ExperimentConfig, config_from_checkpoint, save_config
 from .distributed import DistInfo, all_reduce_mean_, barrier, device_for, wrap_ddp
-from .fast import autocast_context, use_bf16, use_deterministic_algorithms
+from .fast import autocast_context, autocast_dtype, use_deterministic_algorithms
 from .metrics import MetricsLogger
 from .objective import DiffusionObjective
 
@@ -125,7 +125,9 @@ class Trainer:
         self.objective = DiffusionObjective(self.diffusion, self.timesteps, self.cfg.diffusion.p_uncond,
                                             getattr(self.model, "null_class", None))
         self.generator = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
-        self.bf16 = use_bf16(tc.precision, self.device)
+        self.amp = autocast_dtype(tc.precision, self.device)  # None: fp32
+        # fp16 gradients underflow without loss scaling; disabled, the scaler passes everything through
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.step = 0  # optimizer steps done; train_step advances it
         if ckpt is not None:
             self._load(ckpt)
@@ -145,6 +147,8 @@ class Trainer:
             self.generator.set_state(extra["generator"].cpu() if self.device.type == "cpu" else extra["generator"])
         if "timesteps" in extra:
             self.timesteps.load_state_dict(extra["timesteps"])
+        if extra.get("grad_scaler") and self.scaler.is_enabled():  # an fp16 run goes on with its loss scale
+            self.scaler.load_state_dict(extra["grad_scaler"])
         restore_rng_state(ckpt["rng"])
         self.start_step = self.step = int(ckpt["step"])
 
@@ -161,7 +165,8 @@ class Trainer:
             optimizer=self.optimizer.state_dict(),
             rng=capture_rng_state(),
             extra={"generator": self.generator.get_state(), "timesteps": self.timesteps.state_dict(),
-                   "class_names": self.dataset.class_names},  # label i is class_names[i]; None when unnamed
+                   "class_names": self.dataset.class_names,  # label i is class_names[i]; None when unnamed
+                   "grad_scaler": self.scaler.state_dict()},  # {} unless fp16
         )
         if self.cfg.train.keep_checkpoints > 0:
             prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
@@ -260,16 +265,18 @@ class Trainer:
             if self._cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()
             with self._no_sync(last=start + size >= share):
-                with autocast_context(self.device, self.bf16):
+                with autocast_context(self.device, self.amp):
                     part_loss, part_losses = self.objective(self.net, x0[chunk], None if y is None else y[chunk],
                                                             t[chunk], w[chunk], noise[chunk], drop[chunk])
-                (part_loss * weight).backward()
+                self.scaler.scale(part_loss * weight).backward()
             loss += part_loss.detach() * weight
             parts.append(part_losses)
         losses = parts[0] if len(parts) == 1 else torch.cat(parts)
         if tc.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradient
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # with fp16: skipped when a gradient overflowed
+        self.scaler.update()
         self.ema.update(self.model, step + 1)
         self._update_timestep_sampler(t, losses)
         self.step = step + 1
@@ -301,7 +308,7 @@ class Trainer:
         null = getattr(model, "null_class", None)
         y = None if null is None else torch.arange(n, device=self.device) % null
         gen = torch.Generator(device=self.device).manual_seed(1234)
-        with autocast_context(self.device, self.bf16):
+        with autocast_context(self.device, self.amp):
             x = self.diffusion.sample(model, (n, *self.dataset.shape), sampler=sc.grid_sampler, steps=sc.grid_steps,
                                       y=y, generator=gen, device=self.device)
         path = self.run_dir / "samples" / f"step_{step:08d}.png"
