@@ -53,7 +53,7 @@ xdist=$("$py" -c "import xdist" 2>/dev/null && echo "-n 8")
 part tests 140 "$py" -m pytest -q -p no:cacheprovider --durations=5 $xdist
 run=$(mktemp -d)/digits
 gpus=$("$py" -c "import torch; print(torch.cuda.device_count())")
-part cli 80 bash -c "
+part cli 100 bash -c "
     set -e
     $py -m ddpmkit train --preset digits --steps 300 --out $run --no-progress
     $py -m torch.distributed.run --standalone --nproc_per_node $gpus -m ddpmkit train --out $run --resume --steps 400 --no-progress
