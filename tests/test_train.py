@@ -211,3 +211,14 @@ def test_microbatched_training_follows_the_same_path(tmp_path):
     assert sa.keys() == sb.keys()
     for k in sa:
         torch.testing.assert_close(torch.as_tensor(sb[k]), torch.as_tensor(sa[k]), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_microbatch_is_refused_with_cuda_graph_compile_modes(mode):
+    """CUDA graphs replay into the buffers that hold the gradients being accumulated."""
+    with pytest.raises(UserError, match="'train.microbatch' cannot be combined with compile_mode"):
+        load_config("digits", overrides={"train": {"compile": True, "compile_mode": mode, "microbatch": 4}})
+    for fine in ({"compile": True, "compile_mode": "max-autotune-no-cudagraphs", "microbatch": 4},
+                 {"compile": False, "compile_mode": mode, "microbatch": 4},
+                 {"compile": True, "compile_mode": mode, "microbatch": None}):
+        load_config("digits", overrides={"train": fine})

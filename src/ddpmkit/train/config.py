@@ -125,6 +125,10 @@ class TrainConfig:
                   "ema_decay": (0 <= self.ema_decay < 1, "in [0, 1)"),
                   "grad_clip": (self.grad_clip is None or self.grad_clip > 0, "positive or null (no clipping)"),
                   "adam_betas": (all(0 <= b < 1 for b in self.adam_betas), "two numbers in [0, 1)")}
+        if self.microbatch is not None and self.compile and self.compile_mode in CUDA_GRAPH_MODES:
+            raise UserError(f"config key 'train.microbatch' cannot be combined with compile_mode "
+                            f"{self.compile_mode!r}: its CUDA graphs replay into the buffers of the gradients "
+                            f"being accumulated (use compile_mode 'default' or 'max-autotune-no-cudagraphs')")
         for name, (ok, what) in ranges.items():
             if not ok:
                 raise UserError(f"config key 'train.{name}' must be {what}, got {getattr(self, name)!r}")
