@@ -3,6 +3,7 @@ of the variational bound (Nichol & Dhariwal 2021, sec. 3.3)."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -69,8 +70,11 @@ class LossAwareTimesteps(UniformTimesteps):
         return t.to(device), weights.to(device=device, dtype=torch.float32)
 
     def update(self, t: Tensor, losses: Tensor) -> None:
-        """Record the per-example bound terms of timesteps t (call with all ranks' values)."""
+        """Record the per-example bound terms of timesteps t (call with all ranks' values); a term
+        that is not finite (an fp16 forward that overflowed) says nothing about its t and is skipped."""
         for ti, li in zip(t.cpu().tolist(), losses.detach().double().cpu().tolist()):
+            if not math.isfinite(li):
+                continue
             if self._counts[ti] == self.history:
                 self._losses[ti] = torch.roll(self._losses[ti], -1)
                 self._losses[ti, -1] = li
