@@ -42,12 +42,12 @@ part() {  # part NAME SECONDS COMMAND...: run COMMAND under a time limit, log to
     shift 2
     echo "== $name (limit ${limit} s): $*"
     local t0=$SECONDS
-    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$out/$name.txt"
+    timeout --kill-after=5 "$limit" "$@" 2>&1 | tee "$out/$name.txt"
     local rc=${PIPESTATUS[0]}
     echo "== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
 }
 
-part benchmark 320 "$py" benchmarks/train_speed.py --device cuda --repeats 3 --compile --compile-mode reduce-overhead
+part benchmark 300 "$py" benchmarks/train_speed.py --device cuda --repeats 3 --compile --compile-mode reduce-overhead
 # pytest-xdist (in the GPU image) spreads the tests over 8 processes sharing the GPU
 xdist=$("$py" -c "import xdist" 2>/dev/null && echo "-n 8")
 part tests 140 "$py" -m pytest -q -p no:cacheprovider --durations=5 $xdist

@@ -1,8 +1,9 @@
 """Dropout with a faster random mask on the CPU.
 
 PyTorch's CPU dropout draws one 32-bit Mersenne-Twister number per element through
-``bernoulli_``, one element at a time: 2.3 ms for the half million activations of a digits
-residual block (batch 128), 11% of a whole digits training step on a 2-core CPU. Here one
+``bernoulli_``, one element at a time: 2.3 ms for the half million activations of one digits
+residual block at batch 128, and 9.6 ms, 11% of the step, for the 17 masks of a digits training
+step on a 2-core CPU. Here one
 64-bit draw of the same generator gives the random bits of four elements: an element is kept
 when its 16-bit uniform integer is at least k - 32768, k = round(p * 65536), so it is dropped
 with probability k / 65536 (0.1 becomes 0.100006) and kept values are scaled by

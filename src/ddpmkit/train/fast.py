@@ -28,8 +28,9 @@ def cpu_has_bf16_matmul() -> bool:
 
 def cuda_has_bf16_matmul(device: torch.device | int | None = None) -> bool:
     """True when this GPU runs bf16 matrix products natively: NVIDIA from compute capability 8.0
-    (Ampere) on, and AMD GPUs. ``torch.cuda.is_bf16_supported()`` also says True where bf16 is
-    only emulated (Volta and Turing: V100, T4), which is slower than fp32 there."""
+    (Ampere) on. ``torch.cuda.is_bf16_supported()`` also says True where bf16 is only emulated
+    (Volta and Turing: V100, T4), which is slower than fp32 there. ROCm GPUs count as native, as
+    PyTorch counts them (true from MI100 on; older AMD cards emulate it)."""
     if torch.version.hip:
         return True
     return torch.cuda.get_device_capability(device)[0] >= 8

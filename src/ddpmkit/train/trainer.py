@@ -102,7 +102,8 @@ class Trainer:
                                 f"would go back (give a larger --steps)")
             saved = config_from_checkpoint(ckpt["config"])
             # The run continues with its own config; the step budget, how it runs and where its data
-            # lives come from cfg (the maths does not depend on them)
+            # lives come from cfg (the maths does not depend on them, only the rounding does: precision,
+            # and microbatch, which also draws dropout masks chunk by chunk)
             for key in RESUMABLE_TRAIN_KEYS:
                 setattr(saved.train, key, getattr(tc, key))
             saved.data.root = cfg.data.root if cfg.data.root is not None else saved.data.root
