@@ -149,6 +149,19 @@ def test_resume_keeps_the_runs_config_and_takes_only_runtime_flags(run_dir, tmp_
     assert_user_error(code, err, "train.microbatch", "at least 1")
 
 
+def test_train_says_in_one_line_what_it_runs(tmp_path, tiny_config, capsys):
+    out = tmp_path / "run"
+    common = ["--preset", "digits", "--config", str(tiny_config), "--out", str(out), "--device", "cpu", "--no-progress"]
+    assert main(["train", *common, "--steps", "1", "--precision", "bf16"]) == 0
+    err = capsys.readouterr().err
+    assert f"training {out}: steps 0 -> 1, unet " in err and "M parameters, batch 16, cpu (" in err
+    assert "bf16 autocast, channels-last" in err and err.count("training ") == 1
+    assert main(["train", "--out", str(out), "--resume", "--steps", "2", "--precision", "fp16", "--microbatch", "5",
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "steps 1 -> 2" in err and "batch 16 in chunks of 5" in err and "fp16 autocast + loss scaling" in err
+
+
 def test_compile_mode_flag_turns_compile_on(tmp_path, tiny_config, monkeypatch):
     modes = []
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)

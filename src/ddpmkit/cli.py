@@ -134,6 +134,8 @@ def cmd_train(args) -> int:
     dist = init_distributed("cuda" if cfg.train.device != "cpu" and _cuda() else "cpu")
     try:
         trainer = Trainer(cfg, out, resume=args.resume, dist=dist, progress=not args.no_progress)
+        if dist.is_main:
+            print(f"training {out}: {trainer.describe()}", file=sys.stderr, flush=True)
         last = trainer.train()
     finally:
         cleanup_distributed()

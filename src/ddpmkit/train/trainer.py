@@ -138,6 +138,22 @@ class Trainer:
         self._cuda_graphs = tc.compile and tc.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
         self.logger = MetricsLogger(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main)
 
+    def describe(self) -> str:
+        """One line of what this run does and how: steps, network, batch, device, precision, speed-ups."""
+        tc = self.cfg.train
+        params = sum(p.numel() for p in self.model.parameters())
+        batch = f"batch {tc.batch_size}"
+        if self.dist.world_size > 1:
+            batch += f" over {self.dist.world_size} processes"
+        if tc.microbatch is not None and tc.microbatch < tc.batch_size // self.dist.world_size:
+            batch += f" in chunks of {tc.microbatch}"
+        where = f"{self.device}" + (f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else "")
+        precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + loss scaling"}
+        extras = [x for x, on in (("channels-last", self.images and tc.channels_last),
+                                  (f"compiled ({tc.compile_mode})", tc.compile)) if on]
+        network = f"{self.cfg.model.kind} {params / 1e6:.2f}M parameters"
+        return ", ".join([f"steps {self.start_step} -> {tc.steps}", network, batch, where, precision[self.amp], *extras])
+
     # ------------------------------------------------------------------ state
     def _load(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
