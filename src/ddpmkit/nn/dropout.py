@@ -8,8 +8,8 @@ step on a 2-core CPU. Here one
 when its 16-bit uniform integer is at least k - 32768, k = round(p * 65536), so it is dropped
 with probability k / 65536 (0.1 becomes 0.100006) and kept values are scaled by
 65536 / (65536 - k), which keeps the expectation of every element exactly equal to its input.
-Forward and backward together run about 3x faster than ``F.dropout`` (1.0-1.1 ms against
-3.2-3.4 ms for half a million bf16 or fp32 activations on 2 cores).
+Forward and backward together run about 3x faster than ``F.dropout`` (0.75-1.1 ms against
+2.6-3.4 ms for half a million bf16 or fp32 activations on 2 cores; benchmarks/dropout_speed.py).
 
 On GPUs (where PyTorch's dropout is a fused Philox kernel) and under ``torch.compile``
 (which generates its own) the module is plain ``nn.Dropout``.
