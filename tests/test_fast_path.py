@@ -37,7 +37,7 @@ def tiny_trainer(tmp_path, name: str, **train) -> Trainer:
     from conftest import TINY_DIGITS
 
     over = copy.deepcopy(TINY_DIGITS)
-    over["train"].update(device="cpu", **train)
+    over["train"].update({"device": "cpu", **train})  # a test may ask for cuda
     return Trainer(load_config("digits", overrides=over), tmp_path / name, progress=False)
 
 

@@ -62,6 +62,28 @@ def test_fp16_resume_keeps_the_loss_scale(tmp_path):
             torch.testing.assert_close(a[part][k], b[part][k], rtol=0, atol=0, msg=f"{part}.{k}")
 
 
+def test_resume_on_another_kind_of_device_reseeds_the_noise_stream(tmp_path, capsys):
+    """A run saved on a GPU holds a 16-byte CUDA generator state, which a CPU generator cannot take."""
+    import shutil
+
+    from ddpmkit.train.checkpoint import load_checkpoint, save_checkpoint
+
+    Trainer(tiny_cfg(2, device="cpu"), tmp_path / "r", progress=False).train()
+    path = tmp_path / "r" / "checkpoints" / "step_00000002.pt"
+    ckpt = load_checkpoint(path)
+    ckpt["extra"]["generator"] = torch.zeros(16, dtype=torch.uint8)  # as a CUDA Philox state
+    save_checkpoint(path, **{k: ckpt[k] for k in ("step", "config", "model", "ema", "optimizer", "rng", "extra")})
+    runs = []
+    for name in ("a", "b"):
+        shutil.copytree(tmp_path / "r", tmp_path / name)
+        t = Trainer(tiny_cfg(3, device="cpu"), tmp_path / name, resume=True, progress=False)
+        t.train()
+        runs.append(state(t))
+    assert "trained on another kind of device" in capsys.readouterr().err
+    for k in runs[0]["model"]:  # reseeded from (seed, step): two resumes agree
+        assert torch.equal(runs[0]["model"][k], runs[1]["model"][k])
+
+
 def test_resume_without_checkpoints_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="nothing to resume"):
         Trainer(tiny_cfg(2), tmp_path / "none", resume=True, progress=False)
@@ -146,7 +168,7 @@ def test_bf16_step_agrees_with_fp32(tmp_path):
     """One training step's loss under bf16 autocast is within bf16 precision of fp32."""
     from ddpmkit.train.fast import autocast_context
 
-    trainer = Trainer(tiny_cfg(1), tmp_path / "r", progress=False)
+    trainer = Trainer(tiny_cfg(1, device="cpu"), tmp_path / "r", progress=False)  # CPU autocast, CPU batch
     torch.manual_seed(0)
     x0 = torch.rand(8, 1, 8, 8) * 2 - 1
     y = torch.arange(8) % 10
@@ -163,7 +185,7 @@ def test_bf16_step_agrees_with_fp32(tmp_path):
 
 def _grads_of_one_step(tmp_path, name, x0, y, **train):
     """The gradient one train_step hands to the optimizer (the step itself is skipped)."""
-    cfg = tiny_cfg(1, precision="fp32", **train)
+    cfg = tiny_cfg(1, precision="fp32", device="cpu", **train)  # the batch below lives on the CPU
     cfg.model.params["dropout"] = 0.0  # a chunked step draws its dropout masks in another order
     trainer = Trainer(cfg, tmp_path / name, progress=False)
     seen = {}
@@ -197,7 +219,8 @@ def test_microbatched_training_follows_the_same_path(tmp_path):
     tolerance is the 2-process test's: summation order, amplified by Adam's first steps."""
     runs = {}
     for name, microbatch in (("whole", None), ("chunks", 5)):
-        cfg = tiny_cfg(3, precision="fp32", lr_schedule="constant", microbatch=microbatch)
+        # on the CPU: a GPU's TF32 convolutions would round the chunks and the whole batch apart
+        cfg = tiny_cfg(3, precision="fp32", lr_schedule="constant", microbatch=microbatch, device="cpu")
         cfg.model.params["dropout"] = 0.0
         cfg.diffusion.timestep_sampler = "loss_aware"
         trainer = Trainer(cfg, tmp_path / name, progress=False)
