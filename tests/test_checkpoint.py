@@ -259,6 +259,25 @@ def test_rng_capture_restore() -> None:
         restore_rng_state({"torch": "garbage"})
 
 
+def test_cuda_rng_is_kept_for_this_process_gpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the current GPU's state is saved and restored, and only by a process that uses its GPU
+    (touching the other GPUs would open a CUDA context on each of them)."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("read every GPU's state"))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": calls.append(state.tolist()))
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # a CPU run on a GPU machine
+    assert "cuda_current" not in capture_rng_state()
+    restore_rng_state({"cuda_current": torch.tensor([1], dtype=torch.uint8)})
+    assert calls == []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert capture_rng_state()["cuda_current"].tolist() == [7]
+    restore_rng_state({"cuda_current": torch.tensor([1], dtype=torch.uint8)})
+    restore_rng_state({"cuda": [torch.tensor([2], dtype=torch.uint8), torch.tensor([3], dtype=torch.uint8)]})
+    assert calls == [[1], [2]]  # an older checkpoint's list: the saving process's own GPU comes first
+
+
 def test_metrics_log(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "metrics.jsonl"
     logger = MetricsLogger(path)

@@ -106,7 +106,12 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """Global RNG states: torch CPU, CUDA (every device, when available), Python and NumPy."""
+    """Global RNG states: torch CPU, this process's GPU (when it uses one), Python and NumPy.
+
+    Only the current GPU's state is kept: every torchrun rank seeds and draws the same global
+    streams, so rank 0's state is every rank's, and reading the other GPUs' states would open a
+    CUDA context on each of them (a process that never used its GPU has no state to keep).
+    """
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -119,8 +124,8 @@ def capture_rng_state() -> dict[str, Any]:
             "cached_gaussian": float(np_state[4]),
         },
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_current"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -129,10 +134,11 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     try:
         if "torch" in state:
             torch.set_rng_state(state["torch"].cpu())
-        if "cuda" in state and torch.cuda.is_available():
-            cuda = [t.cpu() for t in state["cuda"]][: torch.cuda.device_count()]
-            for index, t in enumerate(cuda):
-                torch.cuda.set_rng_state(t, index)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # this process computes on its GPU
+            if "cuda_current" in state:
+                torch.cuda.set_rng_state(state["cuda_current"].cpu())
+            elif state.get("cuda"):  # older checkpoints: every GPU of the saving process, its own first
+                torch.cuda.set_rng_state(state["cuda"][0].cpu())
         if "python" in state:
             version, internal, gauss = state["python"]
             random.setstate((version, tuple(internal), gauss))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -160,8 +161,13 @@ class Trainer:
         self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         extra = ckpt.get("extra") or {}
-        if "generator" in extra:
-            self.generator.set_state(extra["generator"].cpu() if self.device.type == "cpu" else extra["generator"])
+        saved = extra.get("generator")
+        if saved is not None and saved.numel() == self.generator.get_state().numel():
+            self.generator.set_state(saved.cpu())
+        elif saved is not None:  # saved on another kind of device (a CUDA Philox state is 16 bytes, a CPU one 5 KB)
+            self.generator.manual_seed(self.cfg.train.seed + 1 + int(ckpt["step"]))
+            print(f"note: {self.run_dir} was trained on another kind of device: its noise stream goes on from "
+                  f"a fresh seed, so the run continues, but not bit for bit as it would have", file=sys.stderr)
         if "timesteps" in extra:
             self.timesteps.load_state_dict(extra["timesteps"])
         if extra.get("grad_scaler") and self.scaler.is_enabled():  # an fp16 run goes on with its loss scale
