@@ -366,7 +366,8 @@ def sampling_rates(bench: Bench, batch: int, repeats: int, calls: int, bf16_ok: 
 # ----------------------------------------------------------------------------- main
 
 
-def pick_modes(bench: Bench, bf16: bool, compile_too: bool, compile_mode: str = "default") -> list[Mode]:
+def pick_modes(bench: Bench, bf16: bool, compile_too: bool, compile_mode: str = "default",
+               compiled_only: bool = False) -> list[Mode]:
     """The modes every network is timed in; each network is then ranked by its best one."""
     modes = [Mode(), Mode(channels_last=True)]
     if bf16:
@@ -378,7 +379,7 @@ def pick_modes(bench: Bench, bf16: bool, compile_too: bool, compile_mode: str = 
             modes.append(Mode(channels_last=True, compile=True, compile_mode=compile_mode))
         if bf16:
             modes.append(Mode(bf16=True, channels_last=True, compile=True, compile_mode=compile_mode))
-    return modes
+    return [m for m in modes if m.compile] if compiled_only else modes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -398,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd networks")
     p.add_argument("--compile-mode", choices=list(get_args(CompileMode)), default="default",
                    help="torch.compile's mode for --compile (reduce-overhead: CUDA graphs on a GPU)")
+    p.add_argument("--compiled-only", action="store_true",
+                   help="with --compile: time only the compiled modes (when the eager ones ran in another call)")
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
                    help="time bf16 autocast modes (auto: on GPUs with bf16, and on CPUs where bf16 matmul beats fp32)")
     p.add_argument("--no-lucidrains", action="store_true", help="skip the denoising_diffusion_pytorch anchor")
@@ -406,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="2 rounds of 1 step, 1 warm-up step, small matmul probe: a smoke test")
     args = p.parse_args(argv)
+    if args.compiled_only and not args.compile:
+        print("error: --compiled-only needs --compile", file=sys.stderr)
+        return 2
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         print("error: --device cuda, but no CUDA GPU is available", file=sys.stderr)
@@ -446,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     if not use_bf16_modes:
         print(f"# bf16 autocast modes skipped: bf16 matmul runs at {bf16_peak / fp32_peak:.3g}x fp32 here "
               f"(--bf16 on to time them anyway)", flush=True)
-    modes = pick_modes(bench, use_bf16_modes, args.compile, args.compile_mode)
+    modes = pick_modes(bench, use_bf16_modes, args.compile, args.compile_mode, args.compiled_only)
 
     families = ["ddpmkit"]
     notes = []

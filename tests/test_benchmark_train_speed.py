@@ -52,6 +52,10 @@ def test_modes(bench) -> None:
     names = [m.name for m in bench.pick_modes(gpu, bf16=True, compile_too=False)]
     assert names == ["fp32 eager", "fp32 eager channels-last", "bf16 autocast eager",
                      "bf16 autocast eager channels-last"]
+    names = [m.name for m in bench.pick_modes(gpu, bf16=True, compile_too=True, compile_mode="reduce-overhead",
+                                              compiled_only=True)]
+    assert names == ["bf16 autocast compile (reduce-overhead) channels-last"]
+    assert bench.main(["--compiled-only"]) == 2  # without --compile there is nothing to time
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer without CUDA")
