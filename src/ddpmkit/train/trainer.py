@@ -17,6 +17,7 @@ from torch import nn
 
 from ..ema import EMA
 from ..errors import UserError
+from ..nn import num_parameters
 from ..timestep_sampling import make_timestep_sampler
 from .build import build_dataset, build_diffusion, build_model, resolve_model_config
 from .checkpoint import (
@@ -29,7 +30,7 @@ from .checkpoint import (
     checkpoint_path,
 )
 from .config import CUDA_GRAPH_MODES, ExperimentConfig, config_from_checkpoint, save_config
-from .distributed import DistInfo, all_reduce_mean_, barrier, device_for, wrap_ddp
+from .distributed import DistInfo, all_reduce_mean_, barrier, device_for, per_rank_batch_size, wrap_ddp
 from .fast import autocast_context, autocast_dtype, use_deterministic_algorithms
 from .metrics import MetricsLogger
 from .objective import DiffusionObjective
@@ -142,17 +143,16 @@ class Trainer:
     def describe(self) -> str:
         """One line of what this run does and how: steps, network, batch, device, precision, speed-ups."""
         tc = self.cfg.train
-        params = sum(p.numel() for p in self.model.parameters())
         batch = f"batch {tc.batch_size}"
         if self.dist.world_size > 1:
             batch += f" over {self.dist.world_size} processes"
-        if tc.microbatch is not None and tc.microbatch < tc.batch_size // self.dist.world_size:
+        if tc.microbatch is not None and tc.microbatch < per_rank_batch_size(tc.batch_size, self.dist):
             batch += f" in chunks of {tc.microbatch}"
         where = f"{self.device}" + (f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else "")
         precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + loss scaling"}
         extras = [x for x, on in (("channels-last", self.images and tc.channels_last),
                                   (f"compiled ({tc.compile_mode})", tc.compile)) if on]
-        network = f"{self.cfg.model.kind} {params / 1e6:.2f}M parameters"
+        network = f"{self.cfg.model.kind} {num_parameters(self.model) / 1e6:.2f}M parameters"
         return ", ".join([f"steps {self.start_step} -> {tc.steps}", network, batch, where, precision[self.amp], *extras])
 
     # ------------------------------------------------------------------ state
