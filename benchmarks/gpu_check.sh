@@ -6,7 +6,8 @@
 #
 # 1. benchmark.txt: benchmarks/train_speed.py --device cuda: the DDPM CIFAR-10 model (35.7M
 #    parameters, batch 128) against diffusers' UNet2DModel of the same size, in fp32 (TF32), bf16
-#    and bf16 channels-last; benchmark_compiled.txt: both compiled with CUDA graphs
+#    and bf16 channels-last, and where each network's best configuration spends a step (the 15
+#    costliest GPU kernels); benchmark_compiled.txt: both compiled with CUDA graphs
 #    (--compile-mode reduce-overhead), in a call of its own.
 # 2. tests.txt: the test suite on the GPU machine (the tests that need CUDA run only there;
 #    8 processes where pytest-xdist is installed).
@@ -49,12 +50,12 @@ part() {  # part NAME SECONDS COMMAND...: run COMMAND under a time limit, log to
 }
 
 # eager modes first, so their table is in even if compiling runs out of time
-part benchmark 110 "$py" benchmarks/train_speed.py --device cuda --repeats 3
-part benchmark_compiled 190 "$py" benchmarks/train_speed.py --device cuda --repeats 2 --compile --compiled-only \
+part benchmark 130 "$py" benchmarks/train_speed.py --device cuda --repeats 3 --profile 5
+part benchmark_compiled 210 "$py" benchmarks/train_speed.py --device cuda --repeats 2 --compile --compiled-only \
     --compile-mode reduce-overhead
 # pytest-xdist (in the GPU image) spreads the tests over 8 processes sharing the GPU
 xdist=$("$py" -c "import xdist" 2>/dev/null && echo "-n 8")
-part tests 130 "$py" -m pytest -q -p no:cacheprovider --durations=5 $xdist
+part tests 120 "$py" -m pytest -q -p no:cacheprovider --durations=5 $xdist
 run=$(mktemp -d)/digits
 gpus=$("$py" -c "import torch; print(torch.cuda.device_count())")
 part cli 100 bash -c "

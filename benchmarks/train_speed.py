@@ -363,6 +363,23 @@ def sampling_rates(bench: Bench, batch: int, repeats: int, calls: int, bf16_ok: 
         label = f"{name} ({'bf16' if bf16 else 'fp32'}{' channels-last' if cl else ''})"
         results.append((label, best, flops / 1e9))
     return results
+
+def print_profile(c: Contender, steps: int, bench: Bench) -> None:
+    """The 15 operators (GPU kernels on CUDA) of ``steps`` training steps of ``c`` that take the
+    most time, with their share: where a step's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.cuda else [])
+    bench.sync()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            c.train_step()
+        bench.sync()
+    key = "self_device_time_total" if bench.cuda else "self_cpu_time_total"
+    print(f"\nProfile of {c.label}, {steps} steps, sorted by {key}:")
+    print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=70), flush=True)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -406,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-lucidrains", action="store_true", help="skip the denoising_diffusion_pytorch anchor")
     p.add_argument("--system-malloc", action="store_true",
                    help="leave glibc's malloc as it is (default: keep freed memory, as the ddpmkit command does)")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="after the timing, profile STEPS training steps of each network's best configuration "
+                        "and print its 15 costliest operators (GPU kernel time on CUDA)")
     p.add_argument("--quick", action="store_true",
                    help="2 rounds of 1 step, 1 warm-up step, small matmul probe: a smoke test")
     args = p.parse_args(argv)
@@ -534,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     if base is not None:
         print(f"ddpmkit best vs diffusers fp32 eager (contiguous): {ours.img_s / base.img_s:.2f}x")
 
+    for c in [ours, *anchors] if args.profile > 0 else []:
+        print_profile(c, args.profile, bench)
     print(flush=True)
     samp = sampling_rates(bench, args.sample_batch, max(3, args.repeats), steps, use_bf16_modes)
     print()

@@ -67,12 +67,16 @@ def test_cuda_without_gpu_is_a_clean_error(bench, capsys: pytest.CaptureFixture[
 def test_quick_run_prints_the_ratio(bench, one_thread, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("diffusers")
     assert bench.main(["--quick", "--batch", "2", "--sample-batch", "2", "--no-lucidrains", "--bf16", "off",
-                       "--system-malloc"]) == 0
+                       "--system-malloc", "--profile", "1"]) == 0
     out = capsys.readouterr().out
     last = out.strip().splitlines()[-1]
     assert last.startswith("ratio_vs_best_anchor=") and float(last.split("=")[1]) > 0
     assert "| ddpmkit (fp32 eager channels-last) | 6.47M | " in out
     assert "| diffusers (fp32 eager) | 6.47M | " in out
+    # --profile: one operator table per network, each listing the convolutions it ran
+    profiles = out.split("Profile of ")[1:]
+    assert [p.split(",")[0].split(" (")[0] for p in profiles] == ["ddpmkit", "diffusers"]
+    assert all("aten::conv" in p or "convolution" in p for p in profiles)
 
 
 def test_modes_name_the_compile_mode(bench) -> None:
