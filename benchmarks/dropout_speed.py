@@ -58,7 +58,7 @@ def step_times(rounds: int, steps: int) -> dict[str, float]:
     from ddpmkit.train.config import load_config
     from ddpmkit.train.trainer import Trainer
 
-    cfg = load_config("digits")
+    cfg = load_config("digits", overrides={"train": {"device": "cpu"}})  # a CPU benchmark, GPU or not
     trainer = Trainer(cfg, Path(tempfile.mkdtemp(prefix="ddpmkit-dropout-")) / "run", progress=False)
     stream = batches(trainer.dataset, cfg.train.batch_size, seed=0)
     data = [next(stream) for _ in range(4)]

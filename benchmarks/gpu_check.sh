@@ -2,7 +2,10 @@
 # The GPU checks in one run, for a machine with a CUDA GPU and PyTorch already installed
 # (about 9 minutes on one H100; no network needed):
 #
-#     bash benchmarks/gpu_check.sh [OUTDIR]            # logs in OUTDIR (default gpu-check/)
+#     bash benchmarks/gpu_check.sh [OUTDIR [PART...]]   # logs in OUTDIR (default gpu-check/)
+#
+# PARTs (default: all four): benchmark, benchmark_compiled, tests, cli. PYTEST_ADDOPTS (pytest's
+# own variable) can narrow the tests, e.g. PYTEST_ADDOPTS=tests/test_fast_path.py.
 #
 # 1. benchmark.txt: benchmarks/train_speed.py --device cuda: the DDPM CIFAR-10 model (35.7M
 #    parameters, batch 128) against diffusers' UNet2DModel of the same size, in fp32 (TF32), bf16
@@ -13,7 +16,7 @@
 #    8 processes where pytest-xdist is installed).
 # 3. cli.txt: the command line on the GPU: train the digits preset, resume it under torchrun
 #    with one process per GPU (NCCL from two GPUs up; one GPU runs a single process), sample;
-#    100 steps in fp16 with loss scaling.
+#    100 steps in fp16 with loss scaling; 300 steps compiled with CUDA graphs, and a sample of them.
 # Each part runs under its own time limit, so one that hangs does not take the others down.
 # ddpmkit runs from this checkout (src/ on PYTHONPATH, nothing installed). diffusers is an
 # optional anchor: where pip cannot reach an index, put its wheel in .whl/ (see README,
@@ -21,6 +24,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu-check}
+shift $(($# > 0))
+parts=" ${*:-benchmark benchmark_compiled tests cli} "  # the parts to run (default: all)
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 
@@ -29,9 +34,17 @@ if ! "$py" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
     exit 2
 fi
 mkdir -p "$out"
-if compgen -G ".whl/*.whl" >/dev/null; then
+# wheels in .whl/ whose distribution is not installed already: a folder on PYTHONPATH comes before
+# site-packages, so a dependency wheel of another version would shadow the machine's own copy
+wheels=()
+for w in .whl/*.whl; do
+    [ -e "$w" ] || continue
+    dist=$(basename "$w"); dist=${dist%%-*}
+    "$py" -c "import importlib.metadata as m, sys; m.version(sys.argv[1])" "$dist" 2>/dev/null || wheels+=("$w")
+done
+if [ ${#wheels[@]} -gt 0 ]; then
     site=$(mktemp -d)
-    "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl || exit 1
+    "$py" -m pip install -q --no-index --no-deps --no-compile --target "$site" "${wheels[@]}" || exit 1
     export PYTHONPATH="$PYTHONPATH:$site"
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
@@ -42,6 +55,7 @@ fi
 part() {  # part NAME SECONDS COMMAND...: run COMMAND under a time limit, log to OUTDIR/NAME.txt
     local name=$1 limit=$2
     shift 2
+    [[ $parts == *" $name "* ]] || return 0
     echo "== $name (limit ${limit} s): $*"
     local t0=$SECONDS
     timeout --kill-after=5 "$limit" "$@" 2>&1 | tee "$out/$name.txt"
@@ -58,12 +72,14 @@ xdist=$("$py" -c "import xdist" 2>/dev/null && echo "-n 8")
 part tests 120 "$py" -m pytest -q -p no:cacheprovider --durations=5 $xdist
 run=$(mktemp -d)/digits
 gpus=$("$py" -c "import torch; print(torch.cuda.device_count())")
-part cli 100 bash -c "
+part cli 170 bash -c "
     set -e
     $py -m ddpmkit train --preset digits --steps 300 --out $run --no-progress
     $py -m torch.distributed.run --standalone --nproc_per_node $gpus -m ddpmkit train --out $run --resume --steps 400 --no-progress
     $py -m ddpmkit sample $run --num 64 --sampler ddim --steps 20 --labels all --out $out/digits_samples.png --force --no-progress
     $py -m ddpmkit train --preset digits --steps 100 --precision fp16 --out $run-fp16 --no-progress
+    $py -m ddpmkit train --preset digits --steps 300 --compile-mode reduce-overhead --out $run-graphs --no-progress
+    $py -m ddpmkit sample $run-graphs --num 64 --sampler ddim --steps 20 --labels all --out $out/digits_graphs.png --force --no-progress
     tail -n 2 $run/metrics.jsonl
     ls $run/checkpoints"
-cat "$out/summary.txt"
+[ -f "$out/summary.txt" ] && cat "$out/summary.txt"
