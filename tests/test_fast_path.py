@@ -419,6 +419,20 @@ def test_compile_mode_reaches_torch_compile_and_cuda_graph_steps_are_marked(tmp_
     assert marks == [1, 2]
 
 
+def test_speed_hint_only_for_long_eager_runs_on_one_gpu(tmp_path, compile_calls):
+    def hint(name, **train):
+        tr = tiny_trainer(tmp_path, name, **train)
+        on_cpu = tr.speed_hint()
+        tr.device = torch.device("cuda")  # what the hint reads; nothing runs on it
+        return on_cpu, tr.speed_hint()
+
+    on_cpu, on_gpu = hint("long", steps=40_000)  # 640,000 images of 16
+    assert on_cpu is None and "--compile-mode reduce-overhead" in on_gpu
+    assert hint("short", steps=30_000) == (None, None)  # 480,000 images: compiling hardly pays
+    assert hint("chunks", steps=40_000, microbatch=8) == (None, None)
+    assert hint("compiled", steps=40_000, compile=True) == (None, None)
+
+
 def test_compile_mode_must_be_one_of_torch_compiles(tmp_path):
     from ddpmkit.errors import UserError
 

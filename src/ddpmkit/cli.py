@@ -136,6 +136,8 @@ def cmd_train(args) -> int:
         trainer = Trainer(cfg, out, resume=args.resume, dist=dist, progress=not args.no_progress)
         if dist.is_main:
             print(f"training {out}: {trainer.describe()}", file=sys.stderr, flush=True)
+            if hint := trainer.speed_hint():
+                print(hint, file=sys.stderr, flush=True)
         last = trainer.train()
     finally:
         cleanup_distributed()
