@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ddpmkit.nn import num_parameters
 from ddpmkit.train.config import CUDA_GRAPH_MODES, CompileMode
 
 IMAGE = (3, 32, 32)
@@ -244,8 +245,7 @@ def make_ours(mode: Mode, bench: Bench, workdir: Path) -> Contender:
         x0 = torch.rand((bench.batch, *IMAGE), generator=g, device=bench.device) * 2 - 1
         return trainer.train_step(x0, None)
 
-    params = sum(p.numel() for p in trainer.model.parameters())
-    return Contender("ddpmkit", mode, step, params)
+    return Contender("ddpmkit", mode, step, num_parameters(trainer.model))
 
 
 class _SampleOnly(nn.Module):
@@ -300,7 +300,7 @@ def make_anchor(family: str, mode: Mode, bench: Bench) -> Contender:
         opt.step()
         return loss.detach()
 
-    return Contender(family, mode, step, sum(p.numel() for p in model.parameters()))
+    return Contender(family, mode, step, num_parameters(model))
 
 
 def train_flops(family: str, arch: str, workdir: Path, batch: int = 2) -> float:
@@ -363,6 +363,7 @@ def sampling_rates(bench: Bench, batch: int, repeats: int, calls: int, bf16_ok: 
         label = f"{name} ({'bf16' if bf16 else 'fp32'}{' channels-last' if cl else ''})"
         results.append((label, best, flops / 1e9))
     return results
+
 
 def print_profile(c: Contender, steps: int, bench: Bench) -> None:
     """The 15 operators (GPU kernels on CUDA) of ``steps`` training steps of ``c`` that take the
@@ -554,8 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     if base is not None:
         print(f"ddpmkit best vs diffusers fp32 eager (contiguous): {ours.img_s / base.img_s:.2f}x")
 
-    for c in [ours, *anchors] if args.profile > 0 else []:
-        print_profile(c, args.profile, bench)
+    if args.profile > 0:
+        for c in [ours, *anchors]:
+            print_profile(c, args.profile, bench)
     print(flush=True)
     samp = sampling_rates(bench, args.sample_batch, max(3, args.repeats), steps, use_bf16_modes)
     print()
