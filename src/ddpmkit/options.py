@@ -1,0 +1,54 @@
+"""Every named choice of ddpmkit, declared once: configs, functions and the command line reuse these.
+
+``choices(Literal)`` gives the tuple of allowed values (for argparse ``choices=`` and messages);
+``check_choice`` refuses anything else with one wording.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from .errors import UserError
+
+__all__ = [
+    "Prediction", "Variance", "LossType", "Schedule", "TimestepSampler", "SamplerName", "Spacing",
+    "Precision", "Device", "CompileMode", "LRSchedule", "Toy2DName", "DataKind", "ModelKind", "Split",
+    "CUDA_GRAPH_MODES", "choices", "check_choice",
+]
+
+Prediction = Literal["eps", "x0", "v"]  # what the network outputs
+Variance = Literal["fixed_large", "fixed_small", "learned_range"]  # the reverse process's variance
+LossType = Literal["l2", "l1", "hybrid"]  # L_simple in L2 or L1, or improved DDPM's hybrid
+Schedule = Literal["linear", "cosine"]  # beta schedule
+TimestepSampler = Literal["uniform", "loss_aware"]  # how training draws t
+SamplerName = Literal["ddpm", "ddim", "dpm++2m", "dpm++3m"]  # reverse-process samplers
+Spacing = Literal["linspace", "leading", "trailing", "quadratic", "logsnr", "karras", "snr_root"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # autocast dtype of the network
+Device = Literal["auto", "cpu", "cuda"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+LRSchedule = Literal["constant", "cosine"]  # after warm-up
+Toy2DName = Literal["moons", "swissroll", "8gaussians", "checkerboard"]
+DataKind = Literal["digits", "toy2d", "folder", "cifar10", "mnist"]
+ModelKind = Literal["unet", "mlp"]
+Split = Literal["train", "test"]
+
+# torch.compile modes that capture CUDA graphs on GPUs (a no-op on CPUs)
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def choices(literal) -> tuple:
+    """The allowed values of a Literal, in declaration order."""
+    return get_args(literal)
+
+
+def check_choice(what: str, value, literal) -> None:
+    """UserError unless ``value`` is one of the Literal's values."""
+    allowed = get_args(literal)
+    if value not in allowed:
+        raise UserError(f"unknown {what} {_short(value)}; choose one of {', '.join(map(repr, allowed))}")
+
+
+def _short(value, limit: int = 60) -> str:
+    """repr(value) cut to ``limit`` characters: a bad value never floods a message."""
+    text = repr(value) if isinstance(value, (str, int, float, bool, type(None))) else f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
