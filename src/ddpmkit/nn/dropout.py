@@ -1,15 +1,12 @@
 """Dropout with a faster random mask on the CPU.
 
 PyTorch's CPU dropout draws one 32-bit Mersenne-Twister number per element through
-``bernoulli_``, one element at a time: 2.3 ms for the half million activations of one digits
-residual block at batch 128, and 9.6 ms, 11% of the step, for the 17 masks of a digits training
-step on a 2-core CPU. Here one
+``bernoulli_``, one element at a time, which is a noticeable part of a small network's CPU
+training step (measured in docs/performance.md; benchmarks/dropout_speed.py). Here one
 64-bit draw of the same generator gives the random bits of four elements: an element is kept
 when its 16-bit uniform integer is at least k - 32768, k = round(p * 65536), so it is dropped
 with probability k / 65536 (0.1 becomes 0.100006) and kept values are scaled by
 65536 / (65536 - k), which keeps the expectation of every element exactly equal to its input.
-Forward and backward together run about 3x faster than ``F.dropout`` (0.75-1.1 ms against
-2.6-3.4 ms for half a million bf16 or fp32 activations on 2 cores; benchmarks/dropout_speed.py).
 
 On GPUs (where PyTorch's dropout is a fused Philox kernel) and under ``torch.compile``
 (which generates its own) the module is plain ``nn.Dropout``.
@@ -53,7 +50,7 @@ def cpu_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 class Dropout(nn.Dropout):
-    """nn.Dropout whose CPU training pass runs 3x faster (see the module's docstring)."""
+    """nn.Dropout with a faster CPU training pass (see the module's docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Dropout of ``x`` in training mode, ``x`` itself in evaluation mode."""

@@ -82,9 +82,8 @@ def keep_freed_memory() -> bool:
     Every training or sampling step frees and re-allocates the same large activation buffers.
     By default glibc serves blocks above its mmap threshold (at most 32 MiB) with fresh mmap calls
     and gives freed heap back to the system, so each step page-faults its buffers in again, pages
-    the kernel zero-fills first. With mmap off for malloc and trimming off, the buffers are reused:
-    ``ddpmkit sample`` of a 32x32 model ran 2x faster on the 2-core CI machine (a VM, where faults
-    are dear), for a higher peak memory (the heap keeps its high-water mark).
+    the kernel zero-fills first. With mmap off for malloc and trimming off, the buffers are reused,
+    for a higher peak memory (the heap keeps its high-water mark); measured in docs/performance.md.
     Returns False, changing nothing, where the C library is not glibc or where any MALLOC_*
     variable is set (the user's own tuning wins; ``MALLOC_MMAP_MAX_=65536`` restores glibc's default).
     """
