@@ -38,12 +38,13 @@ fails to build or warm up is reported (``# FAILED ...``) and left out; the other
 The last line is ``ratio_vs_best_anchor=X``: ddpmkit's best training images/s over the best
 anchor configuration's. Anchors are optional benchmark dependencies (``pip install
 diffusers``), never runtime dependencies of ddpmkit.
+
+Measured results, and their history, are in docs/performance.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import tempfile
@@ -58,10 +59,24 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+import ddpmkit
 from ddpmkit.nn import num_parameters
-from ddpmkit.train.config import CUDA_GRAPH_MODES, CompileMode
+from ddpmkit.train.config import CUDA_GRAPH_MODES, CompileMode, load_config
+from ddpmkit.train.fast import autocast_context, autocast_dtype
 
 IMAGE = (3, 32, 32)
+DATA_FIELDS = ("in_channels", "image_size", "num_classes", "out_channels")  # network fields the data sets
+
+
+def preset_model(preset: str) -> dict:
+    """The network of a ddpmkit preset as a config's model section, less the fields the data sets."""
+    model = load_config(preset).model
+    fields = getattr(model, "params", None)  # the older layout: ModelConfig(kind, params)
+    if fields is None:  # the network config itself (UNetConfig)
+        fields = model.to_dict()
+    return {"kind": model.kind, **{k: v for k, v in fields.items() if k not in DATA_FIELDS and v is not None}}
+
+
 # diffusers' UNet2DModel of the issue; ddpmkit's UNetConfig below builds the same network
 DIFFUSERS_KWARGS = dict(
     sample_size=32, in_channels=3, out_channels=3, block_out_channels=(64, 128, 128), layers_per_block=2,
@@ -77,10 +92,15 @@ DIFFUSERS_CIFAR10_KWARGS = dict(
     up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
     dropout=0.1, attention_head_dim=64,
 )
-OURS_CIFAR10 = dict(kind="unet", base_channels=128, channel_mults=[1, 2, 2, 2], num_res_blocks=2,
-                    attention_resolutions=[16], num_groups=32, dropout=0.1)
-# --model name -> (diffusers UNet2DModel kwargs, ddpmkit model config)
+OURS_CIFAR10 = preset_model("cifar10")
+# --model name -> (diffusers UNet2DModel kwargs, ddpmkit model config section)
 ARCHS = {"matched": (DIFFUSERS_KWARGS, OURS_MODEL), "cifar10": (DIFFUSERS_CIFAR10_KWARGS, OURS_CIFAR10)}
+
+
+def unet_config(arch: str) -> ddpmkit.UNetConfig:
+    """ddpmkit's network of ``arch`` for unconditional 32x32 RGB images, as the trainer resolves it."""
+    fields = {k: v for k, v in ARCHS[arch][1].items() if k != "kind"}
+    return ddpmkit.UNetConfig(in_channels=3, image_size=32, out_channels=3, num_classes=None, **fields)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -152,20 +172,10 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def linear_alphas_cumprod(timesteps: int = 1000, device: torch.device | str = "cpu") -> torch.Tensor:
-    """alpha-bar of the DDPM linear schedule (1e-4 .. 0.02), computed in float64."""
-    betas = torch.linspace(1e-4, 0.02, timesteps, dtype=torch.float64)
-    return torch.cumprod(1.0 - betas, 0).float().to(device)
-
-
-def autocast(bf16: bool, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
 # ----------------------------------------------------------------------------- the contenders
 
 
-@dataclass
+@dataclass(frozen=True)
 class Mode:
     """How a network is run: precision, memory format, compilation."""
 
@@ -175,9 +185,27 @@ class Mode:
     compile_mode: str = "default"  # torch.compile's mode, when compile is on
 
     @property
+    def precision(self) -> str:
+        """The trainer's precision option for this mode."""
+        return "bf16" if self.bf16 else "fp32"
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def autocast(self, device: torch.device):
+        """The autocast context of this mode's precision on ``device`` (a no-op for fp32)."""
+        return autocast_context(device, autocast_dtype(self.precision, device))
+
+    @property
     def cuda_graphs(self) -> bool:
         """Whether this mode replays CUDA graphs on a GPU (each step must then be marked)."""
         return self.compile and self.compile_mode in CUDA_GRAPH_MODES
+
+    @property
+    def short_name(self) -> str:
+        """Precision and memory format, as the sampling lines name a mode."""
+        return self.precision + (" channels-last" if self.channels_last else "")
 
     @property
     def name(self) -> str:
@@ -215,7 +243,6 @@ def ours_trainer(mode: Mode, bench: Bench, workdir: Path):
     """A real ddpmkit Trainer, built on a folder of random 32x32 RGB images."""
     from PIL import Image
 
-    from ddpmkit.train.config import load_config
     from ddpmkit.train.trainer import Trainer
 
     data = workdir / "images"
@@ -224,15 +251,14 @@ def ours_trainer(mode: Mode, bench: Bench, workdir: Path):
         rng = np.random.default_rng(0)
         for i in range(8):
             Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(data / f"{i:03d}.png")
-    precision = "bf16" if mode.bf16 else "fp32"
     cfg = load_config("folder", overrides={
         "data": {"root": str(data), "image_size": 32, "hflip": False},
         "model": ARCHS[bench.arch][1],
-        "train": {"batch_size": bench.batch, "precision": precision, "channels_last": mode.channels_last,
+        "train": {"batch_size": bench.batch, "precision": mode.precision, "channels_last": mode.channels_last,
                   "compile": mode.compile, "compile_mode": mode.compile_mode, "device": bench.device.type,
                   "warmup_steps": 0, "ema_start": 0},
     })
-    run = workdir / (f"run-{bench.arch}-{bench.device.type}-{precision}-{int(mode.channels_last)}"
+    run = workdir / (f"run-{bench.arch}-{bench.device.type}-{mode.precision}-{int(mode.channels_last)}"
                      f"-{int(mode.compile)}-{mode.compile_mode}")
     return Trainer(cfg, run, progress=False)
 
@@ -272,17 +298,14 @@ def build_anchor(family: str, arch: str) -> nn.Module:
 def make_anchor(family: str, mode: Mode, bench: Bench) -> Contender:
     """The plain loop: q_sample, network, MSE to the noise, backward, Adam (fused on CUDA)."""
     torch.manual_seed(0)
-    model = build_anchor(family, bench.arch).to(bench.device)
-    if mode.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_anchor(family, bench.arch).to(bench.device, memory_format=mode.memory_format)
     net = torch.compile(model, mode=mode.compile_mode) if mode.compile else model
     mark_steps = mode.cuda_graphs and bench.cuda
     fused = {"fused": True} if bench.cuda else {"foreach": True}
     opt = torch.optim.Adam(model.parameters(), lr=2e-4, **fused)
-    abar = linear_alphas_cumprod(device=bench.device)
+    abar = ddpmkit.GaussianDiffusion(ddpmkit.linear_beta_schedule(1000)).alphas_cumprod.float().to(bench.device)
     g = bench.generator(0)
-    fmt = torch.channels_last if mode.channels_last else torch.contiguous_format
-    batch, dev = bench.batch, bench.device
+    batch, dev, fmt = bench.batch, bench.device, mode.memory_format
 
     def step():
         if mark_steps:
@@ -292,7 +315,7 @@ def make_anchor(family: str, mode: Mode, bench: Bench) -> Contender:
         noise = torch.randn(x0.shape, generator=g, device=dev).contiguous(memory_format=fmt)
         a = abar[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        with autocast(mode.bf16, dev):
+        with mode.autocast(dev):
             pred = net(x_t, t)
         loss = F.mse_loss(pred.float(), noise)
         opt.zero_grad(set_to_none=True)
@@ -315,54 +338,138 @@ def train_flops(family: str, arch: str, workdir: Path, batch: int = 2) -> float:
     return count_flops(lambda: F.mse_loss(model(x, t), x).backward()) / batch
 
 
+def pick_modes(bench: Bench, bf16: bool, compile_too: bool, compile_mode: str = "default",
+               compiled_only: bool = False) -> list[Mode]:
+    """The modes every network is timed in; each network is then ranked by its best one."""
+    modes = [Mode(), Mode(channels_last=True)]
+    if bf16:
+        if bench.cuda:
+            modes.append(Mode(bf16=True))
+        modes.append(Mode(bf16=True, channels_last=True))
+    if compile_too:
+        if not bench.cuda:
+            modes.append(Mode(channels_last=True, compile=True, compile_mode=compile_mode))
+        if bf16:
+            modes.append(Mode(bf16=True, channels_last=True, compile=True, compile_mode=compile_mode))
+    return [m for m in modes if m.compile] if compiled_only else modes
+
+
+def families(arch: str, lucidrains: bool) -> list[str]:
+    """ddpmkit and the anchors that import; a note on each one left out."""
+    found, notes = ["ddpmkit"], []
+    try:
+        import diffusers  # noqa: F401
+
+        found.append("diffusers")
+    except ImportError:
+        notes.append("diffusers not installed: no diffusers anchor (pip install diffusers)")
+    if arch != "matched":
+        notes.append(f"lucidrains' Unet has no configuration matching the {arch} model; anchor skipped")
+    elif lucidrains:
+        try:
+            import denoising_diffusion_pytorch  # noqa: F401
+
+            found.append("lucidrains")
+        except ImportError as e:
+            notes.append(f"lucidrains' denoising_diffusion_pytorch does not import ({e}); anchor skipped")
+    for n in notes:
+        print(f"# {n}", flush=True)
+    return found
+
+
+def warmed_up(names: list[str], modes: list[Mode], bench: Bench, warmup: int) -> list[Contender]:
+    """Every family in every mode, built and warmed up; a configuration that fails is reported and left out."""
+    workdir = Path(tempfile.mkdtemp(prefix="ddpmkit-bench-"))
+    flops = {fam: train_flops(fam, bench.arch, workdir) for fam in names}
+    contenders = []
+    for fam in names:
+        for mode in modes:
+            t0 = time.perf_counter()
+            try:  # one configuration failing (a compiler error, out of memory) must not lose the others
+                c = make_ours(mode, bench, workdir) if fam == "ddpmkit" else make_anchor(fam, mode, bench)
+                for _ in range(warmup):
+                    c.train_step()
+                bench.sync()
+            except Exception as e:  # noqa: BLE001 - reported, and the configuration is left out
+                print(f"# FAILED {fam} ({mode.name}), left out: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
+                      flush=True)
+                continue
+            c.flops_per_image = flops[fam]
+            print(f"# warmed up {c.label} in {time.perf_counter() - t0:.1f} s", flush=True)
+            contenders.append(c)
+    return contenders
+
+
+def time_rounds(contenders: list[Contender], bench: Bench, repeats: int, steps: int) -> None:
+    """``repeats`` rounds, every configuration once per round for ``steps`` steps (alternating)."""
+    for rep in range(repeats):
+        for c in contenders:
+            bench.sync()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                c.train_step()
+            bench.sync()
+            c.rates.append(steps * bench.batch / (time.perf_counter() - t0))
+        print(f"# round {rep + 1}/{repeats}: "
+              + ", ".join(f"{c.family}/{c.mode.name} {c.rates[-1]:.2f}" for c in contenders), flush=True)
+
+
 # ----------------------------------------------------------------------------- sampling
+
+
+def sampling_nets(arch: str) -> dict[str, nn.Module]:
+    """ddpmkit's network and diffusers' (when it imports) of ``arch``, in eval mode on the CPU."""
+    torch.manual_seed(0)
+    ours = ddpmkit.UNet(unet_config(arch)).eval()
+    with torch.no_grad():  # the zero-initialised output layer would make the last conv trivial
+        ours.out_conv.weight.normal_(0, 0.02)
+    nets = {"ddpmkit": ours}
+    try:
+        nets["diffusers"] = build_anchor("diffusers", arch).eval()
+    except ImportError:
+        pass
+    return nets
+
+
+def eval_rates(net: nn.Module, x, t, modes: list[Mode], bench: Bench, repeats: int, calls: int) -> dict[Mode, float]:
+    """Median images/s of ``calls`` evaluations of ``net`` in each mode, the modes alternating within each repeat."""
+    rates: dict[Mode, list[float]] = {m: [] for m in modes}
+    for rep in range(repeats):
+        for mode in modes:
+            m = net.to(memory_format=mode.memory_format)
+            xi = x.contiguous(memory_format=mode.memory_format)
+            with torch.inference_mode(), mode.autocast(bench.device):
+                if rep == 0:
+                    m(xi, t)
+                    bench.sync()
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    m(xi, t)
+                bench.sync()
+                rates[mode].append(calls * len(x) / (time.perf_counter() - t0))
+    return {m: statistics.median(v) for m, v in rates.items()}
 
 
 def sampling_rates(bench: Bench, batch: int, repeats: int, calls: int, bf16_ok: bool) -> list[tuple[str, float, float]]:
     """(label, images/s of one network call at ``batch``, forward GFLOP/img), best mode per network;
     each repeat times ``calls`` calls."""
-    from ddpmkit.nn import UNet, UNetConfig
-
-    torch.manual_seed(0)
-    cfg = {k: v for k, v in ARCHS[bench.arch][1].items() if k != "kind"}
-    ours = UNet(UNetConfig(in_channels=3, image_size=32, **cfg)).eval()
-    with torch.no_grad():  # the zero-initialised output layer would make the last conv trivial
-        ours.out_conv.weight.normal_(0, 0.02)
-    nets = {"ddpmkit": ours}
-    try:
-        nets["diffusers"] = build_anchor("diffusers", bench.arch).eval()
-    except ImportError:
-        pass
+    nets = sampling_nets(bench.arch)
     x = torch.randn(batch, *IMAGE)
     t = torch.randint(0, 1000, (batch,))
+    modes = [Mode(), Mode(channels_last=True)]
+    modes += [Mode(bf16=True), Mode(bf16=True, channels_last=True)] if bf16_ok else []
     results = []
     for name, net in nets.items():
         flops = count_flops(lambda: net(x, t)) / batch
-        net.to(bench.device)
-        xd, td = x.to(bench.device), t.to(bench.device)
-        modes = [(False, False), (False, True)] + ([(True, False), (True, True)] if bf16_ok else [])
-        rates = {}
-        for rep in range(repeats):  # alternate the modes within each repeat
-            for bf16, cl in modes:
-                m = net.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
-                xi = xd.contiguous(memory_format=torch.channels_last) if cl else xd
-                with torch.inference_mode(), autocast(bf16, bench.device):
-                    if rep == 0:
-                        m(xi, td)
-                        bench.sync()
-                    t0 = time.perf_counter()
-                    for _ in range(calls):
-                        m(xi, td)
-                    bench.sync()
-                    rates.setdefault((bf16, cl), []).append(calls * batch / (time.perf_counter() - t0))
-        medians = {k: statistics.median(v) for k, v in rates.items()}
-        print(f"# sampling {name}: " + ", ".join(
-            f"{'bf16' if b else 'fp32'}{' channels-last' if c else ''} {r:.1f} img/s" for (b, c), r in medians.items()),
-            flush=True)
-        (bf16, cl), best = max(medians.items(), key=lambda kv: kv[1])
-        label = f"{name} ({'bf16' if bf16 else 'fp32'}{' channels-last' if cl else ''})"
-        results.append((label, best, flops / 1e9))
+        medians = eval_rates(net.to(bench.device), x.to(bench.device), t.to(bench.device), modes, bench, repeats, calls)
+        print(f"# sampling {name}: " + ", ".join(f"{m.short_name} {r:.1f} img/s" for m, r in medians.items()),
+              flush=True)
+        best = max(medians, key=medians.get)
+        results.append((f"{name} ({best.short_name})", medians[best], flops / 1e9))
     return results
+
+
+# ----------------------------------------------------------------------------- reports
 
 
 def print_profile(c: Contender, steps: int, bench: Bench) -> None:
@@ -381,26 +488,56 @@ def print_profile(c: Contender, steps: int, bench: Bench) -> None:
     print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=70), flush=True)
 
 
+def print_training(contenders: list[Contender], bench: Bench, rounds: str, peaks: tuple[float, float]) -> None:
+    """The training table: every configuration's images/s and the fraction of each matmul peak it achieves."""
+    where = torch.cuda.get_device_name(bench.device) if bench.cuda else f"{torch.get_num_threads()} CPU threads"
+    print()
+    print(f"Training ({bench.arch} model): batch {bench.batch} of random 32x32x3, MSE, Adam; median of "
+          f"{rounds}; {where}")
+    print()
+    print("| config | params | GFLOP/img (fwd+bwd) | img/s | achieved TFLOP/s | of fp32 matmul peak "
+          "| of bf16 matmul peak |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for c in contenders:
+        flops = c.img_s * c.flops_per_image
+        print(f"| {c.label} | {c.params / 1e6:.2f}M | {c.flops_per_image / 1e9:.2f} | {c.img_s:.2f} | "
+              f"{flops / 1e12:.4f} | {100 * flops / peaks[0]:.0f}% | {100 * flops / peaks[1]:.0f}% |")
+
+
+def print_best(contenders: list[Contender]) -> tuple[Contender, list[Contender]]:
+    """ddpmkit's best configuration against each anchor's best; returns (ours, the anchors' bests)."""
+    bests: dict[str, Contender] = {}
+    for c in contenders:  # in family order, the first of equals
+        if c.family not in bests or c.img_s > bests[c.family].img_s:
+            bests[c.family] = c
+    ours = bests.pop("ddpmkit")
+    print()
+    print(f"best ddpmkit: {ours.label} {ours.img_s:.2f} img/s")
+    for a in bests.values():
+        print(f"best {a.family}: {a.label} {a.img_s:.2f} img/s -> ddpmkit is {ours.img_s / a.img_s:.2f}x")
+    base = next((c for c in contenders if c.family == "diffusers" and c.mode == Mode()), None)
+    if base is not None:
+        print(f"ddpmkit best vs diffusers fp32 eager (contiguous): {ours.img_s / base.img_s:.2f}x")
+    return ours, list(bests.values())
+
+
+def print_sampling(samp: list[tuple[str, float, float]], batch: int) -> None:
+    print()
+    print(f"Sampling: one network evaluation at batch {batch} under torch.inference_mode, best mode per network")
+    print()
+    print("| network | GFLOP/img (fwd) | img/s per evaluation |")
+    print("| --- | ---: | ---: |")
+    for label, rate, gf in samp:
+        print(f"| {label} | {gf:.2f} | {rate:.1f} |")
+    if len(samp) > 1:
+        print(f"sampling ratio ddpmkit / diffusers: {samp[0][1] / samp[1][1]:.2f}x")
+    print()
+
+
 # ----------------------------------------------------------------------------- main
 
 
-def pick_modes(bench: Bench, bf16: bool, compile_too: bool, compile_mode: str = "default",
-               compiled_only: bool = False) -> list[Mode]:
-    """The modes every network is timed in; each network is then ranked by its best one."""
-    modes = [Mode(), Mode(channels_last=True)]
-    if bf16:
-        if bench.cuda:
-            modes.append(Mode(bf16=True))
-        modes.append(Mode(bf16=True, channels_last=True))
-    if compile_too:
-        if not bench.cuda:
-            modes.append(Mode(channels_last=True, compile=True, compile_mode=compile_mode))
-        if bf16:
-            modes.append(Mode(bf16=True, channels_last=True, compile=True, compile_mode=compile_mode))
-    return [m for m in modes if m.compile] if compiled_only else modes
-
-
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to measure")
     p.add_argument("--model", choices=sorted(ARCHS), default=None,
@@ -430,19 +567,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="2 rounds of 1 step, 1 warm-up step, small matmul probe: a smoke test")
     args = p.parse_args(argv)
-    if args.compiled_only and not args.compile:
-        print("error: --compiled-only needs --compile", file=sys.stderr)
-        return 2
     cuda = args.device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        print("error: --device cuda, but no CUDA GPU is available", file=sys.stderr)
-        return 2
-    arch = args.model or ("cifar10" if cuda else "matched")
-    bench = Bench(torch.device("cuda" if cuda else "cpu"), arch, args.batch or (128 if arch == "cifar10" else 16))
-    steps = args.steps or (20 if cuda else 2)
-    warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
+    args.model = args.model or ("cifar10" if cuda else "matched")
+    args.batch = args.batch or (128 if args.model == "cifar10" else 16)
+    args.steps = args.steps or (20 if cuda else 2)
+    args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
     if args.quick:
-        args.repeats, steps, warmup = 2, 1, 1
+        args.repeats, args.steps, args.warmup = 2, 1, 1
+    return args
+
+
+def setup(args: argparse.Namespace) -> Bench:
+    """Threads, malloc, seed and (on CUDA) TF32 and cuDNN autotuning, the same for every contender; prints them."""
+    bench = Bench(torch.device(args.device), args.model, args.batch)
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.system_malloc:
@@ -452,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# malloc keeps freed memory for every contender: {'yes' if kept else 'no (not glibc, or MALLOC_* set)'}",
               flush=True)
     torch.manual_seed(0)
-    if cuda:  # the same matmul/conv precision for every contender
+    if bench.cuda:  # the same matmul/conv precision for every contender
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
@@ -461,119 +598,51 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"CPU capability {torch.backends.cpu.get_cpu_capability()}", flush=True)
+    return bench
 
+
+def matmul_peaks(bench: Bench, quick: bool, bf16: str) -> tuple[tuple[float, float], bool]:
+    """((fp32 peak, bf16 peak) in FLOP/s, whether to time the bf16 modes), printed."""
     from ddpmkit.train.fast import cpu_has_bf16_matmul, cuda_has_bf16_matmul
 
-    fp32_peak, fp32_size = matmul_peak(torch.float32, bench, args.quick)
-    bf16_peak, bf16_size = matmul_peak(torch.bfloat16, bench, args.quick)
-    units = cuda_has_bf16_matmul(bench.device) if cuda else cpu_has_bf16_matmul()
-    print(f"# matmul peak: fp32{' (TF32)' if cuda else ''} {fp32_peak / 1e12:.3f} TFLOP/s ({fp32_size}^2), "
+    fp32_peak, fp32_size = matmul_peak(torch.float32, bench, quick)
+    bf16_peak, bf16_size = matmul_peak(torch.bfloat16, bench, quick)
+    units = cuda_has_bf16_matmul(bench.device) if bench.cuda else cpu_has_bf16_matmul()
+    print(f"# matmul peak: fp32{' (TF32)' if bench.cuda else ''} {fp32_peak / 1e12:.3f} TFLOP/s ({fp32_size}^2), "
           f"bf16 {bf16_peak / 1e12:.3f} TFLOP/s ({bf16_size}^2); bf16 matrix units detected: {units}", flush=True)
-    use_bf16_modes = args.bf16 == "on" or (args.bf16 == "auto" and (units if cuda else bf16_peak > fp32_peak))
-    if not use_bf16_modes:
+    use_bf16 = bf16 == "on" or (bf16 == "auto" and (units if bench.cuda else bf16_peak > fp32_peak))
+    if not use_bf16:
         print(f"# bf16 autocast modes skipped: bf16 matmul runs at {bf16_peak / fp32_peak:.3g}x fp32 here "
               f"(--bf16 on to time them anyway)", flush=True)
-    modes = pick_modes(bench, use_bf16_modes, args.compile, args.compile_mode, args.compiled_only)
+    return (fp32_peak, bf16_peak), use_bf16
 
-    families = ["ddpmkit"]
-    notes = []
-    try:
-        import diffusers  # noqa: F401
 
-        families.append("diffusers")
-    except ImportError:
-        notes.append("diffusers not installed: no diffusers anchor (pip install diffusers)")
-    if arch != "matched":
-        notes.append(f"lucidrains' Unet has no configuration matching the {arch} model; anchor skipped")
-    elif not args.no_lucidrains:
-        try:
-            import denoising_diffusion_pytorch  # noqa: F401
-
-            families.append("lucidrains")
-        except ImportError as e:
-            notes.append(f"lucidrains' denoising_diffusion_pytorch does not import ({e}); anchor skipped")
-    for n in notes:
-        print(f"# {n}", flush=True)
-
-    workdir = Path(tempfile.mkdtemp(prefix="ddpmkit-bench-"))
-    flops = {fam: train_flops(fam, arch, workdir) for fam in families}
-    contenders: list[Contender] = []
-    for fam in families:
-        for mode in modes:
-            t0 = time.perf_counter()
-            try:  # one configuration failing (a compiler error, out of memory) must not lose the others
-                c = make_ours(mode, bench, workdir) if fam == "ddpmkit" else make_anchor(fam, mode, bench)
-                for _ in range(warmup):
-                    c.train_step()
-                bench.sync()
-            except Exception as e:  # noqa: BLE001 - reported, and the configuration is left out
-                print(f"# FAILED {fam} ({mode.name}), left out: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
-                      flush=True)
-                continue
-            c.flops_per_image = flops[fam]
-            print(f"# warmed up {c.label} in {time.perf_counter() - t0:.1f} s", flush=True)
-            contenders.append(c)
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.compiled_only and not args.compile:
+        print("error: --compiled-only needs --compile", file=sys.stderr)
+        return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda, but no CUDA GPU is available", file=sys.stderr)
+        return 2
+    bench = setup(args)
+    peaks, use_bf16 = matmul_peaks(bench, args.quick, args.bf16)
+    modes = pick_modes(bench, use_bf16, args.compile, args.compile_mode, args.compiled_only)
+    contenders = warmed_up(families(bench.arch, not args.no_lucidrains), modes, bench, args.warmup)
     if not any(c.family == "ddpmkit" for c in contenders):
         print("error: every ddpmkit configuration failed", file=sys.stderr)
         return 1
-
-    for rep in range(args.repeats):
-        for c in contenders:  # alternating: every configuration once per round
-            bench.sync()
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                c.train_step()
-            bench.sync()
-            c.rates.append(steps * bench.batch / (time.perf_counter() - t0))
-        print(f"# round {rep + 1}/{args.repeats}: "
-              + ", ".join(f"{c.family}/{c.mode.name} {c.rates[-1]:.2f}" for c in contenders), flush=True)
-
-    where = torch.cuda.get_device_name(bench.device) if cuda else f"{torch.get_num_threads()} CPU threads"
-    print()
-    print(f"Training ({arch} model): batch {bench.batch} of random 32x32x3, MSE, Adam; median of "
-          f"{args.repeats} rounds x {steps} steps; {where}")
-    print()
-    print("| config | params | GFLOP/img (fwd+bwd) | img/s | achieved TFLOP/s | of fp32 matmul peak "
-          "| of bf16 matmul peak |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for c in contenders:
-        flops = c.img_s * c.flops_per_image
-        print(f"| {c.label} | {c.params / 1e6:.2f}M | {c.flops_per_image / 1e9:.2f} | {c.img_s:.2f} | "
-              f"{flops / 1e12:.4f} | {100 * flops / fp32_peak:.0f}% | {100 * flops / bf16_peak:.0f}% |")
-
-    def best(fam: str) -> Contender | None:
-        cs = [c for c in contenders if c.family == fam]
-        return max(cs, key=lambda c: c.img_s) if cs else None
-
-    ours = best("ddpmkit")
-    anchors = [b for fam in families[1:] if (b := best(fam)) is not None]
-    print()
-    print(f"best ddpmkit: {ours.label} {ours.img_s:.2f} img/s")
-    for a in anchors:
-        print(f"best {a.family}: {a.label} {a.img_s:.2f} img/s -> ddpmkit is {ours.img_s / a.img_s:.2f}x")
-    base = next((c for c in contenders if c.family == "diffusers" and c.mode == Mode()), None)
-    if base is not None:
-        print(f"ddpmkit best vs diffusers fp32 eager (contiguous): {ours.img_s / base.img_s:.2f}x")
-
+    time_rounds(contenders, bench, args.repeats, args.steps)
+    print_training(contenders, bench, f"{args.repeats} rounds x {args.steps} steps", peaks)
+    ours, anchors = print_best(contenders)
     if args.profile > 0:
         for c in [ours, *anchors]:
             print_profile(c, args.profile, bench)
     print(flush=True)
-    samp = sampling_rates(bench, args.sample_batch, max(3, args.repeats), steps, use_bf16_modes)
-    print()
-    print(f"Sampling: one network evaluation at batch {args.sample_batch} under torch.inference_mode, "
-          f"best mode per network")
-    print()
-    print("| network | GFLOP/img (fwd) | img/s per evaluation |")
-    print("| --- | ---: | ---: |")
-    for label, rate, gf in samp:
-        print(f"| {label} | {gf:.2f} | {rate:.1f} |")
-    if len(samp) > 1:
-        print(f"sampling ratio ddpmkit / diffusers: {samp[0][1] / samp[1][1]:.2f}x")
-    print()
+    print_sampling(sampling_rates(bench, args.sample_batch, max(3, args.repeats), args.steps, use_bf16),
+                   args.sample_batch)
     best_anchor = max(anchors, key=lambda c: c.img_s) if anchors else None
-    ratio = ours.img_s / best_anchor.img_s if best_anchor else float("nan")
-    print(f"ratio_vs_best_anchor={ratio:.3f}")
+    print(f"ratio_vs_best_anchor={ours.img_s / best_anchor.img_s if best_anchor else float('nan'):.3f}")
     return 0
 
 
