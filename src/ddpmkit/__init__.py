@@ -6,6 +6,9 @@ The public API in one import::
     diffusion = ddpmkit.GaussianDiffusion(ddpmkit.linear_beta_schedule(1000))
     net = ddpmkit.UNet(ddpmkit.UNetConfig(in_channels=1, base_channels=32, num_classes=10))
     x0 = diffusion.sample(net, (16, 1, 8, 8), sampler="dpm++2m", steps=20, y=labels)
+
+    run = ddpmkit.Run.load("runs/digits")          # a trained run (see ddpmkit.runs)
+    samples = run.sample(16, labels=[3], steps=20)
 """
 
 from .diffusion import GaussianDiffusion
@@ -13,6 +16,8 @@ from .ema import EMA, unwrap_model
 from .errors import UserError
 from .nn import MLPConfig, MLPDenoiser, UNet, UNetConfig, num_parameters
 from .oracles import GaussianMixtureOracle
+from .runs import Run, Samples
+from .train.config import ExperimentConfig, load_config
 from .samplers import SAMPLERS, Denoised, sampling_timesteps
 from .schedules import cosine_beta_schedule, linear_beta_schedule, make_beta_schedule
 from .timestep_sampling import LossAwareTimesteps, UniformTimesteps, make_timestep_sampler
@@ -39,4 +44,8 @@ __all__ = [
     "LossAwareTimesteps",
     "make_timestep_sampler",
     "UserError",
+    "Run",
+    "Samples",
+    "ExperimentConfig",
+    "load_config",
 ]

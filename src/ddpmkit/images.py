@@ -9,12 +9,8 @@ renamed over the destination, so an interrupted write never leaves a broken file
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import torch
@@ -22,6 +18,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from .errors import UserError
+from .files import atomic_write
 
 
 def to_uint8(x: Tensor, levels: int | None = None) -> np.ndarray:
@@ -99,21 +96,6 @@ def make_trajectory_grid(rows: list[np.ndarray], padding: int = 1, pad_value: in
     return make_grid(np.concatenate(filled), nrow=ncol, padding=padding, pad_value=pad_value, scale=scale)
 
 
-def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write through ``write(file)`` into a temporary file beside ``path``, then rename it over."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_png(path: str | Path, array_hwc: np.ndarray) -> Path:
     """Write a uint8 HWC (C = 1, 3 or 4) or HW array as a PNG file, atomically."""
     arr = np.asarray(array_hwc)
@@ -122,7 +104,7 @@ def save_png(path: str | Path, array_hwc: np.ndarray) -> Path:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     img = Image.fromarray(np.ascontiguousarray(arr))
-    return _atomic_write(path, lambda f: img.save(f, format="PNG"))
+    return atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
 def save_image_grid(
@@ -150,7 +132,15 @@ def save_npz(path: str | Path, images: np.ndarray, labels: np.ndarray | None = N
         if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"labels must be integers of shape [{images.shape[0]}], got {labels.dtype} {labels.shape}")
         arrays["labels"] = labels.astype(np.int64)
-    return _atomic_write(path, lambda f: np.savez(f, **arrays))
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def save_points_npz(path: str | Path, points: np.ndarray, labels: np.ndarray | None = None) -> Path:
+    """Write 2-D samples as ``points`` (float32 [N, D]) and optional ``labels`` (int64 [N]) atomically."""
+    arrays = {"points": np.asarray(points, dtype=np.float32)}
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, dtype=np.int64)
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from typing import Literal, get_args
 
 from .errors import UserError
@@ -48,7 +49,10 @@ def check_choice(what: str, value, literal) -> None:
         raise UserError(f"unknown {what} {_short(value)}; choose one of {', '.join(map(repr, allowed))}")
 
 
-def _short(value, limit: int = 60) -> str:
-    """repr(value) cut to ``limit`` characters: a bad value never floods a message."""
-    text = repr(value) if isinstance(value, (str, int, float, bool, type(None))) else f"a {type(value).__name__}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+_REPR = reprlib.Repr()  # keyword arguments arrived in Python 3.12
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 6, 4, 60, 60
+
+
+def _short(value) -> str:
+    """A short repr of a value (reprlib: never walks a huge nested value), so a message stays one line."""
+    return _REPR.repr(value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,7 @@ from torch import nn
 
 from ..errors import UserError
 from .embeddings import TimeEmbedding, check_conditioning
-from .unet import check_positive, check_field_types, config_from_dict, config_to_dict
+from ..typed import check_fields, from_dict, require, to_dict
 
 __all__ = ["MLPConfig", "MLPDenoiser"]
 
@@ -19,6 +20,9 @@ __all__ = ["MLPConfig", "MLPDenoiser"]
 @dataclass
 class MLPConfig:
     """Shape of an MLPDenoiser; saved in checkpoints."""
+
+    kind: ClassVar[str] = "mlp"
+    section: ClassVar[str] = "model"
 
     dim: int = 2  # data dimension
     hidden: int = 256  # width of the residual blocks
@@ -29,16 +33,12 @@ class MLPConfig:
     out_dim: int | None = None  # output size (None: dim; 2*dim for learned variance)
 
     def __post_init__(self) -> None:
-        what = "mlp"
-        check_field_types(self, what)
-        for name in ("dim", "hidden", "depth", "time_emb_dim", "out_dim"):
-            check_positive(what, name, getattr(self, name))
-        if self.time_emb_dim % 2 != 0:
-            raise UserError(f"mlp config: time_emb_dim must be even, got {self.time_emb_dim}")
-        if self.num_classes is not None and self.num_classes < 1:
-            raise UserError(f"mlp config: num_classes must be >= 1 or null, got {self.num_classes}")
-        if self.time_emb_scale <= 0:
-            raise UserError(f"mlp config: time_emb_scale must be positive, got {self.time_emb_scale}")
+        check_fields(self)
+        for name in ("dim", "hidden", "depth", "time_emb_dim", "out_dim", "num_classes"):
+            value = getattr(self, name)
+            require(value is None or value >= 1, f"model.{name}", "a positive integer", value)
+        require(self.time_emb_dim % 2 == 0, "model.time_emb_dim", "even", self.time_emb_dim)
+        require(self.time_emb_scale > 0, "model.time_emb_scale", "positive", self.time_emb_scale)
 
     @property
     def resolved_out_dim(self) -> int:
@@ -47,12 +47,12 @@ class MLPConfig:
 
     def to_dict(self) -> dict:
         """Plain dict of the fields."""
-        return config_to_dict(self)
+        return to_dict(self, with_kind=False)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "MLPConfig":
         """Build from a dict; unknown keys and wrong types raise UserError."""
-        return config_from_dict(cls, d, "mlp")
+        return from_dict(cls, d)
 
 
 class _Block(nn.Module):

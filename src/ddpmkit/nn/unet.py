@@ -2,114 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..typed import check_fields, from_dict, require, to_dict
 from .dropout import Dropout
 from .embeddings import TimeEmbedding, check_conditioning
 
 __all__ = ["UNetConfig", "UNet", "ResidualBlock", "AttentionBlock", "Downsample", "Upsample", "GroupNorm",
            "attention", "math_attention"]
-
-C = TypeVar("C")
-
-
-# ----------------------------------------------------------------------------- config helpers
-# (shared with nn/mlp.py: every network config is a typed dataclass checked the same way)
-
-
-def _describe(hint: Any) -> str:
-    """A few words naming what a type hint accepts, for error messages."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        return f"{_describe(inner[0])} or null"
-    if origin is tuple:
-        return f"a list of {_describe(args[0]).replace('an ', '').replace('a ', '')}s"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
-
-
-def _coerce(what: str, name: str, value: Any, hint: Any) -> Any:
-    """Check one config value against its type hint; lists become tuples, ints become floats."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    bad = UserError(f"{what} config: {name} must be {_describe(hint)}, got {value!r}")
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        try:
-            return _coerce(what, name, value, inner[0])
-        except UserError:
-            raise bad from None
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        try:
-            return tuple(_coerce(what, name, v, args[0]) for v in value)
-        except UserError:
-            raise bad from None
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise bad
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    raise TypeError(f"unsupported config field type {hint!r}")  # a bug in ddpmkit, not the user's
-
-
-def check_field_types(config: Any, what: str) -> None:
-    """Check every field of a config dataclass against its type hint (in place; lists -> tuples)."""
-    hints = typing.get_type_hints(type(config))
-    for f in dataclasses.fields(config):
-        value = _coerce(what, f.name, getattr(config, f.name), hints[f.name])
-        object.__setattr__(config, f.name, value)
-
-
-def config_to_dict(config: Any) -> dict:
-    """A config dataclass as a plain dict of YAML-safe values (tuples become lists)."""
-    return {
-        f.name: list(v) if isinstance(v := getattr(config, f.name), tuple) else v
-        for f in dataclasses.fields(config)
-    }
-
-
-def config_from_dict(cls: type[C], d: Mapping, what: str) -> C:
-    """Build a config dataclass from a mapping, rejecting unknown keys with a UserError."""
-    if not isinstance(d, Mapping):
-        raise UserError(f"{what} config must be a mapping of keys to values, got {type(d).__name__}")
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in d:
-        if key not in names:
-            raise UserError(f"{what} config: unknown key {key!r} (known keys: {', '.join(names)})")
-    return cls(**d)
-
-
-def check_positive(what: str, name: str, value: int | None) -> None:
-    """UserError unless value is None or a positive integer."""
-    if value is not None and value <= 0:
-        raise UserError(f"{what} config: {name} must be a positive integer, got {value}")
-
 
 # ----------------------------------------------------------------------------- UNetConfig
 
@@ -118,7 +27,10 @@ def check_positive(what: str, name: str, value: int | None) -> None:
 class UNetConfig:
     """Shape of a UNet; saved in checkpoints, so sampling needs only the checkpoint."""
 
-    in_channels: int = 3  # image channels (1 grayscale, 3 RGB)
+    kind: ClassVar[str] = "unet"
+    section: ClassVar[str] = "model"
+
+    in_channels: int | None = None  # image channels, 1 grayscale or 3 RGB (None: 3; in an experiment: the data's)
     base_channels: int = 128  # width of level 0; also the sinusoidal table size (must be even)
     channel_mults: tuple[int, ...] = (1, 2, 2, 2)  # width of level i = base_channels * channel_mults[i]
     num_res_blocks: int = 2  # residual blocks per level on the way down (one more on the way up)
@@ -128,52 +40,45 @@ class UNetConfig:
     time_emb_scale: float = 1.0  # factor applied to t before the sinusoidal table
     initial_pad: int = 0  # zero padding added on every side before the net, cropped at the end
     num_groups: int = 32  # GroupNorm groups; must divide every channel count
-    image_size: int = 32  # input height = width, used to place attention_resolutions on levels
+    image_size: int | None = None  # input height = width, places attention_resolutions (None: 32; or the data's)
     out_channels: int | None = None  # output channels (None: in_channels; 2*in for learned variance)
     time_emb_dim: int | None = None  # width of the time embedding MLP (None: 4 * base_channels)
     head_channels: int = 64  # channels per attention head (heads = channels // head_channels, >= 1)
 
     def __post_init__(self) -> None:
-        what = "unet"
-        check_field_types(self, what)
+        check_fields(self)
         for name in ("in_channels", "base_channels", "num_res_blocks", "num_groups", "image_size",
-                     "head_channels", "out_channels", "time_emb_dim"):
-            check_positive(what, name, getattr(self, name))
-        if self.num_classes is not None and self.num_classes < 1:
-            raise UserError(f"unet config: num_classes must be >= 1 or null, got {self.num_classes}")
-        if not self.channel_mults or any(m <= 0 for m in self.channel_mults):
-            raise UserError(f"unet config: channel_mults must be a non-empty list of positive integers, "
-                            f"got {list(self.channel_mults)}")
-        if any(r <= 0 for r in self.attention_resolutions):
-            raise UserError(f"unet config: attention_resolutions must be positive, got {list(self.attention_resolutions)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"unet config: dropout must be in [0, 1), got {self.dropout}")
-        if self.time_emb_scale <= 0:
-            raise UserError(f"unet config: time_emb_scale must be positive, got {self.time_emb_scale}")
-        if self.initial_pad < 0:
-            raise UserError(f"unet config: initial_pad must be >= 0, got {self.initial_pad}")
-        if self.base_channels % 2 != 0:
-            raise UserError(f"unet config: base_channels must be even (sinusoidal table), got {self.base_channels}")
+                     "head_channels", "out_channels", "time_emb_dim", "num_classes"):
+            value = getattr(self, name)
+            require(value is None or value >= 1, f"model.{name}", "a positive integer", value)
+        require(len(self.channel_mults) > 0 and min(self.channel_mults) > 0, "model.channel_mults",
+                "a non-empty list of positive integers", list(self.channel_mults))
+        require(all(r > 0 for r in self.attention_resolutions), "model.attention_resolutions",
+                "a list of positive sizes", list(self.attention_resolutions))
+        require(0.0 <= self.dropout < 1.0, "model.dropout", "in [0, 1)", self.dropout)
+        require(self.time_emb_scale > 0, "model.time_emb_scale", "positive", self.time_emb_scale)
+        require(self.initial_pad >= 0, "model.initial_pad", "at least 0", self.initial_pad)
+        require(self.base_channels % 2 == 0, "model.base_channels", "even (sinusoidal table)", self.base_channels)
         for ch in [self.base_channels, *self.level_channels()]:
-            if ch % self.num_groups != 0:
-                raise UserError(f"unet config: num_groups = {self.num_groups} does not divide the channel count {ch}")
-        size = self.image_size + 2 * self.initial_pad
+            require(ch % self.num_groups == 0, "model.num_groups", f"a divisor of the channel count {ch}",
+                    self.num_groups)
+        self._check_levels()
+
+    def _check_levels(self) -> None:
+        """The image size halves evenly at each level, attention sits on levels, heads split evenly."""
+        size = self.resolved_image_size + 2 * self.initial_pad
         factor = 2 ** (len(self.channel_mults) - 1)
-        if size % factor != 0:
-            raise UserError(f"unet config: image_size + 2*initial_pad = {size} must be divisible by {factor} "
-                            f"(2 ** (len(channel_mults) - 1))")
+        require(size % factor == 0, "model.image_size", f"such that image_size + 2*initial_pad is divisible by "
+                f"{factor} (2 ** (len(channel_mults) - 1))", self.resolved_image_size)
         levels = self.level_resolutions()
         for r in self.attention_resolutions:
-            if r not in levels:
-                raise UserError(f"unet config: attention_resolutions has {r}, which is not the size of any level "
-                                f"(levels: {', '.join(map(str, levels))} for image_size {self.image_size}): "
-                                f"set model.attention_resolutions to sizes among them")
+            require(r in levels, "model.attention_resolutions", f"sizes of levels ({', '.join(map(str, levels))} "
+                    f"for image_size {self.resolved_image_size})", list(self.attention_resolutions))
         attn_channels = [ch for ch, r in zip(self.level_channels(), levels) if r in self.attention_resolutions]
         for ch in [*attn_channels, self.level_channels()[-1]]:  # the middle always has attention
             heads = max(1, ch // self.head_channels)
-            if ch % heads != 0:
-                raise UserError(f"unet config: {ch} channels cannot be split into {heads} attention heads "
-                                f"(head_channels = {self.head_channels})")
+            require(ch % heads == 0, "model.head_channels", f"such that {ch} channels split into {heads} "
+                    f"attention heads", self.head_channels)
 
     def level_channels(self) -> list[int]:
         """Channel count of each level."""
@@ -181,13 +86,23 @@ class UNetConfig:
 
     def level_resolutions(self) -> list[int]:
         """Feature-map size of each level: (image_size + 2*initial_pad) // 2**i."""
-        size = self.image_size + 2 * self.initial_pad
+        size = self.resolved_image_size + 2 * self.initial_pad
         return [size // 2**i for i in range(len(self.channel_mults))]
+
+    @property
+    def resolved_in_channels(self) -> int:
+        """Input channels with the default filled in."""
+        return 3 if self.in_channels is None else self.in_channels
+
+    @property
+    def resolved_image_size(self) -> int:
+        """Image size with the default filled in."""
+        return 32 if self.image_size is None else self.image_size
 
     @property
     def resolved_out_channels(self) -> int:
         """Output channels with the default filled in."""
-        return self.in_channels if self.out_channels is None else self.out_channels
+        return self.resolved_in_channels if self.out_channels is None else self.out_channels
 
     @property
     def resolved_time_emb_dim(self) -> int:
@@ -196,12 +111,12 @@ class UNetConfig:
 
     def to_dict(self) -> dict:
         """Plain dict of the fields (lists for tuples), safe for YAML and weights_only checkpoints."""
-        return config_to_dict(self)
+        return to_dict(self, with_kind=False)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "UNetConfig":
         """Build from a dict; unknown keys and wrong types raise UserError."""
-        return config_from_dict(cls, d, "unet")
+        return from_dict(cls, d)
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -415,7 +330,7 @@ class UNet(nn.Module):
         class_rows = None if cfg.num_classes is None else cfg.num_classes + 1
         emb_dim = cfg.resolved_time_emb_dim
         self.time_embedding = TimeEmbedding(cfg.base_channels, emb_dim, cfg.time_emb_scale)
-        self.init_conv = nn.Conv2d(cfg.in_channels, cfg.base_channels, 3, padding=1)
+        self.init_conv = nn.Conv2d(cfg.resolved_in_channels, cfg.base_channels, 3, padding=1)
 
         def block(cin: int, cout: int, attend: bool) -> ResidualBlock:
             attn = AttentionBlock(cout, cfg.num_groups, cfg.head_channels) if attend else None

@@ -24,7 +24,6 @@ import pickle
 import warnings
 import random
 import re
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from torch import nn
 
 from ..ema import EMA, unwrap_model
 from ..errors import UserError
+from ..files import atomic_write
 
 FORMAT = "ddpmkit-checkpoint"
 VERSION = 1
@@ -193,37 +193,9 @@ def _state_of(obj: Any, where: str) -> Any:
     raise TypeError(f"checkpoint entry {where} must be a module, optimizer, EMA or state dict")
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable by syncing its directory (best effort; not possible on Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temp file in the same directory, fsync, then os.replace onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    """torch.save through the one atomic writer (files.atomic_write)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(

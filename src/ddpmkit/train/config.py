@@ -1,95 +1,168 @@
-"""Typed experiment configuration: dataclasses, strict loading from YAML, presets.
+"""Typed experiment configuration: one dataclass per section, per dataset kind and per model kind.
 
-A config is four sections (data, model, diffusion, train) plus sampling defaults. Loading is
-strict: an unknown key or a value of the wrong type is a UserError naming the key. The resolved
-config (every default filled in, the model's shape derived from the data) is saved in the run
-directory and inside every checkpoint, so sampling needs nothing but the checkpoint.
+A config is a name, a data section (chosen by ``data.kind``), a model section (the network's
+own config, chosen by ``model.kind``), and the diffusion, train and sample sections. Loading is
+strict and complete: an unknown key, a value of the wrong type or out of range, and a
+combination that cannot work are refused with one ``config key ...`` line before anything
+trains. The resolved config (every default filled in, the model's shape from the data) is saved
+in the run directory and inside every checkpoint, so sampling needs nothing but the checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 import yaml
 
 from ..errors import UserError
+from ..nn import MLPConfig, UNetConfig
+from ..options import (CUDA_GRAPH_MODES, CompileMode, Device, LossType, LRSchedule, Precision, Prediction,
+                       SamplerName, Schedule, Spacing, TimestepSampler, Toy2DName, Variance)
+from ..typed import check_fields, coerce, fail, from_dict, require, to_dict
 
 __all__ = [
-    "DataConfig",
-    "ModelConfig",
-    "DiffusionConfig",
-    "TrainConfig",
-    "SampleConfig",
-    "ExperimentConfig",
-    "from_dict",
-    "load_config",
-    "preset_names",
-    "preset_path",
+    "DigitsData", "MNISTData", "CIFAR10Data", "FolderData", "Toy2DData", "DataConfig", "ModelConfig",
+    "DiffusionConfig", "TrainConfig", "SampleConfig", "ExperimentConfig", "CUDA_GRAPH_MODES",
+    "RESUMABLE_TRAIN_KEYS", "from_dict", "load_config", "preset_names", "preset_path", "save_config",
+    "config_from_checkpoint",
 ]
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+class _Checked:
+    """Coerce and check the fields of a config dataclass when it is built."""
+
+    section: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        self.check()
+
+    def check(self) -> None:
+        """Range checks of the section (none by default)."""
+
+
+# ---------------------------------------------------------------------- data: one class per dataset kind
 @dataclass
-class DataConfig:
-    name: Literal["digits", "toy2d", "folder", "cifar10", "mnist"] = "digits"  # which dataset
-    root: Optional[str] = None  # directory of the data (folder, cifar10, mnist)
-    image_size: Optional[int] = None  # resize to this size (None: native size; required for folder)
-    toy2d: Optional[str] = None  # the 2-D distribution (moons, swissroll, 8gaussians, checkerboard)
-    num_samples: int = 20000  # size of a generated 2-D dataset
-    class_labels: bool = False  # folder: class labels from sub-folder names
+class _ImageData(_Checked):
+    section: ClassVar[str] = "data"
+    image_size: Optional[int] = None  # resize to this size (None: the native size)
+    channels: Optional[int] = None  # force 1 or 3 channels (None: the data's)
     conditional: bool = True  # train class-conditionally when the data has labels
-    channels: Optional[int] = None  # folder: force 1 or 3 channels (None: detect)
     hflip: bool = False  # random horizontal flips
 
+    def check(self) -> None:
+        require(self.image_size is None or self.image_size >= 1, "data.image_size", "a positive integer or null",
+                self.image_size)
+        require(self.channels in (None, 1, 3), "data.channels", "1, 3 or null", self.channels)
+
 
 @dataclass
-class ModelConfig:
-    kind: Literal["unet", "mlp"] = "unet"  # the network family
-    params: dict = field(default_factory=dict)  # UNetConfig / MLPConfig fields (the rest of the section)
+class DigitsData(_ImageData):
+    """scikit-learn's bundled 8x8 handwritten digits (17 grey levels, 10 classes)."""
+
+    kind: ClassVar[str] = "digits"
+    native: ClassVar[tuple] = (1, 8, 10)  # channels, size, classes
 
 
 @dataclass
-class DiffusionConfig:
+class MNISTData(_ImageData):
+    """MNIST from its idx files under ``root``."""
+
+    kind: ClassVar[str] = "mnist"
+    native: ClassVar[tuple] = (1, 28, 10)
+    root: Optional[str] = None  # directory of the idx files (also --data)
+
+
+@dataclass
+class CIFAR10Data(_ImageData):
+    """CIFAR-10 from its python or binary batches under ``root``."""
+
+    kind: ClassVar[str] = "cifar10"
+    native: ClassVar[tuple] = (3, 32, 10)
+    root: Optional[str] = None  # directory of the batches (also --data)
+
+
+@dataclass
+class FolderData(_ImageData):
+    """Any directory of images (resized and centre-cropped to image_size)."""
+
+    kind: ClassVar[str] = "folder"
+    native: ClassVar[tuple] = (None, None, None)  # known only once the folder is read
+    root: Optional[str] = None  # the image directory (also --data)
+    class_labels: bool = False  # labels from sub-folder names
+
+    def check(self) -> None:
+        super().check()
+        require(self.image_size is not None, "data.image_size", "set for folder data (the size to train at)", None)
+
+
+@dataclass
+class Toy2DData(_Checked):
+    """Points of a 2-D distribution, drawn once from the seed."""
+
+    kind: ClassVar[str] = "toy2d"
+    section: ClassVar[str] = "data"
+    distribution: Toy2DName = "8gaussians"  # which 2-D distribution
+    num_samples: int = 20000  # how many points are drawn
+
+    def check(self) -> None:
+        require(self.num_samples >= 1, "data.num_samples", "at least 1", self.num_samples)
+
+
+DataConfig = Union[DigitsData, Toy2DData, FolderData, CIFAR10Data, MNISTData]
+ModelConfig = Union[UNetConfig, MLPConfig]
+
+
+# ---------------------------------------------------------------------- the other sections
+@dataclass
+class DiffusionConfig(_Checked):
+    section: ClassVar[str] = "diffusion"
     timesteps: int = 1000  # T
-    schedule: Literal["linear", "cosine"] = "linear"  # beta schedule
+    schedule: Schedule = "linear"  # beta schedule
     beta_start: float = 1e-4  # linear schedule: beta_1
     beta_end: float = 0.02  # linear schedule: beta_T
     cosine_s: float = 0.008  # cosine schedule offset s
-    prediction: Literal["eps", "x0", "v"] = "eps"  # network target
-    variance: Literal["fixed_large", "fixed_small", "learned_range"] = "fixed_large"  # reverse variance
-    loss: Literal["l2", "l1", "hybrid"] = "l2"  # training loss
+    prediction: Prediction = "eps"  # network target
+    variance: Variance = "fixed_large"  # reverse variance
+    loss: LossType = "l2"  # training loss
     clip_denoised: bool = True  # clip predicted x0 to [-1, 1] while sampling images
     vlb_weight: float = 0.001  # lambda of the hybrid loss
     min_snr_gamma: Optional[float] = None  # min-SNR-gamma loss weighting (None: off)
-    timestep_sampler: Literal["uniform", "loss_aware"] = "uniform"  # how training draws t
+    timestep_sampler: TimestepSampler = "uniform"  # how training draws t
     p_uncond: float = 0.0  # probability of dropping the label (classifier-free guidance)
 
-    def __post_init__(self) -> None:
-        if not self.vlb_weight >= 0:
-            raise UserError(f"config key 'diffusion.vlb_weight' must be at least 0, got {self.vlb_weight}")
+    def check(self) -> None:
+        require(self.timesteps >= 2, "diffusion.timesteps", "at least 2", self.timesteps)
+        require(0 < self.beta_start < 1, "diffusion.beta_start", "in (0, 1)", self.beta_start)
+        require(0 < self.beta_end < 1, "diffusion.beta_end", "in (0, 1)", self.beta_end)
+        require(self.cosine_s > 0, "diffusion.cosine_s", "positive", self.cosine_s)
+        require(self.vlb_weight >= 0, "diffusion.vlb_weight", "at least 0", self.vlb_weight)
+        require(self.min_snr_gamma is None or self.min_snr_gamma > 0, "diffusion.min_snr_gamma",
+                "positive or null (off)", self.min_snr_gamma)
+        require(0 <= self.p_uncond < 1, "diffusion.p_uncond", "in [0, 1)", self.p_uncond)
+        require(self.loss != "hybrid" or self.variance == "learned_range", "diffusion.loss",
+                "'l2' or 'l1' unless diffusion.variance is 'learned_range' (hybrid trains the variance)", self.loss)
 
 
-# torch.compile's modes; the ones that capture CUDA graphs on GPUs (a no-op on CPUs)
-CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+# train keys a resumed run takes from the command line; every other key comes from its checkpoint
+RESUMABLE_TRAIN_KEYS = ("steps", "device", "precision", "compile_mode", "microbatch")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Checked):
+    section: ClassVar[str] = "train"
     steps: int = 10000  # optimizer steps
     batch_size: int = 128  # GLOBAL batch size (split across torchrun processes)
     microbatch: Optional[int] = None  # run each process's share in chunks of at most this many examples,
     # accumulating gradients: the same optimizer step in less memory (None: the whole share at once)
     lr: float = 2e-4  # Adam learning rate for the global batch
     warmup_steps: int = 0  # linear learning-rate warm-up
-    lr_schedule: Literal["constant", "cosine"] = "constant"  # after warm-up
+    lr_schedule: LRSchedule = "constant"  # after warm-up
     min_lr_ratio: float = 0.0  # cosine schedule floor, as a fraction of lr
     adam_betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
     weight_decay: float = 0.0  # AdamW decoupled weight decay
@@ -103,153 +176,134 @@ class TrainConfig:
     keep_checkpoints: int = 3  # newest checkpoints kept (0: keep all)
     num_grid_samples: int = 64  # samples in each training grid
     seed: int = 0  # seeds weights, batches, noise and timesteps
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast where the hardware has bf16
-    # matrix units, else fp32; fp16: float16 autocast with loss scaling, for GPUs without native bf16 (V100, T4)
-    compile: bool = False  # torch.compile the network
-    compile_mode: CompileMode = "default"  # torch.compile's mode; reduce-overhead, max-autotune: + CUDA graphs on GPUs
+    precision: Precision = "auto"  # auto: bf16 autocast where the hardware has bf16 matrix units, else fp32;
+    # fp16: float16 autocast with loss scaling, for GPUs without native bf16 (V100, T4)
+    compile_mode: Optional[CompileMode] = None  # torch.compile the network in this mode (None: eager);
+    # reduce-overhead and max-autotune add CUDA graphs on GPUs
     channels_last: bool = True  # NHWC memory format for image networks
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # where to train
+    device: Device = "auto"  # where to train
     deterministic: bool = False  # torch.use_deterministic_algorithms
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         at_least = {"steps": 1, "batch_size": 1, "microbatch": 1, "log_every": 1, "ema_every": 1,
                     "num_grid_samples": 1, "warmup_steps": 0, "ema_start": 0, "sample_every": 0,
-                    "checkpoint_every": 0, "keep_checkpoints": 0}
+                    "checkpoint_every": 0, "keep_checkpoints": 0, "seed": 0}
         for name, low in at_least.items():
             value = getattr(self, name)
-            if value is not None and value < low:  # None: only microbatch may be null
-                raise UserError(f"config key 'train.{name}' must be at least {low}, got {value}")
-        ranges = {"lr": (math.isfinite(self.lr) and self.lr > 0, "a positive number"),
-                  "weight_decay": (self.weight_decay >= 0, "at least 0"),
-                  "min_lr_ratio": (0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
-                  "ema_decay": (0 <= self.ema_decay < 1, "in [0, 1)"),
-                  "grad_clip": (self.grad_clip is None or self.grad_clip > 0, "positive or null (no clipping)"),
-                  "adam_betas": (all(0 <= b < 1 for b in self.adam_betas), "two numbers in [0, 1)")}
-        if self.microbatch is not None and self.compile and self.compile_mode in CUDA_GRAPH_MODES:
+            require(value is None or value >= low, f"train.{name}", f"at least {low}", value)
+        require(self.seed < 2**63, "train.seed", "below 2**63", self.seed)
+        require(self.lr > 0, "train.lr", "a positive number", self.lr)
+        require(self.weight_decay >= 0, "train.weight_decay", "at least 0", self.weight_decay)
+        require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
+        require(0 <= self.ema_decay < 1, "train.ema_decay", "in [0, 1)", self.ema_decay)
+        require(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip", "positive or null (no clipping)",
+                self.grad_clip)
+        require(all(0 <= b < 1 for b in self.adam_betas), "train.adam_betas", "two numbers in [0, 1)",
+                list(self.adam_betas))
+        if self.microbatch is not None and self.compile_mode in CUDA_GRAPH_MODES:
             raise UserError(f"config key 'train.microbatch' cannot be combined with compile_mode "
                             f"{self.compile_mode!r}: its CUDA graphs replay into the buffers of the gradients "
                             f"being accumulated (use compile_mode 'default' or 'max-autotune-no-cudagraphs')")
-        for name, (ok, what) in ranges.items():
-            if not ok:
-                raise UserError(f"config key 'train.{name}' must be {what}, got {getattr(self, name)!r}")
 
 
 @dataclass
-class SampleConfig:
-    sampler: Literal["ddpm", "ddim", "dpm++2m", "dpm++3m"] = "ddpm"  # default sampler of `ddpmkit sample`
+class SampleConfig(_Checked):
+    section: ClassVar[str] = "sample"
+    sampler: SamplerName = "ddpm"  # default sampler of `ddpmkit sample`
     steps: Optional[int] = None  # network calls (None: all T)
     guidance: float = 1.0  # classifier-free guidance weight
     eta: float = 0.0  # DDIM eta
-    spacing: Optional[str] = None  # timestep spacing (None: the sampler's default)
-    grid_sampler: Literal["ddpm", "ddim", "dpm++2m", "dpm++3m"] = "dpm++2m"  # sampler for training grids
+    spacing: Optional[Spacing] = None  # timestep spacing (None: the sampler's default)
+    grid_sampler: SamplerName = "dpm++2m"  # sampler for training grids
     grid_steps: int = 50  # its network calls
     levels: Optional[int] = None  # snap saved pixels to this many grey levels (the data's own; digits: 17)
 
-    def __post_init__(self) -> None:
-        if self.levels is not None and not 2 <= self.levels <= 256:
-            raise UserError(f"config key 'sample.levels' must be in 2..256, got {self.levels}")
-        for name, ok, what in [("steps", self.steps is None or self.steps >= 1, "at least 1 or null (all T)"),
-                               ("grid_steps", self.grid_steps >= 1, "at least 1"),
-                               ("eta", 0 <= self.eta <= 1, "in [0, 1]"),
-                               ("guidance", math.isfinite(self.guidance) and self.guidance >= 0,
-                                "a number >= 0 (1: no guidance)")]:
-            if not ok:
-                raise UserError(f"config key 'sample.{name}' must be {what}, got {getattr(self, name)}")
+    def check(self) -> None:
+        require(self.levels is None or 2 <= self.levels <= 256, "sample.levels", "in 2..256 or null", self.levels)
+        require(self.steps is None or self.steps >= 1, "sample.steps", "at least 1 or null (all T)", self.steps)
+        require(self.grid_steps >= 1, "sample.grid_steps", "at least 1", self.grid_steps)
+        require(0 <= self.eta <= 1, "sample.eta", "in [0, 1]", self.eta)
+        require(self.guidance >= 0, "sample.guidance", "a number >= 0 (1: no guidance)", self.guidance)
 
 
+# ---------------------------------------------------------------------- the whole experiment
 @dataclass
-class ExperimentConfig:
+class ExperimentConfig(_Checked):
     name: str = "run"  # a label for the run
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DigitsData)
+    model: ModelConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
+    def check(self) -> None:
+        points = self.data.kind == "toy2d"
+        if points != (self.model.kind == "mlp"):
+            fail("model.kind", "'mlp' for 2-D point data and 'unet' for images", self.model.kind)
+        for key in ("steps", "grid_steps"):
+            steps = getattr(self.sample, key)
+            require(steps is None or steps <= self.diffusion.timesteps, f"sample.{key}",
+                    f"at most diffusion.timesteps = {self.diffusion.timesteps}", steps)
+
     def to_dict(self) -> dict:
-        """A plain dict (YAML- and checkpoint-safe); the model section is flat."""
-        d = dataclasses.asdict(self)
-        d["model"] = {"kind": self.model.kind, **self.model.params}
-        d["train"]["adam_betas"] = list(self.train.adam_betas)
-        return d
+        """A plain dict (YAML- and checkpoint-safe); the data and model sections lead with their kind."""
+        return to_dict(self)
 
 
-def from_dict(cls, data: Any, where: str = ""):
-    """Build dataclass ``cls`` from a dict, rejecting unknown keys and values of the wrong type."""
-    if not isinstance(data, dict):
-        raise UserError(f"config section {where or 'top level'} must be a mapping, got {type(data).__name__}")
-    if cls is ModelConfig:
+def static_shape(data: DataConfig) -> dict[str, Any]:
+    """The model fields the data config alone determines (unet: channels, size, classes; mlp: dim)."""
+    if data.kind == "toy2d":
+        return {"dim": 2}
+    channels, size, classes = data.native
+    shape = {"in_channels": data.channels or channels, "image_size": data.image_size or size}
+    if classes is not None:
+        shape["num_classes"] = classes if data.conditional else None
+    return {k: v for k, v in shape.items() if v is not None or k == "num_classes"}
+
+
+def _upgrade(d: dict) -> dict:
+    """A config dict of the layout before typed sections (checkpoints and YAML files written by ddpmkit
+    0.1: ``data.name`` and one bag of every dataset's keys, ``train.compile`` beside its mode)."""
+    d = dict(d)
+    data = d.get("data")
+    if isinstance(data, dict) and "name" in data and "kind" not in data:
         data = dict(data)
-        kind = data.pop("kind", "unet")
-        if kind not in ("unet", "mlp"):
-            raise UserError(f"config key model.kind must be 'unet' or 'mlp', got {kind!r}")
-        return ModelConfig(kind=kind, params=data)
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise UserError(f"unknown config key {key!r}; known keys here: {', '.join(sorted(names))}")
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{where}.{name}" if where else name
-        kwargs[name] = _coerce(hints[name], value, key)
-    return cls(**kwargs)
+        kind = data.pop("name")
+        defaults = {"root": None, "toy2d": None, "num_samples": 20000, "class_labels": False, "channels": None,
+                    "image_size": None, "hflip": False}
+        if kind == "toy2d":
+            data["distribution"] = data.pop("toy2d", None)
+        keep = {f.name for f in dataclasses.fields(_DATA_KINDS.get(kind, DigitsData))} | {"kind"}
+        d["data"] = {"kind": kind, **{k: v for k, v in data.items()
+                                      if k in keep or (k in defaults and v != defaults[k])}}
+    train = d.get("train")
+    if isinstance(train, dict) and "compile" in train:
+        train = dict(train)
+        on = train.pop("compile")
+        train["compile_mode"] = train.get("compile_mode", "default") if on else None
+        d["train"] = train
+    return d
 
 
-def _coerce(tp, value, key: str):
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, key)
-            except UserError as e:
-                errors.append(e)
-        raise errors[0]
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            choices = ", ".join(repr(a) for a in typing.get_args(tp))
-            raise UserError(f"config key {key!r} must be one of {choices}, got {value!r}")
-        return value
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise UserError(f"config key {key!r} must be a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(a, v, key) for a, v in zip(args, value))
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"config key {key!r} must be a mapping, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"config key {key!r} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"config key {key!r} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            try:  # YAML reads 1e-4 (no dot) as a string
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"config key {key!r} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise UserError(f"config key {key!r} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp} for {key}")  # a bug, not a user error
+_DATA_KINDS = {cls.kind: cls for cls in (DigitsData, Toy2DData, FolderData, CIFAR10Data, MNISTData)}
+
+
+def experiment_from_dict(d: Any) -> ExperimentConfig:
+    """Build and check a whole experiment config. The model fields that the data config determines are
+    filled in from it; a value given for one of them must agree."""
+    if not isinstance(d, dict):
+        fail("top level", "a mapping of sections", d)
+    d = _upgrade(d)
+    data = coerce(DataConfig, d.get("data", {}), "data")
+    model = d.get("model", {})
+    if isinstance(model, dict):
+        model = {"kind": "mlp" if data.kind == "toy2d" else "unet", **model}
+        if (model["kind"] == "mlp") == (data.kind == "toy2d"):
+            for key, value in static_shape(data).items():
+                require(model.get(key) in (None, value), f"model.{key}", f"{value!r}, as the data gives",
+                        model.get(key))
+                model[key] = value
+    return from_dict(ExperimentConfig, {**d, "data": data, "model": model})
 
 
 def preset_names() -> list[str]:
@@ -303,21 +357,23 @@ def load_config(
     if preset is not None:
         data = read_yaml(preset_path(preset))
         if preset.startswith("toy2d-"):
-            data = deep_merge(data, {"name": preset, "data": {"toy2d": preset[len("toy2d-"):]}})
+            data = deep_merge(data, {"name": preset, "data": {"distribution": preset[len("toy2d-"):]}})
     if config_file is not None:
         data = deep_merge(data, read_yaml(config_file))
     if overrides:
         data = deep_merge(data, overrides)
     if preset is None and config_file is None:
         raise UserError("give a --preset or a --config file")
-    return from_dict(ExperimentConfig, data)
+    return experiment_from_dict(data)
 
 
 def save_config(cfg: ExperimentConfig, path: Path) -> None:
     """Write the resolved config as YAML."""
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    from ..files import write_text
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def config_from_checkpoint(d: dict) -> ExperimentConfig:
-    """Rebuild the config stored inside a checkpoint."""
-    return from_dict(ExperimentConfig, d, "")
+    """Rebuild the config stored inside a checkpoint (also one written before the typed sections)."""
+    return experiment_from_dict(d)

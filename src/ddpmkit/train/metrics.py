@@ -12,6 +12,7 @@ from typing import IO, Any
 import torch
 
 from ..errors import UserError
+from ..files import write_text
 
 
 def _plain(value: Any) -> Any:
@@ -101,7 +102,5 @@ def truncate_metrics(path: str | Path, step: int) -> int:
         return 0
     records = read_metrics(path)
     kept = [r for r in records if not (isinstance(r.get("step"), (int, float)) and r["step"] > step)]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return len(records) - len(kept)

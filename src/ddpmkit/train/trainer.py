@@ -22,31 +22,23 @@ from ..timestep_sampling import make_timestep_sampler
 from .build import build_dataset, build_diffusion, build_model, resolve_model_config
 from .checkpoint import (
     capture_rng_state,
+    checkpoint_path,
     latest_checkpoint,
-    load_checkpoint,
     prune_checkpoints,
     restore_rng_state,
     save_checkpoint,
-    checkpoint_path,
 )
-from .config import CUDA_GRAPH_MODES, ExperimentConfig, config_from_checkpoint, save_config
+from .config import CUDA_GRAPH_MODES, ExperimentConfig, save_config
 from .distributed import DistInfo, all_reduce_mean_, barrier, device_for, per_rank_batch_size, wrap_ddp
 from .fast import autocast_context, autocast_dtype, use_deterministic_algorithms
 from .metrics import MetricsLogger
 from .objective import DiffusionObjective
 
-__all__ = ["Trainer", "make_optimizer", "lr_at", "RESUMABLE_TRAIN_KEYS"]
-
-# train keys a resumed run takes from the config it is given; every other key comes from its checkpoint
-RESUMABLE_TRAIN_KEYS = ("steps", "device", "precision", "compile", "compile_mode", "microbatch")
-
+__all__ = ["Trainer", "make_optimizer", "lr_at"]
 
 def make_optimizer(model: nn.Module, cfg, device: torch.device) -> torch.optim.Optimizer:
-    """Adam (AdamW with weight decay), fused where PyTorch has the kernel, multi-tensor (foreach) otherwise.
-
-    Fused CPU Adam arrived in torch 2.4; on this project's 2-core CPU it cut the optimizer step
-    of a 6.5M-parameter UNet from 36 to 12 ms.
-    """
+    """Adam (AdamW with weight decay), fused where PyTorch has the kernel (CPU from torch 2.4), multi-tensor
+    (foreach) otherwise: the fused step is several times faster (docs/performance.md)."""
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
     if device.type == "cuda" or (device.type == "cpu" and _torch_at_least(2, 4)):
         kwargs["fused"] = True
@@ -79,12 +71,12 @@ class Trainer:
     Args:
         cfg: the experiment (validated).
         run_dir: where config, checkpoints, metrics and sample grids go.
-        resume: continue from the latest checkpoint in run_dir.
+        checkpoint: a loaded checkpoint of this run to continue from (its config is ``cfg``).
         dist: this process's place among torchrun processes.
         progress: show a tqdm bar (main process only).
     """
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, checkpoint: dict | None = None,
                  dist: DistInfo | None = None, progress: bool = True):
         self.dist = dist or DistInfo()
         self.run_dir = Path(run_dir)
@@ -93,24 +85,6 @@ class Trainer:
         if tc.batch_size % self.dist.world_size:
             raise UserError(f"batch size {tc.batch_size} is not divisible by the {self.dist.world_size} processes")
         self.start_step = 0
-        ckpt = None
-        if resume:
-            path = latest_checkpoint(self.run_dir)
-            if path is None:
-                raise UserError(f"nothing to resume: {str(self.run_dir)!r} has no checkpoints")
-            ckpt = load_checkpoint(path)
-            if tc.steps < int(ckpt["step"]):
-                raise UserError(f"{str(self.run_dir)!r} is at step {ckpt['step']} already: train.steps = {tc.steps} "
-                                f"would go back (give a larger --steps)")
-            saved = config_from_checkpoint(ckpt["config"])
-            # The run continues with its own config; the step budget, how it runs and where its data
-            # lives come from cfg (the maths does not depend on them, only the rounding does: precision,
-            # and microbatch, which also draws dropout masks chunk by chunk)
-            for key in RESUMABLE_TRAIN_KEYS:
-                setattr(saved.train, key, getattr(tc, key))
-            saved.data.root = cfg.data.root if cfg.data.root is not None else saved.data.root
-            cfg = saved
-            tc = cfg.train
         self.device = device_for(self.dist, tc.device)
         if tc.deterministic:
             use_deterministic_algorithms(self.device)
@@ -132,12 +106,12 @@ class Trainer:
         # fp16 gradients underflow without loss scaling; disabled, the scaler passes everything through
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.step = 0  # optimizer steps done; train_step advances it
-        if ckpt is not None:
-            self._load(ckpt)
+        if checkpoint is not None:
+            self._load(checkpoint)
         self.ddp = wrap_ddp(self.model, self.dist, self.device)  # the model itself in one process
-        self.net = torch.compile(self.ddp, mode=tc.compile_mode) if tc.compile else self.ddp
+        self.net = self.ddp if tc.compile_mode is None else torch.compile(self.ddp, mode=tc.compile_mode)
         # CUDA graphs replay into the same output buffers: each step must say where it begins
-        self._cuda_graphs = tc.compile and tc.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
+        self._cuda_graphs = tc.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
         self.logger = MetricsLogger(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main)
 
     def describe(self) -> str:
@@ -151,25 +125,20 @@ class Trainer:
         where = f"{self.device}" + (f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else "")
         precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + loss scaling"}
         extras = [x for x, on in (("channels-last", self.images and tc.channels_last),
-                                  (f"compiled ({tc.compile_mode})", tc.compile)) if on]
+                                  (f"compiled ({tc.compile_mode})", tc.compile_mode is not None)) if on]
         network = f"{self.cfg.model.kind} {num_parameters(self.model) / 1e6:.2f}M parameters"
         return ", ".join([f"steps {self.start_step} -> {tc.steps}", network, batch, where, precision[self.amp], *extras])
 
     def speed_hint(self) -> str | None:
-        """A hint for an eager image run on one GPU long enough for compiling to pay, else None.
-
-        On an H100 the CIFAR-10 model trained at about 1,800-1,950 images/s eager and 4,420 compiled
-        with CUDA graphs, after 83 s of compiling (README, Performance): from about half a million
-        images on, compiling wins. Not hinted: CPU runs (compiling is slower there), runs under
-        torchrun or with microbatches (CUDA graphs are not measured, or refused, with them).
-        """
+        """A hint for an eager image run on one GPU long enough (half a million images) for compiling with
+        CUDA graphs to pay back its compile time, as measured on an H100 (docs/performance.md), else None."""
         tc = self.cfg.train
         images = (tc.steps - self.start_step) * tc.batch_size
-        if (self.device.type != "cuda" or not self.images or tc.compile or tc.microbatch is not None
+        if (self.device.type != "cuda" or not self.images or tc.compile_mode or tc.microbatch is not None
                 or self.dist.world_size > 1 or images < 500_000):
             return None
         return ("hint: on a GPU, --compile-mode reduce-overhead (torch.compile with CUDA graphs) trained the "
-                "CIFAR-10 model 2.4x faster on an H100, after about 80 s of compiling (README, Performance)")
+                "CIFAR-10 model 2.4x faster on an H100, after about 80 s of compiling (docs/performance.md)")
 
     # ------------------------------------------------------------------ state
     def _load(self, ckpt: dict) -> None:

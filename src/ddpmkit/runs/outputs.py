@@ -1,0 +1,61 @@
+"""Files a run's samples are written to: sample arrays, PNG grids and trajectory strips."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..images import make_trajectory_grid, save_image_grid, save_npz, save_points_npz, save_points_png, save_png, to_uint8
+from .loaded import Samples
+
+__all__ = ["check_output", "write_samples", "write_trajectory"]
+
+
+def check_output(path: str | Path, force: bool, suffixes: tuple[str, ...], flag: str) -> Path:
+    """The output path, refused (before any work) when its type, its directory or an existing file is wrong."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise UserError(f"{flag} {str(path)!r}: give a {' or a '.join(suffixes)} file")
+    if path.is_dir():
+        raise UserError(f"{flag} {str(path)!r} is a directory")
+    if path.exists() and not force:
+        raise UserError(f"output {str(path)!r} already exists (pass --force to overwrite)")
+    if not path.parent.is_dir():
+        raise UserError(f"the directory of output {str(path)!r} does not exist")
+    return path
+
+
+def _scale(width: int) -> int:
+    """Tiny images are drawn larger: at least 64 pixels a tile."""
+    return max(1, 64 // width)
+
+
+def write_samples(path: str | Path, samples: Samples, levels: int | None = None) -> Path:
+    """Samples as a ``.npz`` (images uint8 NHWC or points float32, and labels) or a ``.png`` grid / scatter plot."""
+    path = Path(path)
+    labels = None if samples.labels is None else samples.labels.numpy().astype(np.int64)
+    x = samples.x
+    if x.dim() == 4:
+        images = to_uint8(x, levels)
+        if path.suffix.lower() == ".npz":
+            return save_npz(path, images, labels)
+        save_image_grid(path, images, nrow=max(1, math.ceil(math.sqrt(len(x)))), scale=_scale(x.shape[-1]))
+        return path
+    if path.suffix.lower() == ".npz":
+        return save_points_npz(path, x.numpy(), labels)
+    return save_points_png(path, x.numpy())
+
+
+def write_trajectory(path: str | Path, samples: Samples) -> Path:
+    """Two rows per kept sample (at most 4): x_t along the way, then the predicted x0 at the same steps."""
+    rows = samples.trajectory
+    if not rows:
+        raise UserError("these samples were drawn without trajectory=True")
+    strips = [to_uint8(torch.stack([r[part][k].clamp(-1, 1) for r in rows]))
+              for k in range(min(rows[0][1].shape[0], 4)) for part in (1, 2)]
+    grid = make_trajectory_grid(strips, padding=1, scale=_scale(samples.x.shape[-1]))
+    return save_png(path, grid)

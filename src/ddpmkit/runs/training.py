@@ -1,0 +1,110 @@
+"""Training a run directory: the one place where a run's checkpoint and the caller's overrides meet."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+from ..errors import UserError
+from ..train.checkpoint import latest_checkpoint, load_checkpoint
+from ..train.config import (RESUMABLE_TRAIN_KEYS, ExperimentConfig, config_from_checkpoint, deep_merge,
+                            experiment_from_dict)
+from ..train.distributed import DistInfo, cleanup_distributed, init_distributed
+from ..train.trainer import Trainer
+
+__all__ = ["train", "start_training", "resumed_config"]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def train(cfg: ExperimentConfig | None, run_dir: str | Path, *, resume: bool = False, force: bool = False,
+          overrides: dict | None = None, progress: bool = True, log: Callable[[str], None] | None = _stderr) -> dict:
+    """Train ``cfg`` into ``run_dir``, or go on with the run there (``resume``); returns the last metrics.
+
+    ``overrides`` ({"train": {...}, "data": {...}}) go on top of ``cfg``; on resume they go on top of
+    the run's own config, where only how it runs may change (RESUMABLE_TRAIN_KEYS and data.root) and any
+    other value must agree. ``force`` starts over in a directory that has checkpoints. Under torchrun
+    every process calls this; ``log`` (main process only) hears what runs. The result (main process
+    only; None on the others) is the last metrics line, or only {"step": ...} when the run was already
+    at its last step.
+    """
+    run_dir = Path(run_dir)
+    cfg, ckpt = prepare(cfg, run_dir, resume=resume, force=force, overrides=overrides)
+    dist = init_distributed("cuda" if cfg.train.device != "cpu" and _cuda() else "cpu")
+    try:
+        trainer = Trainer(cfg, run_dir, checkpoint=ckpt, dist=dist, progress=progress)
+        if dist.is_main and log is not None:
+            log(f"training {run_dir}: {trainer.describe()}")
+            if hint := trainer.speed_hint():
+                log(hint)
+        last = trainer.train() or {"step": trainer.step}
+        return last if dist.is_main else None
+    finally:
+        cleanup_distributed()
+
+
+def start_training(cfg: ExperimentConfig | None, run_dir: str | Path, *, resume: bool = False,
+                   force: bool = False, overrides: dict | None = None, dist: DistInfo | None = None,
+                   progress: bool = True) -> Trainer:
+    """The Trainer that ``train`` would run (for callers that step it themselves), in this process."""
+    cfg, ckpt = prepare(cfg, Path(run_dir), resume=resume, force=force, overrides=overrides)
+    return Trainer(cfg, run_dir, checkpoint=ckpt, dist=dist, progress=progress)
+
+
+def prepare(cfg: ExperimentConfig | None, run_dir: Path, *, resume: bool, force: bool,
+            overrides: dict | None) -> tuple[ExperimentConfig, dict | None]:
+    """(the config the run trains with, the checkpoint it goes on from or None); checks the directory."""
+    if resume and force:
+        raise UserError("resume and force exclude each other")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run directory {str(run_dir)!r} exists and is not a directory")
+    latest = latest_checkpoint(run_dir)
+    if resume:
+        if latest is None:
+            raise UserError(f"nothing to resume: {str(run_dir)!r} has no checkpoints")
+        ckpt = load_checkpoint(latest)
+        return resumed_config(ckpt, run_dir, cfg, overrides or {}), ckpt
+    if cfg is None:
+        raise UserError("give a config (a --preset or a --config file) to start a run")
+    if latest is not None and not force:
+        raise UserError(f"run directory {str(run_dir)!r} already has checkpoints: pass --resume to continue "
+                        f"or --force to start over")
+    cfg = experiment_from_dict(deep_merge(cfg.to_dict(), overrides)) if overrides else cfg
+    if force:
+        for f in (run_dir / "checkpoints").glob("step_*.pt"):
+            f.unlink()
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    return cfg, None
+
+
+def resumed_config(ckpt: dict, run_dir: Path, given: ExperimentConfig | None, overrides: dict) -> ExperimentConfig:
+    """The run's own config (from its checkpoint) with the overrides of how it runs; any other override
+    must agree with it, and a config ``given`` must be on the same dataset."""
+    saved = config_from_checkpoint(ckpt["config"])
+    if given is not None and given.data.kind != saved.data.kind:
+        raise UserError(f"{str(run_dir)!r} is a run on {saved.data.kind} data, not on {given.data.kind} (the config "
+                        f"given): resume it with --out {run_dir} --resume")
+    changeable = {("train", key) for key in RESUMABLE_TRAIN_KEYS} | {("data", "root")}
+    current = saved.to_dict()
+    for section, values in overrides.items():
+        for key, value in values.items():
+            if (section, key) not in changeable and value != current[section].get(key):
+                may = ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE_TRAIN_KEYS)
+                raise UserError(f"--{key.replace('_', '-')} {value} differs from the run's {section}.{key} = "
+                                f"{current[section].get(key)}: a resumed run keeps its config (only {may} and "
+                                f"--data may change)")
+    cfg = experiment_from_dict(deep_merge(current, overrides))  # checked like any config
+    step = int(ckpt["step"])
+    if cfg.train.steps < step:
+        raise UserError(f"{str(run_dir)!r} is at step {step} already: train.steps = {cfg.train.steps} would go "
+                        f"back (give a larger --steps)")
+    return cfg
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
