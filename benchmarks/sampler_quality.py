@@ -114,7 +114,7 @@ def digits_table(run_path: str, per_class: int, steps_list: list[int], reference
         gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
         start = time.perf_counter()
         x = diffusion.sample(run.model, (n, *run.sample_shape), sampler=sampler, steps=k, y=labels,
-                             guidance_scale=sample.guidance, generator=gens, eta=0.0, device="cpu")
+                             guidance_scale=sample.guidance, generator=gens, device="cpu")  # ddim: eta 0
         wall = time.perf_counter() - start
         images = to_uint8(x, sample.levels)
         acc = float(np.mean(judge.classify(images) == labels.numpy()))
