@@ -9,6 +9,7 @@ such check is paired with a run that the same check must reject, so none passes 
 """
 
 import math
+import re
 from typing import get_args
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 import ddpmkit
 from ddpmkit import GaussianDiffusion, UserError
 from ddpmkit import samplers as S
+from ddpmkit.options import SamplerName, choices
 from ddpmkit.oracles import GaussianMixtureOracle
 
 T = 1000
@@ -223,7 +225,7 @@ ACCURATE = [  # (sampler, options, steps): enough steps for the allowances above
 @pytest.mark.parametrize("sampler, opts, steps", ACCURATE, ids=lambda v: str(v))
 def test_sampler_reproduces_the_mixture(mixture, sampler, opts, steps):
     d = GaussianDiffusion(BETAS, variance=opts.get("variance", "fixed_large"))
-    x = d.sample(mixture, (8000, 2), sampler=sampler, steps=steps, eta=opts.get("eta", 0.0),
+    x = d.sample(mixture, (8000, 2), sampler=sampler, steps=steps, eta=opts.get("eta"),
                  generator=_gen(11), dtype=F64)
     assert mixture_mismatches(mixture, x) == []
 
@@ -419,8 +421,8 @@ def test_learned_range_through_the_diffusion_uses_the_model_variance_output():
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("sampler, eta", [("ddpm", 0.0), ("ddim", 1.0), ("ddim", 0.0), ("dpm++2m", 0.0),
-                                          ("dpm++3m", 0.0)])
+@pytest.mark.parametrize("sampler, eta", [("ddpm", None), ("ddim", 1.0), ("ddim", 0.0), ("dpm++2m", None),
+                                          ("dpm++3m", None)])
 def test_per_sample_generators_make_samples_independent_of_batch_size(mixture, sampler, eta):
     d = GaussianDiffusion(BETAS)
     big = d.sample(mixture, (6, 2), sampler=sampler, steps=12, eta=eta, dtype=F64,
@@ -462,6 +464,35 @@ def test_bad_sampler_options_raise(mixture):
             d.sample(mixture, (2, 2), **{"steps": 5, **kw})
     with pytest.raises(UserError):
         S.ddpm_sample(mixture.denoise, torch.zeros(2, 2, dtype=F64), [9, 0], ABAR, variance="large")
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "dpm++2m", "dpm++3m"])
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_eta_is_refused_by_samplers_that_do_not_take_it(mixture, sampler, eta):
+    d = GaussianDiffusion(BETAS)
+    with pytest.raises(UserError, match=f"eta applies to the ddim sampler only; {re.escape(sampler)} is "):
+        d.sample(mixture, (2, 2), sampler=sampler, steps=3, eta=eta, dtype=F64)
+
+
+def test_eta_none_is_ddims_deterministic_default(mixture):
+    d = GaussianDiffusion(BETAS)
+    x_T = torch.randn(4, 2, generator=_gen(0), dtype=F64)
+    a = d.sample(mixture, (4, 2), sampler="ddim", steps=5, x_T=x_T)
+    b = d.sample(mixture, (4, 2), sampler="ddim", steps=5, x_T=x_T, eta=0.0)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["euler", "DDIM", "dpm++", "", None, 3])
+def test_unknown_sampler_names_are_refused(mixture, name):
+    d = GaussianDiffusion(BETAS)
+    with pytest.raises(UserError, match="unknown sampler .*; choose one of 'ddpm', 'ddim', 'dpm\\+\\+2m', 'dpm\\+\\+3m'"):
+        d.sample(mixture, (2, 2), sampler=name, steps=3)
+
+
+def test_samplers_are_the_declared_sampler_names():
+    assert tuple(S.SAMPLERS) == choices(SamplerName)
+    assert tuple(S.DEFAULT_SPACING) == choices(SamplerName)
+    assert set(S.DEFAULT_SPACING.values()) <= set(choices(S.Spacing))
 
 
 # =========================================================================== guidance

@@ -8,20 +8,19 @@ method that needs one receives ``model``, a callable ``model(x_t, t, y=None)``.
 
 from __future__ import annotations
 
-from typing import Callable, Literal, NamedTuple, get_args
+from contextlib import contextmanager
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
 from .errors import UserError
 from .likelihood import LOG2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from .options import LossType, Prediction, SamplerName, Spacing, Variance, check_choice
 from .schedules import step_coefficients
 
 __all__ = ["GaussianDiffusion", "MeanVariance", "PMeanVariance", "VBTerms"]
 
-Prediction = Literal["eps", "x0", "v"]
-Variance = Literal["fixed_large", "fixed_small", "learned_range"]
-LossType = Literal["l2", "l1", "hybrid"]
 Model = Callable[..., Tensor]
 
 
@@ -75,9 +74,9 @@ class GaussianDiffusion:
         vlb_weight: float = 0.001,
         min_snr_gamma: float | None = None,
     ):
-        _check_choice("prediction", prediction, Prediction)
-        _check_choice("variance", variance, Variance)
-        _check_choice("loss", loss, LossType)
+        check_choice("prediction", prediction, Prediction)
+        check_choice("variance", variance, Variance)
+        check_choice("loss", loss, LossType)
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
         if betas.numel() < 2 or not bool(((betas > 0) & (betas < 1)).all()):
             raise UserError("betas must be a 1-D schedule of at least 2 values in (0, 1)")
@@ -299,33 +298,34 @@ class GaussianDiffusion:
         self,
         model: Model,
         shape: tuple[int, ...],
-        sampler: str = "ddpm",
+        sampler: SamplerName = "ddpm",
         steps: int | None = None,
         y: Tensor | None = None,
         guidance_scale: float = 1.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         progress: bool = False,
         *,
-        eta: float = 0.0,
-        spacing: str | None = None,
+        eta: float | None = None,
+        spacing: Spacing | None = None,
         clip_denoised: bool | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         x_T: Tensor | None = None,
         callback: Callable | None = None,
     ) -> Tensor:
-        """Draw samples x0 of shape ``shape`` by running a reverse-process sampler.
+        """Draw samples x0 of shape ``shape`` with a sampler of ``ddpmkit.samplers`` (a convenience over them).
 
         Args:
             model: the network, ``model(x_t, t, y=None)``.
             shape: the output shape, batch first.
-            sampler: "ddpm" (ancestral), "ddim", or "dpm++2m" (see ``ddpmkit.samplers``).
+            sampler: "ddpm" (ancestral, with this diffusion's variance), "ddim", "dpm++2m" or "dpm++3m".
             steps: network evaluations; None means all T steps.
             y: class labels [B] for a conditional model.
             guidance_scale: classifier-free guidance weight w (1 = plain conditional).
             generator: a torch.Generator, or one per sample so results do not depend on batching.
             progress: show a progress bar.
-            eta: DDIM's stochasticity (0 = deterministic, 1 = ancestral with beta~).
+            eta: DDIM's stochasticity in [0, 1] (0 = deterministic, 1 = ancestral with beta~); "ddim"
+                only, None = 0. Given to any other sampler it is a UserError.
             spacing: how the kept timesteps are spread (None = the sampler's default).
             clip_denoised: clip predicted x0 to [-1, 1] (None = the diffusion's setting).
             device, dtype: where and in what precision x_T is drawn (default: the model's device).
@@ -334,45 +334,21 @@ class GaussianDiffusion:
         """
         from . import samplers as S
 
-        if sampler not in S.SAMPLERS:
-            raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(S.SAMPLERS)}")
+        opts = _sampler_options(sampler, eta, self.variance)
         steps = self.num_timesteps if steps is None else steps
         spacing = spacing or S.DEFAULT_SPACING[sampler]
         timesteps = S.sampling_timesteps(self.num_timesteps, steps, spacing, self.alphas_cumprod)
-        if device is None:
-            device = _model_device(model)
         if x_T is None:
-            x_T = S.randn(tuple(shape), generator, device, dtype)
-        if y is not None:
-            y = torch.as_tensor(y, device=x_T.device, dtype=torch.long)
-            if y.shape != (x_T.shape[0],):
-                raise UserError(f"need one label per sample: {x_T.shape[0]} samples, labels of shape {tuple(y.shape)}")
+            x_T = S.randn(tuple(shape), generator, _model_device(model) if device is None else device, dtype)
+        y = _labels(y, x_T.shape[0], x_T.device)
 
         def denoiser(x, t):
             return self.denoise(model, x, t, y, guidance_scale, clip_denoised)
 
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(timesteps), desc=f"sampling ({sampler})", leave=False)
-
-        def on_step(i, t, x, d):
-            if bar is not None:
-                bar.update(1)
-            if callback is not None:
-                callback(i, t, x, d)
-
-        opts = {"eta": eta} if sampler == "ddim" else {}
-        if sampler == "ddpm":
-            opts = {"variance": self.variance}
-        try:
+        with _progress(progress, len(timesteps), f"sampling ({sampler})", callback) as on_step:
             return S.SAMPLERS[sampler](
                 denoiser, x_T, timesteps, self.alphas_cumprod, generator=generator, callback=on_step, **opts
             )
-        finally:
-            if bar is not None:
-                bar.close()
 
     # ------------------------------------------------------------------ losses
     def training_losses(
@@ -467,10 +443,46 @@ class GaussianDiffusion:
         return self.vb_terms(model, x0, y, generator).total
 
 
-def _check_choice(what: str, value, literal) -> None:
-    choices = get_args(literal)
-    if value not in choices:
-        raise UserError(f"unknown {what} {value!r}; choose one of {', '.join(map(repr, choices))}")
+def _sampler_options(sampler: SamplerName, eta: float | None, variance: Variance) -> dict:
+    """The keyword options of ``SAMPLERS[sampler]``; an option the sampler does not take is a UserError."""
+    check_choice("sampler", sampler, SamplerName)
+    if eta is not None and sampler != "ddim":
+        kind = "ancestral (its noise follows the diffusion's variance)" if sampler == "ddpm" else "deterministic"
+        raise UserError(f"eta applies to the ddim sampler only; {sampler} is {kind}")
+    if sampler == "ddim":
+        return {"eta": 0.0 if eta is None else eta}
+    return {"variance": variance} if sampler == "ddpm" else {}
+
+
+def _labels(y, batch: int, device: torch.device) -> Tensor | None:
+    """Class labels as int64 on ``device``, one per sample, or None."""
+    if y is None:
+        return None
+    y = torch.as_tensor(y, device=device, dtype=torch.long)
+    if y.shape != (batch,):
+        raise UserError(f"need one label per sample: {batch} samples, labels of shape {tuple(y.shape)}")
+    return y
+
+
+@contextmanager
+def _progress(show: bool, total: int, desc: str, callback: Callable | None):
+    """The sampler callback: ``callback``, plus one tick of a progress bar per network call when ``show``."""
+    if not show:
+        yield callback
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, leave=False)
+
+    def on_step(i, t, x, d):
+        bar.update(1)
+        if callback is not None:
+            callback(i, t, x, d)
+
+    try:
+        yield on_step
+    finally:
+        bar.close()
 
 
 def _call(model: Model, x_t: Tensor, t: Tensor, y: Tensor | None) -> Tensor:

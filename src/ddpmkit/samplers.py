@@ -4,7 +4,8 @@ Every sampler is a plain function ``sampler(denoiser, x_T, timesteps, alphas_cum
 generator=None, callback=None, **opts) -> x_0`` (the k-diffusion style). ``denoiser(x_t, t)``
 returns a :class:`Denoised` for int64 timesteps ``t`` of shape [B] (indices of the original
 schedule); it is the only way a sampler sees the network, so guidance, clipping and the
-prediction type (eps, x0 or v) all live in the caller's closure.
+prediction type (eps, x0 or v) all live in the caller's closure. Each sampler is an update rule
+over coefficients precomputed once, run by the one loop :func:`_run`.
 
 ``timesteps`` is the explicit, strictly decreasing array of kept indices (see
 :func:`sampling_timesteps`). Sampling makes one network call per kept index, from the first
@@ -16,12 +17,13 @@ host and applied as Python floats, so ``x`` may be float32 or float64 on any dev
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal, NamedTuple, Sequence, get_args
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
 from .errors import UserError
+from .options import SamplerName, Spacing, Variance, check_choice, choices
 from .schedules import StepCoefficients, step_coefficients
 
 __all__ = [
@@ -53,13 +55,9 @@ Denoiser = Callable[[Tensor, Tensor], Denoised]
 Callback = Callable[[int, int, Tensor, Denoised], None]  # (step i, timestep t, x_t, denoised)
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
-Spacing = Literal["linspace", "leading", "trailing", "quadratic", "logsnr", "karras", "snr_root"]
-Variance = Literal["fixed_large", "fixed_small", "learned_range"]
-
-
 # --------------------------------------------------------------------------- timesteps
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5: the sigma grid's curvature
-SNR_ROOT = 8.0  # "snr_root" is uniform in SNR^(1/SNR_ROOT) (measured: see DEFAULT_SPACING)
+SNR_ROOT = 8.0  # "snr_root" is uniform in SNR^(1/SNR_ROOT) (measured: docs/samplers.md)
 
 
 def sampling_timesteps(
@@ -88,21 +86,21 @@ def sampling_timesteps(
     - ``"snr_root"``: uniform in SNR^(1/8) = (abar / (1 - abar))^(1/8) between t = T-1 and
       t = 0, mapped back like "logsnr" (the Karras grid with rho = -4: denser than "logsnr" at
       low noise, where karras is sparser); needs ``alphas_cumprod``. The default of the
-      ancestral and DPM-Solver++ samplers, chosen by measurement (see ``DEFAULT_SPACING``).
+      ancestral and DPM-Solver++ samplers, chosen by measurement (docs/samplers.md).
 
     The first kept index is T-1 and the last 0 for every spacing except "leading" (top
     T - T//k), "trailing" (last about T/k - 1) and "quadratic" (top about 0.8 T).
 
     Where rounding makes two kept indices equal (quadratic, logsnr, karras, snr_root at many
-    steps), the later
-    ones are pushed up by one until all are distinct (and back down from T-1 if needed).
+    steps), the later ones are pushed up by one until all are distinct (and back down from T-1
+    if needed).
     """
     T = num_timesteps
     if not isinstance(T, int) or isinstance(T, bool) or T < 1:
         raise UserError(f"the number of timesteps must be a positive integer, got {T!r}")
     if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= T:
         raise UserError(f"sampling steps must be an integer in [1, {T}], got {steps!r}")
-    _check_choice("spacing", spacing, Spacing)
+    check_choice("spacing", spacing, Spacing)
     if alphas_cumprod is not None:
         alphas_cumprod = _as_abar(alphas_cumprod)
         if alphas_cumprod.numel() != T:
@@ -126,29 +124,36 @@ def sampling_timesteps(
     elif spacing == "quadratic":
         base = i * (math.sqrt(0.8 * T) / (k - 1)) if k > 1 else i
         t = _distinct(torch.floor(base**2).long(), T).flip(0)
-    else:  # logsnr, karras, snr_root: a grid in log SNR, mapped back to t
-        lam = _log_snr(alphas_cumprod)
-        if not bool((lam[1:] < lam[:-1]).all()):
-            raise UserError(f"spacing {spacing!r} needs a strictly decreasing alphas_cumprod")
-        lo, hi = float(lam[-1]), float(lam[0])  # log SNR at t = T-1 and t = 0
-        if k == 1:
-            target = lam[-1:]
-        elif spacing == "logsnr":
-            target = torch.linspace(lo, hi, k, dtype=torch.float64)
-        elif spacing == "karras":  # sigma = SNR^(-1/2), uniform in sigma^(1/rho)
-            rho = KARRAS_RHO
-            s_max, s_min = math.exp(-0.5 * lo / rho), math.exp(-0.5 * hi / rho)
-            target = -2.0 * rho * torch.log(s_max + i / (k - 1) * (s_min - s_max))
-        else:  # snr_root: uniform in SNR^(1/n)
-            n = SNR_ROOT
-            u_lo, u_hi = math.exp(lo / n), math.exp(hi / n)
-            target = n * torch.log(u_lo + i / (k - 1) * (u_hi - u_lo))
-        t_cont = _interp(target, lam.flip(0), torch.arange(T - 1, -1, -1, dtype=torch.float64))
-        t_cont[0] = T - 1
-        if k > 1:
-            t_cont[-1] = 0
-        t = _distinct(torch.round(t_cont).long().flip(0), T).flip(0)
+    else:  # logsnr, karras, snr_root
+        t = _log_snr_spaced(spacing, alphas_cumprod, k)
     return t.long()
+
+
+def _log_snr_spaced(spacing: Spacing, alphas_cumprod: Tensor, k: int) -> Tensor:
+    """The "logsnr", "karras" and "snr_root" timesteps: a grid in log SNR, mapped back to t (k < T)."""
+    T = alphas_cumprod.numel()
+    i = torch.arange(k, dtype=torch.float64)
+    lam = _log_snr(alphas_cumprod)
+    if not bool((lam[1:] < lam[:-1]).all()):
+        raise UserError(f"spacing {spacing!r} needs a strictly decreasing alphas_cumprod")
+    lo, hi = float(lam[-1]), float(lam[0])  # log SNR at t = T-1 and t = 0
+    if k == 1:
+        target = lam[-1:]
+    elif spacing == "logsnr":
+        target = torch.linspace(lo, hi, k, dtype=torch.float64)
+    elif spacing == "karras":  # sigma = SNR^(-1/2), uniform in sigma^(1/rho)
+        rho = KARRAS_RHO
+        s_max, s_min = math.exp(-0.5 * lo / rho), math.exp(-0.5 * hi / rho)
+        target = -2.0 * rho * torch.log(s_max + i / (k - 1) * (s_min - s_max))
+    else:  # snr_root: uniform in SNR^(1/n)
+        n = SNR_ROOT
+        u_lo, u_hi = math.exp(lo / n), math.exp(hi / n)
+        target = n * torch.log(u_lo + i / (k - 1) * (u_hi - u_lo))
+    t_cont = _interp(target, lam.flip(0), torch.arange(T - 1, -1, -1, dtype=torch.float64))
+    t_cont[0] = T - 1
+    if k > 1:
+        t_cont[-1] = 0
+    return _distinct(torch.round(t_cont).long().flip(0), T).flip(0)
 
 
 def _distinct(t: Tensor, T: int) -> Tensor:
@@ -195,6 +200,27 @@ def randn(
 
 
 # --------------------------------------------------------------------------- samplers
+Update = Callable[[int, Tensor, Denoised], Tensor]  # (step i, x at ts[i], its Denoised) -> x at ts[i + 1]
+
+
+def _run(denoiser: Denoiser, x: Tensor, ts: list[int], update: Update, callback: Callback | None,
+         *, clean_at_last: bool = True) -> Tensor:
+    """The one sampler loop: a network call at each timestep of ``ts``, the callback, then ``update``.
+
+    With ``clean_at_last`` the last call's x0 is the result (the step into clean data, alpha-bar = 1);
+    without it (inversion) every call is followed by an update and the last update's x is returned.
+    """
+    last = len(ts) - 1
+    for i, t in enumerate(ts):
+        d = denoiser(x, _t_batch(t, x))
+        if callback is not None:
+            callback(i, t, x, d)
+        if clean_at_last and i == last:
+            return d.x0
+        x = update(i, x, d)
+    return x
+
+
 def ddpm_sample(
     denoiser: Denoiser,
     x: Tensor,
@@ -212,29 +238,30 @@ def ddpm_sample(
     v = ``denoised.var_frac`` (Nichol & Dhariwal eq. 15). The mean is the posterior mean with
     the predicted x0 (Ho et al. eq. 7); the last step returns x0 with no noise.
     """
-    _check_choice("variance", variance, Variance)
+    check_choice("variance", variance, Variance)
     ts, c = _chain(timesteps, alphas_cumprod)
+    return _run(denoiser, x, ts, _ancestral_update(c, variance, generator), callback)
+
+
+def _ancestral_update(c: StepCoefficients, variance: Variance, generator: Generator) -> Update:
+    """x_s = mu~(x_t, x0) + sigma z: Ho et al. eq. 7's posterior mean and the chosen variance."""
     log_beta = torch.log(c.beta).tolist()
     log_post = c.posterior_log_variance.tolist()
     coef_x0, coef_xt = c.coef_x0.tolist(), c.coef_xt.tolist()
-    last = len(ts) - 1
-    for i, t in enumerate(ts):
-        d = denoiser(x, _t_batch(t, x))
-        if callback is not None:
-            callback(i, t, x, d)
-        if i == last:
-            return d.x0
+    fixed_log_var = log_beta if variance == "fixed_large" else log_post
+    fixed_std = [math.exp(0.5 * v) for v in fixed_log_var]
+
+    def update(i: int, x: Tensor, d: Denoised) -> Tensor:
         mean = coef_x0[i] * d.x0 + coef_xt[i] * x
         noise = randn(x.shape, generator, x.device, x.dtype)
-        if variance == "learned_range":
-            if d.var_frac is None:
-                raise UserError("variance 'learned_range' needs a denoiser that returns var_frac")
-            log_var = d.var_frac * log_beta[i] + (1.0 - d.var_frac) * log_post[i]
-            x = mean + torch.exp(0.5 * log_var) * noise
-        else:
-            log_var = log_beta[i] if variance == "fixed_large" else log_post[i]
-            x = mean + math.exp(0.5 * log_var) * noise
-    raise AssertionError("unreachable")
+        if variance != "learned_range":
+            return mean + fixed_std[i] * noise
+        if d.var_frac is None:
+            raise UserError("variance 'learned_range' needs a denoiser that returns var_frac")
+        log_var = d.var_frac * log_beta[i] + (1.0 - d.var_frac) * log_post[i]
+        return mean + torch.exp(0.5 * log_var) * noise
+
+    return update
 
 
 def ddim_sample(
@@ -256,20 +283,18 @@ def ddim_sample(
         raise UserError(f"eta must be a number in [0, 1], got {eta!r}")
     ts, c = _chain(timesteps, alphas_cumprod)
     abar_s = _abar_s(ts, alphas_cumprod)
-    post_var = c.posterior_variance.tolist()
-    last = len(ts) - 1
-    for i, t in enumerate(ts):
-        d = denoiser(x, _t_batch(t, x))
-        if callback is not None:
-            callback(i, t, x, d)
-        if i == last:
-            return d.x0
-        sigma2 = eta * eta * post_var[i]
-        x_next = math.sqrt(abar_s[i]) * d.x0 + math.sqrt(max(1.0 - abar_s[i] - sigma2, 0.0)) * d.eps
+    sigma2 = [eta * eta * v for v in c.posterior_variance.tolist()]
+    coef_x0 = [math.sqrt(a) for a in abar_s]
+    coef_eps = [math.sqrt(max(1.0 - a - v, 0.0)) for a, v in zip(abar_s, sigma2)]
+    sigma = [math.sqrt(v) for v in sigma2]
+
+    def update(i: int, x: Tensor, d: Denoised) -> Tensor:
+        x_next = coef_x0[i] * d.x0 + coef_eps[i] * d.eps
         if eta > 0:
-            x_next = x_next + math.sqrt(sigma2) * randn(x.shape, generator, x.device, x.dtype)
-        x = x_next
-    raise AssertionError("unreachable")
+            x_next = x_next + sigma[i] * randn(x.shape, generator, x.device, x.dtype)
+        return x_next
+
+    return _run(denoiser, x, ts, update, callback)
 
 
 def ddim_invert(
@@ -290,15 +315,14 @@ def ddim_invert(
     ts_desc, _ = _chain(_reverse_increasing(timesteps), alphas_cumprod)
     ts = ts_desc[::-1]
     abar = _as_abar(alphas_cumprod)[torch.tensor(ts)].tolist()
-    x = x0
-    for i, t in enumerate(ts):
-        t_eval = ts[i - 1] if i > 0 else t
-        d = denoiser(x, _t_batch(t_eval, x))
-        if callback is not None:
-            callback(i, t_eval, x, d)
-        x0_hat = d.x0 if i > 0 else x
-        x = math.sqrt(abar[i]) * x0_hat + math.sqrt(1.0 - abar[i]) * d.eps
-    return x
+    coef_x0 = [math.sqrt(a) for a in abar]
+    coef_eps = [math.sqrt(1.0 - a) for a in abar]
+
+    def update(i: int, x: Tensor, d: Denoised) -> Tensor:  # x at ts[i - 1] (clean data at i = 0) -> x at ts[i]
+        return coef_x0[i] * (d.x0 if i > 0 else x) + coef_eps[i] * d.eps
+
+    evaluated_at = ts[:1] + ts[:-1]  # step i uses the prediction at its start, t_1 for the first
+    return _run(denoiser, x0, evaluated_at, update, callback, clean_at_last=False)
 
 
 def dpmpp_2m_sample(
@@ -321,7 +345,8 @@ def dpmpp_2m_sample(
     "leading" the last step is some 30 times longer in log-SNR than the one before (r << 1), and
     2M is then less accurate than DDIM on the same timesteps (tests/test_samplers.py).
     """
-    return _dpmpp_multistep(denoiser, x, timesteps, alphas_cumprod, 2, callback)
+    ts, _ = _chain(timesteps, alphas_cumprod)
+    return _run(denoiser, x, ts, _dpmpp_update(ts, alphas_cumprod, 2), callback)
 
 
 def dpmpp_3m_sample(
@@ -344,54 +369,50 @@ def dpmpp_3m_sample(
     DPM-Solver code) has half of it and converges at order 2, this one at order 3 (both checked
     in tests/test_samplers.py and tests/test_samplers_diffusers.py).
     """
-    return _dpmpp_multistep(denoiser, x, timesteps, alphas_cumprod, 3, callback)
-
-
-def _dpmpp_multistep(denoiser, x, timesteps, alphas_cumprod, order, callback, lower_order_final=True):
     ts, _ = _chain(timesteps, alphas_cumprod)
+    return _run(denoiser, x, ts, _dpmpp_update(ts, alphas_cumprod, 3), callback)
+
+
+def _dpmpp_update(ts: list[int], alphas_cumprod, order: int, lower_order_final: bool = True) -> Update:
+    """The DPM-Solver++ step x_t = (sigma_t/sigma_s) x_s + alpha_t (1 - e^-h) D, D from the last ``order`` x0s."""
     abar = _as_abar(alphas_cumprod)[torch.tensor(ts)].tolist()
     alpha = [math.sqrt(a) for a in abar]
     sigma = [math.sqrt(1.0 - a) for a in abar]
     lam = [math.log(al) - math.log(si) for al, si in zip(alpha, sigma)]
-    last = len(ts) - 1
+    h = [b - a for a, b in zip(lam, lam[1:])]
+    phi1 = [-math.expm1(-v) for v in h]  # 1 - e^-h
+    orders = [order] * len(h)  # how many past x0s each step may use
+    if lower_order_final and orders:
+        orders[-1] = min(order, 2)
     hist: list[tuple[float, Tensor]] = []  # (lambda, x0) of the previous calls, newest first
-    for i, t in enumerate(ts):
-        d = denoiser(x, _t_batch(t, x))
-        if callback is not None:
-            callback(i, t, x, d)
-        if i == last:
-            return d.x0
-        hist = [(lam[i], d.x0)] + hist[: order - 1]
-        h = lam[i + 1] - lam[i]
-        phi1 = -math.expm1(-h)  # 1 - e^-h
-        q = len(hist)
-        if lower_order_final and i == last - 1:
-            q = min(q, 2)
-        if q == 1:
-            D = d.x0
-        elif q == 2 or order == 2:
-            r = (lam[i] - hist[1][0]) / h
-            D = (1.0 + 0.5 / r) * d.x0 - (0.5 / r) * hist[1][1]
-        else:
-            (l0, m0), (l1, m1), (l2, m2) = hist[:3]
-            h0, h1 = l0 - l1, l1 - l2
-            d01, d12 = (m0 - m1) / h0, (m1 - m2) / h1
-            d012 = (d01 - d12) / (h0 + h1)
-            c2 = h - phi1  # h - 1 + e^-h
-            c3 = 0.5 * h * h - c2  # h^2/2 - h + 1 - e^-h
-            # x0' = d01 + h0 d012, x0'' = 2 d012, folded into one D with x += alpha_t phi1 D
-            D = m0 + (c2 / phi1) * (d01 + h0 * d012) + (2.0 * c3 / phi1) * d012
-        x = (sigma[i + 1] / sigma[i]) * x + (alpha[i + 1] * phi1) * D
-    raise AssertionError("unreachable")
+
+    def update(i: int, x: Tensor, d: Denoised) -> Tensor:
+        hist.insert(0, (lam[i], d.x0))
+        del hist[order:]
+        D = _dpmpp_data_term(hist[: orders[i]], h[i], phi1[i])
+        return (sigma[i + 1] / sigma[i]) * x + (alpha[i + 1] * phi1[i]) * D
+
+    return update
+
+
+def _dpmpp_data_term(hist: list[tuple[float, Tensor]], h: float, phi1: float) -> Tensor:
+    """D of x += alpha_t phi1 D from the (lambda, x0) history, newest first: order len(hist)."""
+    if len(hist) == 1:
+        return hist[0][1]
+    if len(hist) == 2:
+        r = (hist[0][0] - hist[1][0]) / h
+        return (1.0 + 0.5 / r) * hist[0][1] - (0.5 / r) * hist[1][1]
+    (l0, m0), (l1, m1), (l2, m2) = hist[:3]
+    h0, h1 = l0 - l1, l1 - l2
+    d01, d12 = (m0 - m1) / h0, (m1 - m2) / h1
+    d012 = (d01 - d12) / (h0 + h1)
+    c2 = h - phi1  # h - 1 + e^-h
+    c3 = 0.5 * h * h - c2  # h^2/2 - h + 1 - e^-h
+    # x0' = d01 + h0 d012, x0'' = 2 d012, folded into one D with x += alpha_t phi1 D
+    return m0 + (c2 / phi1) * (d01 + h0 * d012) + (2.0 * c3 / phi1) * d012
 
 
 # --------------------------------------------------------------------------- helpers
-def _check_choice(name: str, value, literal) -> None:
-    choices = get_args(literal)
-    if value not in choices:
-        raise UserError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
-
-
 def _as_abar(alphas_cumprod) -> Tensor:
     abar = torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64)
     if abar.ndim != 1 or abar.numel() < 1:
@@ -439,34 +460,16 @@ def _t_batch(t: int, x: Tensor) -> Tensor:
     return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
 
 
-SAMPLERS: dict[str, Callable[..., Tensor]] = {
+SAMPLERS: dict[SamplerName, Callable[..., Tensor]] = {
     "ddpm": ddpm_sample,
     "ddim": ddim_sample,
     "dpm++2m": dpmpp_2m_sample,
     "dpm++3m": dpmpp_3m_sample,
 }
+assert tuple(SAMPLERS) == choices(SamplerName), "SAMPLERS must follow options.SamplerName"
 
-# The spacing each sampler uses when none is named, chosen by measurement (2-core CPU, float64,
-# linear schedule T = 1000, the exact GaussianMixtureOracle): six sharp 2-D mixtures (rings of
-# 8 components with std 0.05, 0.07, 0.1; a ring of 6 with unequal weights; a 3x3 grid with std
-# 0.07; three anisotropic off-centre components), 10 000 samples, 3 seeds; cost = mean_error +
-# std_error + 3 weight_tv of MixtureFit, summed over the mixtures (about 0.5 is sampling noise).
-#
-#   cost at 10 / 20 calls   linspace   trailing  quadratic   logsnr    karras   snr_root
-#   ddpm (fixed_large)     32.5/14.9  15.9/3.9   6.5/2.5    7.7/3.0  12.7/4.9   5.4/2.3
-#   ddim (eta = 0)          16.7/3.5  14.1/2.9   3.7/1.6    7.6/3.2   9.7/3.9   8.4/3.6
-#   dpm++2m                 65.3/20.1 12.9/2.5   4.5/0.7    5.7/0.9  15.4/2.6   2.4/0.9
-#   dpm++3m                 67.1/19.6 12.6/2.6  15.0/2.1    7.2/1.6  22.6/6.9   1.9/0.8
-#
-# (ddim row: the five mixtures without the std-0.07 ring, 20 000 samples, 1 seed.) The exponent
-# 1/8 of snr_root had the lowest 10 + 20-call total of 1/8, 1/10, 1/12, 1/14 for dpm++2m,
-# dpm++3m and ddpm; at 20 calls alone dpm++2m is a little better on "quadratic" (0.7 vs 0.9),
-# at 10 calls much worse (4.5 vs 2.4). By 50 calls DPM-Solver++ is at the noise level on every
-# grid but linspace, leading and trailing; DDIM and ddpm at about 100 calls on their defaults
-# (table in benchmarks/sampler_quality.py). On the cosine schedule "quadratic" measured best
-# for ddpm, ddim and dpm++2m alike, and on a trained digits model (linear schedule) it gave a
-# slightly lower Fréchet distance than snr_root at 10 and 20 calls; pass ``spacing=`` there.
-DEFAULT_SPACING: dict[str, Spacing] = {
+# Each sampler's spacing when none is named, chosen by measurement (table and method: docs/samplers.md).
+DEFAULT_SPACING: dict[SamplerName, Spacing] = {
     "ddpm": "snr_root",
     "ddim": "quadratic",
     "dpm++2m": "snr_root",
