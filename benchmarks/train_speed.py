@@ -71,10 +71,7 @@ DATA_FIELDS = ("in_channels", "image_size", "num_classes", "out_channels")  # ne
 def preset_model(preset: str) -> dict:
     """The network of a ddpmkit preset as a config's model section, less the fields the data sets."""
     model = load_config(preset).model
-    fields = getattr(model, "params", None)  # the older layout: ModelConfig(kind, params)
-    if fields is None:  # the network config itself (UNetConfig)
-        fields = model.to_dict()
-    return {"kind": model.kind, **{k: v for k, v in fields.items() if k not in DATA_FIELDS and v is not None}}
+    return {"kind": model.kind, **{k: v for k, v in model.to_dict().items() if k not in DATA_FIELDS and v is not None}}
 
 
 # diffusers' UNet2DModel of the issue; ddpmkit's UNetConfig below builds the same network
@@ -255,7 +252,7 @@ def ours_trainer(mode: Mode, bench: Bench, workdir: Path):
         "data": {"root": str(data), "image_size": 32, "hflip": False},
         "model": ARCHS[bench.arch][1],
         "train": {"batch_size": bench.batch, "precision": mode.precision, "channels_last": mode.channels_last,
-                  "compile": mode.compile, "compile_mode": mode.compile_mode, "device": bench.device.type,
+                  "compile_mode": mode.compile_mode if mode.compile else None, "device": bench.device.type,
                   "warmup_steps": 0, "ema_start": 0},
     })
     run = workdir / (f"run-{bench.arch}-{bench.device.type}-{mode.precision}-{int(mode.channels_last)}"

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpmkit import UNetConfig
 from ddpmkit.train.config import load_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_speed.py"
@@ -35,8 +34,7 @@ def test_cifar10_arch_is_the_preset_model(bench, tmp_path: Path) -> None:
     assert bench.OURS_CIFAR10["kind"] == preset.kind == "unet"
     # the benchmark trains on a folder of unlabelled 32x32 RGB images, so the data fields come from those
     rgb32 = dict(in_channels=3, image_size=32, out_channels=3, num_classes=None)
-    params = getattr(preset, "params", None)  # the older layout: ModelConfig(kind, params)
-    expected = UNetConfig(**rgb32, **params) if params is not None else dataclasses.replace(preset, **rgb32)
+    expected = dataclasses.replace(preset, **rgb32)
     trained = bench.ours_trainer(bench.Mode(), bench.Bench(torch.device("cpu"), "cifar10", 2), tmp_path).model
     assert trained.config == expected  # the network the benchmark trains
     assert bench.unet_config("cifar10") == expected  # and the one it samples with

@@ -63,11 +63,11 @@ def test_samples_do_not_depend_on_batch_size(run_dir, tmp_path, precision):
 
 
 def test_sample_precision_defaults_to_auto_for_images_and_fp32_for_points(run_dir, tmp_path, monkeypatch):
-    import ddpmkit.train.fast as fast
+    import ddpmkit.runs.loaded as loaded
 
     asked = []
-    real = fast.autocast_dtype
-    monkeypatch.setattr(fast, "autocast_dtype",
+    real = loaded.autocast_dtype
+    monkeypatch.setattr(loaded, "autocast_dtype",
                         lambda precision, device: asked.append(precision) or real(precision, device))
     common = ["--num", "2", "--sampler", "ddim", "--steps", "2", "--device", "cpu", "--no-progress"]
     assert main(["sample", str(run_dir), *common, "--out", str(tmp_path / "a.npz")]) == 0
@@ -170,7 +170,7 @@ def test_compile_mode_flag_turns_compile_on(tmp_path, tiny_config, monkeypatch):
                  "--compile-mode", "max-autotune-no-cudagraphs", "--no-progress"]) == 0
     assert modes == ["max-autotune-no-cudagraphs"]
     saved = yaml.safe_load((out / "config.yaml").read_text())["train"]
-    assert saved["compile"] is True and saved["compile_mode"] == "max-autotune-no-cudagraphs"
+    assert "compile" not in saved and saved["compile_mode"] == "max-autotune-no-cudagraphs"
 
 
 # ---------------------------------------------------------------------- eval on held-out images
@@ -208,7 +208,7 @@ def folder_run(tmp_path_factory):
 
 
 def test_eval_on_held_out_images_uses_the_runs_class_names(folder_run, tmp_path, capsys):
-    from ddpmkit.cli import load_run
+    from ddpmkit import Run
 
     run, root = folder_run
     assert main(["info", str(run)]) == 0
@@ -221,7 +221,8 @@ def test_eval_on_held_out_images_uses_the_runs_class_names(folder_run, tmp_path,
     result = json.loads(out.read_text())
     assert result["num"] == 2 and result["data"] == str(held) and result["split"] is None
 
-    cfg, model, diffusion, _ = load_run(str(run), use_ema=True, device="cpu")
+    loaded = Run.load(run, ema=True, device="cpu")
+    model, diffusion = loaded.model, loaded.diffusion
     from PIL import Image
 
     x0 = torch.stack([torch.from_numpy(np.array(Image.open(held / "cat" / f"{i}.png"))).permute(2, 0, 1)
@@ -247,7 +248,7 @@ def test_sample_labels_by_class_name(folder_run, tmp_path):
 
 
 def test_parse_labels_prefers_a_class_name_to_a_number():
-    from ddpmkit.cli import parse_labels
+    from ddpmkit.runs import parse_labels
 
     assert parse_labels("2,1,0", 3, 2, ["1", "2"]).tolist() == [1, 0, 0]  # names "2", "1"; then label 0
     assert parse_labels("1", 2, 2).tolist() == [1, 1]
@@ -364,7 +365,7 @@ def test_trajectory_must_be_a_png(run_dir, tmp_path):
 
 
 def test_default_steps_follow_the_chosen_sampler():
-    from ddpmkit.cli import _default_steps
+    from ddpmkit.runs.loaded import default_steps as _default_steps
     from ddpmkit.train.config import SampleConfig
 
     sc = SampleConfig(sampler="dpm++2m", steps=25, grid_steps=40)
@@ -393,7 +394,7 @@ def test_existing_run_is_not_overwritten(run_dir):
 
 def test_negative_guidance(run_dir, tmp_path):
     code, err = run_cli("sample", run_dir, "--num", "2", "--guidance", "-1", "--out", tmp_path / "g.npz")
-    assert_user_error(code, err, "--guidance must be a number >= 0")
+    assert_user_error(code, err, "guidance must be a number >= 0")
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly(run_dir):

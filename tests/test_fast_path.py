@@ -372,7 +372,7 @@ def compile_calls(monkeypatch):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_compiled_training_step_matches_eager(tmp_path, compile_calls, precision):
     eager = tiny_trainer(tmp_path, "eager", precision=precision)
-    compiled = tiny_trainer(tmp_path, "compiled", precision=precision, compile=True)
+    compiled = tiny_trainer(tmp_path, "compiled", precision=precision, compile_mode="default")
     assert compile_calls == ["default"]
     assert compiled.net is not compiled.model and not compiled._cuda_graphs
     assert_same_training(eager, compiled)
@@ -382,7 +382,7 @@ def test_compiled_training_step_matches_eager(tmp_path, compile_calls, precision
 def test_compiled_microbatches_match_the_eager_whole_batch(tmp_path, compile_calls):
     """Chunks of 6, 6 and 4 through the compiled network (the last chunk's size recompiles)."""
     eager = tiny_trainer(tmp_path, "eager")
-    compiled = tiny_trainer(tmp_path, "compiled", compile=True, microbatch=6)
+    compiled = tiny_trainer(tmp_path, "compiled", compile_mode="default", microbatch=6)
     assert_same_training(eager, compiled)
 
 
@@ -405,7 +405,7 @@ def test_compiled_upsample_matches_interpolate(fmt):
 
 
 def test_compile_mode_reaches_torch_compile_and_cuda_graph_steps_are_marked(tmp_path, compile_calls, monkeypatch):
-    tr = tiny_trainer(tmp_path, "ro", compile=True, compile_mode="reduce-overhead")
+    tr = tiny_trainer(tmp_path, "ro", compile_mode="reduce-overhead")
     assert compile_calls == ["reduce-overhead"]
     assert not tr._cuda_graphs  # CUDA graphs are a GPU matter; on the CPU the mode only compiles
     marks = []
@@ -430,14 +430,14 @@ def test_speed_hint_only_for_long_eager_runs_on_one_gpu(tmp_path, compile_calls)
     assert on_cpu is None and "--compile-mode reduce-overhead" in on_gpu
     assert hint("short", steps=30_000) == (None, None)  # 480,000 images: compiling hardly pays
     assert hint("chunks", steps=40_000, microbatch=8) == (None, None)
-    assert hint("compiled", steps=40_000, compile=True) == (None, None)
+    assert hint("compiled", steps=40_000, compile_mode="default") == (None, None)
 
 
 def test_compile_mode_must_be_one_of_torch_compiles(tmp_path):
     from ddpmkit.errors import UserError
 
     with pytest.raises(UserError, match="compile_mode"):
-        tiny_trainer(tmp_path, "bad", compile=True, compile_mode="fastest")
+        tiny_trainer(tmp_path, "bad", compile_mode="fastest")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs can only be caught on CUDA")

@@ -347,10 +347,11 @@ def test_unet_config_dict_round_trip_and_yaml():
 
 
 def test_unet_config_defaults_match_the_paper():
-    cfg = UNetConfig()
-    assert (cfg.in_channels, cfg.base_channels, cfg.channel_mults, cfg.num_res_blocks) == (3, 128, (1, 2, 2, 2), 2)
+    cfg = UNetConfig()  # the fields the data gives in an experiment are None: RGB 32x32 when built alone
+    assert (cfg.resolved_in_channels, cfg.base_channels, cfg.channel_mults, cfg.num_res_blocks) == (3, 128, (1, 2, 2, 2), 2)
     assert (cfg.attention_resolutions, cfg.dropout, cfg.num_classes, cfg.time_emb_scale) == ((16,), 0.1, None, 1.0)
-    assert (cfg.initial_pad, cfg.num_groups, cfg.image_size, cfg.head_channels) == (0, 32, 32, 64)
+    assert (cfg.initial_pad, cfg.num_groups, cfg.resolved_image_size, cfg.head_channels) == (0, 32, 32, 64)
+    assert UNet(cfg).init_conv.in_channels == 3
     assert cfg.resolved_out_channels == 3 and cfg.resolved_time_emb_dim == 512
 
 

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
 from .embeddings import TimeEmbedding, check_conditioning
 from ..typed import check_fields, from_dict, require, to_dict
 

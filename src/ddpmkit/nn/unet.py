@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -12,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
 from ..typed import check_fields, from_dict, require, to_dict
 from .dropout import Dropout
 from .embeddings import TimeEmbedding, check_conditioning
