@@ -556,6 +556,14 @@ def test_guidance_needs_a_null_class():
         d.sample(oracle, (4, 2), steps=3, y=torch.tensor([0, 1, 2, 3]), guidance_scale=2.0)
 
 
+def test_guidance_without_labels_is_refused():
+    d = GaussianDiffusion(BETAS)
+    oracle = GaussianMixtureOracle.ring(ABAR, std=0.1)
+    with pytest.raises(UserError, match="guidance_scale 2.0 needs class labels y"):
+        d.sample(oracle, (4, 2), steps=3, guidance_scale=2.0)
+    assert d.sample(oracle, (4, 2), steps=3, guidance_scale=1.0).shape == (4, 2)
+
+
 def test_conditional_oracle_samples_its_component():
     d = GaussianDiffusion(BETAS)
     ring = GaussianMixtureOracle.ring(ABAR, std=0.1)

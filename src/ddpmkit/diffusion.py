@@ -341,6 +341,8 @@ class GaussianDiffusion:
         if x_T is None:
             x_T = S.randn(tuple(shape), generator, _model_device(model) if device is None else device, dtype)
         y = _labels(y, x_T.shape[0], x_T.device)
+        if guidance_scale != 1.0 and y is None:
+            raise UserError(f"guidance_scale {guidance_scale} needs class labels y (classifier-free guidance)")
 
         def denoiser(x, t):
             return self.denoise(model, x, t, y, guidance_scale, clip_denoised)

@@ -129,7 +129,9 @@ def evaluate_digit_samples(
     num_permutations: int = 200,
     seed: int = 0,
 ) -> dict:
-    """Flat JSON-ready report of sample quality against real digits (see keys in the README).
+    """Flat JSON-ready report of sample quality against real digits: accuracy of the judge on the
+    requested classes, Fréchet distances, KID, MMD and classifier two-sample tests, copies of training
+    images and pixel statistics, each beside the value of the reference itself where that applies.
 
     fd_*_floor is the same distance between real train images (as many as the samples, at most
     1437; the test split when reference="train") and the reference: the value real data gets.
@@ -148,14 +150,23 @@ def evaluate_digit_samples(
                                                             replace=False))]
     else:
         ref_images, floor_images = split.train_images, split.test_images
-    ref_x, floor_x = to_pixels(ref_images), to_pixels(floor_images)
-
-    report: dict = {"num_samples": n, "reference": reference, "num_reference": len(ref_x),
+    report: dict = {"num_samples": n, "reference": reference, "num_reference": len(ref_images),
                     "judge_test_accuracy": judge.test_accuracy}
+    report.update(_class_report(judge, images, labels))
+    report.update(_distance_report(judge, images, ref_images, floor_images, num_permutations, seed))
+    report.update(metrics.copy_rate(x, to_pixels(split.train_images), to_pixels(split.test_images)))
+    _, first = np.unique(np.asarray(images).reshape(n, -1), axis=0, return_index=True)
+    report["sample_duplicates"] = int(n - len(first))
+    report.update(_pixel_report(x, to_pixels(ref_images)))
+    return report
 
+
+def _class_report(judge: DigitsJudge, images: np.ndarray, labels: np.ndarray | None) -> dict:
+    """The judge's accuracy on the requested classes (overall, by its MLP, per class) and its class counts."""
+    report: dict = {}
     pred = judge.classify(images)
     if labels is not None:
-        y = _check_labels(labels, n)
+        y = _check_labels(labels, len(images))
         report["accuracy"] = float(np.mean(pred == y))
         report["accuracy_mlp"] = float(np.mean(judge.classify_mlp(images) == y))
         for k in range(NUM_CLASSES):
@@ -164,9 +175,15 @@ def evaluate_digit_samples(
     counts = np.bincount(pred, minlength=NUM_CLASSES)
     for k in range(NUM_CLASSES):
         report[f"pred_count_{k}"] = int(counts[k])
+    return report
 
+
+def _distance_report(judge: DigitsJudge, images, ref_images, floor_images, num_permutations: int, seed: int) -> dict:
+    """Distances of the samples (and of the real floor set) to the reference, in pixels and judge features."""
+    x, ref_x, floor_x = to_pixels(images), to_pixels(ref_images), to_pixels(floor_images)
     f_s, f_r, f_f = judge.features(images), judge.features(ref_images), judge.features(floor_images)
-    if n >= 2:
+    report: dict = {}
+    if len(x) >= 2:
         report["fd_features"] = metrics.frechet_distance(f_s, f_r)
         report["fd_pixels"] = metrics.frechet_distance(x, ref_x)
         report["kid_features"] = metrics.kid(f_s, f_r)
@@ -178,21 +195,22 @@ def evaluate_digit_samples(
     report["fd_features_floor"] = metrics.frechet_distance(f_f, f_r)
     report["fd_pixels_floor"] = metrics.frechet_distance(floor_x, ref_x)
     report["kid_features_floor"] = metrics.kid(f_f, f_r)
-    if n >= 5:
+    if len(x) >= 5:
         report["c2st_accuracy_pixels"], report["c2st_p_value_pixels"] = (
             metrics.classifier_two_sample_test(x, ref_x, seed=seed))
-
-    report.update(metrics.copy_rate(x, to_pixels(split.train_images), to_pixels(split.test_images)))
-    _, first = np.unique(np.asarray(images).reshape(n, -1), axis=0, return_index=True)
-    report["sample_duplicates"] = int(n - len(first))
-
-    report["mean_intensity"] = float(x.mean())
-    report["mean_intensity_reference"] = float(ref_x.mean())
-    report["zero_pixel_fraction"] = float(np.mean(x == 0.0))
-    report["zero_pixel_fraction_reference"] = float(np.mean(ref_x == 0.0))
-    report["pixel_mean_abs_error"] = float(np.mean(np.abs(x.mean(0) - ref_x.mean(0))))
-    report["pixel_std_abs_error"] = float(np.mean(np.abs(x.std(0) - ref_x.std(0))))
     return report
+
+
+def _pixel_report(x: np.ndarray, ref_x: np.ndarray) -> dict:
+    """Intensity, blank pixels and per-pixel mean and spread of the samples beside the reference's."""
+    return {
+        "mean_intensity": float(x.mean()),
+        "mean_intensity_reference": float(ref_x.mean()),
+        "zero_pixel_fraction": float(np.mean(x == 0.0)),
+        "zero_pixel_fraction_reference": float(np.mean(ref_x == 0.0)),
+        "pixel_mean_abs_error": float(np.mean(np.abs(x.mean(0) - ref_x.mean(0)))),
+        "pixel_std_abs_error": float(np.mean(np.abs(x.std(0) - ref_x.std(0)))),
+    }
 
 
 def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:

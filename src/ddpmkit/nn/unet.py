@@ -304,7 +304,7 @@ class Upsample(nn.Module):
         """x [B, C, H, W] -> [B, C, 2H, 2W]; emb and y are ignored."""
         if torch.compiler.is_compiling():
             # The same pixels as a broadcast: its backward is a sum over 2x2 blocks, which the
-            # compiler fuses, where interpolate's is a scatter (index_put, 5.6 ms of a CPU step)
+            # compiler fuses, where interpolate's is a slow scatter (docs/performance.md)
             b, c, h, w = x.shape
             x = x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
             return self.conv(x)

@@ -183,53 +183,25 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict:
         """Run until cfg.train.steps; return the last logged metrics."""
-        from ..data import batches
-
         tc = self.cfg.train
-        if self.dist.is_main:
-            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "samples").mkdir(exist_ok=True)
-            save_config(self.cfg, self.run_dir / "config.yaml")
-        barrier(self.dist)
-        stream = batches(self.dataset, tc.batch_size, seed=tc.seed, start_step=self.start_step,
-                         rank=self.dist.rank, world_size=self.dist.world_size, hflip=self.cfg.data.hflip,
-                         device=self.device)
+        stream = self._begin()
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=tc.steps, initial=self.start_step, desc="train", dynamic_ncols=True)
-        loss_sum = torch.zeros((), device=self.device)
-        count = 0
+        interval = _Interval(self.start_step, self.device)
         last: dict = {}
-        tick = time.perf_counter()
-        tick_step = self.start_step
         self.step = self.start_step
         self.net.train()
         for step in range(self.start_step, tc.steps):
             x0, y = next(stream)
-            loss = self.train_step(x0, y)
-            loss_sum += loss
-            count += 1
+            interval.add(self.train_step(x0, y))
             done = step + 1
             if bar is not None:
                 bar.update(1)
             if done % tc.log_every == 0 or done == tc.steps:
-                all_reduce_mean_(loss_sum, self.dist)
-                elapsed = time.perf_counter() - tick
-                last = {
-                    "step": done,
-                    "loss": loss_sum.item() / count,
-                    "lr": lr_at(step, tc),
-                    "images_per_s": (done - tick_step) * tc.batch_size / max(elapsed, 1e-9),
-                    "time": time.time(),
-                }
-                self.logger.log(last)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{last['images_per_s']:.0f}")
-                loss_sum.zero_()
-                count = 0
-                tick, tick_step = time.perf_counter(), done
+                last = self._log(interval, done, bar)
             if tc.sample_every and done % tc.sample_every == 0 and done != tc.steps:
                 self.write_grid(done)
             if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done != tc.steps:
@@ -242,6 +214,37 @@ class Trainer:
                 self.write_grid(tc.steps)
         barrier(self.dist)
         return last
+
+    def _begin(self):
+        """Lay out the run directory (main process) and return this process's batch stream."""
+        from ..data import batches
+
+        tc = self.cfg.train
+        if self.dist.is_main:
+            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "samples").mkdir(exist_ok=True)
+            save_config(self.cfg, self.run_dir / "config.yaml")
+        barrier(self.dist)
+        return batches(self.dataset, tc.batch_size, seed=tc.seed, start_step=self.start_step, rank=self.dist.rank,
+                       world_size=self.dist.world_size, hflip=getattr(self.cfg.data, "hflip", False),
+                       device=self.device)
+
+    def _log(self, interval: "_Interval", done: int, bar) -> dict:
+        """One metrics line for the steps since the last one (the loss averaged over every process)."""
+        all_reduce_mean_(interval.loss_sum, self.dist)
+        elapsed = time.perf_counter() - interval.tick
+        record = {
+            "step": done,
+            "loss": interval.loss_sum.item() / interval.count,
+            "lr": lr_at(done - 1, self.cfg.train),
+            "images_per_s": (done - interval.start) * self.cfg.train.batch_size / max(elapsed, 1e-9),
+            "time": time.time(),
+        }
+        self.logger.log(record)
+        if bar is not None:
+            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+        interval.reset(done)
+        return record
 
     def train_step(self, x0: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """One optimizer step on this process's rows (x0, y) of the global batch; returns the loss.
@@ -325,3 +328,19 @@ class Trainer:
         else:
             save_points_png(path, x.float().cpu().numpy())
         return path
+
+
+class _Interval:
+    """The summed loss, step count and start time of the steps since the last metrics line."""
+
+    def __init__(self, step: int, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per step
+        self.reset(step)
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss_sum += loss
+        self.count += 1
+
+    def reset(self, step: int) -> None:
+        self.loss_sum.zero_()
+        self.count, self.start, self.tick = 0, step, time.perf_counter()
