@@ -135,7 +135,7 @@ def test_atomic_write_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.Mo
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError, match="cannot write .*a.pt.*: disk full"):
         save_small(path, step=3)
     assert sorted(p.name for p in path.parent.iterdir()) == ["a.pt"]
     assert path.read_bytes() == before  # the old checkpoint is untouched

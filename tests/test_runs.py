@@ -114,7 +114,7 @@ def test_the_writer_follows_the_umask_and_leaves_nothing_on_failure(tmp_path):
         f.write(b"partial")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="cannot write .*a.txt.*: No space left on device"):
         atomic_write(tmp_path / "a.txt", half)
     assert (tmp_path / "a.txt").read_text() == "one"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]

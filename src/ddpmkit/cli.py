@@ -97,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_train(args) -> int:
     from .runs import train
     from .train.config import load_config
+    from .train.distributed import dist_info_from_env
+    from .train.signals import TrainingInterrupted
 
     over: dict = {"train": {}, "data": {}}
     for key in ("steps", "batch_size", "microbatch", "lr", "seed", "device", "precision", "compile_mode"):
@@ -110,7 +112,12 @@ def cmd_train(args) -> int:
     over = {section: values for section, values in over.items() if values}
     cfg = None if (args.resume and args.out and not (args.preset or args.config)) else load_config(args.preset, args.config)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
-    last = train(cfg, out, resume=args.resume, force=args.force, overrides=over, progress=not args.no_progress)
+    try:
+        last = train(cfg, out, resume=args.resume, force=args.force, overrides=over, progress=not args.no_progress)
+    except TrainingInterrupted as stop:
+        if dist_info_from_env().is_main:
+            print(stop, file=sys.stderr)
+        return stop.exit_code
     if last is None:  # not the main process
         return 0
     if "loss" not in last:

@@ -16,7 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "write_bytes", "write_text", "TEMP_FILE"]
+from .errors import UserError
+
+__all__ = ["atomic_write", "write_bytes", "write_text", "WriteError", "TEMP_FILE"]
 
 # what atomic_write's temporary files are named: a killed writer may leave one behind
 TEMP_FILE = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
@@ -25,20 +27,53 @@ TEMP_FILE = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, sync it, and rename it over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, as open() gives
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, as open() gives
+    except OSError as e:
+        raise WriteError(path, e) from None
+    watched = None
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            watched = _Watched(f)
+            write(watched)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        cause = e if isinstance(e, OSError) else getattr(watched, "error", None)
+        if cause is not None:  # torch.save reports a failed write as a RuntimeError: name the real cause
+            raise WriteError(path, cause) from None
         raise
     _fsync_dir(path.parent)
     return path
+
+
+class _Watched:
+    """A file that remembers the OSError of a failed write, whatever the writer turns it into."""
+
+    def __init__(self, file: IO[bytes]):
+        self._file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
+
+
+class WriteError(UserError):
+    """A file could not be written (disk full, read-only, no such directory, ...); the old file is intact."""
+
+    def __init__(self, path: Path, error: OSError):
+        self.path, self.errno = path, error.errno
+        super().__init__(f"cannot write {str(path)!r}: {error.strerror or error}")
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:

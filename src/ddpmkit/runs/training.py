@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
+from ..files import TEMP_FILE
 from ..train.checkpoint import latest_checkpoint, load_checkpoint
 from ..train.config import (RESUMABLE_TRAIN_KEYS, ExperimentConfig, config_from_checkpoint, deep_merge,
                             experiment_from_dict)
 from ..train.distributed import DistInfo, cleanup_distributed, init_distributed
+from ..train.metrics import truncate_metrics
 from ..train.trainer import Trainer
 
 __all__ = ["train", "start_training", "resumed_config"]
@@ -36,14 +40,57 @@ def train(cfg: ExperimentConfig | None, run_dir: str | Path, *, resume: bool = F
     dist = init_distributed("cuda" if cfg.train.device != "cpu" and _cuda() else "cpu")
     try:
         trainer = Trainer(cfg, run_dir, checkpoint=ckpt, dist=dist, progress=progress)
-        if dist.is_main and log is not None:
-            log(f"training {run_dir}: {trainer.describe()}")
-            if hint := trainer.speed_hint():
-                log(hint)
-        last = trainer.train() or {"step": trainer.step}
+        with run_lock(run_dir) if dist.is_main else contextlib.nullcontext():
+            if dist.is_main:
+                tidy_run_dir(run_dir, trainer.start_step, force)
+                if log is not None:
+                    log(f"training {run_dir}: {trainer.describe()}")
+                    if hint := trainer.speed_hint():
+                        log(hint)
+            last = trainer.train() or {"step": trainer.step}
         return last if dist.is_main else None
     finally:
         cleanup_distributed()
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold ``run_dir/.lock`` while training, so a second trainer of the same run is refused; the lock is
+    the kernel's (flock), so a process that dies, even by SIGKILL, leaves none behind."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise UserError(f"run directory {str(run_dir)!r} is in use by another training process (pid {holder}): "
+                            f"wait for it to end or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def tidy_run_dir(run_dir: Path, step: int, force: bool) -> None:
+    """Before training from ``step``: the old run gone (``force``), temp files of killed writers removed,
+    metrics lines past ``step`` dropped (they are logged again)."""
+    if force:
+        for f in (run_dir / "checkpoints").glob("step_*.pt"):
+            f.unlink()
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "samples"):
+        if folder.is_dir():
+            for f in folder.iterdir():
+                if TEMP_FILE.match(f.name) and f.is_file():
+                    f.unlink()
+    truncate_metrics(run_dir / "metrics.jsonl", step)
 
 
 def start_training(cfg: ExperimentConfig | None, run_dir: str | Path, *, resume: bool = False,
@@ -56,7 +103,8 @@ def start_training(cfg: ExperimentConfig | None, run_dir: str | Path, *, resume:
 
 def prepare(cfg: ExperimentConfig | None, run_dir: Path, *, resume: bool, force: bool,
             overrides: dict | None) -> tuple[ExperimentConfig, dict | None]:
-    """(the config the run trains with, the checkpoint it goes on from or None); checks the directory."""
+    """(the config the run trains with, the checkpoint it goes on from or None); checks the directory and
+    writes nothing (``train`` clears a forced run's old files once it holds the run's lock)."""
     if resume and force:
         raise UserError("resume and force exclude each other")
     if run_dir.exists() and not run_dir.is_dir():
@@ -72,12 +120,7 @@ def prepare(cfg: ExperimentConfig | None, run_dir: Path, *, resume: bool, force:
     if latest is not None and not force:
         raise UserError(f"run directory {str(run_dir)!r} already has checkpoints: pass --resume to continue "
                         f"or --force to start over")
-    cfg = experiment_from_dict(deep_merge(cfg.to_dict(), overrides)) if overrides else cfg
-    if force:
-        for f in (run_dir / "checkpoints").glob("step_*.pt"):
-            f.unlink()
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    return cfg, None
+    return (experiment_from_dict(deep_merge(cfg.to_dict(), overrides)) if overrides else cfg), None
 
 
 def resumed_config(ckpt: dict, run_dir: Path, given: ExperimentConfig | None, overrides: dict) -> ExperimentConfig:

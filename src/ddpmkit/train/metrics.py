@@ -12,7 +12,7 @@ from typing import IO, Any
 import torch
 
 from ..errors import UserError
-from ..files import write_text
+from ..files import WriteError, write_text
 
 
 def _plain(value: Any) -> Any:
@@ -48,12 +48,15 @@ class MetricsLogger:
         if not self.enabled:
             return
         line = json.dumps({str(k): _plain(v) for k, v in record.items()}, allow_nan=False)
-        if self._file is None:
-            assert self.path is not None
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")
-        self._file.write(line + "\n")
-        self._file.flush()
+        try:
+            if self._file is None:
+                assert self.path is not None
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "a", encoding="utf-8")
+            self._file.write(line + "\n")
+            self._file.flush()
+        except OSError as e:
+            raise WriteError(self.path, e) from None
 
     def close(self) -> None:
         """Close the file (a later log() reopens it)."""

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..ema import EMA
 from ..errors import UserError
+from ..files import WriteError
 from ..nn import num_parameters
 from ..timestep_sampling import make_timestep_sampler
 from .build import build_dataset, build_diffusion, build_model, resolve_model_config
@@ -33,6 +34,7 @@ from .distributed import DistInfo, all_reduce_mean_, barrier, device_for, per_ra
 from .fast import autocast_context, autocast_dtype, use_deterministic_algorithms
 from .metrics import MetricsLogger
 from .objective import DiffusionObjective
+from .signals import StopSignals, TrainingInterrupted
 
 __all__ = ["Trainer", "make_optimizer", "lr_at"]
 
@@ -106,6 +108,7 @@ class Trainer:
         # fp16 gradients underflow without loss scaling; disabled, the scaler passes everything through
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.step = 0  # optimizer steps done; train_step advances it
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)  # first diverged step
         if checkpoint is not None:
             self._load(checkpoint)
         self.ddp = wrap_ddp(self.model, self.dist, self.device)  # the model itself in one process
@@ -161,9 +164,10 @@ class Trainer:
         self.start_step = self.step = int(ckpt["step"])
 
     def save(self, step: int) -> Path | None:
-        """Write a checkpoint (main process only) and prune old ones."""
+        """Write a checkpoint (main process only) and prune old ones; never one of a diverged run."""
         if not self.dist.is_main:
             return None
+        self.check_finite()
         path = save_checkpoint(
             checkpoint_path(self.run_dir, step),
             step=step,
@@ -194,18 +198,19 @@ class Trainer:
         last: dict = {}
         self.step = self.start_step
         self.net.train()
-        for step in range(self.start_step, tc.steps):
-            x0, y = next(stream)
-            interval.add(self.train_step(x0, y))
-            done = step + 1
-            if bar is not None:
-                bar.update(1)
-            if done % tc.log_every == 0 or done == tc.steps:
-                last = self._log(interval, done, bar)
-            if tc.sample_every and done % tc.sample_every == 0 and done != tc.steps:
-                self.write_grid(done)
-            if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done != tc.steps:
-                self.save(done)
+        with StopSignals() as stop:
+            for step in range(self.start_step, tc.steps):
+                x0, y = next(stream)
+                interval.add(self.train_step(x0, y))
+                done = step + 1
+                if bar is not None:
+                    bar.update(1)
+                if done % tc.log_every == 0 or done == tc.steps:
+                    last = self._log(interval, done, bar)
+                saved = self._periodic(done)
+                signum = stop.requested(done, self.dist, self.device)
+                if signum is not None:
+                    self._interrupt(done, signum, saved, bar)
         if bar is not None:
             bar.close()
         if self.start_step < tc.steps or latest_checkpoint(self.run_dir) is None:
@@ -215,14 +220,39 @@ class Trainer:
         barrier(self.dist)
         return last
 
+    def _periodic(self, done: int) -> bool:
+        """The sample grid and checkpoint due after ``done`` steps (the last step's come after the loop);
+        True when a checkpoint was written."""
+        tc = self.cfg.train
+        if done == tc.steps:
+            return False
+        if tc.sample_every and done % tc.sample_every == 0:
+            self.write_grid(done)
+        if tc.checkpoint_every and done % tc.checkpoint_every == 0:
+            self.save(done)
+            return True
+        return False
+
+    def _interrupt(self, done: int, signum: int, saved: bool, bar) -> None:
+        """Stop on a signal: checkpoint this step (unless just done), then raise TrainingInterrupted."""
+        if bar is not None:
+            bar.close()
+        if not saved:
+            self.save(done)
+        barrier(self.dist)
+        raise TrainingInterrupted(signum, done)
+
     def _begin(self):
         """Lay out the run directory (main process) and return this process's batch stream."""
         from ..data import batches
 
         tc = self.cfg.train
         if self.dist.is_main:
-            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "samples").mkdir(exist_ok=True)
+            for folder in (self.run_dir / "checkpoints", self.run_dir / "samples"):
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise WriteError(folder, e) from None
             save_config(self.cfg, self.run_dir / "config.yaml")
         barrier(self.dist)
         return batches(self.dataset, tc.batch_size, seed=tc.seed, start_step=self.start_step, rank=self.dist.rank,
@@ -231,6 +261,7 @@ class Trainer:
 
     def _log(self, interval: "_Interval", done: int, bar) -> dict:
         """One metrics line for the steps since the last one (the loss averaged over every process)."""
+        self.check_finite(weights=False)
         all_reduce_mean_(interval.loss_sum, self.dist)
         elapsed = time.perf_counter() - interval.tick
         record = {
@@ -283,15 +314,34 @@ class Trainer:
             loss += part_loss.detach() * weight
             parts.append(part_losses)
         losses = parts[0] if len(parts) == 1 else torch.cat(parts)
+        norm = None
         if tc.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)  # clip the true gradient
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        if not self.scaler.is_enabled():  # with fp16 loss scaling an overflow only skips the step
+            self._note_finite(step, loss, norm)
         self.scaler.step(self.optimizer)  # with fp16: skipped when a gradient overflowed
         self.scaler.update()
         self.ema.update(self.model, step + 1)
         self._update_timestep_sampler(t, losses)
         self.step = step + 1
         return loss
+
+    def _note_finite(self, step: int, loss: torch.Tensor, norm: torch.Tensor | None) -> None:
+        """Remember (on the device: no host sync) the first step whose loss or gradient norm was not finite."""
+        bad = ~torch.isfinite(loss) if norm is None else ~(torch.isfinite(loss) & torch.isfinite(norm))
+        self._first_bad = torch.where(bad & (self._first_bad < 0), step + 1, self._first_bad)
+
+    def check_finite(self, weights: bool = True) -> None:
+        """UserError when training has diverged: a non-finite loss or gradient norm (or weights, if asked)."""
+        first = int(self._first_bad.item())
+        if first < 0 and (not weights or all(bool(torch.isfinite(p).all()) for p in self.model.parameters())):
+            return
+        at = f"at step {first}" if first >= 0 else f"by step {self.step}"
+        latest = latest_checkpoint(self.run_dir)
+        raise UserError(f"training diverged {at}: the loss, its gradient or the weights are not finite; no "
+                        f"checkpoint is written after it (latest: {latest.name if latest else 'none'}); lower "
+                        f"train.lr or set train.grad_clip")
 
     def _no_sync(self, last: bool):
         """DDP's no_sync() for all but the last chunk of a step: gradients are all-reduced once."""
@@ -311,6 +361,7 @@ class Trainer:
         """A PNG of EMA samples (main process only); labels cycle through the classes."""
         if not self.dist.is_main:
             return None
+        self.check_finite()
         from ..images import save_image_grid, save_points_png, to_uint8
 
         sc = self.cfg.sample
