@@ -193,15 +193,16 @@ def test_a_full_disk_is_one_error_line_and_leaves_the_earlier_files(tiny_disk, t
     ckpts = tiny_disk / "run" / "checkpoints"
     assert not [p for p in ckpts.iterdir() if TEMP_FILE.match(p.name)]  # no partial file
     config_before = (tiny_disk / "run" / "config.yaml").read_bytes()
-    with open(tiny_disk / "filler", "wb") as f:  # now nothing fits
-        try:
-            while True:
-                f.write(b"x" * 4096)
-                f.flush()
-        except OSError:
+    fd = os.open(tiny_disk / "filler", os.O_WRONLY | os.O_CREAT)  # now nothing fits
+    try:
+        while os.write(fd, b"x" * 4096):
             pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
     legacy = Path(__file__).parent / "fixtures" / "legacy" / "digits_unet_step3.pt"
-    code, err = run_cli("sample", legacy, "--num", "8", "--out", tiny_disk / "s.npz")
+    code, err = run_cli("sample", legacy, "--num", "8", "--out", tiny_disk / "s.npz", "--no-progress")
     assert_user_error(code, err, "cannot write", "s.npz", "No space left on device")
     code, err = run_cli("eval", legacy, "--num", "2", "--out", tiny_disk / "r.json", "--no-progress")
     assert_user_error(code, err, "cannot write", "r.json")
