@@ -162,3 +162,34 @@ def test_resume_under_torchrun_continued_from_step_2(runs):
     assert "step 4" in out, out
     ckpt = load_checkpoint(runs["dist"] / "checkpoints" / "step_00000004.pt")
     assert ckpt["step"] == 4
+
+
+def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_rank_0_writes(tmp_path):
+    """torchrun passes SIGTERM on to its workers: they agree on a step (a multiple of CHECK_EVERY)."""
+    import signal
+    import time
+
+    from ddpmkit.train.metrics import read_metrics
+    from ddpmkit.train.signals import CHECK_EVERY
+
+    cfg = tiny_yaml(tmp_path / "tiny.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "ddpmkit", "train", "--preset", "digits", "--config", str(cfg), "--out", str(run),
+                             "--steps", "5000", "--no-progress"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 240
+    while not ((run / "metrics.jsonl").exists() and read_metrics(run / "metrics.jsonl")):
+        assert proc.poll() is None and time.monotonic() < end, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert err.count("interrupted at step ") == 1, err  # rank 0 says it
+    step = int(err.split("interrupted at step ")[1].split(":")[0])
+    assert step % CHECK_EVERY == 0 and list_checkpoints(run)[-1].name == f"step_{step:08d}.pt"
+    again = torchrun("-m", "ddpmkit", "train", "--out", run, "--resume", "--steps", step + 3, "--no-progress",
+                     cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert list_checkpoints(run)[-1].name == f"step_{step + 3:08d}.pt"
