@@ -156,8 +156,8 @@ def cmd_eval(args) -> int:
     if out:
         write_text(out, json.dumps(result, indent=2, allow_nan=False) + "\n")
     print(text)
-    sem = "n/a" if result["stderr"] is None else f"{result['stderr']:.4f}"
-    print(f"bits/dim = {result['bpd']:.4f} +- {sem} (n = {result['num']}, {result['source']})")
+    bpd, sem = (("n/a" if v is None else f"{v:.4f}") for v in (result["bpd"], result["stderr"]))
+    print(f"bits/dim = {bpd} +- {sem} (n = {result['num']}, {result['source']})")
     return 0
 
 

@@ -34,18 +34,23 @@ def evaluate_bpd(run: Run, *, split: Split = "test", data: str | None = None, nu
     cfg = run.config
     return {
         "metric": "bpd",
-        "bpd": total.mean().item(),
-        "stderr": total.std(unbiased=True).item() / math.sqrt(n) if n > 1 else None,
+        "bpd": _finite(total.mean().item()),
+        "stderr": _finite(total.std(unbiased=True).item() / math.sqrt(n)) if n > 1 else None,
         "num": n,
         "split": None if data and cfg.data.kind == "folder" else split,
         "data": data or getattr(cfg.data, "root", None),
         "source": source,
-        "prior_bpd": prior.mean().item(),
-        "decoder_bpd": decoder.mean().item(),
+        "prior_bpd": _finite(prior.mean().item()),
+        "decoder_bpd": _finite(decoder.mean().item()),
         "step": run.step,
         "ema": run.ema,
         "variance": cfg.diffusion.variance,
     }
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN or infinity: a bound that is not finite is reported as null."""
+    return value if math.isfinite(value) else None
 
 
 def _bound(run: Run, dataset, n: int, batch_size: int, seed: int, progress: bool):

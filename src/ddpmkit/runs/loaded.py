@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..diffusion import GaussianDiffusion
 from ..errors import UserError
 from ..options import Device, Precision, SamplerName, Spacing
-from ..train.build import build_diffusion, build_model
+from ..train.build import build_diffusion, build_model, check_state_dict
 from ..train.checkpoint import load_checkpoint, resolve_checkpoint
 from ..train.config import ExperimentConfig, config_from_checkpoint
 from ..train.distributed import DistInfo, device_for
@@ -59,11 +59,12 @@ class Run:
         use_ema = ema and ckpt.get("ema") is not None
         try:
             cfg = config_from_checkpoint(ckpt["config"])
-            model = build_model(cfg.model)
-            model.load_state_dict(ckpt["ema"] if use_ema else ckpt["model"])
-        except (UserError, KeyError, RuntimeError, TypeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"checkpoint of {str(path)!r} does not match its config: {first}") from None
+        except UserError as e:
+            raise UserError(f"checkpoint {str(file)!r} holds a bad config: {e}") from None
+        state = ckpt["ema"] if use_ema else ckpt["model"]
+        check_state_dict(cfg.model, state, f"checkpoint {str(file)!r}")
+        model = build_model(cfg.model)
+        model.load_state_dict(state)
         model = model.to(device_for(DistInfo(), device)).eval()
         images = cfg.model.kind == "unet"
         if images:  # channels-last convolutions are faster on CPU and GPU
@@ -110,6 +111,8 @@ class Run:
         "auto" for images, "fp32" for points). Everything is checked before the first network call.
         """
         plan = self._plan(num, sampler, steps, eta, spacing, labels, guidance, batch_size, trajectory)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**63 - 1 - num:
+            raise UserError(f"seed must be an integer in [0, 2**63 - 1 - num] (sample i uses seed + i), got {seed!r}")
         amp = autocast_dtype(precision or ("auto" if self.is_image else "fp32"), self.device)
         from tqdm.auto import tqdm
 
@@ -169,8 +172,6 @@ def default_steps(sampler: str, sc) -> int | None:
 
 def describe_checkpoint(path: str | Path) -> dict[str, str]:
     """What ``ddpmkit info`` prints: the checkpoint, its step, data, network, diffusion, classes and EMA."""
-    from ..nn import num_parameters
-
     file = resolve_checkpoint(path)
     ckpt = load_checkpoint(file)
     cfg = config_from_checkpoint(ckpt["config"])
@@ -181,11 +182,16 @@ def describe_checkpoint(path: str | Path) -> dict[str, str]:
         "checkpoint": str(file),
         "step": f"{ckpt['step']} of {cfg.train.steps}",
         "data": data,
-        "model": f"{cfg.model.kind}, {num_parameters(build_model(cfg.model)) / 1e6:.3f} M parameters",
+        "model": f"{cfg.model.kind}, {_count(ckpt['model']) / 1e6:.3f} M parameters",
         "diffusion": f"T={d.timesteps} {d.schedule}, prediction={d.prediction}, variance={d.variance}, loss={d.loss}",
         "classes": f"{classes if classes else 'unconditional'}{named}" + (f", p_uncond={d.p_uncond}" if classes else ""),
         "ema": f"{'yes' if ckpt.get('ema') is not None else 'no'} (decay {cfg.train.ema_decay})",
     }
+
+
+def _count(state: dict) -> int:
+    """Parameters in a state dict (the networks keep no persistent buffers), without building the network."""
+    return sum(v.numel() for v in state.values() if isinstance(v, Tensor))
 
 
 def _trajectory_callback(rows: list, calls: int) -> Callable:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ def check_output(path: str | Path, force: bool, suffixes: tuple[str, ...], flag:
         raise UserError(f"output {str(path)!r} already exists (pass --force to overwrite)")
     if not path.parent.is_dir():
         raise UserError(f"the directory of output {str(path)!r} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"the directory of output {str(path)!r} is not writable")
     return path
 
 

@@ -10,7 +10,8 @@ from typing import Callable
 
 from ..errors import UserError
 from ..files import TEMP_FILE
-from ..train.checkpoint import latest_checkpoint, load_checkpoint
+from ..train.build import check_state_dict
+from ..train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from ..train.config import (RESUMABLE_TRAIN_KEYS, ExperimentConfig, config_from_checkpoint, deep_merge,
                             experiment_from_dict)
 from ..train.distributed import DistInfo, cleanup_distributed, init_distributed
@@ -113,14 +114,33 @@ def prepare(cfg: ExperimentConfig | None, run_dir: Path, *, resume: bool, force:
     if resume:
         if latest is None:
             raise UserError(f"nothing to resume: {str(run_dir)!r} has no checkpoints")
-        ckpt = load_checkpoint(latest)
-        return resumed_config(ckpt, run_dir, cfg, overrides or {}), ckpt
+        ckpt = _readable_checkpoint(run_dir)
+        cfg = resumed_config(ckpt, run_dir, cfg, overrides or {})
+        for part in ("model", "ema"):
+            check_state_dict(cfg.model, ckpt[part], f"the {part} weights of {str(run_dir)!r}'s step {ckpt['step']}")
+        return cfg, ckpt
     if cfg is None:
         raise UserError("give a config (a --preset or a --config file) to start a run")
     if latest is not None and not force:
         raise UserError(f"run directory {str(run_dir)!r} already has checkpoints: pass --resume to continue "
                         f"or --force to start over")
     return (experiment_from_dict(deep_merge(cfg.to_dict(), overrides)) if overrides else cfg), None
+
+
+def _readable_checkpoint(run_dir: Path) -> dict:
+    """The newest checkpoint of the run that reads; a damaged newer one (a crash mid-copy, a full disk
+    outside ddpmkit) is passed over with a note."""
+    found = list_checkpoints(run_dir)
+    for path in reversed(found):
+        try:
+            ckpt = load_checkpoint(path)
+        except UserError as e:
+            if path == found[0]:
+                raise
+            print(f"note: {e}; resuming from the checkpoint before it", file=sys.stderr)
+            continue
+        return ckpt
+    raise AssertionError("unreachable")
 
 
 def resumed_config(ckpt: dict, run_dir: Path, given: ExperimentConfig | None, overrides: dict) -> ExperimentConfig:

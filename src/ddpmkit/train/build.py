@@ -13,7 +13,7 @@ from ..typed import require
 from ..schedules import cosine_beta_schedule, linear_beta_schedule
 from .config import DataConfig, DiffusionConfig, ExperimentConfig, ModelConfig
 
-__all__ = ["build_dataset", "resolve_model_config", "build_model", "build_diffusion"]
+__all__ = ["build_dataset", "resolve_model_config", "build_model", "check_state_dict", "build_diffusion"]
 
 
 def build_dataset(cfg: DataConfig, split: str = "train", seed: int = 0):
@@ -50,6 +50,29 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     from ..nn import MLPDenoiser, UNet
 
     return UNet(cfg) if cfg.kind == "unet" else MLPDenoiser(cfg)
+
+
+def check_state_dict(cfg: ModelConfig, state: dict, where: str) -> None:
+    """UserError unless ``state`` holds exactly the tensors of the network ``cfg`` describes, shape for shape.
+
+    The network is laid out on the meta device (no memory), so a config that asks for a far larger
+    network than its weights is refused before anything is allocated.
+    """
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+    except (RuntimeError, ValueError, OverflowError) as e:  # a size past what any tensor can hold
+        raise UserError(f"{where}: the network of its config cannot be laid out ({str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{where} holds no state dict of tensors")
+    for key in sorted(expected.keys() | state.keys()):
+        if key not in state:
+            raise UserError(f"{where} lacks the tensor {key!r} of the network its config describes")
+        if key not in expected:
+            raise UserError(f"{where} has a tensor {key!r} that the network of its config does not have")
+        if tuple(state[key].shape) != expected[key]:
+            raise UserError(f"{where}: tensor {key!r} has shape {tuple(state[key].shape)}, the network of its "
+                            f"config needs {expected[key]}")
 
 
 def build_betas(cfg: DiffusionConfig) -> torch.Tensor:
