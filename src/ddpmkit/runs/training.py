@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
-from ..files import TEMP_FILE
+from ..files import TEMP_FILE, WriteError
 from ..train.build import check_state_dict
 from ..train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from ..train.config import (RESUMABLE_TRAIN_KEYS, ExperimentConfig, config_from_checkpoint, deep_merge,
@@ -63,8 +63,11 @@ def run_lock(run_dir: Path):
     except ImportError:  # Windows: no lock
         yield
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise WriteError(run_dir / ".lock", e) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
