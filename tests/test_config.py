@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from ddpmkit import UserError, options
-from ddpmkit.cli import _parser
+from ddpmkit.cli import build_parser
 from ddpmkit.train.config import (CIFAR10Data, DigitsData, FolderData, SampleConfig, Toy2DData, TrainConfig,
                                   experiment_from_dict, load_config)
 
@@ -84,7 +84,7 @@ def test_huge_bad_values_are_shortened_in_the_message():
 
 
 def test_argparse_choices_are_the_declared_literals():
-    sub = next(a for a in _parser()._actions if a.dest == "command").choices
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
     by_flag = {(cmd, a.dest): a.choices for cmd, p in sub.items() for a in p._actions}
     assert tuple(by_flag[("sample", "sampler")]) == options.choices(options.SamplerName)
     assert tuple(by_flag[("sample", "spacing")]) == options.choices(options.Spacing)

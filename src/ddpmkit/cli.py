@@ -11,7 +11,7 @@ from pathlib import Path
 from .errors import UserError
 from .options import CompileMode, Device, Precision, SamplerName, Spacing, Split, choices
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
 
 
 def _add_train(sub) -> None:
@@ -83,7 +83,8 @@ def _add_common(p) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ddpmkit command (its choices come from ddpmkit.options)."""
     parser = argparse.ArgumentParser(prog="ddpmkit", description="Denoising diffusion probabilistic models.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
@@ -171,7 +172,7 @@ def cmd_info(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ddpmkit`` command; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": cmd_info}
     try:
         return commands[args.command](args)
