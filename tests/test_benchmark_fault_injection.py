@@ -62,7 +62,7 @@ def test_checks_find_what_is_wrong(bench, tmp_path: Path) -> None:
 
 def test_signal_checks(bench) -> None:
     def attempt(returncode: int, stderr: str, checkpoint: int | None, signalled: bool = True):
-        return bench.Attempt(False, bench.Moment("step", 3), signalled, returncode, stderr, checkpoint)
+        return bench.Attempt(False, bench.Moment("step", 3), signalled, returncode, stderr, checkpoint, 0)
 
     said = "interrupted at step 5: checkpoint written, --resume continues\n"
     term = bench.Trial(1, signal.SIGTERM, [attempt(143, said, 5), attempt(0, "", 8, signalled=False)])
