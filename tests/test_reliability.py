@@ -224,3 +224,23 @@ def test_outputs_follow_the_umask(tmp_path):
         os.umask(old)
     for path in [*out, tmp_path / "t.png"]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_a_read_only_file_system_is_one_error_line_before_any_work(tmp_path):
+    from test_cli import assert_user_error, run_cli
+
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        code, err = run_cli("train", "--preset", "digits", "--config", tiny(tmp_path, steps=2), "--out", mnt / "run",
+                            "--no-progress")
+        assert_user_error(code, err, "cannot write", "Read-only file system")
+        legacy = Path(__file__).parent / "fixtures" / "legacy" / "digits_unet_step3.pt"
+        code, err = run_cli("sample", legacy, "--out", mnt / "s.npz", "--no-progress")
+        assert_user_error(code, err, "is not writable")
+        code, err = run_cli("sample", legacy, "--out", tmp_path / "missing" / "s.npz", "--no-progress")
+        assert_user_error(code, err, "does not exist")
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
