@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import signal
@@ -18,12 +17,10 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fault_injection.p
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("fault_injection", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fault_injection"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("fault_injection", None)
+    from conftest import benchmark_script
+
+    with benchmark_script("fault_injection") as module:
+        yield module
 
 
 def test_moments(bench) -> None:

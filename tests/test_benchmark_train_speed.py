@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -17,12 +16,10 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_speed.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("train_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_speed"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("train_speed", None)
+    from conftest import benchmark_script
+
+    with benchmark_script("train_speed") as module:
+        yield module
 
 
 def n_params(net: torch.nn.Module) -> int:
