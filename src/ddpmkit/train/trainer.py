@@ -209,7 +209,7 @@ class Trainer:
                     last = self._log(interval, done, bar)
                 saved = self._periodic(done)
                 signum = stop.requested(done, self.dist, self.device)
-                if signum is not None:
+                if signum is not None and done < tc.steps:  # on the last step the run simply ends as usual
                     self._interrupt(done, signum, saved, bar)
         if bar is not None:
             bar.close()
