@@ -64,6 +64,8 @@ def reference_stats(images: np.ndarray | torch.Tensor, *, extractor: InceptionFe
     """Features, mu, sigma and metadata of uint8 images: what :func:`save_stats` and
     :func:`save_features` write and what :func:`score` takes as ``reference``."""
     batch = as_uint8_nchw(images, layout)
+    if len(batch) < 2:
+        raise UserError(f"reference statistics need at least 2 images, got {len(batch)}")
     net = _extractor(extractor, network, allow_unknown, device)
     feats = net.features(batch, batch_size=batch_size, resize=resize, progress=progress)
     mu, sigma = _stats_of(feats)
@@ -191,37 +193,26 @@ def _reference(reference, net: InceptionFeatures, resize: str, batch_size: int,
                            layout=layout, progress=progress)
 
 
-def score(images: np.ndarray | torch.Tensor, reference, metrics: Sequence[str] = ("fid",), *,
-          extractor: InceptionFeatures | None = None, network: str | Path | None = None,
-          allow_unknown: bool = False, resize: str = "pytorch-fid", batch_size: int = 50,
-          layout: Layout = "NCHW", kid_subsets: int = 100, kid_subset_size: int = 1000,
-          k: int = 3, seed: int = 0, device: str = "cpu", progress: bool = False) -> dict:
-    """Scores of uint8 images against `reference`, as a JSON-ready dict.
-
-    ``metrics``: any of "fid", "kid" (adds kid_stderr), "pr" (precision and recall with
-    ``k`` neighbours). KID and precision/recall need reference features (a features cache, a
-    dict with features, or images); a stats file gives FID only.
-    """
-    wanted = list(dict.fromkeys(metrics))
-    unknown = [m for m in wanted if m not in METRICS]
-    if unknown or not wanted:
+def _check_request(wanted: list[str], metrics: Sequence[str], resize: str, num: int,
+                   kid_subsets: int, kid_subset_size: int, k: int) -> None:
+    """Refuse a bad request before any feature is computed (that takes minutes on a CPU)."""
+    if not wanted or any(m not in METRICS for m in wanted):
         raise UserError(f"metrics must be some of {', '.join(METRICS)}, got {list(metrics)}")
     if resize not in RESIZE_MODES:
         raise UserError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
-    batch = as_uint8_nchw(images, layout)
-    net = _extractor(extractor, network, allow_unknown, device)
-    ref = _reference(reference, net, resize, batch_size, layout, progress)
-    needs_features = [m for m in wanted if m != "fid"]
-    if needs_features and ref.get("features") is None:
-        raise UserError(f"{', '.join(needs_features)} need reference features (a features cache "
-                        "or images); a stats file has only mu and sigma")
-    notes = _check_reference(ref, net, resize, tuple(int(s) for s in batch.shape[1:]))
-    feats = net.features(batch, batch_size=batch_size, resize=resize, progress=progress)
-    if ref["mu"].shape[0] != feats.shape[1]:
-        raise UserError(f"the reference has {ref['mu'].shape[0]}-d features, the network gives {feats.shape[1]}")
-    out: dict = {"num": len(feats), "num_reference": ref.get("num"),
-                 "network_sha1": net.sha1, "network_known": net.known, "resize": resize,
-                 "images_per_s": net.last_images_per_s}
+    if "kid" in wanted and (kid_subsets < 1 or kid_subset_size < 3):
+        raise UserError(f"KID needs >= 1 subsets of >= 3 images, got {kid_subsets} of {kid_subset_size}")
+    if "pr" in wanted and k < 1:
+        raise UserError(f"precision/recall need k >= 1, got {k}")
+    least = max(2, 3 if "kid" in wanted else 2, k + 1 if "pr" in wanted else 2)
+    if num < least:
+        raise UserError(f"{', '.join(wanted)} need at least {least} images, got {num}")
+
+
+def _metrics(wanted: list[str], feats: np.ndarray, ref: dict, kid_subsets: int,
+             kid_subset_size: int, k: int, seed: int) -> dict:
+    """The requested metrics of generated features against the reference."""
+    out: dict = {}
     if "fid" in wanted:
         out["fid"] = gaussian_frechet_distance(*_stats_of(feats), ref["mu"], ref["sigma"])
     if "kid" in wanted:
@@ -232,8 +223,38 @@ def score(images: np.ndarray | torch.Tensor, reference, metrics: Sequence[str] =
     if "pr" in wanted:
         out["precision"], out["recall"] = precision_recall(ref["features"], feats, k=k)
         out["k"] = k
-    if not net.known:
-        notes.append(net.note)
+    return out
+
+
+def score(images: np.ndarray | torch.Tensor, reference, metrics: Sequence[str] = ("fid",), *,
+          extractor: InceptionFeatures | None = None, network: str | Path | None = None,
+          allow_unknown: bool = False, resize: str = "pytorch-fid", batch_size: int = 50,
+          layout: Layout = "NCHW", kid_subsets: int = 100, kid_subset_size: int = 1000,
+          k: int = 3, seed: int = 0, device: str = "cpu", progress: bool = False) -> dict:
+    """Scores of uint8 images against `reference`, as a JSON-ready dict.
+
+    ``metrics``: any of "fid", "kid" (adds kid_stderr), "pr" (precision and recall with
+    ``k`` neighbours). KID and precision/recall need reference features (a features cache, a
+    dict with features, or images); a stats file gives FID only. ``extractor`` reuses a
+    loaded network; otherwise ``network`` (None: the installed wheel's file) is loaded.
+    """
+    wanted = list(dict.fromkeys(metrics))
+    batch = as_uint8_nchw(images, layout)
+    _check_request(wanted, metrics, resize, len(batch), kid_subsets, kid_subset_size, k)
+    net = _extractor(extractor, network, allow_unknown, device)
+    ref = _reference(reference, net, resize, batch_size, layout, progress)
+    needs_features = [m for m in wanted if m != "fid"]
+    if needs_features and ref.get("features") is None:
+        raise UserError(f"{', '.join(needs_features)} need reference features (a features cache "
+                        "or images); a stats file has only mu and sigma")
+    notes = _check_reference(ref, net, resize, tuple(int(s) for s in batch.shape[1:]))
+    feats = net.features(batch, batch_size=batch_size, resize=resize, progress=progress)
+    if ref["mu"].shape[0] != feats.shape[1]:
+        raise UserError(f"the reference has {ref['mu'].shape[0]}-d features, the network gives {feats.shape[1]}")
+    out = {"num": len(feats), "num_reference": ref.get("num"), "network_sha1": net.sha1,
+           "network_known": net.known, "resize": resize, "images_per_s": net.last_images_per_s,
+           **_metrics(wanted, feats, ref, kid_subsets, kid_subset_size, k, seed)}
+    notes += [] if net.known else [net.note]
     if notes:
         out["notes"] = notes
     return out
