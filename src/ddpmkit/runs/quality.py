@@ -1,0 +1,84 @@
+"""Sample quality of a run (or of any sample file) on Inception features: FID, KID, precision/recall."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..eval import quality
+from ..images import load_npz
+from ..options import Split
+from ..train.build import build_dataset
+from .loaded import Run
+
+__all__ = ["reference_images", "evaluate_quality", "dataset_images"]
+
+
+def dataset_images(run: Run, split: Split) -> torch.Tensor:
+    """The run's own data at ``split`` as uint8 NCHW."""
+    if run.config.data.kind == "folder" and split != "train":
+        raise UserError("a folder run has no test split: give --ref DIR (a folder of held-out images) or --ref train")
+    return build_dataset(run.config.data, split).data
+
+
+def reference_images(ref: str, run: Run | None, size: int, channels: int):
+    """What ``--ref`` names: a stats or features ``.npz``, the run's train/test split, or a folder of images
+    prepared at the samples' size and channels."""
+    path = Path(ref)
+    if ref in ("train", "test"):
+        if run is None:
+            raise UserError(f"--ref {ref} needs a run; for a sample file give --ref DIR or a stats .npz")
+        return dataset_images(run, ref)
+    if path.suffix == ".npz":
+        return path
+    if path.is_dir():
+        from ..data import load_image_folder
+
+        return load_image_folder(path, size, channels).data
+    raise UserError(f"--ref must be train, test, a directory of images or a stats .npz, got {ref!r}")
+
+
+def evaluate_quality(source: Run | str | Path, metrics: list[str], ref: str, *, num: int = 10000,
+                     sample_options: dict | None = None, **score_options) -> dict:
+    """Score ``num`` samples of a run (drawn with ``sample_options``), or the images of a sample ``.npz``,
+    against ``ref``; ``score_options`` go to :func:`ddpmkit.eval.quality.score`."""
+    if isinstance(source, Run):
+        if not source.is_image:
+            raise UserError("FID, KID and precision/recall score images; this run models 2-D points")
+        from ..images import to_uint8
+
+        samples = source.sample(num, **(sample_options or {}))
+        images = torch.from_numpy(to_uint8(samples.x, source.config.sample.levels)).permute(0, 3, 1, 2)
+        run = source
+    else:
+        images = torch.from_numpy(load_npz(source)[0]).permute(0, 3, 1, 2)[:num]
+        run = None
+    c, h, w = images.shape[1:]
+    reference = reference_images(ref, run, h, c)
+    result = quality.score(images.contiguous(), reference, metrics, **score_options)
+    return {**result, "ref": ref, "source": str(source.checkpoint if run else source),
+            **({"step": run.step, "ema": run.ema} if run else {})}
+
+
+def stats_of(source: str, *, out: str | Path, split: Split = "train", data: str | None = None,
+             image_size: int | None = None, features: bool = False, **options) -> dict:
+    """Reference statistics of a directory of images or a preset's dataset, written to ``out``."""
+    path = Path(source)
+    if path.is_dir():
+        from ..data import load_image_folder
+
+        if image_size is None:
+            raise UserError("give --image-size for a directory of images")
+        images = load_image_folder(path, image_size).data
+    else:
+        from ..train.config import load_config
+
+        over = {"data": {k: v for k, v in (("root", data), ("image_size", image_size)) if v is not None}}
+        images = build_dataset(load_config(source, overrides=over).data, split).data
+    stats = quality.reference_stats(images, **options)
+    (quality.save_features if features else quality.save_stats)(out, stats)
+    return {"num": int(stats["num"]), "out": str(out), "image_shape": list(np.asarray(images.shape[1:]).tolist()),
+            "network_sha1": stats.get("sha1"), "resize": stats.get("resize")}
