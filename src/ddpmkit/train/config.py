@@ -150,6 +150,7 @@ class DiffusionConfig(_Checked):
 
 
 # train keys a resumed run takes from the command line; every other key comes from its checkpoint
+# (the maths does not depend on these, only the rounding does: precision, and microbatch's dropout order)
 RESUMABLE_TRAIN_KEYS = ("steps", "device", "precision", "compile_mode", "microbatch")
 
 
