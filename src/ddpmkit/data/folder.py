@@ -11,6 +11,9 @@ in parallel threads, then copied into one uint8 array (two copies of the data at
 
 from __future__ import annotations
 
+import sys
+import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -24,6 +27,7 @@ from .base import InMemoryDataset, resize_center_crop
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # still images Pillow reads
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+MAX_PIXELS = 64 * 2**20  # larger images are refused before decoding (a 17 KB PNG can hold 144 MP)
 
 
 def find_image_files(root: Path) -> list[Path]:
@@ -48,10 +52,26 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img
 
 
-def _decode(path: Path, image_size: int, channels: int | None) -> tuple[np.ndarray, bool]:
-    """Decode one file to a uint8 HWC array (channels given) or return (array, is_grey)."""
+def _conversion(img: Image.Image) -> str | None:
+    """What reading ``img`` as 8-bit L or RGB changes, in a few words, or None."""
+    if img.mode == "CMYK":
+        return "CMYK to RGB"
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        return "16/32-bit to 8 bits (v * 255 / 65535)"
+    if img.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (img.mode == "P" and "transparency" in img.info):
+        return "alpha dropped"
+    return None
+
+
+def _decode(path: Path, image_size: int, channels: int | None) -> tuple[np.ndarray, bool, str | None]:
+    """Decode one file to a uint8 HWC array: (array, is_grey, what was converted or None)."""
     try:
         with Image.open(path) as img:
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise UserError(f"image {path} is {w}x{h} ({w * h / 2**20:.0f} MP), over the "
+                                f"{MAX_PIXELS // 2**20} MP ddpmkit decodes: shrink it first")
+            converted = _conversion(img)
             if img.format == "JPEG":
                 scale = 2 * image_size / min(img.size)
                 img.draft(img.mode, (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))))
@@ -64,23 +84,25 @@ def _decode(path: Path, image_size: int, channels: int | None) -> tuple[np.ndarr
             arr = np.asarray(img, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"cannot read image {path}: {e}") from None
-    return (arr[:, :, None] if arr.ndim == 2 else arr), grey
+    return (arr[:, :, None] if arr.ndim == 2 else arr), grey, converted
 
 
-def _decode_all(files: list[Path], image_size: int, channels: int | None) -> list[tuple[np.ndarray, bool]]:
+def _decode_all(files: list[Path], image_size: int, channels: int | None) -> list[tuple[np.ndarray, bool, str]]:
     """``_decode`` of every file, in order, on torch's number of CPU threads (at most 32).
 
     Pillow releases the GIL while it decodes and resizes, so threads decode in parallel; the
     first unreadable file (in sorted order) raises its UserError as before.
     """
     workers = max(1, min(len(files), torch.get_num_threads(), 32))
-    if workers == 1:
-        return [_decode(f, image_size, channels) for f in files]
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="ddpmkit-decode")
-    try:
-        return list(pool.map(lambda f: _decode(f, image_size, channels), files))
-    finally:
-        pool.shutdown(cancel_futures=True)  # after an error, decode no more
+    with warnings.catch_warnings():  # Pillow's multi-line bomb warning: MAX_PIXELS refuses such files itself
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if workers == 1:
+            return [_decode(f, image_size, channels) for f in files]
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="ddpmkit-decode")
+        try:
+            return list(pool.map(lambda f: _decode(f, image_size, channels), files))
+        finally:
+            pool.shutdown(cancel_futures=True)  # after an error, decode no more
 
 
 def load_image_folder(
@@ -100,6 +122,7 @@ def load_image_folder(
     if not root.is_dir():
         raise UserError(f"not a directory: {root}")
     files = find_image_files(root)
+    _note_skipped(root)
     if not files:
         raise UserError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
 
@@ -115,10 +138,27 @@ def load_image_folder(
         labels = torch.tensor([index[f.relative_to(root).parts[0]] for f in files], dtype=torch.int64)
 
     decoded: list = _decode_all(files, image_size, channels)
-    out_channels = channels or (1 if all(grey for _, grey in decoded) else 3)
+    _note_conversions(Counter(c for _, _, c in decoded if c), len(files), root)
+    out_channels = channels or (1 if all(grey for _, grey, _ in decoded) else 3)
     data = np.empty((len(files), out_channels, image_size, image_size), dtype=np.uint8)
-    for i, (arr, _) in enumerate(decoded):
+    for i, (arr, _, _) in enumerate(decoded):
         data[i] = arr.transpose(2, 0, 1)  # a grey image broadcasts to RGB
         decoded[i] = None  # free as we go: at most two copies of the data are ever held
     num_classes = len(class_names) if class_names is not None else None
     return InMemoryDataset(torch.from_numpy(data), labels, num_classes, class_names, "image")
+
+
+def _note_conversions(counts: Counter, total: int, root: Path) -> None:
+    """One line on stderr saying how many images were converted, and how."""
+    if counts:
+        parts = ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
+        print(f"note: converted {sum(counts.values())} of {total} images under {root}: {parts}", file=sys.stderr)
+
+
+def _note_skipped(root: Path) -> None:
+    """One line on stderr for GIFs (ddpmkit reads still images), which are left out."""
+    gifs = [p for p in root.rglob("*") if p.suffix.lower() == ".gif"
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    if gifs:
+        print(f"note: skipped {len(gifs)} GIF file(s) under {root} (still images only: convert them to PNG)",
+              file=sys.stderr)
