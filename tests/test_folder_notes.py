@@ -42,3 +42,22 @@ def test_a_small_file_of_a_huge_image_is_refused_before_decoding(tmp_path, capsy
     with pytest.raises(UserError, match=r"bomb.png is 12000x12000 \(137 MP\), over the 64 MP ddpmkit decodes"):
         load_image_folder(tmp_path, 32)
     assert time.monotonic() - start < 10 and capsys.readouterr().err == ""  # no Pillow warning either
+
+
+def test_an_unreadable_folder_is_said(tmp_path, capsys, monkeypatch):
+    import os
+
+    for name in ("ok", "locked"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / name / "a.png")
+    real = os.scandir
+
+    def scandir(path):  # as for a folder without read permission (root reads everything, so simulated)
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert len(load_image_folder(tmp_path, 8)) == 1
+    assert capsys.readouterr().err.strip() == (f"note: skipped 1 folder(s) under {tmp_path} that could not be read, "
+                                               f"first {tmp_path / 'locked'}")

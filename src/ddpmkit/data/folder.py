@@ -11,6 +11,7 @@ in parallel threads, then copied into one uint8 array (two copies of the data at
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections import Counter
@@ -32,14 +33,21 @@ MAX_PIXELS = 64 * 2**20  # larger images are refused before decoding (a 17 KB PN
 
 def find_image_files(root: Path) -> list[Path]:
     """All image files under ``root`` (recursive, hidden entries skipped), in sorted order."""
-    found = []
-    for p in root.rglob("*"):
-        rel = p.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
-            found.append(p)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    return scan_folder(root)[0]
+
+
+def scan_folder(root: Path) -> tuple[list[Path], list[Path], list[str]]:
+    """(image files in sorted order, GIF files, folders that could not be read); hidden entries skipped."""
+    images, gifs, unreadable = [], [], []
+    for folder, dirs, names in os.walk(root, onerror=lambda e: unreadable.append(e.filename), followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in (n for n in names if not n.startswith(".")):
+            path = Path(folder) / name
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                images.append(path)
+            elif path.suffix.lower() == ".gif":
+                gifs.append(path)
+    return sorted(images, key=lambda p: p.relative_to(root).as_posix()), gifs, unreadable
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -121,8 +129,8 @@ def load_image_folder(
         raise UserError(f"image folder not found: {root}")
     if not root.is_dir():
         raise UserError(f"not a directory: {root}")
-    files = find_image_files(root)
-    _note_skipped(root)
+    files, gifs, unreadable = scan_folder(root)
+    _note_skipped(root, gifs, unreadable)
     if not files:
         raise UserError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
 
@@ -155,10 +163,11 @@ def _note_conversions(counts: Counter, total: int, root: Path) -> None:
         print(f"note: converted {sum(counts.values())} of {total} images under {root}: {parts}", file=sys.stderr)
 
 
-def _note_skipped(root: Path) -> None:
-    """One line on stderr for GIFs (ddpmkit reads still images), which are left out."""
-    gifs = [p for p in root.rglob("*") if p.suffix.lower() == ".gif"
-            and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+def _note_skipped(root: Path, gifs: list[Path], unreadable: list[str]) -> None:
+    """One line on stderr for what is left out: GIFs (ddpmkit reads still images) and unreadable folders."""
     if gifs:
         print(f"note: skipped {len(gifs)} GIF file(s) under {root} (still images only: convert them to PNG)",
               file=sys.stderr)
+    if unreadable:
+        print(f"note: skipped {len(unreadable)} folder(s) under {root} that could not be read, "
+              f"first {unreadable[0]}", file=sys.stderr)
