@@ -56,6 +56,7 @@ _REPR = reprlib.Repr()  # keyword arguments arrived in Python 3.12
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 6, 4, 60, 60
 
 
-def _short(value) -> str:
+def _short(value, limit: int = 80) -> str:
     """A short repr of a value (reprlib: never walks a huge nested value), so a message stays one line."""
-    return _REPR.repr(value)
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -123,7 +123,7 @@ def _pick_kind(kinds: dict[str, type], value: Any, key: str):
     if not isinstance(value, Mapping):
         fail(key, "a mapping of keys to values", value)
     kind = value.get("kind", next(iter(kinds)))
-    if kind not in kinds:
+    if not isinstance(kind, str) or kind not in kinds:
         fail(f"{key}.kind", "one of " + ", ".join(map(repr, kinds)), kind)
     return from_dict(kinds[kind], {k: v for k, v in value.items() if k != "kind"}, key)
 
