@@ -110,9 +110,7 @@ class Run:
         name, a comma list "0,1" or "cat,dog", or a sequence; ``precision``: autocast dtype (default
         "auto" for images, "fp32" for points). Everything is checked before the first network call.
         """
-        plan = self._plan(num, sampler, steps, eta, spacing, labels, guidance, batch_size, trajectory)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**63 - 1 - num:
-            raise UserError(f"seed must be an integer in [0, 2**63 - 1 - num] (sample i uses seed + i), got {seed!r}")
+        plan = self._plan(num, sampler, steps, eta, spacing, labels, guidance, batch_size, trajectory, seed)
         amp = autocast_dtype(precision or ("auto" if self.is_image else "fp32"), self.device)
         from tqdm.auto import tqdm
 
@@ -124,10 +122,12 @@ class Run:
                 bar.update(chunks[-1].shape[0])
         return Samples(torch.cat(chunks), plan["labels"], plan["sampler"], plan["calls"], rows)
 
-    def _plan(self, num, sampler, steps, eta, spacing, labels, guidance, batch_size, trajectory) -> dict:
+    def _plan(self, num, sampler, steps, eta, spacing, labels, guidance, batch_size, trajectory, seed) -> dict:
         """Every option resolved against the run's config and checked."""
         if isinstance(num, bool) or not isinstance(num, int) or num < 1:
             raise UserError(f"the number of samples must be a positive integer, got {num!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**63 - 1 - num:
+            raise UserError(f"seed must be an integer in [0, 2**63 - 1 - num] (sample i uses seed + i), got {seed!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"the batch size must be a positive integer, got {batch_size!r}")
         if trajectory and not self.is_image:
@@ -220,7 +220,8 @@ def parse_labels(spec: Labels, num: int, num_classes: int | None, names: list[st
         values = list(range(num_classes))
     else:
         tokens = spec.split(",") if isinstance(spec, str) else [spec] if isinstance(spec, int) else list(spec)
-        values = [_label(token, names) for token in tokens if str(token).strip()]
+        index = {name: i for i, name in enumerate(names or [])}
+        values = [_label(token, index, names) for token in tokens if str(token).strip()]
         if not values:
             raise UserError(f"labels must name at least one class, got {spec!r}")
         bad = [v for v in values if not 0 <= v < num_classes]
@@ -229,8 +230,7 @@ def parse_labels(spec: Labels, num: int, num_classes: int | None, names: list[st
     return torch.tensor([values[i % len(values)] for i in range(num)], dtype=torch.long)
 
 
-def _label(token, names: list[str] | None) -> int:
-    index = {name: i for i, name in enumerate(names or [])}
+def _label(token, index: dict[str, int], names: list[str] | None) -> int:
     text = str(int(token) if isinstance(token, Tensor) else token).strip()
     if text in index:
         return index[text]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import UserError
@@ -80,5 +79,5 @@ def stats_of(source: str, *, out: str | Path, split: Split = "train", data: str 
         images = build_dataset(load_config(source, overrides=over).data, split).data
     stats = quality.reference_stats(images, **options)
     (quality.save_features if features else quality.save_stats)(out, stats)
-    return {"num": int(stats["num"]), "out": str(out), "image_shape": list(np.asarray(images.shape[1:]).tolist()),
+    return {"num": int(stats["num"]), "out": str(out), "image_shape": list(images.shape[1:]),
             "network_sha1": stats.get("sha1"), "resize": stats.get("resize")}
