@@ -12,7 +12,7 @@ from typing import Literal, get_args
 from .errors import UserError
 
 __all__ = [
-    "Prediction", "Variance", "LossType", "Schedule", "TimestepSampler", "SamplerName", "Spacing",
+    "Prediction", "Variance", "LossType", "Schedule", "TimestepSampler", "SamplerName", "UniPCVariant", "Spacing",
     "Precision", "Device", "CompileMode", "LRSchedule", "Toy2DName", "DataKind", "ModelKind", "Split",
     "QualityMetric", "Resize",
     "CUDA_GRAPH_MODES", "choices", "check_choice",
@@ -23,7 +23,8 @@ Variance = Literal["fixed_large", "fixed_small", "learned_range"]  # the reverse
 LossType = Literal["l2", "l1", "hybrid"]  # L_simple in L2 or L1, or improved DDPM's hybrid
 Schedule = Literal["linear", "cosine"]  # beta schedule
 TimestepSampler = Literal["uniform", "loss_aware"]  # how training draws t
-SamplerName = Literal["ddpm", "ddim", "dpm++2m", "dpm++3m"]  # reverse-process samplers
+SamplerName = Literal["ddpm", "ddim", "dpm++2m", "dpm++3m", "unipc-bh1", "unipc-bh2"]  # reverse-process samplers
+UniPCVariant = Literal["bh1", "bh2"]  # UniPC's B(h): h (bh1) or e^h - 1 (bh2), Zhao et al. 2023
 Spacing = Literal["linspace", "leading", "trailing", "quadratic", "logsnr", "karras", "snr_root"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]  # autocast dtype of the network
 Device = Literal["auto", "cpu", "cuda"]

@@ -1,4 +1,4 @@
-"""Samplers over a denoiser: ancestral DDPM, DDIM, DPM-Solver++, and the choice of sampling timesteps.
+"""Samplers over a denoiser: ancestral DDPM, DDIM, DPM-Solver++, UniPC, and the choice of sampling timesteps.
 
 Every sampler is a plain function ``sampler(denoiser, x_T, timesteps, alphas_cumprod, *,
 generator=None, callback=None, **opts) -> x_0`` (the k-diffusion style). ``denoiser(x_t, t)``
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .errors import UserError
-from .options import SamplerName, Spacing, Variance, check_choice, choices
+from .options import SamplerName, Spacing, UniPCVariant, Variance, check_choice, choices
 from .schedules import StepCoefficients, step_coefficients
 
 __all__ = [
@@ -38,6 +38,10 @@ __all__ = [
     "ddim_invert",
     "dpmpp_2m_sample",
     "dpmpp_3m_sample",
+    "unipc_sample",
+    "unipc_bh1_sample",
+    "unipc_bh2_sample",
+    "UNIPC_ORDER",
     "SAMPLERS",
     "DEFAULT_SPACING",
 ]
@@ -375,10 +379,7 @@ def dpmpp_3m_sample(
 
 def _dpmpp_update(ts: list[int], alphas_cumprod, order: int, lower_order_final: bool = True) -> Update:
     """The DPM-Solver++ step x_t = (sigma_t/sigma_s) x_s + alpha_t (1 - e^-h) D, D from the last ``order`` x0s."""
-    abar = _as_abar(alphas_cumprod)[torch.tensor(ts)].tolist()
-    alpha = [math.sqrt(a) for a in abar]
-    sigma = [math.sqrt(1.0 - a) for a in abar]
-    lam = [math.log(al) - math.log(si) for al, si in zip(alpha, sigma)]
+    alpha, sigma, lam = _alpha_sigma_lambda(ts, alphas_cumprod)
     h = [b - a for a, b in zip(lam, lam[1:])]
     phi1 = [-math.expm1(-v) for v in h]  # 1 - e^-h
     orders = [order] * len(h)  # how many past x0s each step may use
@@ -412,7 +413,113 @@ def _dpmpp_data_term(hist: list[tuple[float, Tensor]], h: float, phi1: float) ->
     return m0 + (c2 / phi1) * (d01 + h0 * d012) + (2.0 * c3 / phi1) * d012
 
 
+UNIPC_ORDER = 2  # the order of "unipc-bh1" and "unipc-bh2" (measured: docs/samplers.md)
+
+
+def unipc_sample(
+    denoiser: Denoiser,
+    x: Tensor,
+    timesteps: Tensor | Sequence[int],
+    alphas_cumprod: Tensor,
+    *,
+    variant: UniPCVariant = "bh2",
+    order: int = UNIPC_ORDER,
+    corrector: bool = True,
+    generator: Generator = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """UniPC (Zhao et al. 2023, arXiv 2302.04867, Algorithms 1-3): UniP-p predictor and UniC corrector in x0.
+
+    Each step predicts with the last ``order`` x0s (UniP, eq. 11); at the next call the new x0,
+    evaluated at the predicted point, corrects that point before the next prediction (UniC,
+    eq. 12): the corrector costs no network call, so the calls equal the kept timesteps. B(h) is
+    h ("bh1") or e^h - 1 ("bh2"). Warm-up steps use orders 1, 2, ..; the last two solver steps
+    use at most orders 2 and 1 (``lower_order_final``), and the step into clean data returns the
+    last x0 uncorrected (no call is left to correct it), as diffusers' ``UniPCMultistepScheduler``
+    with ``final_sigmas_type="zero"``. ``corrector=False`` is plain UniP. Deterministic.
+    """
+    check_choice("UniPC variant", variant, UniPCVariant)
+    if not isinstance(order, int) or isinstance(order, bool) or not 1 <= order <= 3:
+        raise UserError(f"the UniPC order must be 1, 2 or 3, got {order!r}")
+    ts, _ = _chain(timesteps, alphas_cumprod)
+    return _run(denoiser, x, ts, _unipc_update(ts, alphas_cumprod, order, variant, corrector), callback)
+
+
+def unipc_bh1_sample(denoiser: Denoiser, x: Tensor, timesteps, alphas_cumprod, **opts) -> Tensor:
+    """UniPC with B(h) = h (the paper's choice for unconditional sampling at few steps)."""
+    return unipc_sample(denoiser, x, timesteps, alphas_cumprod, variant="bh1", **opts)
+
+
+def unipc_bh2_sample(denoiser: Denoiser, x: Tensor, timesteps, alphas_cumprod, **opts) -> Tensor:
+    """UniPC with B(h) = e^h - 1 (the paper's and diffusers' choice for guided sampling)."""
+    return unipc_sample(denoiser, x, timesteps, alphas_cumprod, variant="bh2", **opts)
+
+
+def _unipc_update(ts: list[int], alphas_cumprod, order: int, variant: UniPCVariant, corrector: bool) -> Update:
+    """Correct the point just evaluated (UniC, from the previous corrected point), then predict the next (UniP)."""
+    alpha, sigma, lam = _alpha_sigma_lambda(ts, alphas_cumprod)
+    K = len(ts)
+    hist: list[tuple[float, Tensor]] = []  # (lambda, x0) of the previous calls, newest first
+    last: dict = {}  # the previous call's corrected x and the order of the prediction that left it
+
+    def update(i: int, x: Tensor, d: Denoised) -> Tensor:
+        if corrector and i > 0:  # UniC-q: the nodes of the last prediction plus the new x0 at r = 1
+            nodes = hist[: last["order"]]
+            x = _unipc_step(last["x"], nodes, (1.0, d.x0), alpha, sigma, lam, i - 1, variant)
+        hist.insert(0, (lam[i], d.x0))
+        del hist[order:]
+        p = min(order, i + 1, K - i)  # warm-up, then lower order in the last steps
+        last.update(x=x, order=p)
+        return _unipc_step(x, hist[:p], None, alpha, sigma, lam, i, variant)
+
+    return update
+
+
+def _unipc_step(x: Tensor, nodes: list[tuple[float, Tensor]], new: tuple[float, Tensor] | None,
+                alpha: list[float], sigma: list[float], lam: list[float], i: int, variant: UniPCVariant) -> Tensor:
+    """x at ts[i] -> x at ts[i + 1]: x_t = (sigma_t/sigma_s) x + alpha_t (1 - e^-h) m0 - alpha_t B(h) sum_k rho_k D_k.
+
+    ``nodes`` are (lambda, x0) newest first with m0 = nodes[0] at ts[i]; D_k = (m_k - m0) / r_k with
+    r_k = (lambda_k - lambda_i) / h; ``new`` adds the corrector's node at r = 1 (x0 at ts[i + 1]).
+    rho solves sum_k rho_k r_k^(j-1) = b_j (j = 1..n) with b_j = j! h phi_(j+1)(-h) / B(h) in x0 form
+    (eq. 8 and Theorem 3.1); a single node takes rho = 1/2, as the reference code.
+    """
+    h = lam[i + 1] - lam[i]
+    m0 = nodes[0][1]
+    diffs = [((lk - lam[i]) / h, mk) for lk, mk in nodes[1:]] + ([new] if new is not None else [])
+    out = (sigma[i + 1] / sigma[i]) * x - (alpha[i + 1] * math.expm1(-h)) * m0  # the DDIM (first order) step
+    if not diffs:
+        return out
+    B = -h if variant == "bh1" else math.expm1(-h)
+    rho = _unipc_rho([r for r, _ in diffs], h, B)
+    corr = sum(rk * (mk - m0) / r for rk, (r, mk) in zip(rho, diffs))
+    return out - (alpha[i + 1] * B) * corr
+
+
+def _unipc_rho(r: list[float], h: float, B: float) -> list[float]:
+    """The weights rho of UniPC's differences at nodes ``r`` (Zhao et al. 2023, eq. 8, with hh = -h)."""
+    n = len(r)
+    if n == 1:
+        return [0.5]
+    hh, fact, b = -h, 1.0, []
+    g = math.expm1(hh) / hh - 1.0  # hh phi_2(hh); then hh phi_(j+1)(hh) = g_(j-1) / hh - 1/j!
+    for j in range(1, n + 1):
+        b.append(g * fact / B)
+        fact *= j + 1
+        g = g / hh - 1.0 / fact
+    R = torch.tensor([[rk ** j for rk in r] for j in range(n)], dtype=torch.float64)
+    return torch.linalg.solve(R, torch.tensor(b, dtype=torch.float64)).tolist()
+
+
 # --------------------------------------------------------------------------- helpers
+def _alpha_sigma_lambda(ts: list[int], alphas_cumprod) -> tuple[list[float], list[float], list[float]]:
+    """alpha = sqrt(abar), sigma = sqrt(1 - abar) and lambda = log(alpha / sigma) at the kept steps."""
+    abar = _as_abar(alphas_cumprod)[torch.tensor(ts)].tolist()
+    alpha = [math.sqrt(a) for a in abar]
+    sigma = [math.sqrt(1.0 - a) for a in abar]
+    return alpha, sigma, [math.log(al) - math.log(si) for al, si in zip(alpha, sigma)]
+
+
 def _as_abar(alphas_cumprod) -> Tensor:
     abar = torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64)
     if abar.ndim != 1 or abar.numel() < 1:
@@ -465,6 +572,8 @@ SAMPLERS: dict[SamplerName, Callable[..., Tensor]] = {
     "ddim": ddim_sample,
     "dpm++2m": dpmpp_2m_sample,
     "dpm++3m": dpmpp_3m_sample,
+    "unipc-bh1": unipc_bh1_sample,
+    "unipc-bh2": unipc_bh2_sample,
 }
 assert tuple(SAMPLERS) == choices(SamplerName), "SAMPLERS must follow options.SamplerName"
 
@@ -474,4 +583,6 @@ DEFAULT_SPACING: dict[SamplerName, Spacing] = {
     "ddim": "quadratic",
     "dpm++2m": "snr_root",
     "dpm++3m": "snr_root",
+    "unipc-bh1": "snr_root",
+    "unipc-bh2": "snr_root",
 }
