@@ -62,6 +62,19 @@ def _add_sample(sub) -> None:
     _add_common(p)
 
 
+def _add_tune_steps(sub) -> None:
+    p = sub.add_parser("tune-steps", help="optimise a sampler's K-call timesteps for a trained run (saved in the run)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--steps", type=int, required=True, help="network calls K of the grid to tune")
+    p.add_argument("--sampler", choices=choices(SamplerName), help="a deterministic sampler (default: the run's)")
+    p.add_argument("--draws", type=int, default=256, help="draws the objective averages over")
+    p.add_argument("--heldout", type=int, default=256, help="other draws that check the result")
+    p.add_argument("--rounds", type=int, default=4, help="sweeps of the coordinate descent (move 1/2, 1/4, ...)")
+    p.add_argument("--seed", type=int, default=0, help="draw i uses seed + i")
+    p.add_argument("--batch-size", type=int, default=256)
+    _add_common(p)
+
+
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="measure a trained model (or score a sample file)")
     p.add_argument("run", help="run directory or checkpoint file; for fid, kid, pr also a samples .npz")
@@ -110,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_sample(sub)
+    _add_tune_steps(sub)
     _add_eval(sub)
     _add_stats(sub)
     p = sub.add_parser("info", help="describe a run or checkpoint")
@@ -163,7 +177,20 @@ def cmd_sample(args) -> int:
         write_samples(path, samples, run.config.sample.levels)
     if traj:
         write_trajectory(traj, samples)
-    print(f"wrote {args.num} samples ({samples.sampler}, {samples.steps} steps) to " + ", ".join(map(str, outs)))
+    tuned = f", tuned timesteps {samples.timesteps_file}" if samples.timesteps_file else ""
+    print(f"wrote {args.num} samples ({samples.sampler}, {samples.steps} steps{tuned}) to " + ", ".join(map(str, outs)))
+    return 0
+
+
+def cmd_tune_steps(args) -> int:
+    from .runs import Run
+    from .runs.tuning import describe, tune_steps
+
+    run = Run.load(args.run, ema=not args.no_ema, device=args.device)
+    log = None if args.no_progress else (lambda text: print(text, file=sys.stderr, flush=True))
+    record = tune_steps(run, args.steps, args.sampler, draws=args.draws, heldout=args.heldout, rounds=args.rounds,
+                        seed=args.seed, force=args.force, batch_size=args.batch_size, log=log)
+    print(describe(record))
     return 0
 
 
@@ -232,7 +259,8 @@ def cmd_info(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ddpmkit`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "stats": cmd_stats, "info": cmd_info}
+    commands = {"train": cmd_train, "sample": cmd_sample, "tune-steps": cmd_tune_steps, "eval": cmd_eval,
+                "stats": cmd_stats, "info": cmd_info}
     try:
         return commands[args.command](args)
     except UserError as e:

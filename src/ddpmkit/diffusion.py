@@ -312,13 +312,15 @@ class GaussianDiffusion:
         dtype: torch.dtype = torch.float32,
         x_T: Tensor | None = None,
         callback: Callable | None = None,
+        timesteps: Tensor | None = None,
     ) -> Tensor:
         """Draw samples x0 of shape ``shape`` with a sampler of ``ddpmkit.samplers`` (a convenience over them).
 
         Args:
             model: the network, ``model(x_t, t, y=None)``.
             shape: the output shape, batch first.
-            sampler: "ddpm" (ancestral, with this diffusion's variance), "ddim", "dpm++2m" or "dpm++3m".
+            sampler: "ddpm" (ancestral, with this diffusion's variance), "ddim", "dpm++2m", "dpm++3m",
+                "unipc-bh1" or "unipc-bh2".
             steps: network evaluations; None means all T steps.
             y: class labels [B] for a conditional model.
             guidance_scale: classifier-free guidance weight w (1 = plain conditional).
@@ -331,13 +333,16 @@ class GaussianDiffusion:
             device, dtype: where and in what precision x_T is drawn (default: the model's device).
             x_T: start from this noise instead of drawing it.
             callback: called as callback(i, t, x_t, denoised) after every network call.
+            timesteps: explicit kept timesteps, strictly decreasing (e.g. a tuned grid); they replace
+                ``steps`` and ``spacing``.
         """
         from . import samplers as S
 
         opts = _sampler_options(sampler, eta, self.variance)
         steps = self.num_timesteps if steps is None else steps
         spacing = spacing or S.DEFAULT_SPACING[sampler]
-        timesteps = S.sampling_timesteps(self.num_timesteps, steps, spacing, self.alphas_cumprod)
+        if timesteps is None:
+            timesteps = S.sampling_timesteps(self.num_timesteps, steps, spacing, self.alphas_cumprod)
         if x_T is None:
             x_T = S.randn(tuple(shape), generator, _model_device(model) if device is None else device, dtype)
         y = _labels(y, x_T.shape[0], x_T.device)

@@ -32,6 +32,7 @@ class Samples(NamedTuple):
     sampler: str
     steps: int  # network calls per sample
     trajectory: list | None  # (t, x_t [k], predicted x0 [k]) at about 10 steps of the first batch, if asked
+    timesteps_file: str | None = None  # the tuned grid used (RUN/timesteps/<sampler>-<K>.json), if any
 
 
 def class_names_of(ckpt: dict) -> list[str] | None:
@@ -95,6 +96,12 @@ class Run:
         return (m.in_channels, m.image_size, m.image_size) if self.is_image else (m.dim,)
 
     @property
+    def run_dir(self) -> Path | None:
+        """The run directory of the checkpoint (RUN/checkpoints/step_*.pt), or None for a loose file."""
+        parent = self.checkpoint.parent
+        return parent.parent if parent.name == "checkpoints" else None
+
+    @property
     def device(self) -> torch.device:
         """Where the network's weights live."""
         return next(self.model.parameters()).device
@@ -105,7 +112,9 @@ class Run:
                precision: Precision | None = None, trajectory: bool = False, progress: bool = False) -> Samples:
         """Draw ``num`` samples; sample i uses seed + i, whatever the batch size.
 
-        Options left None take the run's ``sample`` config (sampler, steps, eta, spacing, guidance);
+        Options left None take the run's ``sample`` config (sampler, steps, eta, spacing, guidance), except
+        that a grid saved by ``ddpmkit tune-steps`` for this sampler and number of calls replaces the
+        config's spacing (``spacing=`` named here still wins);
         ``labels``: "all" (the default of a conditional model: classes cycled), a class number or
         name, a comma list "0,1" or "cat,dog", or a sequence; ``precision``: autocast dtype (default
         "auto" for images, "fp32" for points). Everything is checked before the first network call.
@@ -120,7 +129,7 @@ class Run:
                 chunks.append(self._draw(plan, start, min(batch_size, num - start), seed, amp,
                                          rows if start == 0 else None))
                 bar.update(chunks[-1].shape[0])
-        return Samples(torch.cat(chunks), plan["labels"], plan["sampler"], plan["calls"], rows)
+        return Samples(torch.cat(chunks), plan["labels"], plan["sampler"], plan["calls"], rows, plan["tuned_file"])
 
     def _plan(self, num, sampler, steps, eta, spacing, labels, guidance, batch_size, trajectory, seed) -> dict:
         """Every option resolved against the run's config and checked."""
@@ -146,8 +155,14 @@ class Run:
         y = parse_labels(labels, num, self.num_classes, self.class_names)
         if guidance != 1.0 and y is None:
             raise UserError("guidance needs a class-conditional model")
+        tuned = None
+        if spacing is None and steps is not None and self.run_dir is not None:  # a named spacing wins
+            from .tuning import load_tuned
+
+            tuned = load_tuned(self.run_dir, chosen, steps, T)
         return {"sampler": chosen, "steps": steps, "calls": steps or T, "eta": eta, "labels": y,
-                "spacing": spacing or (sc.spacing if chosen == sc.sampler else None), "guidance": guidance}
+                "spacing": spacing or (sc.spacing if chosen == sc.sampler else None), "guidance": guidance,
+                "timesteps": tuned and torch.tensor(tuned[0]), "tuned_file": tuned and str(tuned[1])}
 
     def _draw(self, plan: dict, start: int, n: int, seed: int, amp, rows: list | None) -> Tensor:
         device = self.device
@@ -158,7 +173,8 @@ class Run:
         with autocast_context(device, amp):
             x = self.diffusion.sample(self.model, (n, *self.sample_shape), sampler=plan["sampler"],
                                       steps=plan["steps"], y=y, guidance_scale=plan["guidance"], generator=gens,
-                                      spacing=plan["spacing"], device=device, callback=callback, **opts)
+                                      spacing=plan["spacing"], device=device, callback=callback,
+                                      timesteps=plan["timesteps"], **opts)
         return x.float().cpu()
 
 
