@@ -156,7 +156,9 @@ def test_tune_steps_command(toy_run, tmp_path, capsys):
     loose = tmp_path / "loose.pt"
     loose.write_bytes(ckpt.read_bytes())
     for args, words in ((["--steps", "4", "--sampler", "ddpm"], "deterministic sampler"),
-                        (["--steps", "1"], "tuned steps must be an integer in [2, 199]")):
+                        (["--steps", "1"], "tuned steps must be an integer in [2, 199]"),
+                        (["--steps", "4", "--rounds", "0"], "rounds"), (["--steps", "4", "--seed", "-1"], "seed"),
+                        (["--steps", "4", "--draws", "0"], "draws")):
         assert_user_error(main(["tune-steps", str(toy_run), *args]), capsys.readouterr().err, words)
     assert_user_error(main(["tune-steps", str(loose), "--steps", "4"]), capsys.readouterr().err, "run directory")
     assert main(["tune-steps", str(toy_run), "--steps", "4", "--sampler", "unipc-bh2", "--draws", "32",

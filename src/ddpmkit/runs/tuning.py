@@ -98,9 +98,11 @@ def tune_steps(run, steps: int, sampler: SamplerName | None = None, *, draws: in
     check_choice("sampler", sampler, SamplerName)
     if sampler not in TUNABLE:
         raise UserError(f"tune-steps tunes a deterministic sampler ({', '.join(TUNABLE)}); got {sampler!r}")
-    for name, value in (("draws", draws), ("held-out draws", heldout), ("batch size", batch_size)):
+    for name, value in (("draws", draws), ("held-out draws", heldout), ("batch size", batch_size), ("rounds", rounds)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"the number of {name} must be a positive integer, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**62:
+        raise UserError(f"seed must be an integer in [0, 2**62], got {seed!r}")
     T = run.diffusion.num_timesteps
     if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps < T:
         raise UserError(f"tuned steps must be an integer in [2, {T - 1}], got {steps!r}")
