@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ddpmkit import GaussianDiffusion, GaussianMixtureOracle, UserError, linear_beta_schedule, sampling_timesteps
-from ddpmkit.editing import edit_timesteps, inpaint, repaint_schedule, slerp, slerp_frames
+from ddpmkit.editing import edit_timesteps, repaint_schedule, slerp, slerp_frames
 
 F64 = torch.float64
 # four strongly correlated pixels [1, 2, 2]: the top row is known, the bottom row generated

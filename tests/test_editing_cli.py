@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from ddpmkit import GaussianDiffusion
 from ddpmkit.cli import main

@@ -359,7 +359,7 @@ class GaussianDiffusion:
                 guidance_scale: float = 1.0, generator=None, progress: bool = False, *, eta: float | None = None,
                 spacing: Spacing | None = None, clip_denoised: bool | None = None, x_T: Tensor | None = None,
                 callback: Callable | None = None) -> Tensor:
-        """RePaint inpainting: x0 equal to ``x_known`` where ``mask`` is 1, generated elsewhere (see ``editing.inpaint``).
+        """RePaint inpainting: x0 equal to ``x_known`` where ``mask`` is 1, generated elsewhere (``editing.inpaint``).
 
         ``resample`` R and ``jump_length`` J follow Lugmayr et al. 2022 (R = 1: plain replacement);
         the other arguments are :meth:`sample`'s. Network calls: ``steps`` plus (R - 1) J per jump.
@@ -381,7 +381,7 @@ class GaussianDiffusion:
              y: Tensor | None = None, guidance_scale: float = 1.0, generator=None, progress: bool = False, *,
              eta: float | None = None, spacing: Spacing | None = None, clip_denoised: bool | None = None,
              callback: Callable | None = None) -> Tensor:
-        """SDEdit image-to-image: noise ``x`` to t0 = ``strength`` T, then denoise with ``sampler`` (see ``editing.sdedit``).
+        """SDEdit image-to-image: noise ``x`` to t0 = ``strength`` T, then denoise with ``sampler`` (editing.sdedit).
 
         ``steps`` are the calls of a full-strength edit (None: all T); a strength-S edit makes about S of them.
         Strength 0 returns ``x``; strength 1 is :meth:`sample` from pure noise with the same generator.

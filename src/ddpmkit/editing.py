@@ -61,7 +61,7 @@ def repaint_schedule(num_levels: int, jump_length: int = 1, resample: int = 1) -
 
 
 def check_mask(mask: Tensor, x: Tensor) -> Tensor:
-    """The mask (1 = known pixel, 0 = to generate) as x's dtype, broadcast to x; refused unless 0/1 and broadcastable."""
+    """The mask (1 = known pixel, 0 = to generate) as x's dtype, broadcast to x; refused unless 0/1 and it fits."""
     mask = torch.as_tensor(mask)
     if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
         raise UserError("the mask must hold only 0 (generate) and 1 (known)")

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..editing import INPAINT_SAMPLERS, slerp_frames
+from ..editing import INPAINT_SAMPLERS, edit_timesteps, repaint_schedule, slerp_frames
 from ..errors import UserError
 from ..images import load_npz, make_trajectory_grid, save_npz, save_png, to_uint8
 from ..options import Precision, SamplerName, Spacing
+from ..samplers import DEFAULT_SPACING, randn
 from ..train.fast import autocast_context, autocast_dtype
 from .loaded import Labels, Run, default_steps, parse_labels
 
@@ -51,7 +52,7 @@ def _image_run(run: Run, what: str) -> tuple[int, int, int]:
 
 
 def read_images(path: str | Path, run: Run) -> Tensor:
-    """Images [N, C, H, W] in [-1, 1] from a PNG (N = 1) or a samples ``.npz``, refused unless the run's size and channels."""
+    """Images [N, C, H, W] in [-1, 1] from a PNG (N = 1) or a samples ``.npz``, at the run's size and channels."""
     C, H, W = _image_run(run, "editing")
     path = Path(path)
     if not path.is_file():
@@ -70,7 +71,10 @@ def read_images(path: str | Path, run: Run) -> Tensor:
 
 
 def read_mask(path: str | Path, run: Run, count: int) -> Tensor:
-    """A mask [1 or count, 1, H, W] of 0/1 (1 = known): a black-and-white PNG, or ``mask`` in a ``.npz`` ([H, W] or [count, H, W])."""
+    """A mask [1 or count, 1, H, W] of 0/1 (1 = known).
+
+    From a black-and-white PNG, or a ``.npz`` holding ``mask`` [H, W] or [count, H, W].
+    """
     C, H, W = _image_run(run, "inpainting")
     path = Path(path)
     if not path.is_file():
@@ -147,7 +151,7 @@ def _conditioning(run: Run, labels: Labels, n: int, guidance: float | None) -> t
     return y, float(guidance)
 
 
-def _common(run: Run, num: int, seed: int, batch_size: int) -> None:
+def _common(num: int, seed: int, batch_size: int) -> None:
     _count("num", num)
     _count("the batch size", batch_size)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**62:
@@ -187,9 +191,9 @@ def inpaint(run: Run, images: Tensor, mask: Tensor, *, num: int = 1, resample: i
             sampler: SamplerName = "ddpm", steps: int | None = None, eta: float | None = None,
             spacing: Spacing | None = None, labels: Labels = None, guidance: float | None = None, seed: int = 0,
             batch_size: int = 256, precision: Precision | None = None, progress: bool = False) -> Edited:
-    """``num`` RePaint completions of each image where ``mask`` is 0 (``resample`` R, ``jump`` J; see GaussianDiffusion.inpaint)."""
+    """``num`` RePaint completions of each image where ``mask`` is 0 (see GaussianDiffusion.inpaint)."""
     _image_run(run, "inpainting")
-    _common(run, num, seed, batch_size)
+    _common(num, seed, batch_size)
     _count("resample", resample)
     _count("jump", jump)
     if sampler not in INPAINT_SAMPLERS:
@@ -210,10 +214,7 @@ def inpaint(run: Run, images: Tensor, mask: Tensor, *, num: int = 1, resample: i
                                              generator=gens, progress=progress, eta=eta, spacing=spacing).float().cpu())
     x = torch.cat(out)
     m = mask.expand(len(images), *mask.shape[1:])
-    levels = run.diffusion.num_timesteps if steps is None else steps
-    from ..editing import repaint_schedule
-
-    sched = repaint_schedule(levels, jump, resample)
+    sched = repaint_schedule(run.diffusion.num_timesteps if steps is None else steps, jump, resample)
     calls = sum(b < a for a, b in zip(sched, sched[1:]))
     return Edited(x, _shown_labels(run, y), _rows(images * m, x, num), calls)
 
@@ -222,11 +223,9 @@ def edit(run: Run, images: Tensor, strength: float, *, num: int = 1, sampler: Sa
          steps: int | None = None, eta: float | None = None, spacing: Spacing | None = None, labels: Labels = None,
          guidance: float | None = None, seed: int = 0, batch_size: int = 256, precision: Precision | None = None,
          progress: bool = False) -> Edited:
-    """SDEdit: ``num`` edits of each image at ``strength`` in [0, 1] (0: the image, 1: a new sample) with any sampler."""
-    from ..editing import edit_timesteps
-
+    """SDEdit: ``num`` edits of each image at ``strength`` in [0, 1] (0: the image, 1: a new sample), any sampler."""
     _image_run(run, "image-to-image editing")
-    _common(run, num, seed, batch_size)
+    _common(num, seed, batch_size)
     sc = run.config.sample
     chosen = sampler or sc.sampler
     steps = _steps(run, chosen, steps)
@@ -234,8 +233,6 @@ def edit(run: Run, images: Tensor, strength: float, *, num: int = 1, sampler: Sa
         eta = sc.eta
     spacing = spacing or (sc.spacing if chosen == sc.sampler else None)
     T = run.diffusion.num_timesteps
-    from ..samplers import DEFAULT_SPACING
-
     kept = edit_timesteps(T, strength, steps or T, spacing or DEFAULT_SPACING[chosen], run.diffusion.alphas_cumprod)
     y, w = _conditioning(run, labels, len(images) * num, guidance)
     out = []
@@ -267,8 +264,6 @@ def interpolate(run: Run, *, seeds: Sequence[int] | None = None, images: Tensor 
     y, w = _conditioning(run, labels, 2, guidance)
     device, shape = run.device, run.sample_shape
     ends_y = None if y is None else y.to(device)
-    from ..samplers import randn
-
     with autocast_context(device, autocast_dtype(precision or "auto", device)):
         if seeds is not None:
             ends = torch.cat([randn((1, *shape), torch.Generator(device=device).manual_seed(s), device) for s in seeds])
