@@ -1,6 +1,7 @@
 """Inpainting and image-to-image against exact answers, and digit completion on a trained run.
 
     python benchmarks/inpainting.py gaussian [--samples 2000]
+    python benchmarks/inpainting.py pictures --run RUN_DIR [--out-dir docs]
     python benchmarks/inpainting.py digits --run RUN_DIR [--steps 50] [--resample 4] [--jump 5] [--num 360]
                                            [--votes 1]
                                            [--picture docs/inpainting_digits.png]
@@ -22,6 +23,10 @@ kept timesteps, once with plain replacement (R = 1) and once with RePaint (``--r
 ``--jump``); the digits judge (ddpmkit/eval/digits.py) classifies each completion and is scored
 against the true class (with ``--votes V``: V completions per digit, scored each and by their
 majority class). Beside: the judge on the true digits and on the half-blank inputs.
+
+pictures: the 37 held-out 3s edited with the label 8 at strengths 0.1 ... 0.9 (the run's own
+sampler), 4 edits each, judged; docs/edit_digits.png (the first 3 and 6 of its edits per strength) and docs/interpolation_digits.png (a held-out 3 and 8 DDIM-inverted and
+joined by slerp, unconditional).
 Results: docs/editing.md.
 """
 
@@ -160,6 +165,36 @@ def picture(run, images, truth, mask, args) -> None:
     save_png(args.picture, make_trajectory_grid(rows, scale=6))
 
 
+def pictures(args) -> str:
+    """SDEdit of held-out 3s towards the label 8 (picture and judge table), and a 3-to-8 interpolation."""
+    from ddpmkit.eval.digits import get_judge
+    from ddpmkit.images import make_trajectory_grid, save_png, to_uint8
+    from ddpmkit.runs.editing import edit, interpolate
+
+    torch.set_num_threads(args.threads)
+    run = ddpmkit.Run.load(args.run)
+    judge = get_judge(0)
+    split, levels = judge.split, run.config.sample.levels
+    threes = np.flatnonzero(split.test_labels == 3)
+    pick = [int(threes[0]), int(np.flatnonzero(split.test_labels == 8)[0])]
+    images = torch.from_numpy(split.test_images.copy()).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    rows, table = [], ["| strength | network calls | mean change | judged 3 | judged 8 |", "|---:|---:|---:|---:|---:|"]
+    for s in STRENGTHS:
+        out = edit(run, images[threes], s, num=4, labels="8", precision="fp32", seed=1)
+        pred = judge.classify(to_uint8(out.x, levels))
+        change = float((out.x - images[threes].repeat_interleave(4, 0)).abs().mean()) / 2  # in units of the range
+        table.append(f"| {s} | {out.calls} | {change:.3f} | {np.mean(pred == 3):.2f} | {np.mean(pred == 8):.2f} |")
+        rows.append(to_uint8(out.rows[0][:7], levels))
+    save_png(f"{args.out_dir}/edit_digits.png", make_trajectory_grid(rows, scale=6))
+    strip = interpolate(run, images=images[pick], frames=8, precision="fp32")
+    save_png(f"{args.out_dir}/interpolation_digits.png",
+             make_trajectory_grid([to_uint8(strip.rows[0], levels)], scale=6))
+    return f"{len(threes)} held-out 3s, 4 edits each, labels 8, {run.config.sample.sampler}\n\n" + "\n".join(table)
+
+
+STRENGTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="part", required=True)
@@ -174,11 +209,17 @@ def main() -> None:
     d.add_argument("--votes", type=int, default=1, help="completions per digit (accuracy of each, and of their majority)")
     d.add_argument("--threads", type=int, default=1)
     d.add_argument("--picture", help="write the picture of completions here (PNG)")
+    q = sub.add_parser("pictures")
+    q.add_argument("--run", required=True, help="a trained digits run directory or checkpoint")
+    q.add_argument("--out-dir", default="docs")
+    q.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     if args.part == "gaussian":
         torch.set_num_threads(1)
         print("## RePaint against the exact conditional\n\n" + inpainting_table(args.samples))
         print("\n## SDEdit with the exact predictor\n\n" + sdedit_table(2 * args.samples))
+    elif args.part == "pictures":
+        print(pictures(args))
     else:
         print(digits(args))
 
