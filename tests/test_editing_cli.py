@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ddpmkit import GaussianDiffusion
 from ddpmkit.cli import main
@@ -141,3 +142,25 @@ def test_an_existing_output_is_kept_and_the_console_script_exits_2(tmp_path, inp
     code, err = run_cli("edit", RUN, "--image", files["digit"], "--strength", "0.3", "--out", out)
     assert_user_error(code, err, "already exists")
     assert out.read_bytes() == b"mine"
+
+
+def test_results_do_not_depend_on_the_batch_size_and_masks_can_differ_per_image(tmp_path, inputs, one_thread):
+    from ddpmkit import Run
+    from ddpmkit.runs.editing import edit, inpaint, read_images, read_mask
+
+    files, digit = inputs
+    run = Run.load(RUN, device="cpu")
+    images = read_images(files["pair"], run)
+    masks = np.zeros((2, 8, 8), np.int64)
+    masks[0, :4], masks[1, :, :4] = 1, 1  # keep the top half of the first, the left half of the second
+    np.savez(tmp_path / "masks.npz", mask=masks)
+    mask = read_mask(tmp_path / "masks.npz", run, 2)
+    assert mask.shape == (2, 1, 8, 8)
+    one = inpaint(run, images, mask, num=2, steps=4, resample=2, batch_size=1, precision="fp32")
+    four = inpaint(run, images, mask, num=2, steps=4, resample=2, batch_size=4, precision="fp32")
+    assert torch.equal(one.x, four.x)
+    kept = torch.from_numpy(masks).bool()[:, None].repeat_interleave(2, 0)
+    assert torch.equal(one.x[kept], images.repeat_interleave(2, 0)[kept])
+    a = edit(run, images, 0.4, num=3, steps=5, batch_size=2, labels="1,2", precision="fp32")
+    b = edit(run, images, 0.4, num=3, steps=5, batch_size=6, labels="1,2", precision="fp32")
+    assert torch.equal(a.x, b.x) and a.labels.tolist() == [1, 2, 1, 2, 1, 2]
