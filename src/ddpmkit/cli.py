@@ -97,6 +97,59 @@ def _add_stats(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _add_editing_options(p) -> None:
+    """The options inpaint and edit share with sample."""
+    p.add_argument("run", help="run directory or checkpoint file")
+    p.add_argument("--image", required=True, help="the input: a PNG (grey L or RGB, at the run's size) or a "
+                                                  "samples .npz (all its images)")
+    p.add_argument("--num", type=int, default=1, help="results per input image")
+    p.add_argument("--steps", type=int, help="network calls of the sampling chain (default: as ddpmkit sample)")
+    p.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (ddim only)")
+    p.add_argument("--spacing", choices=choices(Spacing), help="timestep spacing (default: the sampler's)")
+    p.add_argument("--labels", help="classes to condition on (cycled over the results); default for a class-"
+                                    "conditional run: unconditional, through its null label")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance weight (1 = off; needs --labels)")
+    p.add_argument("--seed", type=int, default=0, help="result i uses seed + i, whatever the batch size")
+    p.add_argument("--batch-size", type=int, default=256, help="results per network batch")
+    p.add_argument("--out", action="append", help="results.npz and/or picture.png, one row per input (repeatable)")
+    p.add_argument("--precision", choices=choices(Precision), help="network precision (default: as ddpmkit sample)")
+    _add_common(p)
+
+
+def _add_inpaint(sub) -> None:
+    p = sub.add_parser("inpaint", help="fill in the masked part of images (RePaint)")
+    _add_editing_options(p)
+    p.add_argument("--mask", required=True, help="PNG, white (255) = keep, black (0) = generate; or .npz 'mask' 0/1")
+    p.add_argument("--resample", type=int, default=1, help="RePaint's resamplings R (1: plain replacement)")
+    p.add_argument("--jump", type=int, default=1, help="RePaint's jump length J")
+    p.add_argument("--sampler", choices=choices(SamplerName), default="ddpm",
+                   help="the reverse step: ddpm (ancestral, the default) or ddim; the dpm++ solvers are refused")
+
+
+def _add_edit(sub) -> None:
+    p = sub.add_parser("edit", help="image-to-image: noise an image part way, then denoise it (SDEdit)")
+    _add_editing_options(p)
+    p.add_argument("--strength", type=float, required=True, help="in [0, 1]: the input is noised to t0 = strength T "
+                                                                 "(0: unchanged, 1: a new sample)")
+    p.add_argument("--sampler", choices=choices(SamplerName), help="default: the run's config")
+
+
+def _add_interpolate(sub) -> None:
+    p = sub.add_parser("interpolate", help="a strip of images along slerp between two noises, decoded with DDIM")
+    p.add_argument("run", help="run directory or checkpoint file")
+    ends = p.add_mutually_exclusive_group(required=True)
+    ends.add_argument("--seeds", help="A,B: the noises of two sample seeds")
+    ends.add_argument("--images", help="I1,I2: two images (PNG or one-image .npz), DDIM-inverted to their noises")
+    p.add_argument("--frames", type=int, default=8, help="images in the strip (>= 2)")
+    p.add_argument("--steps", type=int, help="DDIM calls for inversion and decoding (default: as ddpmkit sample)")
+    p.add_argument("--spacing", choices=choices(Spacing), help="timestep spacing (default: ddim's)")
+    p.add_argument("--labels", help="one class for every frame (default for a class-conditional run: its null label)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance weight (1 = off; needs --labels)")
+    p.add_argument("--out", action="append", help="strip.png and/or frames.npz (repeatable)")
+    p.add_argument("--precision", choices=choices(Precision), help="network precision (default: as ddpmkit sample)")
+    _add_common(p)
+
+
 def _add_common(p) -> None:
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", choices=choices(Device), default="auto")
@@ -112,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     _add_eval(sub)
     _add_stats(sub)
+    _add_inpaint(sub)
+    _add_edit(sub)
+    _add_interpolate(sub)
     p = sub.add_parser("info", help="describe a run or checkpoint")
     p.add_argument("run", help="run directory or checkpoint file")
     return parser
@@ -221,6 +277,76 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_inpaint(args) -> int:
+    from .runs.editing import inpaint, read_images, read_mask
+
+    outs = _edit_outputs(args)
+    run = _load(args)
+    images = read_images(args.image, run)
+    mask = read_mask(args.mask, run, len(images))
+    result = inpaint(run, images, mask, num=args.num, resample=args.resample, jump=args.jump, sampler=args.sampler,
+                     steps=args.steps, eta=args.eta, spacing=args.spacing, labels=args.labels,
+                     guidance=args.guidance, seed=args.seed, batch_size=args.batch_size, precision=args.precision,
+                     progress=not args.no_progress)
+    return _write_edited(run, result, outs, f"{len(result.x)} completions ({result.calls} network calls each)")
+
+
+def cmd_edit(args) -> int:
+    from .runs.editing import edit, read_images
+
+    outs = _edit_outputs(args)
+    run = _load(args)
+    result = edit(run, read_images(args.image, run), args.strength, num=args.num, sampler=args.sampler,
+                  steps=args.steps, eta=args.eta, spacing=args.spacing, labels=args.labels, guidance=args.guidance,
+                  seed=args.seed, batch_size=args.batch_size, precision=args.precision, progress=not args.no_progress)
+    return _write_edited(run, result, outs, f"{len(result.x)} edits ({result.calls} network calls each)")
+
+
+def cmd_interpolate(args) -> int:
+    import torch
+
+    from .runs.editing import interpolate, read_images
+
+    outs = _edit_outputs(args)
+    seeds = images = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(v) for v in args.seeds.split(",")]
+        except ValueError:
+            raise UserError(f"--seeds must be two integers A,B, got {args.seeds!r}") from None
+    else:
+        paths = args.images.split(",")
+        if len(paths) != 2:
+            raise UserError(f"--images must be two files I1,I2, got {args.images!r}")
+    run = _load(args)
+    if seeds is None:
+        images = torch.cat([read_images(p, run)[:1] for p in paths])
+    result = interpolate(run, seeds=seeds, images=images, frames=args.frames, steps=args.steps, spacing=args.spacing,
+                         labels=args.labels, guidance=args.guidance, precision=args.precision)
+    return _write_edited(run, result, outs, f"{len(result.x)} frames (DDIM, {result.calls} steps)")
+
+
+def _edit_outputs(args) -> list:
+    from .runs import check_output
+
+    return [check_output(p, args.force, (".npz", ".png"), "--out") for p in (args.out or ["edited.png"])]
+
+
+def _load(args):
+    from .runs import Run
+
+    return Run.load(args.run, ema=not args.no_ema, device=args.device)
+
+
+def _write_edited(run, result, outs: list, what: str) -> int:
+    from .runs.editing import write_edited
+
+    for path in outs:
+        write_edited(path, result, run.config.sample.levels)
+    print(f"wrote {what} to " + ", ".join(map(str, outs)))
+    return 0
+
+
 def cmd_info(args) -> int:
     from .runs.loaded import describe_checkpoint
 
@@ -232,7 +358,8 @@ def cmd_info(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ddpmkit`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "stats": cmd_stats, "info": cmd_info}
+    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "stats": cmd_stats, "info": cmd_info,
+                "inpaint": cmd_inpaint, "edit": cmd_edit, "interpolate": cmd_interpolate}
     try:
         return commands[args.command](args)
     except UserError as e:
