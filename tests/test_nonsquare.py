@@ -142,6 +142,16 @@ def test_command_line_sizes():
             parse_image_size(bad)
 
 
+def test_a_size_given_on_top_of_a_preset_reshapes_its_model(tmp_path):
+    """--image-size (an override of data.image_size) on a preset whose model took the preset's size."""
+    from ddpmkit.runs import start_training
+
+    cfg = load_config("digits")
+    assert cfg.model.image_size == 8
+    trainer = start_training(cfg, tmp_path / "r", overrides={"data": {"image_size": [8, 16]}}, progress=False)
+    assert trainer.cfg.model.image_size == (8, 16) and trainer.dataset.shape == (1, 8, 16)
+
+
 def test_configs_agree_however_the_size_is_written():
     cfg = load_config("digits", overrides={"data": {"image_size": [8, 16]}, "model": {"image_size": [8, 16]}})
     assert cfg.data.image_size == cfg.model.image_size == (8, 16)
@@ -163,10 +173,11 @@ def test_legacy_int_configs_load_unchanged():
 def test_a_square_run_still_samples_the_same_bits(one_thread):
     """The 20 digits the code before non-square images drew from the legacy checkpoint, bit for bit."""
     before = np.load(LEGACY / "legacy_unet_samples.npz")
-    samples = Run.load(LEGACY / "digits_unet_step3.pt", device="cpu").sample(20, labels="all", precision="fp32")
+    run = Run.load(LEGACY / "digits_unet_step3.pt", device="cpu")
+    samples = run.sample(20, labels="all", precision="fp32")
     from ddpmkit.images import to_uint8
 
-    np.testing.assert_array_equal(to_uint8(samples.x, 17), before["images"])
+    np.testing.assert_array_equal(to_uint8(samples.x, run.config.sample.levels), before["images"])
 
 
 # ----------------------------------------------------------------------------- resizing
@@ -178,8 +189,8 @@ def _ramp(w: int, h: int, a: int, b: int) -> Image.Image:
     return Image.fromarray((a * x + b * y).astype(np.uint8), "L")
 
 
-@pytest.mark.parametrize("src, size", [((90, 60), (12, 24)), ((40, 100), (16, 8)), ((50, 50), (10, 30)),
-                                       ((64, 40), (20, 20))])
+@pytest.mark.parametrize("src, size", [((90, 60), (12, 24)), ((40, 100), (16, 8)), ((50, 50), (10, 31)),
+                                       ((90, 61), (20, 25)), ((64, 41), (20, 20))])
 def test_resize_and_centre_crop_match_the_analytic_ramp(src, size):
     """Output pixel (i, j) samples the source at ((left + j + 0.5) / s - 0.5, (top + i + 0.5) / s - 0.5), with s
     the cover scale max(H / h, W / w) and the crop centred: a*x + b*y there, within rounding (interior pixels)."""
@@ -203,12 +214,12 @@ def test_square_resizing_is_what_it_was():
     """For an int size: the shorter side becomes S and the centre S x S is kept, the rule before [H, W]
     sizes, written out here again, pixel for pixel."""
     rng = np.random.default_rng(0)
-    data = torch.from_numpy(rng.integers(0, 256, (3, 3, 37, 23), dtype=np.uint8))
+    data = torch.from_numpy(rng.integers(0, 256, (3, 3, 36, 23), dtype=np.uint8))  # 23 x 36 -> 16 x 25: 9 cut
     ours = resize_images(data, 16)
     assert torch.equal(ours, resize_images(data, (16, 16)))
     for k in range(3):
         img = Image.fromarray(data[k].permute(1, 2, 0).numpy())
-        new_w, new_h = 16, round(37 * 16 / 23)
+        new_w, new_h = 16, round(36 * 16 / 23)
         img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
         top = (new_h - 16) // 2
         ref = np.asarray(img.crop((0, top, 16, top + 16)))
@@ -288,9 +299,12 @@ def test_a_non_square_run_trains_and_samples_h_by_w(wide_run, tmp_path):
 def test_the_commands_take_a_non_square_run(wide_run, tmp_path, capsys):
     assert main(["info", str(wide_run)]) == 0
     assert "folder (8x16x3 images, H x W x C)" in capsys.readouterr().out
-    out = tmp_path / "s.npz"
-    assert main(["sample", str(wide_run), "--num", "3", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    out, strip = tmp_path / "s.npz", tmp_path / "t.png"
+    assert main(["sample", str(wide_run), "--num", "3", "--out", str(out), "--trajectory", str(strip),
+                 "--no-progress", "--device", "cpu"]) == 0
     assert np.load(out)["images"].shape == (3, 8, 16, 3)
+    rows, cols = 2 * 3, 3  # x_t and predicted x0 rows for 3 samples; ddim with 3 calls keeps all 3
+    assert Image.open(strip).size == (cols * (16 * 4 + 1) + 1, rows * (8 * 4 + 1) + 1)
     assert main(["eval", str(wide_run), "--split", "train", "--num", "2", "--no-progress", "--device", "cpu"]) == 0
     assert "bits/dim = " in capsys.readouterr().out
     # a resumed run keeps its size: 8x16 agrees, 16x8 does not
