@@ -42,7 +42,7 @@ def _need_root(name: str, root: str | Path | None) -> Path:
 
 
 def _adapt(ds: InMemoryDataset, image_size: ImageSize | None, channels: int | None) -> InMemoryDataset:
-    """Resize to S x S or (H, W) (None: native size) and convert channels (None: native) of a built-in image dataset."""
+    """Resize to S x S or (H, W) (None: native size) and convert channels (None: native) of a built-in dataset."""
     data = ds.data
     if channels is not None:
         data = convert_channels(data, channels)

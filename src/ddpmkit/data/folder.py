@@ -163,8 +163,9 @@ def load_image_folder(
 
 def _valid_size(size) -> bool:
     """Whether ``size`` is a positive int or a pair of them (bools are not sizes)."""
-    parts = [size] if isinstance(size, int) else list(size) if isinstance(size, (tuple, list)) and len(size) == 2 else []
-    return bool(parts) and all(isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in parts)
+    pair = isinstance(size, (tuple, list)) and len(size) == 2
+    parts = list(size) if pair else [size]
+    return all(isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in parts)
 
 
 def _note_conversions(counts: Counter, total: int, root: Path) -> None:

@@ -21,7 +21,8 @@ from ..errors import UserError
 from ..nn import MLPConfig, UNetConfig
 from ..options import (CUDA_GRAPH_MODES, CompileMode, Device, LossType, LRSchedule, Precision, Prediction,
                        SamplerName, Schedule, Spacing, TimestepSampler, Toy2DName, Variance)
-from ..typed import IMAGE_SIZE_WORDS, ImageSize, check_fields, check_image_size, coerce, fail, from_dict, require, to_dict
+from ..typed import (IMAGE_SIZE_WORDS, ImageSize, check_fields, check_image_size, coerce, fail, from_dict, require,
+                     to_dict)
 
 __all__ = [
     "DigitsData", "MNISTData", "CIFAR10Data", "FolderData", "Toy2DData", "DataConfig", "ModelConfig",
