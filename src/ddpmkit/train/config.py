@@ -21,7 +21,8 @@ from ..errors import UserError
 from ..nn import MLPConfig, UNetConfig
 from ..options import (CUDA_GRAPH_MODES, CompileMode, Device, LossType, LRSchedule, Precision, Prediction,
                        SamplerName, Schedule, Spacing, TimestepSampler, Toy2DName, Variance)
-from ..typed import check_fields, coerce, fail, from_dict, require, to_dict
+from ..typed import (IMAGE_SIZE_WORDS, ImageSize, check_fields, check_image_size, coerce, fail, from_dict, require,
+                     to_dict)
 
 __all__ = [
     "DigitsData", "MNISTData", "CIFAR10Data", "FolderData", "Toy2DData", "DataConfig", "ModelConfig",
@@ -50,14 +51,14 @@ class _Checked:
 @dataclass
 class _ImageData(_Checked):
     section: ClassVar[str] = "data"
-    image_size: Optional[int] = None  # resize to this size (None: the native size)
+    image_size: Optional[ImageSize] = None  # resize to S x S, or [H, W] (None: the native size)
     channels: Optional[int] = None  # force 1 or 3 channels (None: the data's)
     conditional: bool = True  # train class-conditionally when the data has labels
     hflip: bool = False  # random horizontal flips
 
     def check(self) -> None:
-        require(self.image_size is None or self.image_size >= 1, "data.image_size", "a positive integer or null",
-                self.image_size)
+        object.__setattr__(self, "image_size", check_image_size(self.image_size, "data.image_size",
+                                                                IMAGE_SIZE_WORDS + " or null"))
         require(self.channels in (None, 1, 3), "data.channels", "1, 3 or null", self.channels)
 
 
@@ -89,7 +90,7 @@ class CIFAR10Data(_ImageData):
 
 @dataclass
 class FolderData(_ImageData):
-    """Any directory of images (resized and centre-cropped to image_size)."""
+    """Any directory of images (each scaled to cover image_size, aspect kept, and centre-cropped to it)."""
 
     kind: ClassVar[str] = "folder"
     native: ClassVar[tuple] = (None, None, None)  # known only once the folder is read
@@ -301,10 +302,19 @@ def experiment_from_dict(d: Any) -> ExperimentConfig:
         model = {"kind": "mlp" if data.kind == "toy2d" else "unet", **model}
         if (model["kind"] == "mlp") == (data.kind == "toy2d"):
             for key, value in static_shape(data).items():
-                require(model.get(key) in (None, value), f"model.{key}", f"{value!r}, as the data gives",
-                        model.get(key))
+                given = as_written(model.get(key))
+                require(given in (None, as_written(value)), f"model.{key}", f"{as_written(value)!r}, as the data "
+                        f"gives", given)
                 model[key] = value
     return from_dict(ExperimentConfig, {**d, "data": data, "model": model})
+
+
+def as_written(value: Any) -> Any:
+    """A value as YAML writes it (an [H, W] size as a list, a square one as S), so sizes compare as written."""
+    if isinstance(value, (list, tuple)):
+        value = list(value)
+        return value[0] if len(value) == 2 and value[0] == value[1] and isinstance(value[0], int) else value
+    return value
 
 
 def preset_names() -> list[str]:
