@@ -327,3 +327,28 @@ def test_bits_per_dim_counts_h_w_c(wide_run):
     expected = kl.reshape(2, -1).sum(1) / (8 * 16 * 3 * np.log(2))
     np.testing.assert_allclose(terms.prior.numpy(), expected, rtol=1e-5)
     assert terms.total.shape == (2,) and torch.all(terms.total > terms.prior)
+
+
+def test_inpaint_edit_and_interpolate_take_a_non_square_run(wide_run, tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (8, 16, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    Image.fromarray(image[:, ::-1].copy()).save(tmp_path / "b.png")
+    mask = np.full((8, 16), 255, np.uint8)
+    mask[:, 8:] = 0  # keep the left half
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    run, common = str(wide_run), ["--no-progress", "--device", "cpu", "--labels", "1"]
+    assert main(["inpaint", run, "--image", str(tmp_path / "a.png"), "--mask", str(tmp_path / "m.png"), "--num", "2",
+                 "--steps", "3", "--out", str(tmp_path / "i.npz"), *common]) == 0
+    filled = np.load(tmp_path / "i.npz")["images"]
+    assert filled.shape == (2, 8, 16, 3) and (filled[:, :, :8] == image[:, :8]).all()
+    assert main(["edit", run, "--image", str(tmp_path / "a.png"), "--strength", "0.5", "--steps", "3",
+                 "--out", str(tmp_path / "e.npz"), *common]) == 0
+    assert np.load(tmp_path / "e.npz")["images"].shape == (1, 8, 16, 3)
+    assert main(["interpolate", run, "--images", f"{tmp_path / 'a.png'},{tmp_path / 'b.png'}", "--frames", "3",
+                 "--steps", "3", "--out", str(tmp_path / "strip.npz"), *common]) == 0
+    assert np.load(tmp_path / "strip.npz")["images"].shape == (3, 8, 16, 3)
+    wrong = tmp_path / "tall.png"
+    Image.fromarray(image.transpose(1, 0, 2).copy()).save(wrong)  # 16 x 8: the run's size turned
+    assert main(["edit", run, "--image", str(wrong), "--strength", "0.5", *common]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
