@@ -19,7 +19,7 @@ import yaml
 
 from ..errors import UserError
 from ..nn import MLPConfig, UNetConfig
-from ..options import (CUDA_GRAPH_MODES, CompileMode, Device, LossType, LRSchedule, Precision, Prediction,
+from ..options import (CUDA_GRAPH_MODES, CompileMode, Device, Logger, LossType, LRSchedule, Precision, Prediction,
                        SamplerName, Schedule, Spacing, TimestepSampler, Toy2DName, Variance)
 from ..typed import check_fields, coerce, fail, from_dict, require, to_dict
 
@@ -151,7 +151,8 @@ class DiffusionConfig(_Checked):
 
 # train keys a resumed run takes from the command line; every other key comes from its checkpoint
 # (the maths does not depend on these, only the rounding does: precision, and microbatch's dropout order)
-RESUMABLE_TRAIN_KEYS = ("steps", "device", "precision", "compile_mode", "microbatch")
+# (and loggers: where the metrics are written)
+RESUMABLE_TRAIN_KEYS = ("steps", "device", "precision", "compile_mode", "microbatch", "loggers")
 
 
 @dataclass
@@ -172,6 +173,7 @@ class TrainConfig(_Checked):
     ema_start: int = 0  # before this step the EMA copies the weights
     ema_every: int = 1  # update the EMA every this many steps
     log_every: int = 100  # steps between metrics lines
+    loggers: tuple[Logger, ...] = ("jsonl",)  # metrics.jsonl and/or TensorBoard event files in RUN/tb
     sample_every: int = 2000  # steps between PNG grids of EMA samples (0: never)
     checkpoint_every: int = 5000  # steps between checkpoints (one is always written at the end)
     keep_checkpoints: int = 3  # newest checkpoints kept (0: keep all)
@@ -197,6 +199,8 @@ class TrainConfig(_Checked):
         require(self.weight_decay >= 0, "train.weight_decay", "at least 0", self.weight_decay)
         require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
         require(0 <= self.ema_decay < 1, "train.ema_decay", "in [0, 1)", self.ema_decay)
+        require(len(set(self.loggers)) == len(self.loggers), "train.loggers", "a list without repeats",
+                list(self.loggers))
         require(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip", "positive or null (no clipping)",
                 self.grad_clip)
         require(all(0 <= b < 1 for b in self.adam_betas), "train.adam_betas", "two numbers in [0, 1)",
