@@ -99,12 +99,12 @@ def make_trajectory_grid(rows: list[np.ndarray], padding: int = 1, pad_value: in
 GRID_GAP = 2  # pixels between the images of a sample grid (at the enlarged size)
 GRID_GAP_VALUE = 255  # white: visible between dark images such as digits
 GRID_MIN_WIDTH = 256  # tiny images are enlarged until a grid is at least this wide
-GRID_MIN_TILE = 64  # ... and each image at least this wide
+GRID_MIN_TILE = 64  # ... and each image about this wide (enlarged GRID_MIN_TILE // width times)
 
 
 def grid_scale(width: int, ncol: int) -> int:
-    """The integer factor sample grids enlarge images of ``width`` pixels by, ``ncol`` to a row: the
-    smallest that makes each image at least GRID_MIN_TILE and the row at least GRID_MIN_WIDTH pixels wide
+    """The integer factor sample grids enlarge images of ``width`` pixels by, ``ncol`` to a row: the larger
+    of GRID_MIN_TILE // width and the smallest that makes the row at least GRID_MIN_WIDTH pixels wide
     (1 for images that are large already)."""
     return max(1, GRID_MIN_TILE // width, math.ceil(GRID_MIN_WIDTH / (ncol * width)))
 
