@@ -11,6 +11,7 @@ in the run directory and inside every checkpoint, so sampling needs nothing but 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
@@ -27,7 +28,7 @@ __all__ = [
     "DigitsData", "MNISTData", "CIFAR10Data", "FolderData", "Toy2DData", "DataConfig", "ModelConfig",
     "DiffusionConfig", "TrainConfig", "SampleConfig", "ExperimentConfig", "CUDA_GRAPH_MODES",
     "RESUMABLE_TRAIN_KEYS", "from_dict", "load_config", "preset_names", "preset_path", "save_config",
-    "config_from_checkpoint",
+    "config_from_checkpoint", "config_yaml", "parse_assignments",
 ]
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -372,11 +373,43 @@ def load_config(
     return experiment_from_dict(data)
 
 
+def config_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML text (read back as a config file, it gives the same config)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
 def save_config(cfg: ExperimentConfig, path: Path) -> None:
     """Write the resolved config as YAML."""
     from ..files import write_text
 
-    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(path, config_yaml(cfg))
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def parse_assignments(items: list[str] | None) -> dict:
+    """``["train.lr=1e-3", "train.loggers=[jsonl, tensorboard]"]`` (``--set``) as nested overrides; each
+    value is read as YAML (``null``, ``true``, numbers, ``[a, b]``), a number like 1e-3 as a float."""
+    out: dict = {}
+    for item in items or []:
+        key, eq, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not eq or len(parts) < 2 or not all(p.strip() for p in parts):
+            raise UserError(f"--set {item!r}: give section.key=value (for example train.lr=1e-4)")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise UserError(f"--set {item!r}: the value is not valid YAML") from None
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part.strip(), {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item!r}: {part.strip()!r} was given a value already")
+        node[parts[-1].strip()] = value
+    return out
 
 
 def config_from_checkpoint(d: dict) -> ExperimentConfig:
