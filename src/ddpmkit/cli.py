@@ -43,7 +43,8 @@ def _add_set(p) -> None:
 def _add_train(sub) -> None:
     p = _command(sub, "train", "train a model into a run directory",
                  "  ddpmkit train --preset digits --out runs/digits\n"
-                 "  ddpmkit train --preset folder --data photos/ --image-size 64 --set 'train.loggers=[jsonl, tensorboard]'\n"
+                 "  ddpmkit train --preset folder --data photos/ --image-size 64 "
+                 "--set 'train.loggers=[jsonl, tensorboard]'\n"
                  "  ddpmkit train --out runs/digits --resume --steps 8000")
     p.add_argument("--preset", help="digits, toy2d-<moons|swissroll|8gaussians|checkerboard>, folder, cifar10, mnist")
     p.add_argument("--config", help="a YAML file of overrides (on top of the preset, if any)")
@@ -72,7 +73,8 @@ def _add_train(sub) -> None:
 def _add_config(sub) -> None:
     p = _command(sub, "config", "print the resolved config (YAML) of a preset, a config file and --set",
                  "  ddpmkit config --preset digits\n"
-                 "  ddpmkit config --preset digits --set train.steps=500 > short.yaml && ddpmkit train --config short.yaml")
+                 "  ddpmkit config --preset digits --set train.steps=500 > short.yaml "
+                 "&& ddpmkit train --config short.yaml")
     p.add_argument("--preset", help="digits, toy2d-<moons|swissroll|8gaussians|checkerboard>, folder, cifar10, mnist")
     p.add_argument("--config", help="a YAML file of overrides (on top of the preset, if any)")
     _add_set(p)
@@ -81,7 +83,8 @@ def _add_config(sub) -> None:
 def _add_sample(sub) -> None:
     p = _command(sub, "sample", "draw samples from a trained model",
                  "  ddpmkit sample runs/digits --num 100 --labels all --out samples.npz --out grid.png\n"
-                 "  ddpmkit sample runs/digits --num 64 --sampler ddim --steps 25 --guidance 2 --labels 3 --out threes.png")
+                 "  ddpmkit sample runs/digits --num 64 --sampler ddim --steps 25 --guidance 2 --labels 3 "
+                 "--out threes.png")
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("--num", type=int, default=64, help="number of samples")
     p.add_argument("--sampler", choices=choices(SamplerName), help="default: the run's config")
