@@ -23,7 +23,8 @@ def tiny_cfg(steps: int, loggers=("jsonl", "tensorboard"), **train):
     from conftest import TINY_DIGITS
 
     over = copy.deepcopy(TINY_DIGITS)
-    over["train"].update(steps=steps, loggers=list(loggers), log_every=1, sample_every=2, batch_size=32, **train)
+    over["train"].update({"steps": steps, "loggers": list(loggers), "log_every": 1, "sample_every": 2, "batch_size": 32,
+                          **train})
     return load_config("digits", overrides=over)
 
 
@@ -153,3 +154,26 @@ def test_tensorboard_only_writes_no_jsonl(tmp_path, one_thread):
     Trainer(tiny_cfg(2, loggers=("tensorboard",)), tmp_path / "r", progress=False).train()
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
     assert [e.step for e in read_events(tmp_path / "r").Scalars("loss")] == [1, 2]
+
+
+def test_a_run_started_over_drops_the_old_events(tmp_path, one_thread):
+    pytest.importorskip("tensorboard")
+    from ddpmkit.runs import train
+
+    run = tmp_path / "r"
+    train(tiny_cfg(3, sample_every=0), run, progress=False, log=None)
+    train(tiny_cfg(2, sample_every=0), run, force=True, progress=False, log=None)
+    events = read_events(run).Scalars("loss")
+    assert [e.step for e in events] == [1, 2]
+    np.testing.assert_allclose([e.value for e in events], [r["loss"] for r in metrics(run)], rtol=1e-6)
+
+
+def test_points_grid_reaches_tensorboard(tmp_path, one_thread):
+    pytest.importorskip("tensorboard")
+    over = {"train": {"steps": 2, "batch_size": 16, "log_every": 1, "sample_every": 2, "num_grid_samples": 8,
+                      "loggers": ["jsonl", "tensorboard"]},
+            "model": {"hidden": 16}, "diffusion": {"timesteps": 20}, "sample": {"grid_steps": 3}}
+    Trainer(load_config("toy2d-moons", overrides=over), tmp_path / "r", progress=False).train()
+    (image,) = read_events(tmp_path / "r").Images("samples")
+    got = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("RGB"))
+    np.testing.assert_array_equal(got, np.asarray(Image.open(tmp_path / "r" / "samples" / "step_00000002.png")))

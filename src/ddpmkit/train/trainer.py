@@ -392,8 +392,9 @@ class Trainer:
             save_png(path, grid)
         else:
             save_points_png(path, x.float().cpu().numpy())
-            grid = np.asarray(Image.open(path).convert("RGB"))
-        self.logger.image("samples", grid, step)
+            grid = np.asarray(Image.open(path).convert("RGB")) if self.logger.tensorboard is not None else None
+        if grid is not None:
+            self.logger.image("samples", grid, step)
         return path
 
 
