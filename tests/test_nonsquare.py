@@ -279,9 +279,17 @@ def wide_run(tmp_path_factory):
     return tmp / "run"
 
 
+def _grid_size(ncol: int, nrow: int, h: int = 8, w: int = 16) -> tuple[int, int]:
+    """(width, height) of a sample grid of h x w tiles enlarged by grid_scale with GRID_GAP between them."""
+    from ddpmkit.images import GRID_GAP, grid_scale
+
+    s = grid_scale(w, ncol)
+    return ncol * (w * s + GRID_GAP) + GRID_GAP, nrow * (h * s + GRID_GAP) + GRID_GAP
+
+
 def test_a_non_square_run_trains_and_samples_h_by_w(wide_run, tmp_path):
     grid = Image.open(next((wide_run / "samples").glob("*.png")))
-    assert grid.size == (2 * (16 + 1) + 1, 2 * (8 + 1) + 1)  # a 2 x 2 training grid of 8 x 16 tiles
+    assert grid.size == _grid_size(2, 2)  # a training grid of 8 x 16 tiles: one class per row
     assert yaml.safe_load((wide_run / "config.yaml").read_text())["model"]["image_size"] == [8, 16]
     run = Run.load(wide_run, device="cpu")
     assert run.sample_shape == (3, 8, 16) and run.config.model.image_size == (8, 16)
@@ -292,8 +300,7 @@ def test_a_non_square_run_trains_and_samples_h_by_w(wide_run, tmp_path):
     npz = np.load(write_samples(tmp_path / "s.npz", s))
     assert npz["images"].shape == (5, 8, 16, 3) and npz["labels"].tolist() == [0, 1, 0, 1, 0]
     png = Image.open(write_samples(tmp_path / "s.png", s))
-    scale = 64 // 16  # tiles drawn at least 64 pixels wide
-    assert png.size == (3 * (16 * scale + 1) + 1, 2 * (8 * scale + 1) + 1)
+    assert png.size == _grid_size(3, 2)  # classes 0 and 1 cycled: a row of three 0s and a row of two 1s
 
 
 def test_the_commands_take_a_non_square_run(wide_run, tmp_path, capsys):

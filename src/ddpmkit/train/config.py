@@ -11,6 +11,7 @@ in the run directory and inside every checkpoint, so sampling needs nothing but 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
@@ -19,7 +20,7 @@ import yaml
 
 from ..errors import UserError
 from ..nn import MLPConfig, UNetConfig
-from ..options import (CUDA_GRAPH_MODES, CompileMode, Device, LossType, LRSchedule, Precision, Prediction,
+from ..options import (CUDA_GRAPH_MODES, CompileMode, Device, Logger, LossType, LRSchedule, Precision, Prediction,
                        SamplerName, Schedule, Spacing, TimestepSampler, Toy2DName, Variance)
 from ..typed import (IMAGE_SIZE_WORDS, ImageSize, check_fields, check_image_size, coerce, fail, from_dict, require,
                      to_dict)
@@ -28,7 +29,7 @@ __all__ = [
     "DigitsData", "MNISTData", "CIFAR10Data", "FolderData", "Toy2DData", "DataConfig", "ModelConfig",
     "DiffusionConfig", "TrainConfig", "SampleConfig", "ExperimentConfig", "CUDA_GRAPH_MODES",
     "RESUMABLE_TRAIN_KEYS", "from_dict", "load_config", "preset_names", "preset_path", "save_config",
-    "config_from_checkpoint",
+    "config_from_checkpoint", "config_yaml", "parse_assignments",
 ]
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -152,7 +153,8 @@ class DiffusionConfig(_Checked):
 
 # train keys a resumed run takes from the command line; every other key comes from its checkpoint
 # (the maths does not depend on these, only the rounding does: precision, and microbatch's dropout order)
-RESUMABLE_TRAIN_KEYS = ("steps", "device", "precision", "compile_mode", "microbatch")
+# (and loggers: where the metrics are written)
+RESUMABLE_TRAIN_KEYS = ("steps", "device", "precision", "compile_mode", "microbatch", "loggers")
 
 
 @dataclass
@@ -173,6 +175,7 @@ class TrainConfig(_Checked):
     ema_start: int = 0  # before this step the EMA copies the weights
     ema_every: int = 1  # update the EMA every this many steps
     log_every: int = 100  # steps between metrics lines
+    loggers: tuple[Logger, ...] = ("jsonl",)  # metrics.jsonl and/or TensorBoard event files in RUN/tb
     sample_every: int = 2000  # steps between PNG grids of EMA samples (0: never)
     checkpoint_every: int = 5000  # steps between checkpoints (one is always written at the end)
     keep_checkpoints: int = 3  # newest checkpoints kept (0: keep all)
@@ -198,6 +201,8 @@ class TrainConfig(_Checked):
         require(self.weight_decay >= 0, "train.weight_decay", "at least 0", self.weight_decay)
         require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
         require(0 <= self.ema_decay < 1, "train.ema_decay", "in [0, 1)", self.ema_decay)
+        require(len(set(self.loggers)) == len(self.loggers), "train.loggers", "a list without repeats",
+                list(self.loggers))
         require(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip", "positive or null (no clipping)",
                 self.grad_clip)
         require(all(0 <= b < 1 for b in self.adam_betas), "train.adam_betas", "two numbers in [0, 1)",
@@ -378,11 +383,43 @@ def load_config(
     return experiment_from_dict(data)
 
 
+def config_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML text (read back as a config file, it gives the same config)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
 def save_config(cfg: ExperimentConfig, path: Path) -> None:
     """Write the resolved config as YAML."""
     from ..files import write_text
 
-    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(path, config_yaml(cfg))
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def parse_assignments(items: list[str] | None) -> dict:
+    """``["train.lr=1e-3", "train.loggers=[jsonl, tensorboard]"]`` (``--set``) as nested overrides; each
+    value is read as YAML (``null``, ``true``, numbers, ``[a, b]``), a number like 1e-3 as a float."""
+    out: dict = {}
+    for item in items or []:
+        key, eq, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not eq or len(parts) < 2 or not all(p.strip() for p in parts):
+            raise UserError(f"--set {item!r}: give section.key=value (for example train.lr=1e-4)")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise UserError(f"--set {item!r}: the value is not valid YAML") from None
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part.strip(), {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item!r}: {part.strip()!r} was given a value already")
+        node[parts[-1].strip()] = value
+    return out
 
 
 def config_from_checkpoint(d: dict) -> ExperimentConfig:
