@@ -5,7 +5,7 @@
 
 What it does (every stage caches its result in --work, so a rerun continues where it stopped):
 
-1. Reference: Inception features of the 10k MNIST test images (``--ref``: a features file written by
+1. Reference: Inception features of the 10k MNIST test images (or the first ``--test-num``) (``--ref``: a features file written by
    ``ddpmkit stats mnist --split test --features``), and of ``--num`` random training images: the
    real-data floor.
 2. Training, both at once, one thread each, ``--budget-min`` minutes of CPU time each (process time,
@@ -258,7 +258,7 @@ def scores(feats: np.ndarray, test: np.ndarray, test_pr: np.ndarray) -> dict:
             "kid": kid, "kid_stderr": kid_se, "precision": precision, "recall": recall}
 
 
-def score_all(work: Path, sets: dict[str, Path], ref: Path | None, num: int) -> dict:
+def score_all(work: Path, sets: dict[str, Path], ref: Path | None, num: int, test_num: int = 10000) -> dict:
     from ddpmkit.eval.inception import InceptionFeatures
     from ddpmkit.eval.quality import load_stats
     from ddpmkit.images import load_npz
@@ -267,7 +267,8 @@ def score_all(work: Path, sets: dict[str, Path], ref: Path | None, num: int) -> 
     if ref is not None:
         test = load_stats(ref)["features"]
     else:
-        test = features_of(net, _mnist("test").data.permute(0, 2, 3, 1).numpy(), work / "features_test.npz")
+        test_images = _mnist("test").data[:test_num].permute(0, 2, 3, 1).numpy()  # the split's first test_num
+        test = features_of(net, test_images, work / f"features_test{len(test_images)}.npz")
     pick = np.random.default_rng(0)
     test_pr = test[pick.choice(len(test), num, replace=False)]
     train = _mnist("train").data
@@ -307,6 +308,7 @@ def main() -> None:
     p.add_argument("--num", type=int, default=2000, help="samples per set (and floor images)")
     p.add_argument("--work", type=Path, default=Path("runs/mnist_bench"))
     p.add_argument("--ref", type=Path, help="test-split features (ddpmkit stats mnist --split test --features)")
+    p.add_argument("--test-num", type=int, default=10000, help="without --ref: the first N test images as reference")
     p.add_argument("--docs", type=Path, default=HERE.parent.parent / "docs")
     p.add_argument("--child", choices=["ddpmkit", "diffusers"], help=argparse.SUPPRESS)
     p.add_argument("--budget-s", type=float, help=argparse.SUPPRESS)
@@ -320,8 +322,9 @@ def main() -> None:
         train_both(a.work, a.budget_min * 60)
     budgets = {w: json.loads((a.work / w / "budget.json").read_text()) for w in ("ddpmkit", "diffusers")}
     sets = sample_sets(a.work, a.num)
-    result = score_all(a.work, sets, a.ref, a.num)
-    _save_json(a.work / "result.json", {"num": a.num, "budgets": budgets, "scores": result})
+    result = score_all(a.work, sets, a.ref, a.num, a.test_num)
+    _save_json(a.work / "result.json", {"num": a.num, "test_num": a.test_num if a.ref is None else None,
+                                        "budgets": budgets, "scores": result})
     pictures(a.work, sets, a.docs)
     print(json.dumps(budgets, indent=1))
     print(table(result, budgets))
