@@ -97,6 +97,27 @@ def _add_stats(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page about a run")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--out", help="the HTML file (default RUN/report.html)")
+    p.add_argument("--no-trajectory", action="store_true", help="do not draw a trajectory strip (4 samples)")
+    p.add_argument("--device", choices=choices(Device), default="auto", help="where the trajectory is drawn")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+
+
+def _add_export(sub) -> None:
+    from .export import FORMATS
+
+    p = sub.add_parser("export", help="export a run's EMA weights (safetensors, or a diffusers folder)")
+    p.add_argument("run", help="run directory or checkpoint file")
+    p.add_argument("--format", choices=FORMATS, required=True,
+                   help="safetensors: model.safetensors + config.json; diffusers: a DDPMPipeline folder "
+                        "(networks that map exactly; others are refused with the reason)")
+    p.add_argument("--out", help="folder (default RUN_export for safetensors, RUN_diffusers for diffusers)")
+    p.add_argument("--force", action="store_true", help="overwrite the files of an existing --out")
+
+
 def _add_common(p) -> None:
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", choices=choices(Device), default="auto")
@@ -112,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     _add_eval(sub)
     _add_stats(sub)
+    _add_report(sub)
+    _add_export(sub)
     p = sub.add_parser("info", help="describe a run or checkpoint")
     p.add_argument("run", help="run directory or checkpoint file")
     return parser
@@ -221,6 +244,22 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .runs.report import write_report
+
+    out = write_report(args.run, args.out, trajectory=not args.no_trajectory, device=args.device, force=args.force)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    out = export_run(args.run, args.format, args.out, force=args.force)
+    print(f"wrote {out} ({args.format})")
+    return 0
+
+
 def cmd_info(args) -> int:
     from .runs.loaded import describe_checkpoint
 
@@ -232,7 +271,8 @@ def cmd_info(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ddpmkit`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "stats": cmd_stats, "info": cmd_info}
+    commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "stats": cmd_stats, "info": cmd_info,
+                "report": cmd_report, "export": cmd_export}
     try:
         return commands[args.command](args)
     except UserError as e:
