@@ -130,7 +130,7 @@ def _summary(run_dir: Path, config: dict, records: list[dict]) -> str:
         rows["checkpoint"] = f"none readable ({e})"
     losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float))]
     if losses:
-        rows["final loss"] = f"{losses[-1]:.4g} (smoothed {smooth(losses)[-1]:.4g})"
+        rows["final loss"] = f"{losses[-1]:.4g} (smoothed {_smoothed(losses)[-1]:.4g})"
     speeds = [r["images_per_s"] for r in records if isinstance(r.get("images_per_s"), (int, float))]
     if speeds:
         rows["images/s"] = f"{statistics.median(speeds):.0f} (median of {len(speeds)} log intervals)"
@@ -140,13 +140,17 @@ def _summary(run_dir: Path, config: dict, records: list[dict]) -> str:
     return _table(rows)
 
 
+def _smoothed(losses: list[float]) -> list[float]:
+    """The loss averaged over about 1/30 of the run's log lines."""
+    return smooth(losses, 1 - 1 / max(1.0, len(losses) / 30))
+
+
 def _curves(records: list[dict]) -> str:
     rows = [r for r in records if isinstance(r.get("step"), (int, float)) and isinstance(r.get("loss"), (int, float))]
     if not rows:
         return '<p class="note">no metrics.jsonl records with a loss</p>'
     steps, losses = [r["step"] for r in rows], [r["loss"] for r in rows]
-    weight = 1 - 1 / max(1.0, len(losses) / 30)  # an average over about 1/30 of the run
-    loss = line_chart(steps, [("raw", losses, "#9ecae1", 1), ("smoothed", smooth(losses, weight), "#08519c", 2.5)],
+    loss = line_chart(steps, [("raw", losses, "#9ecae1", 1), ("smoothed", _smoothed(losses), "#08519c", 2.5)],
                       log_y=True, y_label="loss (log scale)", title="training loss")
     lrs = [r.get("lr") if isinstance(r.get("lr"), (int, float)) else None for r in rows]
     lr = line_chart(steps, [("learning rate", lrs, "#d94801", 2)], y_label="learning rate", title="learning rate")
