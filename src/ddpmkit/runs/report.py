@@ -89,7 +89,7 @@ def build_report(run_dir: Path, *, trajectory: bool = True, device: str = "auto"
     title = f"ddpmkit report: {name or run_dir.name}"
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{escape(title)}</title>\n'
             f"<style>{_CSS}</style>\n</head>\n<body>\n<h1>{escape(title)}</h1>\n"
-            f'<p class="note">{escape(str(run_dir.resolve()))}</p>\n' + "\n".join(sections) + "\n</body>\n</html>\n")
+            f'<p class="note">{escape(str(run_dir))}</p>\n' + "\n".join(sections) + "\n</body>\n</html>\n")
 
 
 def _section(ident: str, heading: str, body: str) -> str:
