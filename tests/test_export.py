@@ -55,7 +55,8 @@ def test_safetensors_round_trip_gives_the_same_network(run_dir, tmp_path):
     about = json.loads((out / "config.json").read_text())
     assert about["ema"] is True and about["step"] == 1 and cfg == run.config
     theirs = run.model.state_dict()
-    assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items()) and model.state_dict().keys() == theirs.keys()
+    assert model.state_dict().keys() == theirs.keys()
+    assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())
     model = model.to(memory_format=torch.channels_last)  # as Run.load lays it out: the same kernels
     x, t = _inputs(run)
     with torch.no_grad():

@@ -33,7 +33,8 @@ def run_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("report") / "run"
     train(load_config("digits", overrides=over), path, progress=False, log=None)
     # what `ddpmkit eval RUN --metric bpd --out RUN/eval/bpd.json` writes (its numbers are tested elsewhere)
-    write_text(path / "eval" / "bpd.json", json.dumps({"metric": "bpd", "bpd": 5.14709482, "stderr": 0.034, "num": 200}))
+    result = {"metric": "bpd", "bpd": 5.14709482, "stderr": 0.034, "num": 200}
+    write_text(path / "eval" / "bpd.json", json.dumps(result))
     write_text(path / "eval" / "broken.json", "{")
     return path
 
