@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .options import CompileMode, Device, Precision, QualityMetric, Resize, SamplerName, Spacing, Split, choices
+from .options import ExportFormat
 
 __all__ = ["main", "build_parser"]
 
@@ -107,11 +108,9 @@ def _add_report(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    from .export import FORMATS
-
     p = sub.add_parser("export", help="export a run's EMA weights (safetensors, or a diffusers folder)")
     p.add_argument("run", help="run directory or checkpoint file")
-    p.add_argument("--format", choices=FORMATS, required=True,
+    p.add_argument("--format", choices=choices(ExportFormat), required=True,
                    help="safetensors: model.safetensors + config.json; diffusers: a DDPMPipeline folder "
                         "(networks that map exactly; others are refused with the reason)")
     p.add_argument("--out", help="folder (default RUN_export for safetensors, RUN_diffusers for diffusers)")

@@ -17,21 +17,21 @@ from torch import Tensor
 
 from .errors import UserError
 from .files import write_bytes, write_text
+from .options import ExportFormat, check_choice, choices
 
 __all__ = ["export_run", "diffusers_refusal", "diffusers_unet_config", "diffusers_state_dict",
            "scheduler_config", "load_safetensors", "FORMATS"]
 
-FORMATS = ("safetensors", "diffusers")
+FORMATS = choices(ExportFormat)
 _DIFFUSERS_VERSION = "0.42.1"  # the diffusers whose source this mapping was checked against (recorded in the configs)
 
 
-def export_run(run_path: str | Path, fmt: str, out: str | Path | None = None, force: bool = False) -> Path:
+def export_run(run_path: str | Path, fmt: ExportFormat, out: str | Path | None = None, force: bool = False) -> Path:
     """Write the run's EMA weights (its raw weights if it kept no EMA) in ``fmt``; return the folder."""
     from .runs import Run
     from .train.checkpoint import resolve_checkpoint
 
-    if fmt not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    check_choice("export format", fmt, ExportFormat)
     safetensors = _safetensors()
     out = _check_out(Path(out) if out else _default_out(resolve_checkpoint(run_path), Path(run_path), fmt), force)
     run = Run.load(run_path, device="cpu")
