@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
-from .options import CompileMode, Device, Precision, QualityMetric, Resize, SamplerName, Spacing, Split, choices
+from .options import (CompileMode, Device, ExportFormat, Precision, QualityMetric, Resize, SamplerName, Spacing, Split,
+                      choices)
 from .typed import parse_image_size
 
 __all__ = ["main", "build_parser"]
@@ -205,6 +206,28 @@ def _add_interpolate(sub) -> None:
     _add_common(p)
 
 
+def _add_report(sub) -> None:
+    p = _command(sub, "report", "one self-contained HTML page about a run",
+                 "  ddpmkit report runs/digits\n  ddpmkit report runs/digits --out digits.html --no-trajectory")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--out", help="the HTML file (default RUN/report.html)")
+    p.add_argument("--no-trajectory", action="store_true", help="do not draw a trajectory strip (4 samples)")
+    p.add_argument("--device", choices=choices(Device), default="auto", help="where the trajectory is drawn")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+
+
+def _add_export(sub) -> None:
+    p = _command(sub, "export", "export a run's EMA weights (safetensors, or a diffusers folder)",
+                 "  ddpmkit export runs/digits --format safetensors\n"
+                 "  ddpmkit export runs/uncond --format diffusers --out uncond_diffusers")
+    p.add_argument("run", help="run directory or checkpoint file")
+    p.add_argument("--format", choices=choices(ExportFormat), required=True,
+                   help="safetensors: model.safetensors + config.json; diffusers: a DDPMPipeline folder "
+                        "(networks that map exactly; others are refused with the reason)")
+    p.add_argument("--out", help="folder (default RUN_export for safetensors, RUN_diffusers for diffusers)")
+    p.add_argument("--force", action="store_true", help="overwrite the files of an existing --out")
+
+
 def _add_common(p) -> None:
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--device", choices=choices(Device), default="auto", help="where to run")
@@ -229,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inpaint(sub)
     _add_edit(sub)
     _add_interpolate(sub)
+    _add_report(sub)
+    _add_export(sub)
     p = _command(sub, "info", "describe a run or checkpoint", "  ddpmkit info runs/digits")
     p.add_argument("run", help="run directory or checkpoint file")
     _add_config(sub)
@@ -420,6 +445,22 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .runs.report import write_report
+
+    out = write_report(args.run, args.out, trajectory=not args.no_trajectory, device=args.device, force=args.force)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    out = export_run(args.run, args.format, args.out, force=args.force)
+    print(f"wrote {out} ({args.format})")
+    return 0
+
+
 def cmd_info(args) -> int:
     from .runs.loaded import describe_checkpoint
 
@@ -432,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ddpmkit`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "stats": cmd_stats, "info": cmd_info,
-                "inpaint": cmd_inpaint, "edit": cmd_edit, "interpolate": cmd_interpolate, "config": cmd_config}
+                "inpaint": cmd_inpaint, "edit": cmd_edit, "interpolate": cmd_interpolate, "config": cmd_config,
+                "report": cmd_report, "export": cmd_export}
     try:
         return commands[args.command](args)
     except UserError as e:

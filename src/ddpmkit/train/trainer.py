@@ -204,6 +204,8 @@ class Trainer:
             with StopSignals() as stop:
                 for step in range(self.start_step, tc.steps):
                     x0, y = next(stream)
+                    if self.cfg.model.num_classes is None:  # labelled data trained unconditionally (data.conditional: false)
+                        y = None
                     self.train_step(x0, y)
                     done = step + 1
                     if bar is not None:
