@@ -304,6 +304,25 @@ def test_mnist_bad_magic_and_size(tmp_path):
         load_mnist(tmp_path)
 
 
+def test_mnist_preset_trains_28x28_digits_padded_to_32_from_idx_files(tmp_path):
+    from ddpmkit import Run
+    from ddpmkit.runs import train
+    from ddpmkit.train.config import load_config
+
+    rng = np.random.default_rng(2)
+    for prefix, n in (("train", 16), ("t10k", 8)):
+        (tmp_path / f"{prefix}-images-idx3-ubyte").write_bytes(_idx(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), 0x803))
+        (tmp_path / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx(np.arange(n, dtype=np.uint8) % 10, 0x801))
+    cfg = load_config("mnist", overrides={"data": {"root": str(tmp_path)},
+                                          "train": {"steps": 2, "batch_size": 8, "sample_every": 0}})
+    assert cfg.model.initial_pad == 2 and cfg.model.image_size == 28  # the note's 28 -> 32
+    assert cfg.model.level_resolutions() == [32, 16, 8]
+    train(cfg, tmp_path / "run", progress=False, log=None)
+    run = Run.load(tmp_path / "run")
+    samples = run.sample(3, steps=2, labels="7", seed=1)
+    assert samples.x.shape == (3, 1, 28, 28) and samples.labels.tolist() == [7, 7, 7]
+
+
 # ---------------------------------------------------------------- load_dataset
 
 
@@ -313,7 +332,7 @@ def test_load_dataset_dispatch_and_errors(tmp_path):
     t = load_dataset("toy2d", toy2d="8gaussians", num_samples=50)
     assert t.data.shape == (50, 2)
     assert not torch.equal(t.data, load_dataset("toy2d", toy2d="8gaussians", num_samples=50, split="test").data)
-    for kw in [dict(name="folder"), dict(name="cifar10"), dict(name="mnist"), dict(name="imagenet"),
+    for kw in [dict(name="folder"), dict(name="cifar10"), dict(name="mnist", root=tmp_path / "no"), dict(name="imagenet"),
                dict(name="toy2d"), dict(name="toy2d", toy2d="moons", image_size=8),
                dict(name="folder", root=tmp_path)]:
         with pytest.raises(UserError):

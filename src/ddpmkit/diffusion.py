@@ -357,6 +357,82 @@ class GaussianDiffusion:
                 denoiser, x_T, timesteps, self.alphas_cumprod, generator=generator, callback=on_step, **opts
             )
 
+    # ------------------------------------------------------------------ editing (ddpmkit.editing)
+    @torch.inference_mode()
+    def inpaint(self, model: Model, x_known: Tensor, mask: Tensor, sampler: SamplerName = "ddpm",
+                steps: int | None = None, resample: int = 1, jump_length: int = 1, y: Tensor | None = None,
+                guidance_scale: float = 1.0, generator=None, progress: bool = False, *, eta: float | None = None,
+                spacing: Spacing | None = None, clip_denoised: bool | None = None, x_T: Tensor | None = None,
+                callback: Callable | None = None) -> Tensor:
+        """RePaint inpainting: x0 equal to ``x_known`` where ``mask`` is 1, generated elsewhere (``editing.inpaint``).
+
+        ``resample`` R and ``jump_length`` J follow Lugmayr et al. 2022 (R = 1: plain replacement);
+        the other arguments are :meth:`sample`'s. Network calls: ``steps`` plus (R - 1) J per jump.
+        """
+        from . import editing
+
+        opts = _sampler_options(sampler, eta, self.variance)
+        timesteps = self._timesteps(sampler, steps, spacing)
+        denoiser = self._denoiser(model, y, x_known, guidance_scale, clip_denoised)
+        levels = editing.repaint_schedule(len(timesteps), jump_length, resample)
+        calls = sum(b < a for a, b in zip(levels, levels[1:]))
+        with _progress(progress, calls, f"inpainting ({sampler})", callback) as on_step:
+            return editing.inpaint(denoiser, x_known, mask, timesteps, self.alphas_cumprod, resample=resample,
+                                   jump_length=jump_length, sampler=sampler, generator=generator, x_T=x_T,
+                                   callback=on_step, **opts)
+
+    @torch.inference_mode()
+    def edit(self, model: Model, x: Tensor, strength: float, sampler: SamplerName = "ddpm", steps: int | None = None,
+             y: Tensor | None = None, guidance_scale: float = 1.0, generator=None, progress: bool = False, *,
+             eta: float | None = None, spacing: Spacing | None = None, clip_denoised: bool | None = None,
+             callback: Callable | None = None) -> Tensor:
+        """SDEdit image-to-image: noise ``x`` to t0 = ``strength`` T, then denoise with ``sampler`` (editing.sdedit).
+
+        ``steps`` are the calls of a full-strength edit (None: all T); a strength-S edit makes about S of them.
+        Strength 0 returns ``x``; strength 1 is :meth:`sample` from pure noise with the same generator.
+        """
+        from . import editing, samplers as S
+
+        opts = _sampler_options(sampler, eta, self.variance)
+        steps = self.num_timesteps if steps is None else steps
+        S.sampling_timesteps(self.num_timesteps, steps, "linspace")  # checks steps
+        timesteps = editing.edit_timesteps(self.num_timesteps, strength, steps, spacing or S.DEFAULT_SPACING[sampler],
+                                           self.alphas_cumprod)
+        denoiser = self._denoiser(model, y, x, guidance_scale, clip_denoised)
+        calls = 0 if timesteps is None else len(timesteps)
+        with _progress(progress, calls, f"editing ({sampler})", callback) as on_step:
+            return editing.sdedit(denoiser, x, strength, timesteps, self.alphas_cumprod, sampler=sampler,
+                                  generator=generator, callback=on_step, **opts)
+
+    @torch.inference_mode()
+    def invert(self, model: Model, x0: Tensor, steps: int | None = None, y: Tensor | None = None,
+               guidance_scale: float = 1.0, *, spacing: Spacing | None = None, clip_denoised: bool | None = None,
+               callback: Callable | None = None) -> Tensor:
+        """DDIM inversion x0 -> x_T on the kept timesteps of ``sample(..., sampler="ddim", steps, spacing)``.
+
+        Decoding the result with those same arguments (``x_T=``) returns about x0 (Song et al. 2021, sec. 4.3).
+        """
+        from . import samplers as S
+
+        timesteps = self._timesteps("ddim", steps, spacing)
+        denoiser = self._denoiser(model, y, x0, guidance_scale, clip_denoised)
+        return S.ddim_invert(denoiser, x0, timesteps.flip(0), self.alphas_cumprod, callback=callback)
+
+    def _timesteps(self, sampler: SamplerName, steps: int | None, spacing: Spacing | None) -> Tensor:
+        """The kept timesteps :meth:`sample` uses for this sampler, steps and spacing."""
+        from . import samplers as S
+
+        steps = self.num_timesteps if steps is None else steps
+        return S.sampling_timesteps(self.num_timesteps, steps, spacing or S.DEFAULT_SPACING[sampler],
+                                    self.alphas_cumprod)
+
+    def _denoiser(self, model: Model, y, x: Tensor, guidance_scale: float, clip_denoised: bool | None) -> Callable:
+        """The samplers' denoiser over ``model`` with labels ``y`` (one per sample of ``x``) and guidance."""
+        y = _labels(y, x.shape[0], x.device)
+        if guidance_scale != 1.0 and y is None:
+            raise UserError(f"guidance_scale {guidance_scale} needs class labels y (classifier-free guidance)")
+        return lambda x_t, t: self.denoise(model, x_t, t, y, guidance_scale, clip_denoised)
+
     # ------------------------------------------------------------------ losses
     def training_losses(
         self,

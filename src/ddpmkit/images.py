@@ -96,6 +96,47 @@ def make_trajectory_grid(rows: list[np.ndarray], padding: int = 1, pad_value: in
     return make_grid(np.concatenate(filled), nrow=ncol, padding=padding, pad_value=pad_value, scale=scale)
 
 
+GRID_GAP = 2  # pixels between the images of a sample grid (at the enlarged size)
+GRID_GAP_VALUE = 255  # white: visible between dark images such as digits
+GRID_MIN_WIDTH = 256  # tiny images are enlarged until a grid is at least this wide
+GRID_MIN_TILE = 64  # ... and each image about this wide (enlarged GRID_MIN_TILE // width times)
+
+
+def grid_scale(width: int, ncol: int) -> int:
+    """The integer factor sample grids enlarge images of ``width`` pixels by, ``ncol`` to a row: the larger
+    of GRID_MIN_TILE // width and the smallest that makes the row at least GRID_MIN_WIDTH pixels wide
+    (1 for images that are large already)."""
+    return max(1, GRID_MIN_TILE // width, math.ceil(GRID_MIN_WIDTH / (ncol * width)))
+
+
+def class_rows(labels: np.ndarray | None) -> list[np.ndarray] | None:
+    """Indices of the samples, one array per class in order of first appearance, when the labels cycle
+    through two or more classes (``--labels all``: 0, 1, .., K-1, 0, 1, ..) and some class occurs twice;
+    else None (the grid is square)."""
+    if labels is None or len(labels) == 0:
+        return None
+    labels = np.asarray(labels)
+    k = len(np.unique(labels))
+    cycled = len(np.unique(labels[:k])) == k and np.array_equal(labels, labels[np.arange(len(labels)) % k])
+    if not cycled or k < 2 or len(labels) <= k:
+        return None
+    return [np.arange(c, len(labels), k) for c in range(k)]
+
+
+def sample_grid(images: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """The grid that ``ddpmkit sample`` and the training grids draw of uint8 NHWC samples: square (ceil(sqrt(N))
+    a row), or one class per row when the labels cycle through the classes; a GRID_GAP-pixel white gap
+    between images; tiny images enlarged by an integer factor (nearest neighbour, ``grid_scale``)."""
+    images = _check_nhwc(images)
+    rows = class_rows(labels)
+    if rows is None:
+        ncol = max(1, min(math.ceil(math.sqrt(len(images))), len(images)))
+        rows = [np.arange(i, min(i + ncol, len(images))) for i in range(0, len(images), ncol)]
+    ncol = max(len(r) for r in rows)
+    return make_trajectory_grid([images[r] for r in rows], padding=GRID_GAP, pad_value=GRID_GAP_VALUE,
+                                scale=grid_scale(images.shape[2], ncol))
+
+
 def save_png(path: str | Path, array_hwc: np.ndarray) -> Path:
     """Write a uint8 HWC (C = 1, 3 or 4) or HW array as a PNG file, atomically."""
     arr = np.asarray(array_hwc)

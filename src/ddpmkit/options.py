@@ -36,6 +36,8 @@ ModelKind = Literal["unet", "mlp"]
 Split = Literal["train", "test"]
 QualityMetric = Literal["fid", "kid", "pr"]  # Inception-feature scores of samples
 Resize = Literal["pytorch-fid", "clean-fid"]  # how images reach the Inception network's 299x299
+Logger = Literal["jsonl", "tensorboard"]  # where training metrics go: metrics.jsonl, TensorBoard event files
+ExportFormat = Literal["safetensors", "diffusers"]  # what `ddpmkit export` writes
 
 # torch.compile modes that capture CUDA graphs on GPUs (a no-op on CPUs)
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")

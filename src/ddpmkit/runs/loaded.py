@@ -18,6 +18,7 @@ from ..train.checkpoint import load_checkpoint, resolve_checkpoint
 from ..train.config import ExperimentConfig, config_from_checkpoint
 from ..train.distributed import DistInfo, device_for
 from ..train.fast import autocast_context, autocast_dtype
+from ..typed import image_hw
 
 __all__ = ["Run", "Samples", "class_names_of", "parse_labels", "default_steps", "describe_checkpoint"]
 
@@ -93,7 +94,7 @@ class Run:
     def sample_shape(self) -> tuple[int, ...]:
         """The shape of one sample: (C, H, W) for images, (D,) for points."""
         m = self.config.model
-        return (m.in_channels, m.image_size, m.image_size) if self.is_image else (m.dim,)
+        return (m.in_channels, *image_hw(m.image_size)) if self.is_image else (m.dim,)
 
     @property
     def run_dir(self) -> Path | None:
@@ -194,6 +195,8 @@ def describe_checkpoint(path: str | Path) -> dict[str, str]:
     d, classes, names = cfg.diffusion, cfg.model.num_classes, class_names_of(ckpt)
     named = f" (labels 0..{classes - 1}: {', '.join(names)})" if classes and names else ""
     data = cfg.data.kind + (f" ({cfg.data.distribution})" if cfg.data.kind == "toy2d" else "")
+    if cfg.model.kind == "unet":  # images as H x W x C (H: height), whatever the checkpoint's age
+        data += " ({}x{}x{} images, H x W x C)".format(*image_hw(cfg.model.image_size), cfg.model.in_channels)
     return {
         "checkpoint": str(file),
         "step": f"{ckpt['step']} of {cfg.train.steps}",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -10,7 +9,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..images import make_trajectory_grid, save_image_grid, save_npz, save_points_npz, save_points_png, save_png, to_uint8
+from ..images import (make_trajectory_grid, sample_grid, save_npz, save_points_npz, save_points_png, save_png,
+                      to_uint8)
 from .loaded import Samples
 
 __all__ = ["check_output", "write_samples", "write_trajectory"]
@@ -46,8 +46,7 @@ def write_samples(path: str | Path, samples: Samples, levels: int | None = None)
         images = to_uint8(x, levels)
         if path.suffix.lower() == ".npz":
             return save_npz(path, images, labels)
-        save_image_grid(path, images, nrow=max(1, math.ceil(math.sqrt(len(x)))), scale=_scale(x.shape[-1]))
-        return path
+        return save_png(path, sample_grid(images, labels))  # one class per row for --labels all
     if path.suffix.lower() == ".npz":
         return save_points_npz(path, x.numpy(), labels)
     return save_points_png(path, x.numpy())

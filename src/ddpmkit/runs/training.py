@@ -12,8 +12,8 @@ from ..errors import UserError
 from ..files import TEMP_FILE, WriteError
 from ..train.build import check_state_dict
 from ..train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from ..train.config import (RESUMABLE_TRAIN_KEYS, ExperimentConfig, config_from_checkpoint, deep_merge,
-                            experiment_from_dict)
+from ..train.config import (RESUMABLE_TRAIN_KEYS, ExperimentConfig, as_written, config_from_checkpoint, deep_merge,
+                            experiment_from_dict, static_shape)
 from ..train.distributed import DistInfo, cleanup_distributed, init_distributed
 from ..train.metrics import truncate_metrics
 from ..train.trainer import Trainer
@@ -127,7 +127,17 @@ def prepare(cfg: ExperimentConfig | None, run_dir: Path, *, resume: bool, force:
     if latest is not None and not force:
         raise UserError(f"run directory {str(run_dir)!r} already has checkpoints: pass --resume to continue "
                         f"or --force to start over")
-    return (experiment_from_dict(deep_merge(cfg.to_dict(), overrides)) if overrides else cfg), None
+    return (experiment_from_dict(deep_merge(_unshaped(cfg), overrides)) if overrides else cfg), None
+
+
+def _unshaped(cfg: ExperimentConfig) -> dict:
+    """``cfg`` as a dict without the model fields its data filled in, so that data overrides (--image-size,
+    a 3-channel --data) shape the model again instead of clashing with the old data's shape."""
+    d = cfg.to_dict()
+    for key, value in static_shape(cfg.data).items():
+        if as_written(d["model"].get(key)) == as_written(value):
+            d["model"].pop(key, None)
+    return d
 
 
 def _readable_checkpoint(run_dir: Path) -> dict:

@@ -33,9 +33,8 @@ def resolve_model_config(cfg: ExperimentConfig, dataset) -> ExperimentConfig:
     learned = cfg.diffusion.variance == "learned_range"
     if cfg.model.kind == "unet":
         c, h, w = dataset.shape
-        if h != w:
-            raise UserError(f"the UNet needs square images, the data is {h}x{w}")
-        derived = {"in_channels": c, "image_size": h, "num_classes": num_classes, "out_channels": 2 * c if learned else c}
+        size = h if h == w else (h, w)  # a square size is written S, as before non-square images
+        derived = {"in_channels": c, "image_size": size, "num_classes": num_classes, "out_channels": 2 * c if learned else c}
     else:
         (d,) = dataset.shape
         derived = {"dim": d, "num_classes": num_classes, "out_dim": 2 * d if learned else d}

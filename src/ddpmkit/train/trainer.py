@@ -1,7 +1,8 @@
 """The training loop. It knows nothing about diffusion beyond calling the objective.
 
 Run directory layout: ``config.yaml`` (resolved), ``checkpoints/step_XXXXXXXX.pt``,
-``metrics.jsonl`` (one JSON object per log interval) and ``samples/step_XXXXXXXX.png``.
+``metrics.jsonl`` (one JSON object per log interval), ``samples/step_XXXXXXXX.png`` and, with
+``train.loggers: [jsonl, tensorboard]``, TensorBoard event files in ``tb/`` (``loggers.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .checkpoint import (
 from .config import CUDA_GRAPH_MODES, ExperimentConfig, save_config
 from .distributed import DistInfo, all_reduce_mean_, barrier, device_for, per_rank_batch_size, wrap_ddp
 from .fast import autocast_context, autocast_dtype, use_deterministic_algorithms
-from .metrics import MetricsLogger
+from .loggers import RunLoggers
 from .objective import DiffusionObjective
 from .signals import StopSignals, TrainingInterrupted
 
@@ -115,7 +116,8 @@ class Trainer:
         self.net = self.ddp if tc.compile_mode is None else torch.compile(self.ddp, mode=tc.compile_mode)
         # CUDA graphs replay into the same output buffers: each step must say where it begins
         self._cuda_graphs = tc.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
-        self.logger = MetricsLogger(self.run_dir / "metrics.jsonl", enabled=self.dist.is_main)
+        self.logger = RunLoggers(self.run_dir, tc.loggers, enabled=self.dist.is_main)
+        self.interval = _Interval(self.start_step, self.device)  # sums of the steps since the last metrics line
 
     def describe(self) -> str:
         """One line of what this run does and how: steps, network, batch, device, precision, speed-ups."""
@@ -194,29 +196,34 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=tc.steps, initial=self.start_step, desc="train", dynamic_ncols=True)
-        interval = _Interval(self.start_step, self.device)
+        self.interval.reset(self.start_step)
         last: dict = {}
         self.step = self.start_step
         self.net.train()
-        with StopSignals() as stop:
-            for step in range(self.start_step, tc.steps):
-                x0, y = next(stream)
-                interval.add(self.train_step(x0, y))
-                done = step + 1
-                if bar is not None:
-                    bar.update(1)
-                if done % tc.log_every == 0 or done == tc.steps:
-                    last = self._log(interval, done, bar)
-                saved = self._periodic(done)
-                signum = stop.requested(done, self.dist, self.device)
-                if signum is not None and done < tc.steps:  # on the last step the run simply ends as usual
-                    self._interrupt(done, signum, saved, bar)
-        if bar is not None:
-            bar.close()
-        if self.start_step < tc.steps or latest_checkpoint(self.run_dir) is None:
-            self.save(tc.steps)
-            if tc.sample_every:
-                self.write_grid(tc.steps)
+        try:
+            with StopSignals() as stop:
+                for step in range(self.start_step, tc.steps):
+                    x0, y = next(stream)
+                    if self.cfg.model.num_classes is None:  # labelled data trained unconditionally (data.conditional: false)
+                        y = None
+                    self.train_step(x0, y)
+                    done = step + 1
+                    if bar is not None:
+                        bar.update(1)
+                    if done % tc.log_every == 0 or done == tc.steps:
+                        last = self._log(self.interval, done, bar)
+                    saved = self._periodic(done)
+                    signum = stop.requested(done, self.dist, self.device)
+                    if signum is not None and done < tc.steps:  # on the last step the run simply ends as usual
+                        self._interrupt(done, signum, saved, bar)
+            if bar is not None:
+                bar.close()
+            if self.start_step < tc.steps or latest_checkpoint(self.run_dir) is None:
+                self.save(tc.steps)
+                if tc.sample_every:
+                    self.write_grid(tc.steps)
+        finally:
+            self.logger.close()  # TensorBoard's event file is complete even when training stops early
         barrier(self.dist)
         return last
 
@@ -254,23 +261,29 @@ class Trainer:
                 except OSError as e:
                     raise WriteError(folder, e) from None
             save_config(self.cfg, self.run_dir / "config.yaml")
+            self.logger.open(self.start_step)
         barrier(self.dist)
         return batches(self.dataset, tc.batch_size, seed=tc.seed, start_step=self.start_step, rank=self.dist.rank,
                        world_size=self.dist.world_size, hflip=getattr(self.cfg.data, "hflip", False),
                        device=self.device)
 
     def _log(self, interval: "_Interval", done: int, bar) -> dict:
-        """One metrics line for the steps since the last one (the loss averaged over every process)."""
+        """One metrics line for the steps since the last one (averaged over every process): the loss, the loss
+        of each quarter of the timesteps (loss_q0: the smallest t; improved DDPM's), lr, the gradient norm."""
         self.check_finite(weights=False)
-        all_reduce_mean_(interval.loss_sum, self.dist)
+        all_reduce_mean_(interval.sums, self.dist)
+        sums = interval.sums.tolist()  # the one host sync of the interval
         elapsed = time.perf_counter() - interval.tick
-        record = {
-            "step": done,
-            "loss": interval.loss_sum.item() / interval.count,
+        record = {"step": done, "loss": sums[0] / interval.count}
+        for q in range(4):
+            if sums[6 + q] > 0:  # a quarter no example fell in (tiny batches) has no line
+                record[f"loss_q{q}"] = sums[2 + q] / sums[6 + q]
+        record.update({
             "lr": lr_at(done - 1, self.cfg.train),
+            "grad_norm": sums[1] / interval.count,
             "images_per_s": (done - interval.start) * self.cfg.train.batch_size / max(elapsed, 1e-9),
             "time": time.time(),
-        }
+        })
         self.logger.log(record)
         if bar is not None:
             bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
@@ -314,16 +327,15 @@ class Trainer:
             loss += part_loss.detach() * weight
             parts.append(part_losses)
         losses = parts[0] if len(parts) == 1 else torch.cat(parts)
-        norm = None
-        if tc.grad_clip is not None:
-            self.scaler.unscale_(self.optimizer)  # clip the true gradient
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        self.scaler.unscale_(self.optimizer)  # clip and measure the true gradient (a no-op without fp16)
+        norm = _grad_norm(self.model, tc.grad_clip)
         if not self.scaler.is_enabled():  # with fp16 loss scaling an overflow only skips the step
-            self._note_finite(step, loss, norm)
+            self._note_finite(step, loss, norm if tc.grad_clip is not None else None)
         self.scaler.step(self.optimizer)  # with fp16: skipped when a gradient overflowed
         self.scaler.update()
         self.ema.update(self.model, step + 1)
         self._update_timestep_sampler(t, losses)
+        self.interval.add(loss, norm, t * 4 // self.diffusion.num_timesteps, losses)
         self.step = step + 1
         return loss
 
@@ -362,7 +374,10 @@ class Trainer:
         if not self.dist.is_main:
             return None
         self.check_finite()
-        from ..images import save_image_grid, save_points_png, to_uint8
+        import numpy as np
+        from PIL import Image
+
+        from ..images import sample_grid, save_png, save_points_png, to_uint8
 
         sc = self.cfg.sample
         n = self.cfg.train.num_grid_samples
@@ -374,24 +389,42 @@ class Trainer:
             x = self.diffusion.sample(model, (n, *self.dataset.shape), sampler=sc.grid_sampler, steps=sc.grid_steps,
                                       y=y, generator=gen, device=self.device)
         path = self.run_dir / "samples" / f"step_{step:08d}.png"
-        if self.images:
-            save_image_grid(path, to_uint8(x.float()), nrow=int(math.ceil(math.sqrt(n))))
+        if self.images:  # labels cycle through the classes: one class per row
+            grid = sample_grid(to_uint8(x.float()), None if y is None else y.cpu().numpy())
+            save_png(path, grid)
         else:
             save_points_png(path, x.float().cpu().numpy())
+            grid = np.asarray(Image.open(path).convert("RGB")) if self.logger.tensorboard is not None else None
+        if grid is not None:
+            self.logger.image("samples", grid, step)
         return path
 
 
+def _grad_norm(model: nn.Module, clip: float | None) -> torch.Tensor:
+    """The total gradient norm (before clipping to ``clip``, when set), on the device."""
+    if clip is not None:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
 class _Interval:
-    """The summed loss, step count and start time of the steps since the last metrics line."""
+    """Sums over the steps since the last metrics line (loss, gradient norm, and the per-example loss and
+    count in each quarter of the timesteps), kept on the device: no host sync per step."""
 
     def __init__(self, step: int, device: torch.device):
-        self.loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per step
+        self.sums = torch.zeros(10, device=device)  # loss, grad norm, loss per quarter (4), count per quarter (4)
         self.reset(step)
 
-    def add(self, loss: torch.Tensor) -> None:
-        self.loss_sum += loss
+    def add(self, loss: torch.Tensor, norm: torch.Tensor, quarter: torch.Tensor, losses: torch.Tensor) -> None:
+        self.sums[0] += loss
+        self.sums[1] += norm.float()
+        self.sums.index_add_(0, 2 + quarter, losses.float())
+        self.sums.index_add_(0, 6 + quarter, torch.ones_like(losses, dtype=self.sums.dtype))
         self.count += 1
 
     def reset(self, step: int) -> None:
-        self.loss_sum.zero_()
+        self.sums.zero_()
         self.count, self.start, self.tick = 0, step, time.perf_counter()

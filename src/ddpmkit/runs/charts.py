@@ -1,0 +1,85 @@
+"""Line charts as inline SVG, drawn without a plotting library (for ``ddpmkit report``)."""
+
+from __future__ import annotations
+
+import math
+from html import escape
+
+__all__ = ["line_chart", "smooth", "nice_ticks"]
+
+_W, _H = 640, 300  # the chart's size in SVG units
+_LEFT, _RIGHT, _TOP, _BOTTOM = 64, 16, 16, 40  # margins for the axes' labels
+
+
+def smooth(values: list[float], weight: float = 0.9) -> list[float]:
+    """An exponential moving average with its start-up bias removed (as TensorBoard's smoothing)."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, start=1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight**i))
+    return out
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """About ``count`` round values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
+    if not hi > lo:
+        return [lo]
+    raw = (hi - lo) / count
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.ceil(lo / step - 1e-9)
+    return [k * step for k in range(first, int(math.floor(hi / step + 1e-9)) + 1)]
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks of a log axis: powers of ten, or 1-2-5 steps when the range is under two decades."""
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    mults = (1, 2, 5) if math.log10(hi / lo) < 2 else (1,)
+    ticks = [m * 10.0**d for d in decades for m in mults if lo <= m * 10.0**d <= hi]
+    return ticks or [lo, hi]
+
+
+def _label(v: float) -> str:
+    return f"{v:.3g}" if v != 0 else "0"
+
+
+def line_chart(xs: list[float], series: list[tuple[str, list[float], str, float]], *, log_y: bool = False,
+               x_label: str = "step", y_label: str = "", title: str = "") -> str:
+    """An <svg> element: ``series`` is (name, ys, colour, stroke width); non-positive ys are dropped on a log axis."""
+    points = [(x, y) for _, ys, _, _ in series for x, y in zip(xs, ys)
+              if y is not None and math.isfinite(y) and (y > 0 or not log_y)]
+    if not points:
+        return f'<p class="empty">no values to plot for {escape(title or y_label)}</p>'
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    if y1 == y0:
+        y0, y1 = (y0 / 2, y1 * 2) if log_y else (y0 - 1, y1 + 1)
+    fy = math.log10 if log_y else float
+    sx = lambda x: _LEFT + (x - x0) / (x1 - x0) * (_W - _LEFT - _RIGHT)  # noqa: E731
+    sy = lambda y: _H - _BOTTOM - (fy(y) - fy(y0)) / (fy(y1) - fy(y0)) * (_H - _TOP - _BOTTOM)  # noqa: E731
+    parts = [f'<svg class="chart" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" '
+             f'aria-label="{escape(title)}">',
+             f'<rect x="{_LEFT}" y="{_TOP}" width="{_W - _LEFT - _RIGHT}" height="{_H - _TOP - _BOTTOM}" '
+             'fill="#fff" stroke="#999"/>']
+    for t in (_log_ticks(y0, y1) if log_y else nice_ticks(y0, y1)):
+        y = sy(t)
+        parts.append(f'<line x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e4e4"/>'
+                     f'<text x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_label(t)}</text>')
+    for t in nice_ticks(x0, x1):
+        x = sx(t)
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{_TOP}" y2="{_H - _BOTTOM}" stroke="#e4e4e4"/>'
+                     f'<text x="{x:.1f}" y="{_H - _BOTTOM + 16}" text-anchor="middle">{_label(t)}</text>')
+    parts.append(f'<text x="{(_LEFT + _W - _RIGHT) / 2}" y="{_H - 6}" text-anchor="middle">{escape(x_label)}</text>')
+    parts.append(f'<text x="14" y="{(_TOP + _H - _BOTTOM) / 2}" text-anchor="middle" '
+                 f'transform="rotate(-90 14 {(_TOP + _H - _BOTTOM) / 2})">{escape(y_label)}</text>')
+    for k, (name, ys, colour, width) in enumerate(series):
+        pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(xs, ys)
+                       if y is not None and math.isfinite(y) and (y > 0 or not log_y))
+        parts.append(f'<polyline class="series" points="{pts}" fill="none" stroke="{colour}" '
+                     f'stroke-width="{width}"><title>{escape(name)}</title></polyline>')
+        parts.append(f'<text x="{_W - _RIGHT - 8}" y="{_TOP + 16 + 16 * k}" text-anchor="end" '
+                     f'fill="{colour}">{escape(name)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)

@@ -1,0 +1,225 @@
+"""``ddpmkit report RUN``: one self-contained HTML page about a run (no script, no network, images inline).
+
+The page has these parts, each a ``<section>`` with a fixed id: ``summary``, ``loss`` (the loss
+and learning-rate curves as inline SVG), ``samples`` (the grids the trainer drew during training),
+``trajectory`` (x_t and the predicted x0 along the reverse process of 4 new samples: seeds 0-3, the
+run's sampler, at most 50 network calls), ``evaluation`` (every ``RUN/eval/*.json``, as written by
+``ddpmkit eval RUN --out RUN/eval/NAME.json``), ``config`` (``config.yaml``) and ``environment``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import platform
+import statistics
+import tempfile
+from html import escape
+from pathlib import Path
+
+import yaml
+
+from ..errors import UserError
+from ..files import write_text
+from .charts import line_chart, smooth
+
+__all__ = ["write_report", "build_report", "MAX_GRIDS", "TRAJECTORY_CALLS"]
+
+MAX_GRIDS = 12  # sample grids shown, evenly chosen over training (the first and last always)
+TRAJECTORY_CALLS = 50  # at most this many network calls for the trajectory strip
+
+_CSS = """
+body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 60em; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; margin-top: 1.6em; }
+table { border-collapse: collapse; } td, th { padding: 0.15em 0.8em 0.15em 0; text-align: left; vertical-align: top; }
+th { color: #555; font-weight: 600; } pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
+.grids { display: flex; flex-wrap: wrap; gap: 1em; } figure { margin: 0; } figcaption { color: #555; }
+img.px { image-rendering: pixelated; } .chart text { font-size: 12px; fill: #444; } .note { color: #666; }
+"""
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, *, trajectory: bool = True,
+                 device: str = "auto", force: bool = False) -> Path:
+    """Write the report of ``run_dir`` to ``out`` (default RUN/report.html); everything is checked first."""
+    run_dir = _check_run_dir(Path(run_dir))
+    out = _check_out(Path(out) if out else run_dir / "report.html", force)
+    return write_text(out, build_report(run_dir, trajectory=trajectory, device=device))
+
+
+def _check_run_dir(path: Path) -> Path:
+    if not path.is_dir():
+        raise UserError(f"{str(path)!r} is not a run directory" + ("" if path.exists() else " (it does not exist)"))
+    if not (path / "config.yaml").is_file():
+        raise UserError(f"{str(path)!r} is not a run directory: it has no config.yaml")
+    return path
+
+
+def _check_out(out: Path, force: bool) -> Path:
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"--out {str(out)!r}: give an .html file")
+    if out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a directory")
+    if out.exists() and not force:
+        raise UserError(f"output {str(out)!r} already exists (pass --force to overwrite)")
+    if not out.parent.is_dir():
+        raise UserError(f"the directory of output {str(out)!r} does not exist")
+    return out
+
+
+def build_report(run_dir: Path, *, trajectory: bool = True, device: str = "auto") -> str:
+    """The report's HTML."""
+    config_text = _read_text(run_dir / "config.yaml")
+    try:
+        config = yaml.safe_load(config_text) or {}
+    except yaml.YAMLError:
+        config = {}
+    records = _records(run_dir)
+    name = config.get("name") if isinstance(config, dict) else None
+    sections = [
+        _section("summary", "Summary", _summary(run_dir, config, records)),
+        _section("loss", "Training curves", _curves(records)),
+        _section("samples", "Samples during training", _grids(run_dir)),
+        _section("trajectory", "Trajectory", _trajectory(run_dir, device) if trajectory
+                 else '<p class="note">not drawn (--no-trajectory)</p>'),
+        _section("evaluation", "Evaluation", _evaluation(run_dir)),
+        _section("config", "Config", f"<pre>{escape(config_text)}</pre>"),
+        _section("environment", "Environment", _table(_environment(device))),
+    ]
+    title = f"ddpmkit report: {name or run_dir.name}"
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{escape(title)}</title>\n'
+            f"<style>{_CSS}</style>\n</head>\n<body>\n<h1>{escape(title)}</h1>\n"
+            f'<p class="note">{escape(str(run_dir))}</p>\n' + "\n".join(sections) + "\n</body>\n</html>\n")
+
+
+def _section(ident: str, heading: str, body: str) -> str:
+    return f'<section id="{ident}">\n<h2>{escape(heading)}</h2>\n{body}\n</section>'
+
+
+def _table(rows: dict) -> str:
+    cells = "".join(f"<tr><th>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>" for k, v in rows.items())
+    return f"<table>{cells}</table>"
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {str(path)!r}: {e}") from None
+
+
+def _records(run_dir: Path) -> list[dict]:
+    from ..train.metrics import read_metrics
+
+    path = run_dir / "metrics.jsonl"
+    return read_metrics(path) if path.exists() else []
+
+
+def _png(data: bytes, alt: str, width: int | None = None) -> str:
+    size = f' width="{width}"' if width else ""
+    return f'<img class="px" alt="{escape(alt)}"{size} src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _summary(run_dir: Path, config: dict, records: list[dict]) -> str:
+    from .loaded import describe_checkpoint
+
+    rows: dict = {}
+    try:
+        rows.update(describe_checkpoint(run_dir))
+    except UserError as e:
+        rows["checkpoint"] = f"none readable ({e})"
+    losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float))]
+    if losses:
+        rows["final loss"] = f"{losses[-1]:.4g} (smoothed {_smoothed(losses)[-1]:.4g})"
+    speeds = [r["images_per_s"] for r in records if isinstance(r.get("images_per_s"), (int, float))]
+    if speeds:
+        rows["images/s"] = f"{statistics.median(speeds):.0f} (median of {len(speeds)} log intervals)"
+    times = [r["time"] for r in records if isinstance(r.get("time"), (int, float))]
+    if len(times) > 1:
+        rows["training time"] = f"{(times[-1] - times[0]) / 60:.1f} min between the first and last log lines"
+    return _table(rows)
+
+
+def _smoothed(losses: list[float]) -> list[float]:
+    """The loss averaged over about 1/30 of the run's log lines."""
+    return smooth(losses, 1 - 1 / max(1.0, len(losses) / 30))
+
+
+def _curves(records: list[dict]) -> str:
+    rows = [r for r in records if isinstance(r.get("step"), (int, float)) and isinstance(r.get("loss"), (int, float))]
+    if not rows:
+        return '<p class="note">no metrics.jsonl records with a loss</p>'
+    steps, losses = [r["step"] for r in rows], [r["loss"] for r in rows]
+    loss = line_chart(steps, [("raw", losses, "#9ecae1", 1), ("smoothed", _smoothed(losses), "#08519c", 2.5)],
+                      log_y=True, y_label="loss (log scale)", title="training loss")
+    lrs = [r.get("lr") if isinstance(r.get("lr"), (int, float)) else None for r in rows]
+    lr = line_chart(steps, [("learning rate", lrs, "#d94801", 2)], y_label="learning rate", title="learning rate")
+    return f"{loss}\n{lr}"
+
+
+def _grids(run_dir: Path) -> str:
+    files = sorted((run_dir / "samples").glob("step_*.png"))
+    if not files:
+        return '<p class="note">no sample grids in samples/ (train.sample_every: 0?)</p>'
+    if len(files) > MAX_GRIDS:
+        files = [files[round(i * (len(files) - 1) / (MAX_GRIDS - 1))] for i in range(MAX_GRIDS)]
+    figures = []
+    for f in files:
+        step = int(f.stem.split("_")[-1]) if f.stem.split("_")[-1].isdigit() else f.stem
+        figures.append(f"<figure>{_png(f.read_bytes(), f'samples at step {step}', 220)}"
+                       f"<figcaption>step {step}</figcaption></figure>")
+    return '<div class="grids">' + "".join(figures) + "</div>"
+
+
+def _trajectory(run_dir: Path, device: str) -> str:
+    from . import Run, write_trajectory
+    from .loaded import default_steps
+
+    if not (run_dir / "checkpoints").is_dir() or not any((run_dir / "checkpoints").glob("*.pt")):
+        return '<p class="note">no checkpoint to draw from</p>'
+    run = Run.load(run_dir, device=device)
+    if not run.is_image:
+        return '<p class="note">this run models 2-D points: no images to follow</p>'
+    sc = run.config.sample
+    calls = default_steps(sc.sampler, sc) or run.diffusion.num_timesteps
+    samples = run.sample(4, steps=min(calls, TRAJECTORY_CALLS), seed=0, trajectory=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_trajectory(Path(tmp) / "t.png", samples).read_bytes()
+    steps = ", ".join(str(t) for t, _, _ in samples.trajectory)
+    return (f"<p>4 samples (seeds 0-3), {escape(samples.sampler)} with {samples.steps} network calls, EMA "
+            f"weights of step {run.step}. Per sample: x_t (upper row) and the predicted x0 (lower row) at t = "
+            f"{steps}.</p>\n{_png(data, 'trajectory strip')}")
+
+
+def _evaluation(run_dir: Path) -> str:
+    files = sorted((run_dir / "eval").glob("*.json"))
+    if not files:
+        return ('<p class="note">no results in eval/: write them with <code>ddpmkit eval RUN --metric bpd '
+                "--out RUN/eval/bpd.json</code> (likewise fid, kid, pr)</p>")
+    parts = []
+    for f in files:
+        try:
+            result = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            parts.append(f'<h3>{escape(f.name)}</h3><p class="note">unreadable: {escape(str(e))}</p>')
+            continue
+        if not isinstance(result, dict):
+            parts.append(f'<h3>{escape(f.name)}</h3><p class="note">not a JSON object</p>')
+            continue
+        shown = {k: (f"{v:.5g}" if isinstance(v, float) else v) for k, v in result.items()
+                 if v is None or isinstance(v, (str, int, float, bool))}
+        parts.append(f"<h3>{escape(f.name)}</h3>{_table(shown)}")
+    return "\n".join(parts)
+
+
+def _environment(device: str) -> dict:
+    import numpy
+    import torch
+
+    from .. import __version__
+
+    cuda = torch.cuda.is_available() and device != "cpu"
+    where = f"cuda ({torch.cuda.get_device_name(0)})" if cuda else f"cpu ({torch.get_num_threads()} threads)"
+    return {"ddpmkit": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "device (trajectory)": where,
+            "written": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
