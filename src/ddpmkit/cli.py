@@ -112,7 +112,7 @@ def _add_sample(sub) -> None:
 def _add_tune_steps(sub) -> None:
     p = _command(sub, "tune-steps", "optimise a sampler's K-call timesteps for a trained run (saved in the run)",
                  "  ddpmkit tune-steps runs/digits --steps 10 --sampler unipc-bh1\n"
-                 "  ddpmkit sample runs/digits --sampler unipc-bh1 --steps 10 --out grid.png   # uses the tuned grid")
+                 "  ddpmkit sample runs/digits --sampler unipc-bh1 --steps 10 --out grid.png")
     p.add_argument("run", help="run directory")
     p.add_argument("--steps", type=int, required=True, help="network calls K of the grid to tune")
     p.add_argument("--sampler", choices=choices(SamplerName), help="a deterministic sampler (default: the run's)")
