@@ -152,3 +152,18 @@ def test_the_report_renders_in_headless_chromium(run_dir, report, tmp_path):
     assert pixels.std() > 20  # not blank
     blue = (pixels[..., 2] > 120) & (pixels[..., 0] < 60)  # the smoothed loss curve (#08519c) was drawn
     assert blue.sum() > 200
+
+
+def test_ddpmkit_eval_records_its_result_in_the_run_for_the_report(run_dir, tmp_path, capsys):
+    import shutil
+
+    from ddpmkit.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    assert main(["eval", str(run), "--num", "3", "--batch-size", "3", "--no-progress", "--device", "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out.splitlines()[0])
+    kept = run / "eval" / "bpd-test-n3-step6.json"
+    assert json.loads(kept.read_text()) == printed
+    page = write_report(run, tmp_path / "r.html", trajectory=False).read_text()
+    assert "bpd-test-n3-step6.json" in page and f"{printed['bpd']:.5g}" in page

@@ -356,6 +356,13 @@ def cmd_eval(args) -> int:
         result = run.evaluate_bpd(split=args.split, data=args.data, num=args.num, batch_size=args.batch_size,
                                   seed=args.seed, progress=not args.no_progress)
     _report(result, out)
+    if Path(args.run).is_dir():  # a run directory keeps its results for `ddpmkit report`
+        from .runs.report import record_eval
+
+        try:
+            record_eval(args.run, result, quality or ["bpd"], args.ref if quality else (args.data or args.split))
+        except (UserError, OSError) as e:  # the measurement stands; only its copy in the run is missing
+            print(f"note: result not kept in {args.run}/eval: {e}", file=sys.stderr)
     if not quality:
         bpd, sem = (("n/a" if v is None else f"{v:.4f}") for v in (result["bpd"], result["stderr"]))
         print(f"bits/dim = {bpd} +- {sem} (n = {result['num']}, {result['source']})")

@@ -3,8 +3,8 @@
 The page has these parts, each a ``<section>`` with a fixed id: ``summary``, ``loss`` (the loss
 and learning-rate curves as inline SVG), ``samples`` (the grids the trainer drew during training),
 ``trajectory`` (x_t and the predicted x0 along the reverse process of 4 new samples: seeds 0-3, the
-run's sampler, at most 50 network calls), ``evaluation`` (every ``RUN/eval/*.json``, as written by
-``ddpmkit eval RUN --out RUN/eval/NAME.json``), ``config`` (``config.yaml``) and ``environment``.
+run's sampler, at most 50 network calls), ``evaluation`` (every ``RUN/eval/*.json``: ``ddpmkit eval RUN``
+records each result there, see :func:`record_eval`), ``config`` (``config.yaml``) and ``environment``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..files import write_text
 from .charts import line_chart, smooth
 
-__all__ = ["write_report", "build_report", "MAX_GRIDS", "TRAJECTORY_CALLS"]
+__all__ = ["write_report", "build_report", "record_eval", "MAX_GRIDS", "TRAJECTORY_CALLS"]
 
 MAX_GRIDS = 12  # sample grids shown, evenly chosen over training (the first and last always)
 TRAJECTORY_CALLS = 50  # at most this many network calls for the trajectory strip
@@ -191,11 +191,25 @@ def _trajectory(run_dir: Path, device: str) -> str:
             f"{steps}.</p>\n{_png(data, 'trajectory strip')}")
 
 
+def record_eval(run_dir: str | Path, result: dict, metrics: list[str], against: str) -> Path:
+    """Keep an evaluation of a run directory as ``RUN/eval/<metrics>-<against>-n<num>-step<step>.json`` (a
+    repeat of the same measurement replaces its file), where the report finds it."""
+    tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(against).stem) or "ref"
+    name = f"{'_'.join(metrics)}-{tag}-n{result.get('num')}-step{result.get('step')}.json"
+    path = Path(run_dir) / "eval" / name
+    try:
+        path.parent.mkdir(exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {path.parent}: {e.strerror or e}") from None
+    write_text(path, json.dumps(result, indent=2, allow_nan=False) + "\n")
+    return path
+
+
 def _evaluation(run_dir: Path) -> str:
     files = sorted((run_dir / "eval").glob("*.json"))
     if not files:
-        return ('<p class="note">no results in eval/: write them with <code>ddpmkit eval RUN --metric bpd '
-                "--out RUN/eval/bpd.json</code> (likewise fid, kid, pr)</p>")
+        return ('<p class="note">no results in eval/ yet: <code>ddpmkit eval RUN</code> (bits/dim) and '
+                "<code>ddpmkit eval RUN --metric fid kid pr</code> record theirs there</p>")
     parts = []
     for f in files:
         try:
