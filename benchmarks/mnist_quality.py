@@ -137,7 +137,7 @@ class _DiffusersRecipe:
         self.lr.step()
         self.opt.zero_grad(set_to_none=True)
         self.ema.step(self.model.parameters())
-        return float(loss)
+        return float(loss.detach())
 
 
 def _batches(data: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int):
@@ -233,7 +233,8 @@ def sample_sets(work: Path, num: int) -> dict[str, Path]:
             images = sample_diffusers(ckpt, num) if name == "diffusers" else sample_ddpmkit(ckpt, num)
             save_npz(path, images, np.arange(num) % 10)
             print(f"sampled {name}: {num} in {time.time() - began:.0f} s", flush=True)
-        assert load_npz(path)[0].shape[0] == num
+        if load_npz(path)[0].shape[0] < num:
+            sys.exit(f"{path} holds fewer than --num {num} samples: delete it to draw them again")
         sets[name] = path
     return sets
 
@@ -273,9 +274,10 @@ def score_all(work: Path, sets: dict[str, Path], ref: Path | None, num: int, tes
     test_pr = test[pick.choice(len(test), num, replace=False)]
     train = _mnist("train").data
     floor_images = train[torch.from_numpy(pick.choice(len(train), num, replace=False))].permute(0, 2, 3, 1).numpy()
-    result = {"floor": scores(features_of(net, floor_images, work / "features_floor.npz"), test, test_pr)}
+    result = {"floor": scores(features_of(net, floor_images, work / f"features_floor-n{num}.npz"), test, test_pr)}
     for name, path in sets.items():
-        result[name] = scores(features_of(net, load_npz(path)[0], work / f"features_{name}.npz"), test, test_pr)
+        images = load_npz(path)[0][:num]  # classes cycle, so the first num are balanced
+        result[name] = scores(features_of(net, images, work / f"features_{name}-n{num}.npz"), test, test_pr)
     result["inception_images_per_s"] = net.last_images_per_s
     return result
 
