@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from test_samplers import _observed_orders, exact_flow_output, mixture_mismatches, rms
+from test_samplers import _observed_orders, exact_flow_output, mixture, mixture_mismatches, rms  # noqa: F401 (fixture)
 
 import ddpmkit
 from ddpmkit import GaussianDiffusion
@@ -162,13 +162,6 @@ def test_ode_error_falls_as_steps_grow_and_beats_dpmpp(gaussian, sampler):
     assert all(b < 0.6 * a for a, b in zip(errors, errors[1:])), errors
     assert all(e < d for e, d in zip(errors, dpm)), (errors, dpm)  # higher order on the same timesteps
 
-
-@pytest.fixture(scope="module")
-def mixture():
-    mu = torch.tensor([[-2.0, 1.0], [2.0, 2.0], [1.0, -2.5]], dtype=F64)
-    cov = torch.tensor([[[0.16, 0.06], [0.06, 0.08]], [[0.06, 0.0], [0.0, 0.2]],
-                        [[0.12, -0.04], [-0.04, 0.09]]], dtype=F64)
-    return GaussianMixtureOracle([0.5, 0.3, 0.2], mu, cov, ABAR)
 
 
 @pytest.mark.parametrize("sampler", ["unipc-bh1", "unipc-bh2"])
