@@ -94,6 +94,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--steps", type=int,
                    help="network calls (default: the run's sample.steps; --sampler ddpm chosen here: all T)")
     p.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (ddim only)")
+    p.add_argument("--order", type=int, choices=(1, 2, 3),
+                   help="solver order of the unipc samplers (default: the run's sample.order, else 2)")
     p.add_argument("--spacing", choices=choices(Spacing), help="timestep spacing (default: the run's config, else "
                                                                "the sampler's)")
     p.add_argument("--labels", help="class labels: all | 3 | 0,1,2 | cat,dog (numbers or the run's class names; "
@@ -320,7 +322,8 @@ def cmd_sample(args) -> int:
     run = Run.load(args.run, ema=not args.no_ema, device=args.device)
     samples = run.sample(args.num, sampler=args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing,
                          labels=args.labels, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
-                         precision=args.precision, trajectory=bool(traj), progress=not args.no_progress)
+                         precision=args.precision, trajectory=bool(traj), progress=not args.no_progress,
+                         order=args.order)
     for path in outs:
         write_samples(path, samples, run.config.sample.levels)
     if traj:

@@ -313,6 +313,7 @@ class GaussianDiffusion:
         x_T: Tensor | None = None,
         callback: Callable | None = None,
         timesteps: Tensor | None = None,
+        order: int | None = None,
     ) -> Tensor:
         """Draw samples x0 of shape ``shape`` with a sampler of ``ddpmkit.samplers`` (a convenience over them).
 
@@ -335,10 +336,11 @@ class GaussianDiffusion:
             callback: called as callback(i, t, x_t, denoised) after every network call.
             timesteps: explicit kept timesteps, strictly decreasing (e.g. a tuned grid); they replace
                 ``steps`` and ``spacing``.
+            order: the UniPC samplers' order, 1-3 (None = 2); given to any other sampler it is a UserError.
         """
         from . import samplers as S
 
-        opts = _sampler_options(sampler, eta, self.variance)
+        opts = _sampler_options(sampler, eta, self.variance, order)
         steps = self.num_timesteps if steps is None else steps
         spacing = spacing or S.DEFAULT_SPACING[sampler]
         if timesteps is None:
@@ -526,9 +528,16 @@ class GaussianDiffusion:
         return self.vb_terms(model, x0, y, generator).total
 
 
-def _sampler_options(sampler: SamplerName, eta: float | None, variance: Variance) -> dict:
+def _sampler_options(sampler: SamplerName, eta: float | None, variance: Variance, order: int | None = None) -> dict:
     """The keyword options of ``SAMPLERS[sampler]``; an option the sampler does not take is a UserError."""
     check_choice("sampler", sampler, SamplerName)
+    if order is not None:
+        if not sampler.startswith("unipc"):
+            raise UserError(f"order applies to the unipc samplers only; {sampler} has a fixed order "
+                            "(dpm++2m: 2, dpm++3m: 3)")
+        if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 3:
+            raise UserError(f"order must be 1, 2 or 3, got {order!r}")
+        return {"order": order}
     if eta is not None and sampler != "ddim":
         kind = "ancestral (its noise follows the diffusion's variance)" if sampler == "ddpm" else "deterministic"
         raise UserError(f"eta applies to the ddim sampler only; {sampler} is {kind}")

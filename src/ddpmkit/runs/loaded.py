@@ -110,17 +110,18 @@ class Run:
     def sample(self, num: int, *, sampler: SamplerName | None = None, steps: int | None = None,
                eta: float | None = None, spacing: Spacing | None = None, labels: Labels = None,
                guidance: float | None = None, seed: int = 0, batch_size: int = 256,
-               precision: Precision | None = None, trajectory: bool = False, progress: bool = False) -> Samples:
+               precision: Precision | None = None, trajectory: bool = False, progress: bool = False,
+               order: int | None = None) -> Samples:
         """Draw ``num`` samples; sample i uses seed + i, whatever the batch size.
 
-        Options left None take the run's ``sample`` config (sampler, steps, eta, spacing, guidance), except
+        Options left None take the run's ``sample`` config (sampler, steps, eta, spacing, guidance, order), except
         that a grid saved by ``ddpmkit tune-steps`` for this sampler and number of calls replaces the
         config's spacing (``spacing=`` named here still wins);
         ``labels``: "all" (the default of a conditional model: classes cycled), a class number or
         name, a comma list "0,1" or "cat,dog", or a sequence; ``precision``: autocast dtype (default
         "auto" for images, "fp32" for points). Everything is checked before the first network call.
         """
-        plan = self._plan(num, sampler, steps, eta, spacing, labels, guidance, batch_size, trajectory, seed)
+        plan = self._plan(num, sampler, steps, eta, spacing, labels, guidance, batch_size, trajectory, seed, order)
         amp = autocast_dtype(precision or ("auto" if self.is_image else "fp32"), self.device)
         from tqdm.auto import tqdm
 
@@ -132,7 +133,8 @@ class Run:
                 bar.update(chunks[-1].shape[0])
         return Samples(torch.cat(chunks), plan["labels"], plan["sampler"], plan["calls"], rows, plan["tuned_file"])
 
-    def _plan(self, num, sampler, steps, eta, spacing, labels, guidance, batch_size, trajectory, seed) -> dict:
+    def _plan(self, num, sampler, steps, eta, spacing, labels, guidance, batch_size, trajectory, seed,
+              order=None) -> dict:
         """Every option resolved against the run's config and checked."""
         if isinstance(num, bool) or not isinstance(num, int) or num < 1:
             raise UserError(f"the number of samples must be a positive integer, got {num!r}")
@@ -150,6 +152,11 @@ class Run:
             raise UserError(f"steps must be between 1 and {T}, got {steps!r}")
         if eta is None and chosen == "ddim":
             eta = sc.eta
+        if order is None and chosen == sc.sampler:
+            order = sc.order
+        from ..diffusion import _sampler_options
+
+        _sampler_options(chosen, eta, self.config.diffusion.variance, order)  # a wrong eta or order, before any work
         guidance = sc.guidance if guidance is None else guidance
         if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 0):
             raise UserError(f"guidance must be a number >= 0 (1: no guidance), got {guidance!r}")
@@ -161,7 +168,7 @@ class Run:
             from .tuning import load_tuned
 
             tuned = load_tuned(self.run_dir, chosen, steps, T)
-        return {"sampler": chosen, "steps": steps, "calls": steps or T, "eta": eta, "labels": y,
+        return {"sampler": chosen, "steps": steps, "calls": steps or T, "eta": eta, "order": order, "labels": y,
                 "spacing": spacing or (sc.spacing if chosen == sc.sampler else None), "guidance": guidance,
                 "timesteps": tuned and torch.tensor(tuned[0]), "tuned_file": tuned and str(tuned[1])}
 
@@ -169,7 +176,7 @@ class Run:
         device = self.device
         gens = [torch.Generator(device=device).manual_seed(seed + start + i) for i in range(n)]
         y = None if plan["labels"] is None else plan["labels"][start:start + n].to(device)
-        opts = {} if plan["eta"] is None else {"eta": plan["eta"]}
+        opts = {k: plan[k] for k in ("eta", "order") if plan[k] is not None}
         callback = None if rows is None else _trajectory_callback(rows, plan["calls"])
         with autocast_context(device, amp):
             x = self.diffusion.sample(self.model, (n, *self.sample_shape), sampler=plan["sampler"],

@@ -221,6 +221,7 @@ class SampleConfig(_Checked):
     guidance: float = 1.0  # classifier-free guidance weight
     eta: float = 0.0  # DDIM eta
     spacing: Optional[Spacing] = None  # timestep spacing (None: the sampler's default)
+    order: Optional[int] = None  # the unipc samplers' order, 1-3 (None: 2)
     grid_sampler: SamplerName = "dpm++2m"  # sampler for training grids
     grid_steps: int = 50  # its network calls
     levels: Optional[int] = None  # snap saved pixels to this many grey levels (the data's own; digits: 17)
@@ -231,6 +232,9 @@ class SampleConfig(_Checked):
         require(self.grid_steps >= 1, "sample.grid_steps", "at least 1", self.grid_steps)
         require(0 <= self.eta <= 1, "sample.eta", "in [0, 1]", self.eta)
         require(self.guidance >= 0, "sample.guidance", "a number >= 0 (1: no guidance)", self.guidance)
+        require(self.order is None or 1 <= self.order <= 3, "sample.order", "1, 2, 3 or null", self.order)
+        require(self.order is None or self.sampler.startswith("unipc"), "sample.order",
+                "null unless sample.sampler is a unipc sampler", self.order)
 
 
 # ---------------------------------------------------------------------- the whole experiment
