@@ -1,6 +1,6 @@
 """MNIST at an equal compute budget: ddpmkit's ``mnist`` preset against diffusers, scored by FID/KID/PR.
 
-    python benchmarks/mnist_quality.py [--budget-min 20] [--num 2000] [--work runs/mnist_bench]
+    python benchmarks/mnist_quality.py [--budget-min 20] [--num 2000] [--num-quarters N] [--work runs/mnist_bench]
                                        [--ref test_features.npz]
 
 What it does (every stage caches its result in --work, so a rerun continues where it stopped):
@@ -19,7 +19,8 @@ What it does (every stage caches its result in --work, so a rerun continues wher
      ddpmkit's size (blocks 32-64-64, attention at 8x8). Both pad 28x28 to 32x32 with the background.
 3. Sampling: ``--num`` class-conditional samples (classes cycled) from each with its best 50-call
    sampler: ddpmkit's DPM-Solver++(2M), diffusers' ``DPMSolverMultistepScheduler`` (also 2M); no
-   guidance. ddpmkit also after 1/4 and 1/2 of its steps (time to quality).
+   guidance. ddpmkit also after 1/4, 1/2 and 3/4 of its steps (time to quality; the table gives
+   each checkpoint's share of ddpmkit's CPU time, so an overrun of the plan is compared fairly).
 4. Scores: FID against the 10k test statistics, KID (against the test features) with its standard
    error, precision/recall (k = 3, against ``--num`` random test images); the same for the floor.
 
@@ -218,24 +219,30 @@ def sample_diffusers(weights: Path, num: int, batch_size: int = 500) -> np.ndarr
     return np.concatenate(out)
 
 
-def sample_sets(work: Path, num: int) -> dict[str, Path]:
-    """Every sample set, as cached npz files: ddpmkit at 1/4, 1/2 and all of its steps, diffusers."""
+def _quarters(steps: int) -> list[tuple[str, int]]:
+    """ddpmkit's scored checkpoints: after 1/4, 1/2 and 3/4 of its steps (as checkpoint_every saves them), and all."""
+    q = max(1, steps // 4)
+    return [("q1", q), ("q2", 2 * q), ("q3", 3 * q), ("all", steps)]
+
+
+def sample_sets(work: Path, num: int, num_quarters: int) -> dict[str, tuple[Path, int]]:
+    """Every sample set as (cached npz file, samples scored): ddpmkit at 1/4, 1/2, 3/4 (``num_quarters``
+    samples each) and all of its steps, diffusers (``num`` each)."""
     from ddpmkit.images import load_npz, save_npz
 
     steps = json.loads((work / "ddpmkit" / "budget.json").read_text())["steps"]
-    ckpts = {f"ddpmkit_{name}": work / "ddpmkit" / "checkpoints" / f"step_{s:08d}.pt"
-             for name, s in (("q1", max(1, steps // 4)), ("q2", max(1, steps // 4) * 2), ("all", steps))}
+    ckpts = {f"ddpmkit_{name}": work / "ddpmkit" / "checkpoints" / f"step_{s:08d}.pt" for name, s in _quarters(steps)}
     sets = {}
     for name, ckpt in {**ckpts, "diffusers": work / "diffusers" / "ema.pt"}.items():
-        path = work / f"samples_{name}.npz"
+        path, n = work / f"samples_{name}.npz", num if name in ("ddpmkit_all", "diffusers") else num_quarters
         if not path.exists():
             began = time.time()
-            images = sample_diffusers(ckpt, num) if name == "diffusers" else sample_ddpmkit(ckpt, num)
-            save_npz(path, images, np.arange(num) % 10)
-            print(f"sampled {name}: {num} in {time.time() - began:.0f} s", flush=True)
-        if load_npz(path)[0].shape[0] < num:
-            sys.exit(f"{path} holds fewer than --num {num} samples: delete it to draw them again")
-        sets[name] = path
+            images = sample_diffusers(ckpt, n) if name == "diffusers" else sample_ddpmkit(ckpt, n)
+            save_npz(path, images, np.arange(n) % 10)
+            print(f"sampled {name}: {n} in {time.time() - began:.0f} s", flush=True)
+        if load_npz(path)[0].shape[0] < n:
+            sys.exit(f"{path} holds fewer than the {n} samples asked for: delete it to draw them again")
+        sets[name] = (path, n)
     return sets
 
 
@@ -259,7 +266,9 @@ def scores(feats: np.ndarray, test: np.ndarray, test_pr: np.ndarray) -> dict:
             "kid": kid, "kid_stderr": kid_se, "precision": precision, "recall": recall}
 
 
-def score_all(work: Path, sets: dict[str, Path], ref: Path | None, num: int, test_num: int = 10000) -> dict:
+def score_all(work: Path, sets: dict[str, tuple[Path, int]], ref: Path | None, num: int, test_num: int = 10000) -> dict:
+    """Scores of every set and of the floor; sets scored on fewer samples also get the final models'
+    scores on their first that many samples (``NAME@N``), since FID's bias depends on N."""
     from ddpmkit.eval.inception import InceptionFeatures
     from ddpmkit.eval.quality import load_stats
     from ddpmkit.images import load_npz
@@ -275,22 +284,30 @@ def score_all(work: Path, sets: dict[str, Path], ref: Path | None, num: int, tes
     train = _mnist("train").data
     floor_images = train[torch.from_numpy(pick.choice(len(train), num, replace=False))].permute(0, 2, 3, 1).numpy()
     result = {"floor": scores(features_of(net, floor_images, work / f"features_floor-n{num}.npz"), test, test_pr)}
-    for name, path in sets.items():
-        images = load_npz(path)[0][:num]  # classes cycle, so the first num are balanced
-        result[name] = scores(features_of(net, images, work / f"features_{name}-n{num}.npz"), test, test_pr)
+    feats = {}
+    for name, (path, n) in sets.items():
+        images = load_npz(path)[0][:n]  # classes cycle, so the first n are balanced
+        feats[name] = features_of(net, images, work / f"features_{name}-n{n}.npz")
+        result[name] = scores(feats[name], test, test_pr[:n])
+    for n in sorted({n for _, n in sets.values() if n < num}):
+        for name in ("ddpmkit_all", "diffusers"):  # the first n features are those of the first n images
+            result[f"{name}@{n}"] = scores(feats[name][:n], test, test_pr[:n])
     result["inception_images_per_s"] = net.last_images_per_s
     return result
 
 
 # --------------------------------------------------------------------------- report
-def table(result: dict, budgets: dict) -> str:
-    rows = ["| set | CPU time | FID | KID x1e3 | precision | recall |", "|---|---|---|---|---|---|"]
-    cpu = budgets["ddpmkit"]["cpu_s"]
-    when = {"ddpmkit_q1": cpu / 4, "ddpmkit_q2": cpu / 2, "ddpmkit_all": cpu,
-            "diffusers": budgets["diffusers"]["cpu_s"], "floor": None}
-    for name in ("ddpmkit_q1", "ddpmkit_q2", "ddpmkit_all", "diffusers", "floor"):
-        r, t = result[name], when[name]
-        rows.append(f"| {name} | {'-' if t is None else f'{t / 60:.1f} min'} | {r['fid']:.2f} | "
+def table(result: dict, budgets: dict, sizes: dict[str, int]) -> str:
+    rows = ["| set | CPU time | samples | FID | KID x1e3 | precision | recall |", "|---|---|---|---|---|---|---|"]
+    cpu, steps = budgets["ddpmkit"]["cpu_s"], budgets["ddpmkit"]["steps"]
+    when = {f"ddpmkit_{name}": cpu * s / steps for name, s in _quarters(steps)}
+    when.update(diffusers=budgets["diffusers"]["cpu_s"], floor=None)
+    for key in sorted(result, key=lambda k: (k.partition("@")[2] != "", k.partition("@")[2])):
+        name, _, n = key.partition("@")
+        if name not in when:
+            continue
+        r, t = result[key], when[name]
+        rows.append(f"| {name} | {'-' if t is None else f'{t / 60:.1f} min'} | {n or sizes[name]} | {r['fid']:.2f} | "
                     f"{1e3 * r['kid']:.2f} ± {1e3 * r['kid_stderr']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} |")
     return "\n".join(rows)
 
@@ -300,14 +317,15 @@ def pictures(work: Path, sets: dict[str, Path], out_dir: Path) -> None:
     from ddpmkit.images import load_npz, make_grid, save_png
 
     for name in ("ddpmkit_all", "diffusers"):
-        images = load_npz(sets[name])[0][:100]
+        images = load_npz(sets[name][0])[0][:100]
         save_png(out_dir / f"mnist_{name.split('_')[0]}.png", make_grid(images, nrow=10, padding=2, scale=2))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget-min", type=float, default=20.0, help="CPU minutes of training for each")
-    p.add_argument("--num", type=int, default=2000, help="samples per set (and floor images)")
+    p.add_argument("--num", type=int, default=2000, help="samples of each final model (and floor images)")
+    p.add_argument("--num-quarters", type=int, help="samples of ddpmkit after 1/4, 1/2 and 3/4 (default: --num)")
     p.add_argument("--work", type=Path, default=Path("runs/mnist_bench"))
     p.add_argument("--ref", type=Path, help="test-split features (ddpmkit stats mnist --split test --features)")
     p.add_argument("--test-num", type=int, default=10000, help="without --ref: the first N test images as reference")
@@ -323,13 +341,15 @@ def main() -> None:
     if not (a.work / "diffusers" / "budget.json").exists() or not (a.work / "ddpmkit" / "budget.json").exists():
         train_both(a.work, a.budget_min * 60)
     budgets = {w: json.loads((a.work / w / "budget.json").read_text()) for w in ("ddpmkit", "diffusers")}
-    sets = sample_sets(a.work, a.num)
+    sets = sample_sets(a.work, a.num, a.num_quarters or a.num)
     result = score_all(a.work, sets, a.ref, a.num, a.test_num)
-    _save_json(a.work / "result.json", {"num": a.num, "test_num": a.test_num if a.ref is None else None,
+    _save_json(a.work / "result.json", {"num": a.num, "num_quarters": a.num_quarters or a.num,
+                                        "test_num": a.test_num if a.ref is None else None,
                                         "budgets": budgets, "scores": result})
     pictures(a.work, sets, a.docs)
     print(json.dumps(budgets, indent=1))
-    print(table(result, budgets))
+    sizes = {name: n for name, (_, n) in sets.items()}
+    print(table(result, budgets, {**sizes, "floor": a.num}))
 
 
 if __name__ == "__main__":
