@@ -204,10 +204,8 @@ def sample_diffusers(weights: Path, num: int, batch_size: int = 500) -> np.ndarr
     model = diffusers_model()
     model.load_state_dict(torch.load(weights, map_location="cpu"))
     model.eval()
-    # x0 clipped to [-1, 1] as ddpmkit's sampler does (thresholding at max 1 is a plain clip); without it
-    # an early model's samples blow up into noise
-    sched = DPMSolverMultistepScheduler.from_config(DDPMScheduler(num_train_timesteps=1000).config,
-                                                    thresholding=True, sample_max_value=1.0)
+    # unclipped: clipping x0 (thresholding=True, sample_max_value=1) measured worse, FID-1k 239 vs 203
+    sched = DPMSolverMultistepScheduler.from_config(DDPMScheduler(num_train_timesteps=1000).config)
     out = []
     for start in range(0, num, batch_size):
         n = min(batch_size, num - start)
