@@ -531,6 +531,9 @@ class GaussianDiffusion:
 def _sampler_options(sampler: SamplerName, eta: float | None, variance: Variance, order: int | None = None) -> dict:
     """The keyword options of ``SAMPLERS[sampler]``; an option the sampler does not take is a UserError."""
     check_choice("sampler", sampler, SamplerName)
+    if eta is not None and sampler != "ddim":
+        kind = "ancestral (its noise follows the diffusion's variance)" if sampler == "ddpm" else "deterministic"
+        raise UserError(f"eta applies to the ddim sampler only; {sampler} is {kind}")
     if order is not None:
         if not sampler.startswith("unipc"):
             raise UserError(f"order applies to the unipc samplers only; {sampler} has a fixed order "
@@ -538,9 +541,6 @@ def _sampler_options(sampler: SamplerName, eta: float | None, variance: Variance
         if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 3:
             raise UserError(f"order must be 1, 2 or 3, got {order!r}")
         return {"order": order}
-    if eta is not None and sampler != "ddim":
-        kind = "ancestral (its noise follows the diffusion's variance)" if sampler == "ddpm" else "deterministic"
-        raise UserError(f"eta applies to the ddim sampler only; {sampler} is {kind}")
     if sampler == "ddim":
         return {"eta": 0.0 if eta is None else eta}
     return {"variance": variance} if sampler == "ddpm" else {}
