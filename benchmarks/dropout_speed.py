@@ -55,7 +55,7 @@ def step_times(rounds: int, steps: int) -> dict[str, float]:
     """Median ms per digits training step with each dropout module, alternating rounds."""
     from ddpmkit.data.batches import batches
     from ddpmkit.nn.dropout import Dropout
-    from ddpmkit.train.config import load_config
+    from ddpmkit.config import load_config
     from ddpmkit.train.trainer import Trainer
 
     cfg = load_config("digits", overrides={"train": {"device": "cpu"}})  # a CPU benchmark, GPU or not
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.steps = 2, 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    from ddpmkit.train.fast import keep_freed_memory
+    from ddpmkit.train.runtime import keep_freed_memory
 
     keep_freed_memory()  # as the ddpmkit command does
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads")

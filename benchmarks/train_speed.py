@@ -61,8 +61,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import ddpmkit
 from ddpmkit.nn import num_parameters
-from ddpmkit.train.config import CUDA_GRAPH_MODES, CompileMode, load_config
-from ddpmkit.train.fast import autocast_context, autocast_dtype
+from ddpmkit.config import CUDA_GRAPH_MODES, CompileMode, load_config
+from ddpmkit.train.runtime import autocast_context, autocast_dtype
 
 IMAGE = (3, 32, 32)
 DATA_FIELDS = ("in_channels", "image_size", "num_classes", "out_channels")  # network fields the data sets
@@ -580,7 +580,7 @@ def setup(args: argparse.Namespace) -> Bench:
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.system_malloc:
-        from ddpmkit.train.fast import keep_freed_memory
+        from ddpmkit.train.runtime import keep_freed_memory
 
         kept = keep_freed_memory()  # process-wide: every contender gets it
         print(f"# malloc keeps freed memory for every contender: {'yes' if kept else 'no (not glibc, or MALLOC_* set)'}",
@@ -600,7 +600,7 @@ def setup(args: argparse.Namespace) -> Bench:
 
 def matmul_peaks(bench: Bench, quick: bool, bf16: str) -> tuple[tuple[float, float], bool]:
     """((fp32 peak, bf16 peak) in FLOP/s, whether to time the bf16 modes), printed."""
-    from ddpmkit.train.fast import cpu_has_bf16_matmul, cuda_has_bf16_matmul
+    from ddpmkit.train.runtime import cpu_has_bf16_matmul, cuda_has_bf16_matmul
 
     fp32_peak, fp32_size = matmul_peak(torch.float32, bench, quick)
     bf16_peak, bf16_size = matmul_peak(torch.bfloat16, bench, quick)

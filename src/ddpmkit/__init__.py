@@ -17,12 +17,12 @@ from .errors import UserError
 from .nn import MLPConfig, MLPDenoiser, UNet, UNetConfig, num_parameters
 from .oracles import GaussianMixtureOracle
 from .runs import Run, Samples
-from .train.config import ExperimentConfig, load_config
+from .config import ExperimentConfig, load_config
 from .samplers import SAMPLERS, Denoised, sampling_timesteps
 from .schedules import cosine_beta_schedule, linear_beta_schedule, make_beta_schedule
 from .timestep_sampling import LossAwareTimesteps, UniformTimesteps, make_timestep_sampler
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "GaussianDiffusion",

@@ -15,7 +15,7 @@ __all__ = [
     "Prediction", "Variance", "LossType", "Schedule", "TimestepSampler", "SamplerName", "UniPCVariant", "Spacing",
     "Precision", "Device", "CompileMode", "LRSchedule", "Toy2DName", "DataKind", "ModelKind", "Split",
     "QualityMetric", "Resize",
-    "CUDA_GRAPH_MODES", "choices", "check_choice",
+    "CUDA_GRAPH_MODES", "choices", "check_choice", "short",
 ]
 
 Prediction = Literal["eps", "x0", "v"]  # what the network outputs
@@ -52,14 +52,14 @@ def check_choice(what: str, value, literal) -> None:
     """UserError unless ``value`` is one of the Literal's values."""
     allowed = get_args(literal)
     if value not in allowed:
-        raise UserError(f"unknown {what} {_short(value)}; choose one of {', '.join(map(repr, allowed))}")
+        raise UserError(f"unknown {what} {short(value)}; choose one of {', '.join(map(repr, allowed))}")
 
 
 _REPR = reprlib.Repr()  # keyword arguments arrived in Python 3.12
 _REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 6, 4, 60, 60
 
 
-def _short(value, limit: int = 80) -> str:
+def short(value, limit: int = 80) -> str:
     """A short repr of a value (reprlib: never walks a huge nested value), so a message stays one line."""
     text = _REPR.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

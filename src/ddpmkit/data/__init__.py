@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from ..typed import ImageSize
+from ..fields import ImageSize
 from .base import InMemoryDataset, convert_channels, resize_images, uint8_to_float, with_data
 from .batches import batch_indices, batches, batches_per_epoch, epoch_permutation, flip_mask
 from .cifar10 import CIFAR10_CLASS_NAMES, load_cifar10

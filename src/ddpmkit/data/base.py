@@ -17,7 +17,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..errors import UserError
-from ..typed import ImageSize, image_hw
+from ..fields import ImageSize, image_hw
 
 DatasetKind = Literal["image", "points"]
 

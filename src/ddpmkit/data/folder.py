@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import UserError
-from ..typed import ImageSize, image_hw
+from ..fields import ImageSize, image_hw
 from .base import InMemoryDataset, resize_center_crop
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # still images Pillow reads

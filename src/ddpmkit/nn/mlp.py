@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embeddings import TimeEmbedding, check_conditioning
-from ..typed import check_fields, from_dict, require, to_dict
+from ..fields import check_fields, from_dict, require, to_dict
 
 __all__ = ["MLPConfig", "MLPDenoiser"]
 

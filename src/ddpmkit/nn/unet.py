@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..typed import ImageSize, check_fields, check_image_size, from_dict, image_hw, require, to_dict
+from ..fields import ImageSize, check_fields, check_image_size, from_dict, image_hw, require, to_dict
 from .dropout import Dropout
 from .embeddings import TimeEmbedding, check_conditioning
 

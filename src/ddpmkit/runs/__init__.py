@@ -7,7 +7,7 @@
 """
 
 from .bpd import eval_dataset, evaluate_bpd
-from .loaded import Run, Samples, class_names_of, parse_labels
+from .run import Run, Samples, class_names_of, parse_labels
 from .outputs import check_output, write_samples, write_trajectory
 from .training import prepare, resumed_config, start_training, train
 

@@ -9,8 +9,8 @@ import torch
 
 from ..errors import UserError
 from ..options import Split
-from ..train.build import build_dataset
-from .loaded import Run
+from .build import build_dataset
+from .run import Run
 
 __all__ = ["evaluate_bpd", "eval_dataset"]
 

@@ -29,8 +29,8 @@ from ..errors import UserError
 from ..images import load_npz, make_trajectory_grid, save_npz, save_png, to_uint8
 from ..options import Precision, SamplerName, Spacing
 from ..samplers import DEFAULT_SPACING, randn
-from ..train.fast import autocast_context, autocast_dtype
-from .loaded import Labels, Run, default_steps, parse_labels
+from ..train.runtime import autocast_context, autocast_dtype
+from .run import Labels, Run, default_steps, parse_labels
 
 __all__ = ["Edited", "read_images", "read_mask", "inpaint", "edit", "interpolate", "write_edited"]
 

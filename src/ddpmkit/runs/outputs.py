@@ -11,7 +11,7 @@ import torch
 from ..errors import UserError
 from ..images import (make_trajectory_grid, sample_grid, save_npz, save_points_npz, save_points_png, save_png,
                       to_uint8)
-from .loaded import Samples
+from .run import Samples
 
 __all__ = ["check_output", "write_samples", "write_trajectory"]
 

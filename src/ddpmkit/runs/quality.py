@@ -10,8 +10,8 @@ from ..errors import UserError
 from ..eval import quality
 from ..images import load_npz
 from ..options import Split
-from ..train.build import build_dataset
-from .loaded import Run
+from .build import build_dataset
+from .run import Run
 
 __all__ = ["reference_images", "evaluate_quality", "dataset_images"]
 
@@ -73,7 +73,7 @@ def stats_of(source: str, *, out: str | Path, split: Split = "train", data: str 
             raise UserError("give --image-size for a directory of images")
         images = load_image_folder(path, image_size).data
     else:
-        from ..train.config import load_config
+        from ..config import load_config
 
         over = {"data": {k: v for k, v in (("root", data), ("image_size", image_size)) if v is not None}}
         images = build_dataset(load_config(source, overrides=over).data, split).data

@@ -121,7 +121,7 @@ def _png(data: bytes, alt: str, width: int | None = None) -> str:
 
 
 def _summary(run_dir: Path, config: dict, records: list[dict]) -> str:
-    from .loaded import describe_checkpoint
+    from .run import describe_checkpoint
 
     rows: dict = {}
     try:
@@ -173,7 +173,7 @@ def _grids(run_dir: Path) -> str:
 
 def _trajectory(run_dir: Path, device: str) -> str:
     from . import Run, write_trajectory
-    from .loaded import default_steps
+    from .run import default_steps
 
     if not (run_dir / "checkpoints").is_dir() or not any((run_dir / "checkpoints").glob("*.pt")):
         return '<p class="note">no checkpoint to draw from</p>'

@@ -10,9 +10,9 @@ from typing import Callable
 
 from ..errors import UserError
 from ..files import TEMP_FILE, WriteError
-from ..train.build import check_state_dict
+from .build import check_state_dict
 from ..train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from ..train.config import (RESUMABLE_TRAIN_KEYS, ExperimentConfig, as_written, config_from_checkpoint, deep_merge,
+from ..config import (RESUMABLE_TRAIN_KEYS, ExperimentConfig, as_written, config_from_checkpoint, deep_merge,
                             experiment_from_dict, static_shape)
 from ..train.distributed import DistInfo, cleanup_distributed, init_distributed
 from ..train.metrics import truncate_metrics

@@ -140,7 +140,7 @@ def tune_steps(run, steps: int, sampler: SamplerName | None = None, *, draws: in
 
 def _noise(run, n: int, seed: int) -> tuple[Tensor, Tensor | None]:
     """x_T of draws seed, seed + 1, ... as ``Run.sample`` draws them, and labels cycling over the classes."""
-    from .loaded import parse_labels
+    from .run import parse_labels
 
     gens = [torch.Generator(device=run.device).manual_seed(seed + i) for i in range(n)]
     x_T = randn((n, *run.sample_shape), gens, run.device, torch.float32)

@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..files import WriteError
 from ..nn import num_parameters
 from ..timestep_sampling import make_timestep_sampler
-from .build import build_dataset, build_diffusion, build_model, resolve_model_config
+from ..runs.build import build_dataset, build_diffusion, build_model, resolve_model_config
 from .checkpoint import (
     capture_rng_state,
     checkpoint_path,
@@ -30,9 +30,9 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from .config import CUDA_GRAPH_MODES, ExperimentConfig, save_config
+from ..config import CUDA_GRAPH_MODES, ExperimentConfig, save_config
 from .distributed import DistInfo, all_reduce_mean_, barrier, device_for, per_rank_batch_size, wrap_ddp
-from .fast import autocast_context, autocast_dtype, use_deterministic_algorithms
+from .runtime import autocast_context, autocast_dtype, use_deterministic_algorithms
 from .loggers import RunLoggers
 from .objective import DiffusionObjective
 from .signals import StopSignals, TrainingInterrupted

@@ -1,0 +1,232 @@
+"""Export a run's weights: a safetensors file with its config, or a diffusers folder (UNet2DModel + DDPMScheduler).
+
+    ddpmkit export runs/digits --format safetensors   # runs/digits_export/model.safetensors + config.json
+    ddpmkit export runs/digits --format diffusers     # runs/digits_diffusers/ for DDPMPipeline.from_pretrained
+
+A diffusers folder is written only for a network that diffusers' UNet2DModel computes exactly;
+any other is refused with the reason (``diffusers_refusal``). Writing needs ``safetensors``
+(the ``export`` extra), not diffusers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import Tensor
+
+from ..errors import UserError
+from ..files import write_bytes, write_text
+from ..options import ExportFormat, check_choice, choices
+
+__all__ = ["export_run", "diffusers_refusal", "diffusers_unet_config", "diffusers_state_dict",
+           "scheduler_config", "load_safetensors", "FORMATS"]
+
+FORMATS = choices(ExportFormat)
+_DIFFUSERS_VERSION = "0.42.1"  # the diffusers whose source this mapping was checked against (recorded in the configs)
+
+
+def export_run(run_path: str | Path, fmt: ExportFormat, out: str | Path | None = None, force: bool = False) -> Path:
+    """Write the run's EMA weights (its raw weights if it kept no EMA) in ``fmt``; return the folder."""
+    from .run import Run
+    from ..train.checkpoint import resolve_checkpoint
+
+    check_choice("export format", fmt, ExportFormat)
+    safetensors = _safetensors()
+    out = _check_out(Path(out) if out else _default_out(resolve_checkpoint(run_path), Path(run_path), fmt), force)
+    run = Run.load(run_path, device="cpu")
+    if fmt == "diffusers":
+        reason = diffusers_refusal(run.config)
+        if reason:
+            raise UserError(f"cannot export to diffusers: {reason}")
+    state = {k: v.detach().contiguous() for k, v in run.model.state_dict().items()}
+    about = _about(run)
+    if fmt == "safetensors":
+        write_bytes(out / "model.safetensors", safetensors.save(state, metadata={"format": "pt"}))
+        write_text(out / "config.json", json.dumps(about, indent=2) + "\n")
+        return out
+    unet = {"_class_name": "UNet2DModel", "_diffusers_version": _DIFFUSERS_VERSION, **diffusers_unet_config(run.config)}
+    scheduler = {"_class_name": "DDPMScheduler", "_diffusers_version": _DIFFUSERS_VERSION,
+                 **scheduler_config(run.config.diffusion)}
+    index = {"_class_name": "DDPMPipeline", "_diffusers_version": _DIFFUSERS_VERSION,
+             "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDPMScheduler"]}
+    weights = safetensors.save(diffusers_state_dict(state, run.config.model), metadata={"format": "pt"})
+    write_bytes(out / "unet" / "diffusion_pytorch_model.safetensors", weights)
+    write_text(out / "unet" / "config.json", json.dumps(unet, indent=2) + "\n")
+    write_text(out / "scheduler" / "scheduler_config.json", json.dumps(scheduler, indent=2) + "\n")
+    write_text(out / "ddpmkit.json", json.dumps(about, indent=2) + "\n")
+    write_text(out / "model_index.json", json.dumps(index, indent=2) + "\n")  # last: a complete folder has it
+    return out
+
+
+def _safetensors():
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise UserError("export needs the safetensors package: pip install 'ddpmkit[export]'") from None
+    return safetensors.torch
+
+
+def _default_out(checkpoint: Path, given: Path, fmt: str) -> Path:
+    """RUN_export (safetensors) or RUN_diffusers beside a run directory; beside the file for a checkpoint."""
+    base = given if given.is_dir() else checkpoint.with_suffix("")
+    return base.parent / f"{base.name}_{'export' if fmt == 'safetensors' else 'diffusers'}"
+
+
+def _check_out(out: Path, force: bool) -> Path:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file, not a directory")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UserError(f"output {str(out)!r} already exists (pass --force to overwrite its files)")
+    if not out.parent.is_dir():
+        raise UserError(f"the directory of output {str(out)!r} does not exist")
+    return out
+
+
+def _about(run) -> dict:
+    """What the weights are: ddpmkit's full config, the step, EMA or not, the class names."""
+    from ..version import __version__
+
+    return {"ddpmkit_version": __version__, "config": run.config.to_dict(), "step": run.step, "ema": run.ema,
+            "class_names": run.class_names, "checkpoint": str(run.checkpoint)}
+
+
+def load_safetensors(folder: str | Path):
+    """(network, experiment config) from a ``--format safetensors`` folder; the network in eval mode."""
+    from .build import build_model
+    from ..config import config_from_checkpoint
+
+    folder = Path(folder)
+    about = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    cfg = config_from_checkpoint(about["config"])
+    model = build_model(cfg.model)
+    model.load_state_dict(_safetensors().load_file(str(folder / "model.safetensors")))
+    return model.eval(), cfg
+
+
+# ----------------------------------------------------------------------------- diffusers
+
+
+def diffusers_refusal(cfg) -> str | None:
+    """Why diffusers' UNet2DModel cannot compute this run's network exactly, or None when it can."""
+    m = cfg.model
+    if m.kind != "unet":
+        return "this run's network is an MLP over 2-D points; diffusers' UNet2DModel models images"
+    if m.num_classes is not None:
+        return ("the class label enters every residual block as that block's own learned bias (the note's "
+                "class bias); UNet2DModel adds one class embedding to the time embedding before the blocks' "
+                "SiLU, which cannot express it (an unconditional run, data.conditional: false, exports)")
+    if m.initial_pad:
+        return f"model.initial_pad is {m.initial_pad}: UNet2DModel has no pad-and-crop around the network"
+    if m.channel_mults[0] != 1:
+        return (f"model.channel_mults starts with {m.channel_mults[0]}: UNet2DModel's first level has the width "
+                "of its input convolution and time table (channel_mults[0] must be 1)")
+    if m.time_emb_scale != 1.0:
+        return f"model.time_emb_scale is {m.time_emb_scale}: UNet2DModel's sinusoidal table has no scale"
+    if len(_head_dims(m)) != 1:
+        return ("the attention layers have heads of different widths " + str(sorted(_head_dims(m)))
+                + "; UNet2DModel has one attention_head_dim")
+    return None
+
+
+def _head_dims(m) -> set[int]:
+    """The head width of every attention layer (the middle's included)."""
+    levels = zip(m.level_channels(), m.level_resolutions())
+    channels = [c for c, r in levels if r in m.attention_resolutions] + [m.level_channels()[-1]]
+    return {c // max(1, c // m.head_channels) for c in channels}
+
+
+def _attends(m) -> list[bool]:
+    return [r in m.attention_resolutions for r in m.level_resolutions()]
+
+
+def diffusers_unet_config(cfg) -> dict:
+    """UNet2DModel's constructor arguments for a network ``diffusers_refusal`` accepts."""
+    m = cfg.model
+    attends = _attends(m)
+    return {
+        "sample_size": m.resolved_image_size, "in_channels": m.resolved_in_channels,
+        "out_channels": m.resolved_out_channels, "center_input_sample": False,
+        "time_embedding_type": "positional", "time_embedding_dim": m.resolved_time_emb_dim,
+        "freq_shift": 0, "flip_sin_to_cos": False,  # cat(sin, cos) with frequencies 10000^(-k/half), as ours
+        "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attends],
+        "mid_block_type": "UNetMidBlock2D",
+        "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attends)],
+        "block_out_channels": m.level_channels(), "layers_per_block": m.num_res_blocks,
+        "mid_block_scale_factor": 1, "downsample_padding": 1, "downsample_type": "conv", "upsample_type": "conv",
+        "dropout": m.dropout, "act_fn": "silu", "attention_head_dim": next(iter(_head_dims(m))),
+        "norm_num_groups": m.num_groups, "attn_norm_num_groups": None, "norm_eps": 1e-5,
+        "resnet_time_scale_shift": "default", "add_attention": True,
+        "class_embed_type": None, "num_class_embeds": None,
+    }
+
+
+def scheduler_config(d) -> dict:
+    """DDPMScheduler's arguments for a diffusion config; the betas are given exactly (``trained_betas``)."""
+    from .build import build_betas
+
+    return {
+        "num_train_timesteps": d.timesteps,
+        "beta_schedule": "linear" if d.schedule == "linear" else "squaredcos_cap_v2",  # informative: trained_betas rule
+        "beta_start": d.beta_start, "beta_end": d.beta_end,
+        "trained_betas": build_betas(d).tolist(),
+        "variance_type": d.variance,  # fixed_large, fixed_small and learned_range mean the same there
+        "clip_sample": d.clip_denoised, "clip_sample_range": 1.0,
+        "prediction_type": {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}[d.prediction],
+        "thresholding": False, "timestep_spacing": "leading", "steps_offset": 0, "rescale_betas_zero_snr": False,
+    }
+
+
+def diffusers_state_dict(state: dict[str, Tensor], m) -> dict[str, Tensor]:
+    """Our UNet's state dict under UNet2DModel's names (attention's qkv split into to_q, to_k, to_v)."""
+    names = {"init_conv": "conv_in", "time_embedding.1": "time_embedding.linear_1",
+             "time_embedding.3": "time_embedding.linear_2", "out_norm": "conv_norm_out", "out_conv": "conv_out"}
+    names.update(_block_names(m))
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        module, _, param = key.rpartition(".")
+        if module.endswith(".attention.qkv"):  # rows: q of every head, then k, then v
+            for name, part in zip(("to_q", "to_k", "to_v"), value.chunk(3, dim=0)):
+                out[f"{names[module[:-4]]}.{name}.{param}"] = part.contiguous()
+        elif module in names:
+            out[f"{names[module]}.{param}"] = value
+        else:
+            raise ValueError(f"no diffusers name for {key!r}")  # a bug: diffusers_refusal let it through
+    return out
+
+
+_RESNET = {"norm1": "norm1", "conv1": "conv1", "time_bias": "time_emb_proj", "norm2": "norm2", "conv2": "conv2",
+           "skip": "conv_shortcut"}
+
+
+def _block_names(m) -> dict[str, str]:
+    """Our module paths -> UNet2DModel's, for every residual block, attention and resampler."""
+    names: dict[str, str] = {}
+    levels, attends = len(m.channel_mults), _attends(m)
+
+    def resnet(ours: str, theirs: str, attention: str | None) -> None:
+        names.update({f"{ours}.{a}": f"{theirs}.{b}" for a, b in _RESNET.items()})
+        if attention:
+            names[f"{ours}.attention"] = attention
+            names[f"{ours}.attention.norm"] = f"{attention}.group_norm"
+            names[f"{ours}.attention.proj"] = f"{attention}.to_out.0"
+
+    k = 0
+    for i in range(levels):
+        for j in range(m.num_res_blocks):
+            resnet(f"downs.{k}", f"down_blocks.{i}.resnets.{j}", attends[i] and f"down_blocks.{i}.attentions.{j}")
+            k += 1
+        if i != levels - 1:
+            names[f"downs.{k}.conv"] = f"down_blocks.{i}.downsamplers.0.conv"
+            k += 1
+    resnet("middle.0", "mid_block.resnets.0", "mid_block.attentions.0")
+    resnet("middle.1", "mid_block.resnets.1", None)
+    k = 0
+    for u, i in enumerate(reversed(range(levels))):
+        for j in range(m.num_res_blocks + 1):
+            resnet(f"ups.{k}", f"up_blocks.{u}.resnets.{j}", attends[i] and f"up_blocks.{u}.attentions.{j}")
+            k += 1
+        if i != 0:
+            names[f"ups.{k}.conv"] = f"up_blocks.{u}.upsamplers.0.conv"
+            k += 1
+    return names

@@ -1,0 +1,267 @@
+"""A trained run, loaded: its config, network, diffusion and class names, ready to sample from."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..diffusion import GaussianDiffusion
+from ..errors import UserError
+from ..options import Device, Precision, SamplerName, Spacing
+from .build import build_diffusion, build_model, check_state_dict
+from ..train.checkpoint import load_checkpoint, resolve_checkpoint
+from ..config import ExperimentConfig, config_from_checkpoint
+from ..train.distributed import DistInfo, device_for
+from ..train.runtime import autocast_context, autocast_dtype
+from ..fields import image_hw
+
+__all__ = ["Run", "Samples", "class_names_of", "parse_labels", "default_steps", "describe_checkpoint"]
+
+Labels = str | int | Sequence[int | str] | Tensor | None
+
+
+class Samples(NamedTuple):
+    """What ``Run.sample`` draws: x0 (float32, CPU) and the labels it was conditioned on."""
+
+    x: Tensor  # [N, C, H, W] images in [-1, 1], or [N, D] points
+    labels: Tensor | None  # int64 [N], or None for an unconditional model
+    sampler: str
+    steps: int  # network calls per sample
+    trajectory: list | None  # (t, x_t [k], predicted x0 [k]) at about 10 steps of the first batch, if asked
+    timesteps_file: str | None = None  # the tuned grid used (RUN/timesteps/<sampler>-<K>.json), if any
+
+
+def class_names_of(ckpt: dict) -> list[str] | None:
+    """The names of a checkpoint's labels (label i is names[i]), where its data named them."""
+    return (ckpt.get("extra") or {}).get("class_names")
+
+
+@dataclass
+class Run:
+    """A trained model as a checkpoint describes it; ``Run.load(path)`` makes one."""
+
+    config: ExperimentConfig  # the resolved experiment config the run trained with
+    model: nn.Module  # the network (EMA weights unless loaded with ema=False), eval mode
+    diffusion: GaussianDiffusion
+    class_names: list[str] | None  # label i is class_names[i], where the data named its classes
+    step: int  # optimizer steps the weights have seen
+    checkpoint: Path  # the file loaded
+    ema: bool  # whether the weights are the EMA's
+
+    @classmethod
+    def load(cls, path: str | Path, ema: bool = True, device: Device = "auto") -> Run:
+        """Load a run directory (its latest checkpoint) or a checkpoint file."""
+        file = resolve_checkpoint(path)
+        ckpt = load_checkpoint(file)
+        use_ema = ema and ckpt.get("ema") is not None
+        try:
+            cfg = config_from_checkpoint(ckpt["config"])
+        except UserError as e:
+            raise UserError(f"checkpoint {str(file)!r} holds a bad config: {e}") from None
+        state = ckpt["ema"] if use_ema else ckpt["model"]
+        check_state_dict(cfg.model, state, f"checkpoint {str(file)!r}")
+        model = build_model(cfg.model)
+        model.load_state_dict(state)
+        model = model.to(device_for(DistInfo(), device)).eval()
+        images = cfg.model.kind == "unet"
+        if images:  # channels-last convolutions are faster on CPU and GPU
+            model = model.to(memory_format=torch.channels_last)
+        return cls(cfg, model, build_diffusion(cfg.diffusion, images=images), class_names_of(ckpt),
+                   int(ckpt["step"]), file, use_ema)
+
+    def evaluate_bpd(self, **options) -> dict:
+        """The variational bound in bits/dim on held-out data (see ``runs.bpd.evaluate_bpd``)."""
+        from .bpd import evaluate_bpd
+
+        return evaluate_bpd(self, **options)
+
+    @property
+    def is_image(self) -> bool:
+        """True for an image model (UNet), False for a 2-D point model."""
+        return self.config.model.kind == "unet"
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes of a class-conditional model, else None."""
+        return self.config.model.num_classes
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample: (C, H, W) for images, (D,) for points."""
+        m = self.config.model
+        return (m.in_channels, *image_hw(m.image_size)) if self.is_image else (m.dim,)
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run directory of the checkpoint (RUN/checkpoints/step_*.pt), or None for a loose file."""
+        parent = self.checkpoint.parent
+        return parent.parent if parent.name == "checkpoints" else None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights live."""
+        return next(self.model.parameters()).device
+
+    def sample(self, num: int, *, sampler: SamplerName | None = None, steps: int | None = None,
+               eta: float | None = None, spacing: Spacing | None = None, labels: Labels = None,
+               guidance: float | None = None, seed: int = 0, batch_size: int = 256,
+               precision: Precision | None = None, trajectory: bool = False, progress: bool = False,
+               order: int | None = None) -> Samples:
+        """Draw ``num`` samples; sample i uses seed + i, whatever the batch size.
+
+        Options left None take the run's ``sample`` config (sampler, steps, eta, spacing, guidance, order), except
+        that a grid saved by ``ddpmkit tune-steps`` for this sampler and number of calls replaces the
+        config's spacing (``spacing=`` named here still wins);
+        ``labels``: "all" (the default of a conditional model: classes cycled), a class number or
+        name, a comma list "0,1" or "cat,dog", or a sequence; ``precision``: autocast dtype (default
+        "auto" for images, "fp32" for points). Everything is checked before the first network call.
+        """
+        plan = self._plan(num, sampler, steps, eta, spacing, labels, guidance, batch_size, trajectory, seed, order)
+        amp = autocast_dtype(precision or ("auto" if self.is_image else "fp32"), self.device)
+        from tqdm.auto import tqdm
+
+        chunks, rows = [], [] if trajectory else None
+        with tqdm(total=num, desc=f"sampling {plan['sampler']}", disable=not progress, leave=False) as bar:
+            for start in range(0, num, batch_size):
+                chunks.append(self._draw(plan, start, min(batch_size, num - start), seed, amp,
+                                         rows if start == 0 else None))
+                bar.update(chunks[-1].shape[0])
+        return Samples(torch.cat(chunks), plan["labels"], plan["sampler"], plan["calls"], rows, plan["tuned_file"])
+
+    def _plan(self, num, sampler, steps, eta, spacing, labels, guidance, batch_size, trajectory, seed,
+              order=None) -> dict:
+        """Every option resolved against the run's config and checked."""
+        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+            raise UserError(f"the number of samples must be a positive integer, got {num!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**63 - 1 - num:
+            raise UserError(f"seed must be an integer in [0, 2**63 - 1 - num] (sample i uses seed + i), got {seed!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"the batch size must be a positive integer, got {batch_size!r}")
+        if trajectory and not self.is_image:
+            raise UserError("a trajectory draws images; this model makes 2-D points")
+        sc = self.config.sample
+        chosen = sampler or sc.sampler
+        T = self.diffusion.num_timesteps
+        steps = default_steps(chosen, sc) if steps is None else steps
+        if steps is not None and not (isinstance(steps, int) and 1 <= steps <= T):
+            raise UserError(f"steps must be between 1 and {T}, got {steps!r}")
+        if eta is None and chosen == "ddim":
+            eta = sc.eta
+        if order is None and chosen == sc.sampler:
+            order = sc.order
+        from ..diffusion import _sampler_options
+
+        _sampler_options(chosen, eta, self.config.diffusion.variance, order)  # a wrong eta or order, before any work
+        guidance = sc.guidance if guidance is None else guidance
+        if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 0):
+            raise UserError(f"guidance must be a number >= 0 (1: no guidance), got {guidance!r}")
+        y = parse_labels(labels, num, self.num_classes, self.class_names)
+        if guidance != 1.0 and y is None:
+            raise UserError("guidance needs a class-conditional model")
+        tuned = None
+        if spacing is None and steps is not None and self.run_dir is not None:  # a named spacing wins
+            from .tuning import load_tuned
+
+            tuned = load_tuned(self.run_dir, chosen, steps, T)
+        return {"sampler": chosen, "steps": steps, "calls": steps or T, "eta": eta, "order": order, "labels": y,
+                "spacing": spacing or (sc.spacing if chosen == sc.sampler else None), "guidance": guidance,
+                "timesteps": tuned and torch.tensor(tuned[0]), "tuned_file": tuned and str(tuned[1])}
+
+    def _draw(self, plan: dict, start: int, n: int, seed: int, amp, rows: list | None) -> Tensor:
+        device = self.device
+        gens = [torch.Generator(device=device).manual_seed(seed + start + i) for i in range(n)]
+        y = None if plan["labels"] is None else plan["labels"][start:start + n].to(device)
+        opts = {k: plan[k] for k in ("eta", "order") if plan[k] is not None}
+        callback = None if rows is None else _trajectory_callback(rows, plan["calls"])
+        with autocast_context(device, amp):
+            x = self.diffusion.sample(self.model, (n, *self.sample_shape), sampler=plan["sampler"],
+                                      steps=plan["steps"], y=y, guidance_scale=plan["guidance"], generator=gens,
+                                      spacing=plan["spacing"], device=device, callback=callback,
+                                      timesteps=plan["timesteps"], **opts)
+        return x.float().cpu()
+
+
+def default_steps(sampler: str, sc) -> int | None:
+    """Network calls when none are asked for: the run's own for its sampler, the whole chain for
+    ancestral sampling chosen instead, and the run's (or its grids') few-step budget for a fast sampler."""
+    if sampler == sc.sampler:
+        return sc.steps
+    return None if sampler == "ddpm" else sc.steps or sc.grid_steps
+
+
+def describe_checkpoint(path: str | Path) -> dict[str, str]:
+    """What ``ddpmkit info`` prints: the checkpoint, its step, data, network, diffusion, classes and EMA."""
+    file = resolve_checkpoint(path)
+    ckpt = load_checkpoint(file)
+    cfg = config_from_checkpoint(ckpt["config"])
+    d, classes, names = cfg.diffusion, cfg.model.num_classes, class_names_of(ckpt)
+    named = f" (labels 0..{classes - 1}: {', '.join(names)})" if classes and names else ""
+    data = cfg.data.kind + (f" ({cfg.data.distribution})" if cfg.data.kind == "toy2d" else "")
+    if cfg.model.kind == "unet":  # images as H x W x C (H: height), whatever the checkpoint's age
+        data += " ({}x{}x{} images, H x W x C)".format(*image_hw(cfg.model.image_size), cfg.model.in_channels)
+    return {
+        "checkpoint": str(file),
+        "step": f"{ckpt['step']} of {cfg.train.steps}",
+        "data": data,
+        "model": f"{cfg.model.kind}, {_count(ckpt['model']) / 1e6:.3f} M parameters",
+        "diffusion": f"T={d.timesteps} {d.schedule}, prediction={d.prediction}, variance={d.variance}, loss={d.loss}",
+        "classes": f"{classes if classes else 'unconditional'}{named}" + (f", p_uncond={d.p_uncond}" if classes else ""),
+        "ema": f"{'yes' if ckpt.get('ema') is not None else 'no'} (decay {cfg.train.ema_decay})",
+    }
+
+
+def _count(state: dict) -> int:
+    """Parameters in a state dict (the networks keep no persistent buffers), without building the network."""
+    return sum(v.numel() for v in state.values() if isinstance(v, Tensor))
+
+
+def _trajectory_callback(rows: list, calls: int) -> Callable:
+    """Keep x_t and the predicted x0 of the first 8 samples at about 10 evenly spaced calls."""
+    keep = {round(i * (calls - 1) / 9) for i in range(10)} if calls > 1 else {0}
+
+    def callback(i, t, x, d):
+        if i in keep:
+            rows.append((int(t[0]) if hasattr(t, "__len__") else int(t), x[:8].float().cpu(), d.x0[:8].float().cpu()))
+
+    return callback
+
+
+def parse_labels(spec: Labels, num: int, num_classes: int | None, names: list[str] | None = None) -> Tensor | None:
+    """Labels -> int64 [num] cycled, or None for an unconditional model.
+
+    ``spec``: None or "all" (every class), an int, a comma list "a,b" or a sequence, where each
+    item is a label number or, where the run recorded them, a class name (a name wins: a folder
+    run's class "1" may have label 0).
+    """
+    if num_classes is None:
+        if spec is not None:
+            raise UserError("labels given, but this model is not class-conditional")
+        return None
+    if spec is None or (isinstance(spec, str) and spec == "all"):
+        values = list(range(num_classes))
+    else:
+        tokens = spec.split(",") if isinstance(spec, str) else [spec] if isinstance(spec, int) else list(spec)
+        index = {name: i for i, name in enumerate(names or [])}
+        values = [_label(token, index, names) for token in tokens if str(token).strip()]
+        if not values:
+            raise UserError(f"labels must name at least one class, got {spec!r}")
+        bad = [v for v in values if not 0 <= v < num_classes]
+        if bad:
+            raise UserError(f"label {bad[0]} is out of range: this model has classes 0..{num_classes - 1}")
+    return torch.tensor([values[i % len(values)] for i in range(num)], dtype=torch.long)
+
+
+def _label(token, index: dict[str, int], names: list[str] | None) -> int:
+    text = str(int(token) if isinstance(token, Tensor) else token).strip()
+    if text in index:
+        return index[text]
+    try:
+        return int(text)
+    except ValueError:
+        known = f" or one of its class names ({', '.join(names)})" if names else ""
+        raise UserError(f"labels must be 'all' or a comma list of class numbers{known}, got {text!r}") from None

@@ -1,0 +1,65 @@
+"""Helpers shared by the test folders: the command line in a subprocess, the one-line error contract, a stand-in
+feature network."""
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+
+def run_cli(*args, cwd=None):
+    """Run ``ddpmkit.cli.main`` in this process (as the console script would, minus the interpreter's start-up);
+    return (code, stderr)."""
+    from ddpmkit.cli import main
+
+    err = io.StringIO()
+    here = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as stop:  # argparse's usage errors and --help
+                code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        os.chdir(here)
+    return code, err.getvalue()
+
+
+def run_cli_process(*args, cwd=None):
+    """Run the real console entry point in a subprocess; return (code, stderr)."""
+    proc = subprocess.run([sys.executable, "-m", "ddpmkit", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+    return proc.returncode, proc.stderr
+
+
+def assert_user_error(code, err, *words):
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+
+class StandIn(torch.nn.Module):
+    """[N, 3, 299, 299] -> [N, 256]: fixed random 9x9 conv, ReLU, 4x4 pooling, projection.
+
+    256-d rather than 2048-d keeps the covariance square roots cheap; nothing depends on D.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("conv", torch.randn(16, 3, 9, 9, generator=g) / 15)
+        self.register_buffer("proj", torch.randn(16 * 16, 256, generator=g) / 20)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(F.conv2d(x, self.conv, stride=6))
+        return F.adaptive_avg_pool2d(h, (4, 4)).flatten(1) @ self.proj
