@@ -25,8 +25,8 @@ against the true class (with ``--votes V``: V completions per digit, scored each
 majority class). Beside: the judge on the true digits and on the half-blank inputs.
 
 pictures: the 37 held-out 3s edited with the label 8 at strengths 0.1 ... 0.9 (the run's own
-sampler), 4 edits each, judged; docs/edit_digits.png (the first 3 and 6 of its edits per strength) and docs/interpolation_digits.png (a held-out 3 and 8 DDIM-inverted and
-joined by slerp, unconditional).
+sampler), 4 edits each, judged; docs/edit_digits.png (the first 3 and 6 of its edits per strength) and
+docs/interpolation_digits.png (a held-out 3 and 8 DDIM-inverted and joined by slerp, unconditional).
 Results: docs/editing.md.
 """
 
@@ -59,20 +59,24 @@ def conditional() -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and covariance of the bottom row given the top row = KNOWN (Gaussian conditioning)."""
     k, u = [0, 1], [2, 3]
     s_kk, s_uk = COV[k][:, k], COV[u][:, k]
-    return MU[u] + s_uk @ torch.linalg.solve(s_kk, KNOWN - MU[k]), COV[u][:, u] - s_uk @ torch.linalg.solve(s_kk, s_uk.T)
+    mean = MU[u] + s_uk @ torch.linalg.solve(s_kk, KNOWN - MU[k])
+    return mean, COV[u][:, u] - s_uk @ torch.linalg.solve(s_kk, s_uk.T)
 
 
 def score(xu: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> tuple[float, float]:
     """(Mahalanobis mean error, max |whitened covariance - I|) of samples xu [N, D]."""
     L = torch.linalg.cholesky(cov)
     w = torch.linalg.solve(L, torch.linalg.solve(L, torch.cov(xu.T)).T)
-    return float(torch.linalg.solve(L, xu.mean(0) - mean).norm()), float((w - torch.eye(len(mean), dtype=F64)).abs().max())
+    mean_error = float(torch.linalg.solve(L, xu.mean(0) - mean).norm())
+    return mean_error, float((w - torch.eye(len(mean), dtype=F64)).abs().max())
 
 
 def inpainting_table(n: int) -> str:
     mean, cov = conditional()
-    exact = mean + torch.randn(n, 2, generator=torch.Generator().manual_seed(9), dtype=F64) @ torch.linalg.cholesky(cov).T
-    rows = ["| T | J | R | network calls | mean error (cond. stds) | covariance error | s |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(9), dtype=F64)
+    exact = mean + noise @ torch.linalg.cholesky(cov).T
+    rows = ["| T | J | R | network calls | mean error (cond. stds) | covariance error | s |",
+            "|---:|---:|---:|---:|---:|---:|---:|"]
     m, c = score(exact, mean, cov)
     rows.append(f"| exact | | | | {m:.3f} | {c:.3f} | |")
     for T, J, Rs in [(100, 1, (1, 2, 5, 10, 20, 50)), (100, 5, (2, 5, 10, 20)), (100, 10, (5, 20)),
@@ -104,7 +108,8 @@ def sdedit_table(n: int) -> str:
         a = float(d.alphas_cumprod[n0 - 1]) if n0 else 1.0
         expected = a * COV @ torch.linalg.solve(a * COV + (1 - a) * torch.eye(4, dtype=F64), COV)
         cross = torch.cov(torch.cat([x.view(n, 4), out], 1).T)[:4, 4:]
-        rows.append(f"| {s} | {n0 - 1 if n0 else '-'} | {m:.3f} | {c:.3f} | {float((cross - expected).abs().max()):.4f} "
+        cross_error = float((cross - expected).abs().max())
+        rows.append(f"| {s} | {n0 - 1 if n0 else '-'} | {m:.3f} | {c:.3f} | {cross_error:.4f} "
                     f"| {float(expected.abs().max()):.4f} |")
     return "\n".join(rows)
 
@@ -206,7 +211,8 @@ def main() -> None:
     d.add_argument("--resample", type=int, default=4)
     d.add_argument("--jump", type=int, default=5)
     d.add_argument("--num", type=int, default=360, help="the first N held-out test digits")
-    d.add_argument("--votes", type=int, default=1, help="completions per digit (accuracy of each, and of their majority)")
+    d.add_argument("--votes", type=int, default=1,
+                   help="completions per digit (accuracy of each, and of their majority)")
     d.add_argument("--threads", type=int, default=1)
     d.add_argument("--picture", help="write the picture of completions here (PNG)")
     q = sub.add_parser("pictures")

@@ -5,8 +5,8 @@
 
 What it does (every stage caches its result in --work, so a rerun continues where it stopped):
 
-1. Reference: Inception features of the 10k MNIST test images (or the first ``--test-num``) (``--ref``: a features file written by
-   ``ddpmkit stats mnist --split test --features``), and of ``--num`` random training images: the
+1. Reference: Inception features of the 10k MNIST test images (or the first ``--test-num``) (``--ref``: a features
+   file written by ``ddpmkit stats mnist --split test --features``), and of ``--num`` random training images: the
    real-data floor.
 2. Training, both at once, one thread each, ``--budget-min`` minutes of CPU time each (process time,
    so other jobs on the machine do not change the budget):
@@ -65,7 +65,8 @@ def _ddpmkit_config(steps: int, run_dir_name: str):
         "name": run_dir_name,
         "train": {"steps": steps, "warmup_steps": max(1, steps // 20), "ema_start": steps // 10,
                   "ema_decay": 0.995 if steps < 2000 else 0.999, "sample_every": 0,
-                  "checkpoint_every": max(1, steps // 4), "keep_checkpoints": 0, "log_every": max(1, min(50, steps // 4))},
+                  "checkpoint_every": max(1, steps // 4), "keep_checkpoints": 0,
+                  "log_every": max(1, min(50, steps // 4))},
     })
 
 

@@ -49,9 +49,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, get_args
+from typing import get_args
 
 import numpy as np
 import torch
@@ -60,8 +61,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import ddpmkit
-from ddpmkit.nn import num_parameters
 from ddpmkit.config import CUDA_GRAPH_MODES, CompileMode, load_config
+from ddpmkit.nn import num_parameters
 from ddpmkit.train.runtime import autocast_context, autocast_dtype
 
 IMAGE = (3, 32, 32)
@@ -542,7 +543,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=5, help="timing rounds; every configuration once per round")
     p.add_argument("--steps", type=int, default=None,
-                   help="optimizer steps (and sampling calls) timed per configuration per round (default 2 on the CPU, 20 on CUDA)")
+                   help="optimizer steps (and sampling calls) timed per configuration per round "
+                   "(default 2 on the CPU, 20 on CUDA)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed steps per configuration before the rounds (default 2 on the CPU, 10 on CUDA)")
     p.add_argument("--batch", type=int, default=None,
@@ -583,8 +585,8 @@ def setup(args: argparse.Namespace) -> Bench:
         from ddpmkit.train.runtime import keep_freed_memory
 
         kept = keep_freed_memory()  # process-wide: every contender gets it
-        print(f"# malloc keeps freed memory for every contender: {'yes' if kept else 'no (not glibc, or MALLOC_* set)'}",
-              flush=True)
+        kept_text = "yes" if kept else "no (not glibc, or MALLOC_* set)"
+        print(f"# malloc keeps freed memory for every contender: {kept_text}", flush=True)
     torch.manual_seed(0)
     if bench.cuda:  # the same matmul/conv precision for every contender
         torch.backends.cuda.matmul.allow_tf32 = True

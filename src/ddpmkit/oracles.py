@@ -11,7 +11,8 @@ discretisation error, which is what the tests and ``benchmarks/sampler_quality.p
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -197,12 +198,12 @@ class GaussianMixtureOracle:
         radius: float = 2.0,
         std: float | Sequence[float] = 0.05,
         weights: Sequence[float] | None = None,
-    ) -> "GaussianMixtureOracle":
+    ) -> GaussianMixtureOracle:
         """``num`` isotropic 2-D Gaussians evenly spaced on a circle (the classic 8-Gaussians toy)."""
         angle = torch.arange(num, dtype=torch.float64) * (2 * math.pi / num)
         means = radius * torch.stack([angle.cos(), angle.sin()], dim=1)
-        std = torch.as_tensor(std, dtype=torch.float64).expand(num)
-        covs = std[:, None, None] ** 2 * torch.eye(2, dtype=torch.float64)
+        stds = torch.as_tensor(std, dtype=torch.float64).expand(num)
+        covs = stds[:, None, None] ** 2 * torch.eye(2, dtype=torch.float64)
         w = torch.ones(num, dtype=torch.float64) if weights is None else weights
         return cls(w, means, covs, alphas_cumprod)
 

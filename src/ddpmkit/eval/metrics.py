@@ -4,6 +4,7 @@ nearest-neighbour copy detection and a classifier two-sample test. All maths in 
 from __future__ import annotations
 
 import math
+from typing import Literal, overload
 
 import numpy as np
 
@@ -283,6 +284,18 @@ def precision_recall(real: np.ndarray, generated: np.ndarray, k: int = 3,
     precision = _fraction_inside_balls(g, r, _kth_neighbour_sq_radii(r, k, chunk_size), chunk_size)
     recall = _fraction_inside_balls(r, g, _kth_neighbour_sq_radii(g, k, chunk_size), chunk_size)
     return precision, recall
+
+
+@overload
+def nearest_neighbour_distances(
+    queries: np.ndarray, references: np.ndarray, chunk_size: int = ..., return_index: Literal[False] = ...
+) -> np.ndarray: ...
+
+
+@overload
+def nearest_neighbour_distances(
+    queries: np.ndarray, references: np.ndarray, chunk_size: int = ..., *, return_index: Literal[True]
+) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def nearest_neighbour_distances(
