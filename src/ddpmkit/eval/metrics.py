@@ -358,6 +358,7 @@ def classifier_two_sample_test(
     `folds`-fold cross-validation; returns (held-out accuracy, one-sided binomial p-value
     of that accuracy under the null accuracy 1/2). Accuracy near 0.5: indistinguishable.
     """
+    # lazy: scikit-learn costs start-up time to every command that imports the metrics
     from sklearn.model_selection import StratifiedKFold
     from sklearn.neighbors import KNeighborsClassifier
 
