@@ -61,8 +61,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import ddpmkit
-from ddpmkit.config import CUDA_GRAPH_MODES, CompileMode, load_config
+from ddpmkit.config import load_config
 from ddpmkit.nn import num_parameters
+from ddpmkit.options import CUDA_GRAPH_MODES, CompileMode
 from ddpmkit.train.runtime import autocast_context, autocast_dtype
 
 IMAGE = (3, 32, 32)
