@@ -8,16 +8,21 @@ method that needs one receives ``model``, a callable ``model(x_t, t, y=None)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from . import editing
 from .errors import UserError
 from .likelihood import LOG2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .options import LossType, Prediction, SamplerName, Spacing, Variance, check_choice
+from .samplers import SAMPLERS, Denoised, ddim_invert, randn
+from .sampling_options import SamplingOptions
 from .schedules import step_coefficients
+from .timestep_grids import sampling_timesteps
 
 __all__ = ["GaussianDiffusion", "MeanVariance", "PMeanVariance", "VBTerms"]
 
@@ -235,8 +240,6 @@ class GaussianDiffusion:
         clip_denoised: bool | None = None,
     ):
         """The model's x0, the matching eps and the variance fraction: what every sampler needs."""
-        from .samplers import Denoised
-
         pred, var_out = self.model_output(model, x_t, t, y, guidance_scale)
         x0 = self.x0_from_prediction(x_t, t, pred)
         clip = self.clip_denoised if clip_denoised is None else clip_denoised
@@ -285,8 +288,6 @@ class GaussianDiffusion:
         guidance_scale: float = 1.0,
     ) -> Tensor:
         """One ancestral step x_{t-1} = mu + sigma z, with no noise added at t = 0."""
-        from .samplers import randn
-
         out = self.p_mean_variance(model, x_t, t, y, clip_denoised, guidance_scale)
         noise = randn(x_t.shape, generator, x_t.device, x_t.dtype)
         nonzero = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))
@@ -314,6 +315,7 @@ class GaussianDiffusion:
         callback: Callable | None = None,
         timesteps: Tensor | None = None,
         order: int | None = None,
+        options: SamplingOptions | None = None,
     ) -> Tensor:
         """Draw samples x0 of shape ``shape`` with a sampler of ``ddpmkit.samplers`` (a convenience over them).
 
@@ -337,27 +339,18 @@ class GaussianDiffusion:
             timesteps: explicit kept timesteps, strictly decreasing (e.g. a tuned grid); they replace
                 ``steps`` and ``spacing``.
             order: the UniPC samplers' order, 1-3 (None = 2); given to any other sampler it is a UserError.
+            options: sampler, steps, spacing, eta, order, timesteps and guidance as one checked
+                :class:`SamplingOptions`, instead of those keywords.
         """
-        from . import samplers as S
-
-        opts = _sampler_options(sampler, eta, self.variance, order)
-        steps = self.num_timesteps if steps is None else steps
-        spacing = spacing or S.DEFAULT_SPACING[sampler]
-        if timesteps is None:
-            timesteps = S.sampling_timesteps(self.num_timesteps, steps, spacing, self.alphas_cumprod)
+        opts = _options(options, sampler=sampler, steps=steps, spacing=spacing, eta=eta, order=order,
+                        timesteps=timesteps, guidance=guidance_scale)
+        timesteps = opts.grid(self.num_timesteps, self.alphas_cumprod)
         if x_T is None:
-            x_T = S.randn(tuple(shape), generator, _model_device(model) if device is None else device, dtype)
-        y = _labels(y, x_T.shape[0], x_T.device)
-        if guidance_scale != 1.0 and y is None:
-            raise UserError(f"guidance_scale {guidance_scale} needs class labels y (classifier-free guidance)")
-
-        def denoiser(x, t):
-            return self.denoise(model, x, t, y, guidance_scale, clip_denoised)
-
-        with _progress(progress, len(timesteps), f"sampling ({sampler})", callback) as on_step:
-            return S.SAMPLERS[sampler](
-                denoiser, x_T, timesteps, self.alphas_cumprod, generator=generator, callback=on_step, **opts
-            )
+            x_T = randn(tuple(shape), generator, _model_device(model) if device is None else device, dtype)
+        denoiser = self._denoiser(model, y, x_T, opts.guidance, clip_denoised)
+        with _progress(progress, len(timesteps), f"sampling ({opts.sampler})", callback) as on_step:
+            return SAMPLERS[opts.sampler](denoiser, x_T, timesteps, self.alphas_cumprod, generator=generator,
+                                          callback=on_step, **opts.sampler_kwargs(self.variance))
 
     # ------------------------------------------------------------------ editing (ddpmkit.editing)
     @torch.inference_mode()
@@ -365,68 +358,55 @@ class GaussianDiffusion:
                 steps: int | None = None, resample: int = 1, jump_length: int = 1, y: Tensor | None = None,
                 guidance_scale: float = 1.0, generator=None, progress: bool = False, *, eta: float | None = None,
                 spacing: Spacing | None = None, clip_denoised: bool | None = None, x_T: Tensor | None = None,
-                callback: Callable | None = None) -> Tensor:
+                callback: Callable | None = None, options: SamplingOptions | None = None) -> Tensor:
         """RePaint inpainting: x0 equal to ``x_known`` where ``mask`` is 1, generated elsewhere (``editing.inpaint``).
 
         ``resample`` R and ``jump_length`` J follow Lugmayr et al. 2022 (R = 1: plain replacement);
         the other arguments are :meth:`sample`'s. Network calls: ``steps`` plus (R - 1) J per jump.
         """
-        from . import editing
-
-        opts = _sampler_options(sampler, eta, self.variance)
-        timesteps = self._timesteps(sampler, steps, spacing)
-        denoiser = self._denoiser(model, y, x_known, guidance_scale, clip_denoised)
+        opts = _options(options, sampler=sampler, steps=steps, spacing=spacing, eta=eta, guidance=guidance_scale)
+        timesteps = opts.grid(self.num_timesteps, self.alphas_cumprod)
+        denoiser = self._denoiser(model, y, x_known, opts.guidance, clip_denoised)
         levels = editing.repaint_schedule(len(timesteps), jump_length, resample)
         calls = sum(b < a for a, b in zip(levels, levels[1:]))
-        with _progress(progress, calls, f"inpainting ({sampler})", callback) as on_step:
+        with _progress(progress, calls, f"inpainting ({opts.sampler})", callback) as on_step:
             return editing.inpaint(denoiser, x_known, mask, timesteps, self.alphas_cumprod, resample=resample,
-                                   jump_length=jump_length, sampler=sampler, generator=generator, x_T=x_T,
-                                   callback=on_step, **opts)
+                                   jump_length=jump_length, sampler=opts.sampler, generator=generator, x_T=x_T,
+                                   callback=on_step, **opts.sampler_kwargs(self.variance))
 
     @torch.inference_mode()
     def edit(self, model: Model, x: Tensor, strength: float, sampler: SamplerName = "ddpm", steps: int | None = None,
              y: Tensor | None = None, guidance_scale: float = 1.0, generator=None, progress: bool = False, *,
              eta: float | None = None, spacing: Spacing | None = None, clip_denoised: bool | None = None,
-             callback: Callable | None = None) -> Tensor:
+             callback: Callable | None = None, options: SamplingOptions | None = None) -> Tensor:
         """SDEdit image-to-image: noise ``x`` to t0 = ``strength`` T, then denoise with ``sampler`` (editing.sdedit).
 
         ``steps`` are the calls of a full-strength edit (None: all T); a strength-S edit makes about S of them.
         Strength 0 returns ``x``; strength 1 is :meth:`sample` from pure noise with the same generator.
         """
-        from . import editing, samplers as S
-
-        opts = _sampler_options(sampler, eta, self.variance)
-        steps = self.num_timesteps if steps is None else steps
-        S.sampling_timesteps(self.num_timesteps, steps, "linspace")  # checks steps
-        timesteps = editing.edit_timesteps(self.num_timesteps, strength, steps, spacing or S.DEFAULT_SPACING[sampler],
-                                           self.alphas_cumprod)
-        denoiser = self._denoiser(model, y, x, guidance_scale, clip_denoised)
+        opts = _options(options, sampler=sampler, steps=steps, spacing=spacing, eta=eta, guidance=guidance_scale)
+        steps = opts.calls(self.num_timesteps)
+        sampling_timesteps(self.num_timesteps, steps, "linspace")  # checks steps
+        timesteps = editing.edit_timesteps(self.num_timesteps, strength, steps, opts.grid_spacing, self.alphas_cumprod)
+        denoiser = self._denoiser(model, y, x, opts.guidance, clip_denoised)
         calls = 0 if timesteps is None else len(timesteps)
-        with _progress(progress, calls, f"editing ({sampler})", callback) as on_step:
-            return editing.sdedit(denoiser, x, strength, timesteps, self.alphas_cumprod, sampler=sampler,
-                                  generator=generator, callback=on_step, **opts)
+        with _progress(progress, calls, f"editing ({opts.sampler})", callback) as on_step:
+            return editing.sdedit(denoiser, x, strength, timesteps, self.alphas_cumprod, sampler=opts.sampler,
+                                  generator=generator, callback=on_step, **opts.sampler_kwargs(self.variance))
 
     @torch.inference_mode()
     def invert(self, model: Model, x0: Tensor, steps: int | None = None, y: Tensor | None = None,
                guidance_scale: float = 1.0, *, spacing: Spacing | None = None, clip_denoised: bool | None = None,
-               callback: Callable | None = None) -> Tensor:
+               callback: Callable | None = None, options: SamplingOptions | None = None) -> Tensor:
         """DDIM inversion x0 -> x_T on the kept timesteps of ``sample(..., sampler="ddim", steps, spacing)``.
 
         Decoding the result with those same arguments (``x_T=``) returns about x0 (Song et al. 2021, sec. 4.3).
+        ``options`` (with sampler "ddim") replaces steps, spacing and guidance_scale.
         """
-        from . import samplers as S
-
-        timesteps = self._timesteps("ddim", steps, spacing)
-        denoiser = self._denoiser(model, y, x0, guidance_scale, clip_denoised)
-        return S.ddim_invert(denoiser, x0, timesteps.flip(0), self.alphas_cumprod, callback=callback)
-
-    def _timesteps(self, sampler: SamplerName, steps: int | None, spacing: Spacing | None) -> Tensor:
-        """The kept timesteps :meth:`sample` uses for this sampler, steps and spacing."""
-        from . import samplers as S
-
-        steps = self.num_timesteps if steps is None else steps
-        return S.sampling_timesteps(self.num_timesteps, steps, spacing or S.DEFAULT_SPACING[sampler],
-                                    self.alphas_cumprod)
+        opts = _options(options, sampler="ddim", steps=steps, spacing=spacing, guidance=guidance_scale)
+        timesteps = opts.grid(self.num_timesteps, self.alphas_cumprod)
+        denoiser = self._denoiser(model, y, x0, opts.guidance, clip_denoised)
+        return ddim_invert(denoiser, x0, timesteps.flip(0), self.alphas_cumprod, callback=callback)
 
     def _denoiser(self, model: Model, y, x: Tensor, guidance_scale: float, clip_denoised: bool | None) -> Callable:
         """The samplers' denoiser over ``model`` with labels ``y`` (one per sample of ``x``) and guidance."""
@@ -505,12 +485,11 @@ class GaussianDiffusion:
 
         ``x0`` must lie on the 256-level grid of [-1, 1] (uint8 data scaled as v / 127.5 - 1).
         """
-        from .samplers import randn
-
         B = x0.shape[0]
         terms = torch.zeros(B, self.num_timesteps, dtype=torch.float64, device=x0.device)
         steps = range(self.num_timesteps - 1, -1, -1)
         if progress:
+            # deferred: tqdm costs start-up and only a shown progress bar needs it
             from tqdm.auto import tqdm
 
             steps = tqdm(steps, desc="bits/dim", leave=False)
@@ -528,22 +507,13 @@ class GaussianDiffusion:
         return self.vb_terms(model, x0, y, generator).total
 
 
-def _sampler_options(sampler: SamplerName, eta: float | None, variance: Variance, order: int | None = None) -> dict:
-    """The keyword options of ``SAMPLERS[sampler]``; an option the sampler does not take is a UserError."""
-    check_choice("sampler", sampler, SamplerName)
-    if eta is not None and sampler != "ddim":
-        kind = "ancestral (its noise follows the diffusion's variance)" if sampler == "ddpm" else "deterministic"
-        raise UserError(f"eta applies to the ddim sampler only; {sampler} is {kind}")
-    if order is not None:
-        if not sampler.startswith("unipc"):
-            raise UserError(f"order applies to the unipc samplers only; {sampler} has a fixed order "
-                            "(dpm++2m: 2, dpm++3m: 3)")
-        if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 3:
-            raise UserError(f"order must be 1, 2 or 3, got {order!r}")
-        return {"order": order}
-    if sampler == "ddim":
-        return {"eta": 0.0 if eta is None else eta}
-    return {"variance": variance} if sampler == "ddpm" else {}
+def _options(options: SamplingOptions | None, *, sampler: SamplerName, guidance: float, **given) -> SamplingOptions:
+    """The one options object: built from the keywords, or ``options`` where the keywords are left at their defaults."""
+    if options is None:
+        return SamplingOptions(sampler=sampler, guidance=guidance, **given)
+    if sampler not in ("ddpm", options.sampler) or guidance != 1.0 or any(v is not None for v in given.values()):
+        raise UserError("give the sampling options as keywords or as one SamplingOptions (options=), not both")
+    return options
 
 
 def _labels(y, batch: int, device: torch.device) -> Tensor | None:
@@ -562,6 +532,7 @@ def _progress(show: bool, total: int, desc: str, callback: Callable | None):
     if not show:
         yield callback
         return
+    # deferred: tqdm costs start-up and only a shown progress bar needs it
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, desc=desc, leave=False)

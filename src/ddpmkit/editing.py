@@ -17,18 +17,18 @@ the schedule's ``alphas_cumprod``; the network, labels and guidance live in the 
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from .errors import UserError
 from .options import SamplerName, Spacing, Variance, check_choice
-from .samplers import (SAMPLERS, Callback, Denoiser, Generator, _abar_s, _ancestral_update, _as_abar, _chain,
-                       _t_batch, randn, sampling_timesteps)
+from .samplers import SAMPLERS, Callback, Denoiser, Generator, ancestral_update, chain, ddim_update, randn, t_batch
+from .timestep_grids import as_abar, sampling_timesteps
+from .validate import int_in_range, number_in_range, positive_int
 
-__all__ = ["repaint_schedule", "inpaint", "check_mask", "INPAINT_SAMPLERS", "edit_timesteps", "sdedit", "slerp",
-           "slerp_frames"]
+__all__ = ["repaint_schedule", "inpaint", "check_mask", "check_inpaint_sampler", "INPAINT_SAMPLERS", "edit_timesteps",
+           "sdedit", "slerp", "slerp_frames"]
 
 INPAINT_SAMPLERS = ("ddpm", "ddim")  # the multistep DPM-Solver++ samplers are refused (see inpaint)
 
@@ -46,8 +46,7 @@ def repaint_schedule(num_levels: int, jump_length: int = 1, resample: int = 1) -
     step x_t -> x_{t-1} with t >= 2 repeated U times; the last step into clean data once).
     """
     for name, v in (("num_levels", num_levels), ("jump_length", jump_length), ("resample", resample)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise UserError(f"{name} must be a positive integer, got {v!r}")
+        positive_int(name, v)
     jumps_left = {n: resample - 1 for n in range(1, num_levels - jump_length + 1, jump_length)}
     levels, n = [num_levels], num_levels
     while n > 0:
@@ -98,18 +97,16 @@ def inpaint(
     The DPM-Solver++ samplers are refused: their multistep extrapolation assumes one smooth
     trajectory, which the replaced pixels and the jumps back up break.
     """
-    if sampler not in INPAINT_SAMPLERS:
-        raise UserError(f"inpainting supports the samplers {', '.join(INPAINT_SAMPLERS)}; {sampler} is a multistep "
-                        "solver whose history of predictions the replaced pixels and RePaint's jumps invalidate")
+    check_inpaint_sampler(sampler)
     check_choice("variance", variance, Variance)
-    ts, c = _chain(timesteps, alphas_cumprod)
+    ts, c = chain(timesteps, alphas_cumprod)
     K = len(ts)
     m = check_mask(mask, x_known)
     levels = repaint_schedule(K, jump_length, resample)
-    abar = _as_abar(alphas_cumprod)
+    abar = as_abar(alphas_cumprod)
     abar_lv = [1.0] + [float(abar[ts[K - n]]) for n in range(1, K + 1)]  # alpha-bar of level n
-    step = _ancestral_update(c, variance, generator) if sampler == "ddpm" else _ddim_update(ts, c, alphas_cumprod,
-                                                                                             eta, generator)
+    step = ancestral_update(c, variance, generator) if sampler == "ddpm" else ddim_update(ts, c, alphas_cumprod,
+                                                                                           eta, generator)
     x = randn(x_known.shape, generator, x_known.device, x_known.dtype) if x_T is None else x_T
     calls = 0
     for n, to in zip(levels, levels[1:]):
@@ -118,7 +115,7 @@ def inpaint(
             x = math.sqrt(r) * x + math.sqrt(1.0 - r) * randn(x.shape, generator, x.device, x.dtype)
             continue
         i = K - n  # this level's index in the sampling order
-        d = denoiser(x, _t_batch(ts[i], x))
+        d = denoiser(x, t_batch(ts[i], x))
         if callback is not None:
             callback(calls, ts[i], x, d)
         calls += 1
@@ -130,18 +127,12 @@ def inpaint(
     return x  # not reached: the schedule ends at level 0
 
 
-def _ddim_update(ts: list[int], c, alphas_cumprod, eta: float, generator: Generator) -> Callable:
-    """DDIM's step (Song et al. 2021, eq. 12, sigma = eta sqrt(beta~'_t)) as an update(i, x, d)."""
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-        raise UserError(f"eta must be a number in [0, 1], got {eta!r}")
-    abar_s = _abar_s(ts, alphas_cumprod)
-    var = [eta * eta * v for v in c.posterior_variance.tolist()]
-
-    def update(i: int, x: Tensor, d) -> Tensor:
-        out = math.sqrt(abar_s[i]) * d.x0 + math.sqrt(max(1.0 - abar_s[i] - var[i], 0.0)) * d.eps
-        return out + math.sqrt(var[i]) * randn(x.shape, generator, x.device, x.dtype) if var[i] > 0 else out
-
-    return update
+def check_inpaint_sampler(sampler: SamplerName) -> SamplerName:
+    """A sampler RePaint can run: the multistep solvers' history of predictions breaks at every replacement."""
+    if sampler not in INPAINT_SAMPLERS:
+        raise UserError(f"inpainting supports the samplers {', '.join(INPAINT_SAMPLERS)}; {sampler} is a multistep "
+                        "solver whose history of predictions the replaced pixels and RePaint's jumps invalidate")
+    return sampler
 
 
 # --------------------------------------------------------------------------- SDEdit
@@ -153,9 +144,8 @@ def edit_timesteps(num_timesteps: int, strength: float, steps: int, spacing: Spa
     sampler's ``spacing`` spreads max(1, round(S steps)) calls over it (at most n0): a strength-S
     edit costs about S of a full sampling, and S = 1 keeps exactly the sampler's own timesteps.
     """
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
-        raise UserError(f"strength must be a number in [0, 1], got {strength!r}")
-    abar = _as_abar(alphas_cumprod)
+    number_in_range("strength", strength, 0, 1)
+    abar = as_abar(alphas_cumprod)
     n0 = round(strength * num_timesteps)
     if n0 == 0:
         return None
@@ -188,7 +178,7 @@ def sdedit(
     if strength == 1:
         x_t0 = noise
     else:
-        a = float(_as_abar(alphas_cumprod)[int(timesteps[0])])
+        a = float(as_abar(alphas_cumprod)[int(timesteps[0])])
         x_t0 = math.sqrt(a) * x + math.sqrt(1.0 - a) * noise
     return SAMPLERS[sampler](denoiser, x_t0, timesteps, alphas_cumprod, generator=generator, callback=callback,
                              **options)
@@ -217,7 +207,6 @@ def slerp(a: Tensor, b: Tensor, w: float | Tensor) -> Tensor:
 
 def slerp_frames(a: Tensor, b: Tensor, frames: int) -> Tensor:
     """``frames`` points from a to b (both [1, ...]) at w = 0, 1/(frames-1), ..., 1, stacked as [frames, ...]."""
-    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
-        raise UserError(f"frames must be an integer >= 2, got {frames!r}")
+    int_in_range("frames", frames, 2)
     w = torch.linspace(0.0, 1.0, frames, dtype=torch.float64)
     return slerp(a.expand(frames, *a.shape[1:]), b.expand(frames, *b.shape[1:]), w)

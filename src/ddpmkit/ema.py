@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .validate import int_in_range
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -73,10 +74,8 @@ class EMA:
         """Deep-copy the (unwrapped) model into ``self.model``, in eval mode, without gradients."""
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
             raise UserError(f"ema decay must be a number in [0, 1), got {decay!r}")
-        if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
-            raise UserError(f"ema start_step must be an integer >= 0, got {start_step!r}")
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-            raise UserError(f"ema update_every must be an integer >= 1, got {update_every!r}")
+        int_in_range("ema start_step", start_step, 0)
+        int_in_range("ema update_every", update_every, 1)
         self.decay = float(decay)
         self.start_step = start_step
         self.update_every = update_every

@@ -8,7 +8,7 @@ prediction type (eps, x0 or v) all live in the caller's closure. Each sampler is
 over coefficients precomputed once, run by the one loop :func:`_run`.
 
 ``timesteps`` is the explicit, strictly decreasing array of kept indices (see
-:func:`sampling_timesteps`). Sampling makes one network call per kept index, from the first
+:func:`ddpmkit.timestep_grids.sampling_timesteps`). Sampling makes one network call per kept index, from the first
 (largest) down to the last, then one final step into clean data (alpha-bar = 1): the returned
 sample is the predicted x0 of the last call. Coefficients are computed once in float64 on the
 host and applied as Python floats, so ``x`` may be float32 or float64 on any device.
@@ -17,7 +17,8 @@ host and applied as Python floats, so ``x`` may be float32 or float64 on any dev
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -25,6 +26,8 @@ from torch import Tensor
 from .errors import UserError
 from .options import SamplerName, Spacing, UniPCVariant, Variance, check_choice, choices
 from .schedules import StepCoefficients, step_coefficients
+from .timestep_grids import as_abar, sampling_timesteps
+from .validate import is_int, number_in_range
 
 __all__ = [
     "Denoised",
@@ -44,6 +47,15 @@ __all__ = [
     "UNIPC_ORDER",
     "SAMPLERS",
     "DEFAULT_SPACING",
+    "Callback",
+    "Generator",
+    "Update",
+    "chain",
+    "ancestral_update",
+    "ddim_update",
+    "check_eta",
+    "check_unipc_order",
+    "t_batch",
 ]
 
 
@@ -58,129 +70,6 @@ class Denoised(NamedTuple):
 Denoiser = Callable[[Tensor, Tensor], Denoised]
 Callback = Callable[[int, int, Tensor, Denoised], None]  # (step i, timestep t, x_t, denoised)
 Generator = torch.Generator | Sequence[torch.Generator] | None
-
-# --------------------------------------------------------------------------- timesteps
-KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5: the sigma grid's curvature
-SNR_ROOT = 8.0  # "snr_root" is uniform in SNR^(1/SNR_ROOT) (measured: docs/samplers.md)
-
-
-def sampling_timesteps(
-    num_timesteps: int,
-    steps: int,
-    spacing: Spacing = "linspace",
-    alphas_cumprod: Tensor | None = None,
-) -> Tensor:
-    """The kept timesteps of a ``steps``-call sampler, strictly decreasing int64 in {0..T-1}.
-
-    Spacings (``T = num_timesteps``, ``k = steps``; ``k == T`` always gives T-1, ..., 0):
-
-    - ``"linspace"``: round(linspace(T-1, 0, k)) (half to even, as numpy): both ends kept.
-    - ``"leading"``: arange(k) * (T // k), reversed: 0 is kept, the top is T - T//k (DDIM
-      paper's uniform skip; diffusers' "leading" with steps_offset = 0).
-    - ``"trailing"``: round(T - i T/k) - 1 for i < k: starts at T-1, the last kept index is
-      about T/k - 1 (Lin et al. 2024, "Common diffusion noise schedules are flawed", table 2).
-    - ``"quadratic"``: floor(linspace(0, sqrt(0.8 T), k)^2) (Song et al. 2021, DDIM's CIFAR-10
-      choice): starts at about 0.8 T, dense near 0.
-    - ``"logsnr"``: uniform in log-SNR log(abar / (1 - abar)) between t = T-1 and t = 0
-      (Lu et al. 2022, DPM-Solver sec. 3.3), mapped back to t by linear interpolation and
-      rounded; needs ``alphas_cumprod``.
-    - ``"karras"``: sigma = sqrt((1 - abar) / abar) on Karras et al. 2022's grid (eq. 5, rho = 7)
-      from sigma(T-1) to sigma(0), mapped back to t by linear interpolation in log sigma and
-      rounded; needs ``alphas_cumprod``.
-    - ``"snr_root"``: uniform in SNR^(1/8) = (abar / (1 - abar))^(1/8) between t = T-1 and
-      t = 0, mapped back like "logsnr" (the Karras grid with rho = -4: denser than "logsnr" at
-      low noise, where karras is sparser); needs ``alphas_cumprod``. The default of the
-      ancestral and DPM-Solver++ samplers, chosen by measurement (docs/samplers.md).
-
-    The first kept index is T-1 and the last 0 for every spacing except "leading" (top
-    T - T//k), "trailing" (last about T/k - 1) and "quadratic" (top about 0.8 T).
-
-    Where rounding makes two kept indices equal (quadratic, logsnr, karras, snr_root at many
-    steps), the later ones are pushed up by one until all are distinct (and back down from T-1
-    if needed).
-    """
-    T = num_timesteps
-    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
-        raise UserError(f"the number of timesteps must be a positive integer, got {T!r}")
-    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= T:
-        raise UserError(f"sampling steps must be an integer in [1, {T}], got {steps!r}")
-    check_choice("spacing", spacing, Spacing)
-    if alphas_cumprod is not None:
-        alphas_cumprod = _as_abar(alphas_cumprod)
-        if alphas_cumprod.numel() != T:
-            raise UserError(f"alphas_cumprod has {alphas_cumprod.numel()} entries, expected {T}")
-    if spacing in ("logsnr", "karras", "snr_root") and alphas_cumprod is None:
-        raise UserError(f"spacing {spacing!r} needs the schedule's alphas_cumprod")
-    k = steps
-    if k == T:
-        return torch.arange(T - 1, -1, -1, dtype=torch.long)
-    i = torch.arange(k, dtype=torch.float64)
-    if spacing == "linspace":
-        if k == 1:
-            return torch.tensor([T - 1], dtype=torch.long)
-        t = i * ((T - 1) / (k - 1))  # numpy's linspace formula (and diffusers'), last set exactly
-        t[-1] = T - 1
-        t = torch.round(t).flip(0)
-    elif spacing == "leading":
-        t = (torch.arange(k) * (T // k)).flip(0)
-    elif spacing == "trailing":
-        t = torch.round(T - i * (T / k)) - 1
-    elif spacing == "quadratic":
-        base = i * (math.sqrt(0.8 * T) / (k - 1)) if k > 1 else i
-        t = _distinct(torch.floor(base**2).long(), T).flip(0)
-    else:  # logsnr, karras, snr_root
-        t = _log_snr_spaced(spacing, alphas_cumprod, k)
-    return t.long()
-
-
-def _log_snr_spaced(spacing: Spacing, alphas_cumprod: Tensor, k: int) -> Tensor:
-    """The "logsnr", "karras" and "snr_root" timesteps: a grid in log SNR, mapped back to t (k < T)."""
-    T = alphas_cumprod.numel()
-    i = torch.arange(k, dtype=torch.float64)
-    lam = _log_snr(alphas_cumprod)
-    if not bool((lam[1:] < lam[:-1]).all()):
-        raise UserError(f"spacing {spacing!r} needs a strictly decreasing alphas_cumprod")
-    lo, hi = float(lam[-1]), float(lam[0])  # log SNR at t = T-1 and t = 0
-    if k == 1:
-        target = lam[-1:]
-    elif spacing == "logsnr":
-        target = torch.linspace(lo, hi, k, dtype=torch.float64)
-    elif spacing == "karras":  # sigma = SNR^(-1/2), uniform in sigma^(1/rho)
-        rho = KARRAS_RHO
-        s_max, s_min = math.exp(-0.5 * lo / rho), math.exp(-0.5 * hi / rho)
-        target = -2.0 * rho * torch.log(s_max + i / (k - 1) * (s_min - s_max))
-    else:  # snr_root: uniform in SNR^(1/n)
-        n = SNR_ROOT
-        u_lo, u_hi = math.exp(lo / n), math.exp(hi / n)
-        target = n * torch.log(u_lo + i / (k - 1) * (u_hi - u_lo))
-    t_cont = _interp(target, lam.flip(0), torch.arange(T - 1, -1, -1, dtype=torch.float64))
-    t_cont[0] = T - 1
-    if k > 1:
-        t_cont[-1] = 0
-    return _distinct(torch.round(t_cont).long().flip(0), T).flip(0)
-
-
-def _distinct(t: Tensor, T: int) -> Tensor:
-    """Nondecreasing ints in [0, T-1] -> strictly increasing ints in [0, T-1], moved as little as needed."""
-    u = t.tolist()
-    for j in range(1, len(u)):
-        u[j] = max(u[j], u[j - 1] + 1)
-    u[-1] = min(u[-1], T - 1)
-    for j in range(len(u) - 2, -1, -1):
-        u[j] = min(u[j], u[j + 1] - 1)
-    return torch.tensor(u, dtype=torch.long)
-
-
-def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
-    """Piecewise-linear interpolation (numpy's interp) for increasing ``xp``."""
-    j = torch.searchsorted(xp, x).clamp(1, xp.numel() - 1)
-    x0, x1, f0, f1 = xp[j - 1], xp[j], fp[j - 1], fp[j]
-    return f0 + (f1 - f0) * ((x - x0) / (x1 - x0)).clamp(0.0, 1.0)
-
-
-def _log_snr(abar: Tensor) -> Tensor:
-    return torch.log(abar) - torch.log1p(-abar)
-
 
 # --------------------------------------------------------------------------- noise
 def randn(
@@ -216,7 +105,7 @@ def _run(denoiser: Denoiser, x: Tensor, ts: list[int], update: Update, callback:
     """
     last = len(ts) - 1
     for i, t in enumerate(ts):
-        d = denoiser(x, _t_batch(t, x))
+        d = denoiser(x, t_batch(t, x))
         if callback is not None:
             callback(i, t, x, d)
         if clean_at_last and i == last:
@@ -235,7 +124,7 @@ def ddpm_sample(
     generator: Generator = None,
     callback: Callback | None = None,
 ) -> Tensor:
-    """Ancestral sampling (Ho et al. 2020, Algorithm 2), respaced with beta'_t = 1 - abar_t/abar_s (Nichol & Dhariwal 2021, sec. 4).
+    """Ancestral sampling (Ho et al. 2020, Alg. 2), respaced: beta'_t = 1 - abar_t/abar_s (Nichol & Dhariwal, sec. 4).
 
     ``variance``: "fixed_large" sigma^2 = beta'_t, "fixed_small" sigma^2 = beta~'_t (Ho et al.
     sec. 3.2), "learned_range" log sigma^2 = v log beta'_t + (1 - v) log beta~'_t with
@@ -243,11 +132,11 @@ def ddpm_sample(
     the predicted x0 (Ho et al. eq. 7); the last step returns x0 with no noise.
     """
     check_choice("variance", variance, Variance)
-    ts, c = _chain(timesteps, alphas_cumprod)
-    return _run(denoiser, x, ts, _ancestral_update(c, variance, generator), callback)
+    ts, c = chain(timesteps, alphas_cumprod)
+    return _run(denoiser, x, ts, ancestral_update(c, variance, generator), callback)
 
 
-def _ancestral_update(c: StepCoefficients, variance: Variance, generator: Generator) -> Update:
+def ancestral_update(c: StepCoefficients, variance: Variance, generator: Generator) -> Update:
     """x_s = mu~(x_t, x0) + sigma z: Ho et al. eq. 7's posterior mean and the chosen variance."""
     log_beta = torch.log(c.beta).tolist()
     log_post = c.posterior_log_variance.tolist()
@@ -283,9 +172,19 @@ def ddim_sample(
     At eta = 1 this is ancestral sampling with the posterior variance ("fixed_small") on the
     same respaced chain, drawing the same noise.
     """
-    if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not 0.0 <= eta <= 1.0:
-        raise UserError(f"eta must be a number in [0, 1], got {eta!r}")
-    ts, c = _chain(timesteps, alphas_cumprod)
+    check_eta(eta)
+    ts, c = chain(timesteps, alphas_cumprod)
+    return _run(denoiser, x, ts, ddim_update(ts, c, alphas_cumprod, eta, generator), callback)
+
+
+def check_eta(eta: float) -> float:
+    """DDIM's eta, a number in [0, 1]."""
+    return number_in_range("eta", eta, 0, 1)
+
+
+def ddim_update(ts: list[int], c: StepCoefficients, alphas_cumprod, eta: float, generator: Generator) -> Update:
+    """x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z (Song et al. 2021, eq. 12 and 16)."""
+    check_eta(eta)
     abar_s = _abar_s(ts, alphas_cumprod)
     sigma2 = [eta * eta * v for v in c.posterior_variance.tolist()]
     coef_x0 = [math.sqrt(a) for a in abar_s]
@@ -298,7 +197,7 @@ def ddim_sample(
             x_next = x_next + sigma[i] * randn(x.shape, generator, x.device, x.dtype)
         return x_next
 
-    return _run(denoiser, x, ts, update, callback)
+    return update
 
 
 def ddim_invert(
@@ -316,9 +215,9 @@ def ddim_invert(
     (Dhariwal & Nichol 2021, app. F); the first step starts from clean data, where x0 is known
     and the noise direction is taken from the denoiser at (x0, t_1).
     """
-    ts_desc, _ = _chain(_reverse_increasing(timesteps), alphas_cumprod)
+    ts_desc, _ = chain(_reverse_increasing(timesteps), alphas_cumprod)
     ts = ts_desc[::-1]
-    abar = _as_abar(alphas_cumprod)[torch.tensor(ts)].tolist()
+    abar = as_abar(alphas_cumprod)[torch.tensor(ts)].tolist()
     coef_x0 = [math.sqrt(a) for a in abar]
     coef_eps = [math.sqrt(1.0 - a) for a in abar]
 
@@ -349,7 +248,7 @@ def dpmpp_2m_sample(
     "leading" the last step is some 30 times longer in log-SNR than the one before (r << 1), and
     2M is then less accurate than DDIM on the same timesteps (tests/test_samplers.py).
     """
-    ts, _ = _chain(timesteps, alphas_cumprod)
+    ts, _ = chain(timesteps, alphas_cumprod)
     return _run(denoiser, x, ts, _dpmpp_update(ts, alphas_cumprod, 2), callback)
 
 
@@ -373,7 +272,7 @@ def dpmpp_3m_sample(
     DPM-Solver code) has half of it and converges at order 2, this one at order 3 (both checked
     in tests/test_samplers.py and tests/test_samplers_diffusers.py).
     """
-    ts, _ = _chain(timesteps, alphas_cumprod)
+    ts, _ = chain(timesteps, alphas_cumprod)
     return _run(denoiser, x, ts, _dpmpp_update(ts, alphas_cumprod, 3), callback)
 
 
@@ -439,10 +338,16 @@ def unipc_sample(
     with ``final_sigmas_type="zero"``. ``corrector=False`` is plain UniP. Deterministic.
     """
     check_choice("UniPC variant", variant, UniPCVariant)
-    if not isinstance(order, int) or isinstance(order, bool) or not 1 <= order <= 3:
-        raise UserError(f"the UniPC order must be 1, 2 or 3, got {order!r}")
-    ts, _ = _chain(timesteps, alphas_cumprod)
+    check_unipc_order(order)
+    ts, _ = chain(timesteps, alphas_cumprod)
     return _run(denoiser, x, ts, _unipc_update(ts, alphas_cumprod, order, variant, corrector), callback)
+
+
+def check_unipc_order(order: int) -> int:
+    """The UniPC order: 1, 2 or 3."""
+    if not is_int(order) or not 1 <= order <= 3:
+        raise UserError(f"the UniPC order must be 1, 2 or 3, got {order!r}")
+    return order
 
 
 def unipc_bh1_sample(denoiser: Denoiser, x: Tensor, timesteps, alphas_cumprod, **opts) -> Tensor:
@@ -514,17 +419,10 @@ def _unipc_rho(r: list[float], h: float, B: float) -> list[float]:
 # --------------------------------------------------------------------------- helpers
 def _alpha_sigma_lambda(ts: list[int], alphas_cumprod) -> tuple[list[float], list[float], list[float]]:
     """alpha = sqrt(abar), sigma = sqrt(1 - abar) and lambda = log(alpha / sigma) at the kept steps."""
-    abar = _as_abar(alphas_cumprod)[torch.tensor(ts)].tolist()
+    abar = as_abar(alphas_cumprod)[torch.tensor(ts)].tolist()
     alpha = [math.sqrt(a) for a in abar]
     sigma = [math.sqrt(1.0 - a) for a in abar]
     return alpha, sigma, [math.log(al) - math.log(si) for al, si in zip(alpha, sigma)]
-
-
-def _as_abar(alphas_cumprod) -> Tensor:
-    abar = torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64)
-    if abar.ndim != 1 or abar.numel() < 1:
-        raise UserError(f"alphas_cumprod must be a 1-D tensor, got shape {tuple(abar.shape)}")
-    return abar
 
 
 def _as_steps(timesteps) -> list[int]:
@@ -534,10 +432,10 @@ def _as_steps(timesteps) -> list[int]:
     return [int(v) for v in t.tolist()]
 
 
-def _chain(timesteps, alphas_cumprod) -> tuple[list[int], StepCoefficients]:
+def chain(timesteps: Tensor | Sequence[int], alphas_cumprod) -> tuple[list[int], StepCoefficients]:
     """Validated decreasing kept steps and each step's coefficients, in sampling order."""
     ts = _as_steps(timesteps)
-    abar = _as_abar(alphas_cumprod)
+    abar = as_abar(alphas_cumprod)
     T = abar.numel()
     if any(a <= b for a, b in zip(ts, ts[1:])):
         raise UserError(f"sampling timesteps must be strictly decreasing, got {ts[:8]}{'...' if len(ts) > 8 else ''}")
@@ -552,7 +450,7 @@ def _chain(timesteps, alphas_cumprod) -> tuple[list[int], StepCoefficients]:
 
 def _abar_s(ts: list[int], alphas_cumprod) -> list[float]:
     """alpha-bar of the step below each kept step: the next kept index, 1.0 after the last."""
-    abar = _as_abar(alphas_cumprod)
+    abar = as_abar(alphas_cumprod)
     return [float(abar[s]) for s in ts[1:]] + [1.0]
 
 
@@ -563,7 +461,8 @@ def _reverse_increasing(timesteps) -> list[int]:
     return ts[::-1]
 
 
-def _t_batch(t: int, x: Tensor) -> Tensor:
+def t_batch(t: int, x: Tensor) -> Tensor:
+    """Timestep t as the int64 batch [B] a denoiser takes for x."""
     return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .errors import UserError
+from .validate import positive_int
 
 __all__ = [
     "linear_beta_schedule",
@@ -84,5 +85,4 @@ def step_coefficients(abar_t: Tensor, abar_s: Tensor) -> StepCoefficients:
 
 
 def _check_T(T: int) -> None:
-    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
-        raise UserError(f"the number of timesteps must be a positive integer, got {T!r}")
+    positive_int("the number of timesteps", T)

@@ -134,7 +134,7 @@ def test_bad_inputs_are_one_line_exit_2_before_any_network_call(tmp_path, inputs
 
 
 def test_an_existing_output_is_kept_and_the_console_script_exits_2(tmp_path, inputs):
-    from test_cli import assert_user_error, run_cli
+    from helpers import assert_user_error, run_cli
 
     files, _ = inputs
     out = tmp_path / "kept.png"

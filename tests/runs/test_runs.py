@@ -70,7 +70,7 @@ def test_run_sample_checks_every_option_before_the_first_network_call(monkeypatc
 
 
 def test_sample_refuses_a_trajectory_of_a_2d_model_before_writing_anything(tmp_path):
-    from test_cli import assert_user_error, run_cli
+    from helpers import assert_user_error, run_cli
 
     out, traj = tmp_path / "s.npz", tmp_path / "t.png"
     code, err = run_cli("sample", LEGACY / "moons_mlp_step3.pt", "--num", "2", "--out", out, "--trajectory", traj)

@@ -1,4 +1,7 @@
-"""Bits/dim of a run on held-out images: the variational bound averaged over a split or a folder."""
+"""Bits/dim of a run on held-out images: the variational bound averaged over a split or a folder.
+
+Each function takes a loaded ``Run`` (``Run.evaluate_bpd`` calls in here, so this module does not import it back).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +12,13 @@ import torch
 
 from ..errors import UserError
 from ..options import Split
+from ..validate import positive_int
 from .build import build_dataset
-from .run import Run
 
 __all__ = ["evaluate_bpd", "eval_dataset"]
 
 
-def evaluate_bpd(run: Run, *, split: Split = "test", data: str | None = None, num: int | None = None,
+def evaluate_bpd(run, *, split: Split = "test", data: str | None = None, num: int | None = None,
                  batch_size: int = 256, seed: int = 0, progress: bool = False) -> dict:
     """The bound in bits/dim (mean and standard error) with its prior and decoder parts, as a JSON-ready dict.
 
@@ -24,8 +27,7 @@ def evaluate_bpd(run: Run, *, split: Split = "test", data: str | None = None, nu
     """
     if not run.is_image:
         raise UserError("bits/dim is defined for image data on 256 levels; this run models 2-D points")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UserError(f"the batch size must be a positive integer, got {batch_size!r}")
+    positive_int("the batch size", batch_size)
     dataset, source = eval_dataset(run, split, data)
     n = len(dataset) if num is None else num
     if not 1 <= n <= len(dataset):
@@ -53,8 +55,9 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _bound(run: Run, dataset, n: int, batch_size: int, seed: int, progress: bool):
+def _bound(run, dataset, n: int, batch_size: int, seed: int, progress: bool):
     """Per-example totals, priors and decoder terms of the bound for the first n examples."""
+    # deferred: tqdm costs start-up and only a shown progress bar needs it
     from tqdm.auto import tqdm
 
     device = run.device
@@ -72,7 +75,7 @@ def _bound(run: Run, dataset, n: int, batch_size: int, seed: int, progress: bool
     return torch.cat(totals), torch.cat(priors), torch.cat(decoders)
 
 
-def eval_dataset(run: Run, split: Split, root: str | None):
+def eval_dataset(run, split: Split, root: str | None):
     """(the examples to measure, a few words naming them): the run's data at ``split``, or the images
     under ``root`` prepared as the run's were, labelled by the run's own class names."""
     cfg = run.config

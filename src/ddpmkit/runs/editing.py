@@ -16,21 +16,25 @@ label) where it was trained with one (``diffusion.p_uncond > 0``).
 
 from __future__ import annotations
 
-import math
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..editing import INPAINT_SAMPLERS, edit_timesteps, repaint_schedule, slerp_frames
+from ..editing import check_inpaint_sampler, edit_timesteps, repaint_schedule, slerp_frames
 from ..errors import UserError
 from ..images import load_npz, make_trajectory_grid, save_npz, save_png, to_uint8
 from ..options import Precision, SamplerName, Spacing
-from ..samplers import DEFAULT_SPACING, randn
+from ..samplers import randn
+from ..sampling_options import SamplingOptions
 from ..train.runtime import autocast_context, autocast_dtype
-from .run import Labels, Run, default_steps, parse_labels
+from ..validate import check_guidance, check_seed, int_in_range, positive_int
+from .run import Run
+from .sampling import Labels, check_steps, default_steps, parse_labels
 
 __all__ = ["Edited", "read_images", "read_mask", "inpaint", "edit", "interpolate", "write_edited"]
 
@@ -113,6 +117,7 @@ def _read_npz_mask(path: Path) -> np.ndarray:
 
 
 def _read_png(path: Path, mode: str, what: str) -> np.ndarray:
+    # deferred: PIL costs start-up and only reading a PNG needs it
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -128,12 +133,6 @@ def _read_png(path: Path, mode: str, what: str) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- checks
-def _count(name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
 def _conditioning(run: Run, labels: Labels, n: int, guidance: float | None) -> tuple[Tensor | None, float]:
     """Labels for n results and the guidance weight; a conditional run without labels uses its null label."""
     if run.num_classes is not None and labels is None:
@@ -143,27 +142,22 @@ def _conditioning(run: Run, labels: Labels, n: int, guidance: float | None) -> t
             raise UserError("guidance needs labels (the class to guide towards)")
         return torch.full((n,), run.num_classes, dtype=torch.long), 1.0
     y = parse_labels(labels, n, run.num_classes, run.class_names)
-    guidance = (run.config.sample.guidance if y is not None else 1.0) if guidance is None else guidance
-    if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 0):
-        raise UserError(f"guidance must be a number >= 0 (1: no guidance), got {guidance!r}")
+    guidance = check_guidance((run.config.sample.guidance if y is not None else 1.0) if guidance is None else guidance)
     if guidance != 1.0 and y is None:
         raise UserError("guidance needs a class-conditional model")
     return y, float(guidance)
 
 
-def _common(num: int, seed: int, batch_size: int) -> None:
-    _count("num", num)
-    _count("the batch size", batch_size)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**62:
-        raise UserError(f"seed must be an integer in [0, 2**62], got {seed!r}")
+def _common(num: int, seed: int, batch_size: int, inputs: int) -> None:
+    """The checks of every edit: ``num`` results of each of ``inputs`` images, result j seeded seed + j."""
+    positive_int("num", num)
+    positive_int("the batch size", batch_size)
+    check_seed(seed, inputs * num)
 
 
 def _steps(run: Run, sampler: str, steps: int | None) -> int | None:
-    steps = default_steps(sampler, run.config.sample) if steps is None else steps
-    T = run.diffusion.num_timesteps
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T):
-        raise UserError(f"steps must be between 1 and {T}, got {steps!r}")
-    return steps
+    return check_steps(default_steps(sampler, run.config.sample) if steps is None else steps,
+                       run.diffusion.num_timesteps)
 
 
 def _batches(run: Run, inputs: Tensor, num: int, y: Tensor | None, seed: int, batch_size: int, precision):
@@ -193,28 +187,24 @@ def inpaint(run: Run, images: Tensor, mask: Tensor, *, num: int = 1, resample: i
             batch_size: int = 256, precision: Precision | None = None, progress: bool = False) -> Edited:
     """``num`` RePaint completions of each image where ``mask`` is 0 (see GaussianDiffusion.inpaint)."""
     _image_run(run, "inpainting")
-    _common(num, seed, batch_size)
-    _count("resample", resample)
-    _count("jump", jump)
-    if sampler not in INPAINT_SAMPLERS:
-        raise UserError(f"inpainting supports the samplers {', '.join(INPAINT_SAMPLERS)}: {sampler} is a multistep "
-                        "solver whose history the replaced pixels and RePaint's jumps invalidate")
-    if eta is not None and sampler != "ddim":
-        raise UserError("eta applies to the ddim sampler only")
-    steps = _steps(run, sampler, steps)
+    _common(num, seed, batch_size, len(images))
+    int_in_range("resample", resample, 1)
+    int_in_range("jump", jump, 1)
+    opts = SamplingOptions(check_inpaint_sampler(sampler), _steps(run, sampler, steps), spacing, eta)
     if mask.shape[0] not in (1, len(images)):
         raise UserError(f"{mask.shape[0]} masks for {len(images)} images")
     masks = mask.expand(len(images), *mask.shape[1:]).repeat_interleave(num, dim=0)
     y, w = _conditioning(run, labels, len(images) * num, guidance)
+    opts = dataclasses.replace(opts, guidance=w)
     out = []
     for part, x, yb, gens, amp in _batches(run, images, num, y, seed, batch_size, precision):
         with amp:
-            out.append(run.diffusion.inpaint(run.model, x, masks[part].to(x.device), sampler=sampler, steps=steps,
-                                             resample=resample, jump_length=jump, y=yb, guidance_scale=w,
-                                             generator=gens, progress=progress, eta=eta, spacing=spacing).float().cpu())
+            out.append(run.diffusion.inpaint(run.model, x, masks[part].to(x.device), resample=resample,
+                                             jump_length=jump, y=yb, generator=gens, progress=progress,
+                                             options=opts).float().cpu())
     x = torch.cat(out)
     m = mask.expand(len(images), *mask.shape[1:])
-    sched = repaint_schedule(run.diffusion.num_timesteps if steps is None else steps, jump, resample)
+    sched = repaint_schedule(opts.calls(run.diffusion.num_timesteps), jump, resample)
     calls = sum(b < a for a, b in zip(sched, sched[1:]))
     return Edited(x, _shown_labels(run, y), _rows(images * m, x, num), calls)
 
@@ -225,21 +215,22 @@ def edit(run: Run, images: Tensor, strength: float, *, num: int = 1, sampler: Sa
          progress: bool = False) -> Edited:
     """SDEdit: ``num`` edits of each image at ``strength`` in [0, 1] (0: the image, 1: a new sample), any sampler."""
     _image_run(run, "image-to-image editing")
-    _common(num, seed, batch_size)
+    _common(num, seed, batch_size, len(images))
     sc = run.config.sample
     chosen = sampler or sc.sampler
     steps = _steps(run, chosen, steps)
     if eta is None and chosen == "ddim" and sc.sampler == "ddim":
         eta = sc.eta
-    spacing = spacing or (sc.spacing if chosen == sc.sampler else None)
+    opts = SamplingOptions(chosen, steps, spacing or (sc.spacing if chosen == sc.sampler else None), eta)
     T = run.diffusion.num_timesteps
-    kept = edit_timesteps(T, strength, steps or T, spacing or DEFAULT_SPACING[chosen], run.diffusion.alphas_cumprod)
+    kept = edit_timesteps(T, strength, opts.calls(T), opts.grid_spacing, run.diffusion.alphas_cumprod)
     y, w = _conditioning(run, labels, len(images) * num, guidance)
+    opts = dataclasses.replace(opts, guidance=w)
     out = []
     for _, x, yb, gens, amp in _batches(run, images, num, y, seed, batch_size, precision):
         with amp:
-            out.append(run.diffusion.edit(run.model, x, strength, sampler=chosen, steps=steps, y=yb, guidance_scale=w,
-                                          generator=gens, progress=progress, eta=eta, spacing=spacing).float().cpu())
+            out.append(run.diffusion.edit(run.model, x, strength, y=yb, generator=gens, progress=progress,
+                                          options=opts).float().cpu())
     x = torch.cat(out)
     return Edited(x, _shown_labels(run, y), _rows(images, x, num), 0 if kept is None else len(kept))
 
@@ -251,31 +242,33 @@ def interpolate(run: Run, *, seeds: Sequence[int] | None = None, images: Tensor 
     _image_run(run, "interpolation")
     if (seeds is None) == (images is None):
         raise UserError("interpolate between two seeds or two images (one of the two)")
-    _count("frames", frames, 2)
+    int_in_range("frames", frames, 2)
     steps = _steps(run, "ddim", steps)
     if seeds is not None:
         seeds = list(seeds)
-        if len(seeds) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63 for s in seeds):
-            raise UserError(f"seeds must be two integers in [0, 2**63), got {seeds!r}")
+        if len(seeds) != 2:
+            raise UserError(f"seeds must be two integers, got {seeds!r}")
+        for s in seeds:
+            check_seed(s)
     elif len(images) != 2:
         raise UserError(f"interpolation needs two images, got {len(images)}")
     if labels is not None and len(str(labels).split(",")) != 1:
         raise UserError(f"interpolation takes one label, got {labels!r}")
     y, w = _conditioning(run, labels, 2, guidance)
+    opts = SamplingOptions("ddim", steps, spacing, guidance=w)
     device, shape = run.device, run.sample_shape
     ends_y = None if y is None else y.to(device)
     with autocast_context(device, autocast_dtype(precision or "auto", device)):
         if seeds is not None:
             ends = torch.cat([randn((1, *shape), torch.Generator(device=device).manual_seed(s), device) for s in seeds])
         else:
-            ends = run.diffusion.invert(run.model, images.to(device), steps, ends_y, w, spacing=spacing)
+            ends = run.diffusion.invert(run.model, images.to(device), y=ends_y, options=opts)
         z = slerp_frames(ends[:1], ends[1:], frames)
         yf = None if y is None else y[:1].expand(frames).to(device)
-        x = run.diffusion.sample(run.model, tuple(z.shape), sampler="ddim", steps=steps, y=yf, guidance_scale=w,
-                                 spacing=spacing, x_T=z).float().cpu()
+        x = run.diffusion.sample(run.model, tuple(z.shape), y=yf, x_T=z, options=opts).float().cpu()
     row = x if images is None else torch.cat([images[:1], x, images[1:]])
     return Edited(x, _shown_labels(run, None if y is None else y[:1].expand(frames)), [row],
-                  steps or run.diffusion.num_timesteps)
+                  opts.calls(run.diffusion.num_timesteps))
 
 
 # --------------------------------------------------------------------------- outputs

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch
 
+from ..config import load_config
 from ..errors import UserError
 from ..eval import quality
-from ..images import load_npz
+from ..images import load_npz, to_uint8
 from ..options import Split
 from .build import build_dataset
 from .run import Run
@@ -34,6 +35,7 @@ def reference_images(ref: str, run: Run | None, size: int, channels: int):
     if path.suffix == ".npz":
         return path
     if path.is_dir():
+        # deferred: the dataset loaders cost start-up and only a folder of images needs them
         from ..data import load_image_folder
 
         return load_image_folder(path, size, channels).data
@@ -47,8 +49,6 @@ def evaluate_quality(source: Run | str | Path, metrics: list[str], ref: str, *, 
     if isinstance(source, Run):
         if not source.is_image:
             raise UserError("FID, KID and precision/recall score images; this run models 2-D points")
-        from ..images import to_uint8
-
         samples = source.sample(num, **(sample_options or {}))
         images = torch.from_numpy(to_uint8(samples.x, source.config.sample.levels)).permute(0, 3, 1, 2)
         run = source
@@ -67,14 +67,13 @@ def stats_of(source: str, *, out: str | Path, split: Split = "train", data: str 
     """Reference statistics of a directory of images or a preset's dataset, written to ``out``."""
     path = Path(source)
     if path.is_dir():
+        # deferred: the dataset loaders cost start-up and only a folder of images needs them
         from ..data import load_image_folder
 
         if image_size is None:
             raise UserError("give --image-size for a directory of images")
         images = load_image_folder(path, image_size).data
     else:
-        from ..config import load_config
-
         over = {"data": {k: v for k, v in (("root", data), ("image_size", image_size)) if v is not None}}
         images = build_dataset(load_config(source, overrides=over).data, split).data
     stats = quality.reference_stats(images, **options)

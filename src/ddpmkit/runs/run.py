@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -13,16 +13,19 @@ from torch import Tensor, nn
 from ..diffusion import GaussianDiffusion
 from ..errors import UserError
 from ..options import Device, Precision, SamplerName, Spacing
+from .bpd import evaluate_bpd
 from .build import build_diffusion, build_model, check_state_dict
 from ..train.checkpoint import load_checkpoint, resolve_checkpoint
 from ..config import ExperimentConfig, config_from_checkpoint
 from ..train.distributed import DistInfo, device_for
 from ..train.runtime import autocast_context, autocast_dtype
 from ..fields import image_hw
+from ..sampling_options import SamplingOptions
+from ..validate import check_seed, positive_int
+from .sampling import Labels, default_steps, parse_labels, run_sampling_options
+from .tuning import load_tuned
 
 __all__ = ["Run", "Samples", "class_names_of", "parse_labels", "default_steps", "describe_checkpoint"]
-
-Labels = str | int | Sequence[int | str] | Tensor | None
 
 
 class Samples(NamedTuple):
@@ -34,6 +37,15 @@ class Samples(NamedTuple):
     steps: int  # network calls per sample
     trajectory: list | None  # (t, x_t [k], predicted x0 [k]) at about 10 steps of the first batch, if asked
     timesteps_file: str | None = None  # the tuned grid used (RUN/timesteps/<sampler>-<K>.json), if any
+
+
+class SamplingPlan(NamedTuple):
+    """What ``Run.sample`` resolved and checked before its first network call."""
+
+    options: SamplingOptions  # the sampler and its grid, eta, order and guidance
+    labels: Tensor | None  # int64 [num], or None for an unconditional model
+    calls: int  # network calls per sample
+    tuned_file: str | None  # the tuned grid used, if any
 
 
 def class_names_of(ckpt: dict) -> list[str] | None:
@@ -76,8 +88,6 @@ class Run:
 
     def evaluate_bpd(self, **options) -> dict:
         """The variational bound in bits/dim on held-out data (see ``runs.bpd.evaluate_bpd``)."""
-        from .bpd import evaluate_bpd
-
         return evaluate_bpd(self, **options)
 
     @property
@@ -121,77 +131,50 @@ class Run:
         name, a comma list "0,1" or "cat,dog", or a sequence; ``precision``: autocast dtype (default
         "auto" for images, "fp32" for points). Everything is checked before the first network call.
         """
-        plan = self._plan(num, sampler, steps, eta, spacing, labels, guidance, batch_size, trajectory, seed, order)
+        plan = self._plan(num, seed, batch_size, trajectory, labels, sampler=sampler, steps=steps, eta=eta,
+                          spacing=spacing, order=order, guidance=guidance)
         amp = autocast_dtype(precision or ("auto" if self.is_image else "fp32"), self.device)
+        # deferred: tqdm costs start-up and only a shown progress bar needs it
         from tqdm.auto import tqdm
 
         chunks, rows = [], [] if trajectory else None
-        with tqdm(total=num, desc=f"sampling {plan['sampler']}", disable=not progress, leave=False) as bar:
+        sampler_name = plan.options.sampler
+        with tqdm(total=num, desc=f"sampling {sampler_name}", disable=not progress, leave=False) as bar:
             for start in range(0, num, batch_size):
                 chunks.append(self._draw(plan, start, min(batch_size, num - start), seed, amp,
                                          rows if start == 0 else None))
                 bar.update(chunks[-1].shape[0])
-        return Samples(torch.cat(chunks), plan["labels"], plan["sampler"], plan["calls"], rows, plan["tuned_file"])
+        return Samples(torch.cat(chunks), plan.labels, sampler_name, plan.calls, rows, plan.tuned_file)
 
-    def _plan(self, num, sampler, steps, eta, spacing, labels, guidance, batch_size, trajectory, seed,
-              order=None) -> dict:
+    def _plan(self, num: int, seed: int, batch_size: int, trajectory: bool, labels: Labels,
+              **options) -> SamplingPlan:
         """Every option resolved against the run's config and checked."""
-        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-            raise UserError(f"the number of samples must be a positive integer, got {num!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**63 - 1 - num:
-            raise UserError(f"seed must be an integer in [0, 2**63 - 1 - num] (sample i uses seed + i), got {seed!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise UserError(f"the batch size must be a positive integer, got {batch_size!r}")
+        positive_int("the number of samples", num)
+        check_seed(seed, num)
+        positive_int("the batch size", batch_size)
         if trajectory and not self.is_image:
             raise UserError("a trajectory draws images; this model makes 2-D points")
-        sc = self.config.sample
-        chosen = sampler or sc.sampler
         T = self.diffusion.num_timesteps
-        steps = default_steps(chosen, sc) if steps is None else steps
-        if steps is not None and not (isinstance(steps, int) and 1 <= steps <= T):
-            raise UserError(f"steps must be between 1 and {T}, got {steps!r}")
-        if eta is None and chosen == "ddim":
-            eta = sc.eta
-        if order is None and chosen == sc.sampler:
-            order = sc.order
-        from ..diffusion import _sampler_options
-
-        _sampler_options(chosen, eta, self.config.diffusion.variance, order)  # a wrong eta or order, before any work
-        guidance = sc.guidance if guidance is None else guidance
-        if not (isinstance(guidance, (int, float)) and math.isfinite(guidance) and guidance >= 0):
-            raise UserError(f"guidance must be a number >= 0 (1: no guidance), got {guidance!r}")
+        opts = run_sampling_options(self.config.sample, T, **options)
         y = parse_labels(labels, num, self.num_classes, self.class_names)
-        if guidance != 1.0 and y is None:
+        if opts.guidance != 1.0 and y is None:
             raise UserError("guidance needs a class-conditional model")
         tuned = None
-        if spacing is None and steps is not None and self.run_dir is not None:  # a named spacing wins
-            from .tuning import load_tuned
+        if options["spacing"] is None and opts.steps is not None and self.run_dir is not None:  # a named spacing wins
+            tuned = load_tuned(self.run_dir, opts.sampler, opts.steps, T)
+        if tuned:
+            opts = dataclasses.replace(opts, timesteps=torch.tensor(tuned[0]))
+        return SamplingPlan(opts, y, opts.calls(T), tuned and str(tuned[1]))
 
-            tuned = load_tuned(self.run_dir, chosen, steps, T)
-        return {"sampler": chosen, "steps": steps, "calls": steps or T, "eta": eta, "order": order, "labels": y,
-                "spacing": spacing or (sc.spacing if chosen == sc.sampler else None), "guidance": guidance,
-                "timesteps": tuned and torch.tensor(tuned[0]), "tuned_file": tuned and str(tuned[1])}
-
-    def _draw(self, plan: dict, start: int, n: int, seed: int, amp, rows: list | None) -> Tensor:
+    def _draw(self, plan: SamplingPlan, start: int, n: int, seed: int, amp, rows: list | None) -> Tensor:
         device = self.device
         gens = [torch.Generator(device=device).manual_seed(seed + start + i) for i in range(n)]
-        y = None if plan["labels"] is None else plan["labels"][start:start + n].to(device)
-        opts = {k: plan[k] for k in ("eta", "order") if plan[k] is not None}
-        callback = None if rows is None else _trajectory_callback(rows, plan["calls"])
+        y = None if plan.labels is None else plan.labels[start:start + n].to(device)
+        callback = None if rows is None else _trajectory_callback(rows, plan.calls)
         with autocast_context(device, amp):
-            x = self.diffusion.sample(self.model, (n, *self.sample_shape), sampler=plan["sampler"],
-                                      steps=plan["steps"], y=y, guidance_scale=plan["guidance"], generator=gens,
-                                      spacing=plan["spacing"], device=device, callback=callback,
-                                      timesteps=plan["timesteps"], **opts)
+            x = self.diffusion.sample(self.model, (n, *self.sample_shape), y=y, generator=gens, device=device,
+                                      callback=callback, options=plan.options)
         return x.float().cpu()
-
-
-def default_steps(sampler: str, sc) -> int | None:
-    """Network calls when none are asked for: the run's own for its sampler, the whole chain for
-    ancestral sampling chosen instead, and the run's (or its grids') few-step budget for a fast sampler."""
-    if sampler == sc.sampler:
-        return sc.steps
-    return None if sampler == "ddpm" else sc.steps or sc.grid_steps
 
 
 def describe_checkpoint(path: str | Path) -> dict[str, str]:
@@ -229,39 +212,3 @@ def _trajectory_callback(rows: list, calls: int) -> Callable:
             rows.append((int(t[0]) if hasattr(t, "__len__") else int(t), x[:8].float().cpu(), d.x0[:8].float().cpu()))
 
     return callback
-
-
-def parse_labels(spec: Labels, num: int, num_classes: int | None, names: list[str] | None = None) -> Tensor | None:
-    """Labels -> int64 [num] cycled, or None for an unconditional model.
-
-    ``spec``: None or "all" (every class), an int, a comma list "a,b" or a sequence, where each
-    item is a label number or, where the run recorded them, a class name (a name wins: a folder
-    run's class "1" may have label 0).
-    """
-    if num_classes is None:
-        if spec is not None:
-            raise UserError("labels given, but this model is not class-conditional")
-        return None
-    if spec is None or (isinstance(spec, str) and spec == "all"):
-        values = list(range(num_classes))
-    else:
-        tokens = spec.split(",") if isinstance(spec, str) else [spec] if isinstance(spec, int) else list(spec)
-        index = {name: i for i, name in enumerate(names or [])}
-        values = [_label(token, index, names) for token in tokens if str(token).strip()]
-        if not values:
-            raise UserError(f"labels must name at least one class, got {spec!r}")
-        bad = [v for v in values if not 0 <= v < num_classes]
-        if bad:
-            raise UserError(f"label {bad[0]} is out of range: this model has classes 0..{num_classes - 1}")
-    return torch.tensor([values[i % len(values)] for i in range(num)], dtype=torch.long)
-
-
-def _label(token, index: dict[str, int], names: list[str] | None) -> int:
-    text = str(int(token) if isinstance(token, Tensor) else token).strip()
-    if text in index:
-        return index[text]
-    try:
-        return int(text)
-    except ValueError:
-        known = f" or one of its class names ({', '.join(names)})" if names else ""
-        raise UserError(f"labels must be 'all' or a comma list of class numbers{known}, got {text!r}") from None

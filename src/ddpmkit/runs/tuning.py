@@ -25,7 +25,11 @@ from torch import Tensor
 from ..errors import UserError
 from ..files import write_text
 from ..options import SamplerName, Spacing, check_choice, choices
-from ..samplers import _interp, _log_snr, randn, sampling_timesteps
+from ..samplers import randn
+from ..sampling_options import SamplingOptions
+from ..timestep_grids import interp, log_snr, sampling_timesteps
+from ..validate import check_seed, int_in_range, positive_int
+from .sampling import parse_labels
 
 __all__ = ["TUNABLE", "REFERENCE", "Tuned", "search_timesteps", "tune_steps", "tuned_path", "load_tuned", "describe"]
 
@@ -50,10 +54,8 @@ def search_timesteps(objective: Callable[[list[int]], float], alphas_cumprod: Te
     """Coordinate descent over the kept timesteps (the first stays where its spacing put it)."""
     abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu()
     T = abar.numel()
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps < T:
-        raise UserError(f"tuned steps must be an integer in [2, {T - 1}], got {steps!r}")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise UserError(f"rounds must be a positive integer, got {rounds!r}")
+    int_in_range("tuned steps", steps, 2, T - 1)
+    positive_int("rounds", rounds)
     seen: dict[tuple, float] = {}
 
     def cost(ts: list[int]) -> float:
@@ -64,7 +66,7 @@ def search_timesteps(objective: Callable[[list[int]], float], alphas_cumprod: Te
     starts = {sp: sampling_timesteps(T, steps, sp, abar).tolist() for sp in spacings}
     start_spacing = min(starts, key=lambda sp: cost(starts[sp]))
     ts, best = starts[start_spacing], cost(starts[start_spacing])
-    lam = _log_snr(abar)
+    lam = log_snr(abar)
     for r in range(rounds):
         for j in range(1, steps):
             for t in _moves(ts, j, 0.5 ** (r + 1), lam):
@@ -82,7 +84,7 @@ def _moves(ts: list[int], j: int, fraction: float, lam: Tensor) -> list[int]:
     out = []
     for goal in (float(lam[upper]), float(lam[max(lower, 0)])):
         target = torch.tensor([here + fraction * (goal - here)], dtype=torch.float64)
-        t = _interp(target, lam.flip(0), torch.arange(lam.numel() - 1, -1, -1, dtype=torch.float64))
+        t = interp(target, lam.flip(0), torch.arange(lam.numel() - 1, -1, -1, dtype=torch.float64))
         t = min(max(int(torch.round(t)), lower + 1), upper - 1)
         if t != ts[j] and t not in out:
             out.append(t)
@@ -99,13 +101,10 @@ def tune_steps(run, steps: int, sampler: SamplerName | None = None, *, draws: in
     if sampler not in TUNABLE:
         raise UserError(f"tune-steps tunes a deterministic sampler ({', '.join(TUNABLE)}); got {sampler!r}")
     for name, value in (("draws", draws), ("held-out draws", heldout), ("batch size", batch_size), ("rounds", rounds)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserError(f"the number of {name} must be a positive integer, got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**62:
-        raise UserError(f"seed must be an integer in [0, 2**62], got {seed!r}")
+        positive_int(f"the number of {name}", value)
+    check_seed(seed, max(draws, HELDOUT_SEED + heldout))  # held-out draw i uses seed + HELDOUT_SEED + i
     T = run.diffusion.num_timesteps
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps < T:
-        raise UserError(f"tuned steps must be an integer in [2, {T - 1}], got {steps!r}")
+    int_in_range("tuned steps", steps, 2, T - 1)
     if run.run_dir is None:
         raise UserError(f"tune-steps saves into a run directory; {run.checkpoint} is not inside RUN/checkpoints/")
     path = tuned_path(run.run_dir, sampler, steps)
@@ -140,8 +139,6 @@ def tune_steps(run, steps: int, sampler: SamplerName | None = None, *, draws: in
 
 def _noise(run, n: int, seed: int) -> tuple[Tensor, Tensor | None]:
     """x_T of draws seed, seed + 1, ... as ``Run.sample`` draws them, and labels cycling over the classes."""
-    from .run import parse_labels
-
     gens = [torch.Generator(device=run.device).manual_seed(seed + i) for i in range(n)]
     x_T = randn((n, *run.sample_shape), gens, run.device, torch.float32)
     return x_T, parse_labels(None, n, run.num_classes, run.class_names)
@@ -156,11 +153,11 @@ def _drawer(run, batch_size: int) -> Callable:
         for s in range(0, x_T.shape[0], batch_size):
             yb = None if y is None else y[s:s + batch_size].to(run.device)
             ref_steps = min(REFERENCE["steps"], run.diffusion.num_timesteps)  # a short chain: all of it
-            opts = dict(steps=ref_steps, spacing=REFERENCE["spacing"]) if ts is None else dict(
-                timesteps=torch.tensor(ts))
+            opts = SamplingOptions(sampler, ref_steps, REFERENCE["spacing"], guidance=guidance) if ts is None else \
+                SamplingOptions(sampler, timesteps=torch.tensor(ts), guidance=guidance)
             with torch.inference_mode():
-                x = run.diffusion.sample(run.model, tuple(x_T[s:s + batch_size].shape), sampler=sampler, y=yb,
-                                         guidance_scale=guidance, x_T=x_T[s:s + batch_size], **opts)
+                x = run.diffusion.sample(run.model, tuple(x_T[s:s + batch_size].shape), y=yb,
+                                         x_T=x_T[s:s + batch_size], options=opts)
             out.append(x.double().cpu())
         return torch.cat(out)
 
