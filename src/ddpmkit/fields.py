@@ -162,6 +162,8 @@ def to_dict(config: Any, with_kind: bool = True) -> dict:
     out = {"kind": kind} if with_kind and isinstance(kind, str) else {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        if f.metadata.get("written_when_set") and value == f.default:  # configs from before the field read the same
+            continue
         if dataclasses.is_dataclass(value):
             value = to_dict(value)
         elif isinstance(value, tuple):
