@@ -1,8 +1,9 @@
-"""Shared fixtures: a tiny config for fast end-to-end runs."""
+"""Shared fixtures: a tiny config for fast end-to-end runs, and one run trained with it for the whole session."""
 
 import contextlib
 import importlib.util
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,11 +16,26 @@ torch.set_num_threads(2)
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 TINY_DIGITS = {
-    "model": {"base_channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_resolutions": [4],
-              "num_groups": 8, "dropout": 0.0},
+    "model": {
+        "base_channels": 16,
+        "channel_mults": [1, 2],
+        "num_res_blocks": 1,
+        "attention_resolutions": [4],
+        "num_groups": 8,
+        "dropout": 0.0,
+    },
     "diffusion": {"timesteps": 50},
-    "train": {"steps": 4, "batch_size": 16, "log_every": 2, "sample_every": 0, "checkpoint_every": 2,
-              "warmup_steps": 0, "ema_start": 0, "num_grid_samples": 4, "precision": "fp32"},
+    "train": {
+        "steps": 4,
+        "batch_size": 16,
+        "log_every": 2,
+        "sample_every": 0,
+        "checkpoint_every": 2,
+        "warmup_steps": 0,
+        "ema_start": 0,
+        "num_grid_samples": 4,
+        "precision": "fp32",
+    },
     "sample": {"sampler": "ddpm", "grid_steps": 5},
 }
 
@@ -30,6 +46,27 @@ def tiny_config(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY_DIGITS))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A digits run trained once per session with TINY_DIGITS (4 steps); read it, or copy it with ``tiny_run_copy``."""
+    from ddpmkit.cli import main
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    (root / "tiny.yaml").write_text(yaml.safe_dump(TINY_DIGITS))
+    out = root / "run"
+    assert (
+        main(["train", "--preset", "digits", "--config", str(root / "tiny.yaml"), "--out", str(out), "--no-progress"])
+        == 0
+    )
+    return out
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path):
+    """A private copy of ``tiny_run`` for a test that changes the run (resumes it, rewrites a checkpoint)."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +81,9 @@ def one_thread():
 @contextlib.contextmanager
 def benchmark_script(name: str):
     """benchmarks/NAME.py imported as a module (registered while in use: dataclasses look their module up)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:

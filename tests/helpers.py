@@ -1,5 +1,5 @@
-"""Helpers shared by the test folders: the command line in a subprocess, the one-line error contract, a stand-in
-feature network."""
+"""Helpers shared by the test folders: the command line in this process or in a subprocess, the one-line error
+contract, a stand-in feature network."""
 
 import contextlib
 import io
@@ -14,27 +14,40 @@ import torch.nn.functional as F
 def run_cli(*args, cwd=None):
     """Run ``ddpmkit.cli.main`` in this process (as the console script would, minus the interpreter's start-up);
     return (code, stderr)."""
+    code, _, err = run_cli_streams(*args, cwd=cwd)
+    return code, err
+
+
+def run_cli_out(*args, cwd=None):
+    """``run_cli`` for a command whose answer is on stdout; return (code, stdout)."""
+    code, out, _ = run_cli_streams(*args, cwd=cwd)
+    return code, out
+
+
+def run_cli_streams(*args, cwd=None):
+    """``ddpmkit.cli.main`` in this process, in ``cwd`` if given; return (code, stdout, stderr)."""
     from ddpmkit.cli import main
 
-    err = io.StringIO()
+    out, err = io.StringIO(), io.StringIO()
     here = os.getcwd()
     try:
         if cwd is not None:
             os.chdir(cwd)
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
             try:
                 code = main([str(a) for a in args])
             except SystemExit as stop:  # argparse's usage errors and --help
                 code = stop.code if isinstance(stop.code, int) else 1
     finally:
         os.chdir(here)
-    return code, err.getvalue()
+    return code, out.getvalue(), err.getvalue()
 
 
 def run_cli_process(*args, cwd=None):
     """Run the real console entry point in a subprocess; return (code, stderr)."""
-    proc = subprocess.run([sys.executable, "-m", "ddpmkit", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ddpmkit", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
     return proc.returncode, proc.stderr
 
 
@@ -45,7 +58,6 @@ def assert_user_error(code, err, *words):
     assert "Traceback" not in err
     for w in words:
         assert w in lines[0], lines[0]
-
 
 
 class StandIn(torch.nn.Module):

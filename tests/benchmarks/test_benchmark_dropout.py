@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
+pytestmark = pytest.mark.bench
+
 
 def test_quick_run_prints_both_tables_and_the_step_ratio(capsys):
     from conftest import benchmark_script

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.bench
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "fault_injection.py"
 
 
@@ -80,7 +82,7 @@ def test_same(bench) -> None:
     assert not bench.same(a, {"w": torch.zeros(3)})
 
 
-@pytest.mark.slow
+@pytest.mark.system  # kills real training processes
 def test_quick_run_finds_nothing_wrong(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(SCRIPT), "--kills", "2", "--terms", "1", "--steps", "8", "-v",
                            "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=600)

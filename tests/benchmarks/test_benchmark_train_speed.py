@@ -11,6 +11,8 @@ import torch
 
 from ddpmkit.config import load_config
 
+pytestmark = pytest.mark.bench
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_speed.py"
 
 

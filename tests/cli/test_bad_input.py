@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from helpers import assert_user_error, run_cli
+from helpers import assert_user_error, run_cli, run_cli_out
 
 LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "legacy"
 DIGITS = LEGACY / "digits_unet_step3.pt"
@@ -74,15 +74,6 @@ def test_eval_of_a_bound_that_is_not_finite_prints_valid_json(tmp_path):
     assert code == 0
     result = json.loads(out.splitlines()[0])
     assert result["bpd"] is None and "bits/dim = n/a" in out
-
-
-def run_cli_out(*args):
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, "-m", "ddpmkit", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
-    return proc.returncode, proc.stdout
 
 
 def test_outputs_that_are_directories_or_unwritable_are_refused_before_any_work(tmp_path):

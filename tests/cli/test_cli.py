@@ -17,17 +17,10 @@ import yaml
 from ddpmkit.cli import main
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A digits run trained for 4 steps with a tiny network."""
-    from conftest import TINY_DIGITS
-
-    root = tmp_path_factory.mktemp("cli")
-    cfg = root / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY_DIGITS))
-    out = root / "run"
-    assert main(["train", "--preset", "digits", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
-    return out
+@pytest.fixture
+def run_dir(tiny_run):
+    """A digits run trained for 4 steps with a tiny network (once per session: a test that changes it copies it)."""
+    return tiny_run
 
 
 def test_train_writes_the_run_directory(run_dir):
@@ -382,6 +375,7 @@ def test_negative_guidance(run_dir, tmp_path):
     assert_user_error(code, err, "guidance must be a number >= 0")
 
 
+@pytest.mark.system  # SIGPIPE reaches only a real console script
 def test_a_reader_that_goes_away_ends_the_command_quietly(run_dir):
     proc = subprocess.Popen([sys.executable, "-m", "ddpmkit", "info", str(run_dir)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)

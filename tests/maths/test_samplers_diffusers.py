@@ -48,7 +48,7 @@ SHAPE = (3, 2, 4, 4)
 TIGHT = dict(rtol=1e-11, atol=1e-11)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.anchors, pytest.mark.usefixtures("one_thread")]
 
 
 def fake_eps(x, t):

@@ -74,6 +74,7 @@ def run_ours(timesteps, prediction="epsilon", **opts):
 
 
 # =========================================================================== diffusers parity
+@pytest.mark.anchors
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
 @pytest.mark.parametrize("order", [1, 2, 3])
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
@@ -94,6 +95,7 @@ def test_unipc_steps_match_diffusers_in_float64(variant, order, prediction, spac
         torch.testing.assert_close(sched.step(fake_output(states[-1], t), t, states[-1]).prev_sample, out, **TIGHT)
 
 
+@pytest.mark.anchors
 @pytest.mark.parametrize("variant, order", [("bh1", 3), ("bh2", 2)])
 def test_unipc_without_corrector_is_diffusers_with_the_corrector_disabled(variant, order):
     ts = S.sampling_timesteps(T, 12, "snr_root", ABAR)

@@ -505,6 +505,7 @@ def has_mallinfo2() -> bool:
         return False
 
 
+@pytest.mark.system  # glibc reads MALLOC_* only when a process starts
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not has_mallinfo2(), reason="needs glibc >= 2.33")
 @pytest.mark.parametrize("env, expected", [({}, "True False True"), ({"MALLOC_ARENA_MAX": "4"}, "False True False")])
 def test_keep_freed_memory_serves_large_blocks_from_a_kept_heap(env, expected):

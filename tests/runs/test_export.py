@@ -101,6 +101,7 @@ def diffusers_dir(run_dir, tmp_path_factory):
     return export_run(run_dir, "diffusers", tmp_path_factory.mktemp("diffusers") / "out")
 
 
+@pytest.mark.anchors
 def test_diffusers_unet_computes_our_network(run_dir, diffusers_dir):
     from diffusers import UNet2DModel
 
@@ -113,6 +114,7 @@ def test_diffusers_unet_computes_our_network(run_dir, diffusers_dir):
     torch.testing.assert_close(got, ours, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.anchors
 def test_diffusers_scheduler_and_pipeline_load(run_dir, diffusers_dir):
     from diffusers import DDPMPipeline, DDPMScheduler
 
@@ -125,6 +127,7 @@ def test_diffusers_scheduler_and_pipeline_load(run_dir, diffusers_dir):
     assert images.shape == (1, 8, 8, 1)
 
 
+@pytest.mark.anchors
 @pytest.mark.parametrize("variance", ["fixed_large", "fixed_small", "learned_range"])
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_a_ddpm_scheduler_step_is_our_ancestral_step(variance, prediction):

@@ -128,6 +128,7 @@ def _problems(log: str, page) -> list[str]:
     return console + [f"fetched {url}" for url in fetched if url != page.as_uri()]
 
 
+@pytest.mark.system
 def test_the_checker_catches_a_bad_page(tmp_path):
     page = tmp_path / "bad.html"
     page.write_text('<html><body><img src="missing.png"><script>console.error("boom")</script></body></html>')
@@ -135,6 +136,7 @@ def test_the_checker_catches_a_bad_page(tmp_path):
     assert any("boom" in p for p in problems) and any("missing.png" in p for p in problems)
 
 
+@pytest.mark.system
 def test_the_report_renders_in_headless_chromium(run_dir, report, tmp_path):
     from PIL import Image
 

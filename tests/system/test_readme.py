@@ -3,7 +3,10 @@
 import re
 from pathlib import Path
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.system
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

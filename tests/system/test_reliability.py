@@ -20,6 +20,8 @@ from ddpmkit.runs import start_training
 from ddpmkit.config import load_config
 from ddpmkit.train.metrics import read_metrics
 
+pytestmark = pytest.mark.system
+
 
 def tiny(tmp_path, **train) -> Path:
     from conftest import TINY_DIGITS
@@ -117,24 +119,29 @@ def test_a_second_trainer_of_the_same_run_is_refused_and_a_killed_one_leaves_no_
 
 
 def test_temp_files_of_a_killed_writer_are_removed_at_the_next_start(tmp_path):
+    from helpers import run_cli
+
     cfg = tiny(tmp_path, steps=2, checkpoint_every=1)
-    assert start(cfg, tmp_path / "run").wait(timeout=300) == 0
+    code, err = run_cli("train", "--preset", "digits", "--config", cfg, "--out", tmp_path / "run", "--no-progress")
+    assert code == 0, err
     ckpts = tmp_path / "run" / "checkpoints"
     stray = [ckpts / ".step_00000003.pt.4242.0123abcd.tmp", tmp_path / "run" / ".config.yaml.4242.89abcdef.tmp",
              tmp_path / "run" / "samples" / ".step_00000003.png.77.deadbeef.tmp"]
     for path in stray:
         path.write_bytes(b"half a checkpoint")
     (ckpts / "notes.tmp").write_text("not ours")
-    done = resume(tmp_path / "run", "--steps", "3")
-    assert done.returncode == 0, done.stderr
+    code, err = run_cli("train", "--out", tmp_path / "run", "--resume", "--no-progress", "--steps", "3")
+    assert code == 0, err
     assert not any(p.exists() for p in stray) and (ckpts / "notes.tmp").exists()
 
 
 def test_metrics_never_repeat_a_step_after_a_resume_from_an_older_checkpoint(tmp_path):
+    from helpers import run_cli
+
     cfg = tiny(tmp_path, steps=4, checkpoint_every=2, keep_checkpoints=0)
-    assert start(cfg, tmp_path / "run").wait(timeout=300) == 0
+    assert run_cli("train", "--preset", "digits", "--config", cfg, "--out", tmp_path / "run", "--no-progress")[0] == 0
     (tmp_path / "run" / "checkpoints" / "step_00000004.pt").unlink()  # as if killed between step 2 and 4
-    assert resume(tmp_path / "run").returncode == 0
+    assert run_cli("train", "--out", tmp_path / "run", "--resume", "--no-progress")[0] == 0
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3, 4]
 
 

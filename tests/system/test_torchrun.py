@@ -26,6 +26,8 @@ import yaml
 from ddpmkit.cli import main
 from ddpmkit.train.checkpoint import list_checkpoints, load_checkpoint
 
+pytestmark = pytest.mark.system
+
 TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                  "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
 

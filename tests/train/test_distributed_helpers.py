@@ -163,6 +163,7 @@ def reference_step() -> tuple[torch.Tensor, torch.Tensor]:
     return model.weight.detach(), model.bias.detach()
 
 
+@pytest.mark.system
 def test_two_process_gloo(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
