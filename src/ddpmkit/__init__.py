@@ -9,20 +9,56 @@ The public API in one import::
 
     run = ddpmkit.Run.load("runs/digits")          # a trained run (see ddpmkit.runs)
     samples = run.sample(16, labels=[3], steps=20)
+
+The names load on first use (PEP 562), so ``import ddpmkit`` and the command line's ``--help`` do not import torch.
 """
 
-from .diffusion import GaussianDiffusion
-from .ema import EMA, unwrap_model
-from .errors import UserError
-from .nn import MLPConfig, MLPDenoiser, UNet, UNetConfig, num_parameters
-from .oracles import GaussianMixtureOracle
-from .runs import Run, Samples
-from .config import ExperimentConfig, load_config
-from .samplers import SAMPLERS, Denoised, sampling_timesteps
-from .schedules import cosine_beta_schedule, linear_beta_schedule, make_beta_schedule
-from .timestep_sampling import LossAwareTimesteps, UniformTimesteps, make_timestep_sampler
+from __future__ import annotations
 
-from .version import __version__
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_names
+from .version import __version__ as __version__
+
+if TYPE_CHECKING:  # what type checkers see; at run time each name is imported on first use
+    from .config import ExperimentConfig, load_config
+    from .diffusion import GaussianDiffusion
+    from .ema import EMA, unwrap_model
+    from .errors import UserError
+    from .nn import MLPConfig, MLPDenoiser, UNet, UNetConfig, num_parameters
+    from .oracles import GaussianMixtureOracle
+    from .runs import Run, Samples
+    from .samplers import SAMPLERS, Denoised
+    from .schedules import cosine_beta_schedule, linear_beta_schedule, make_beta_schedule
+    from .timestep_grids import sampling_timesteps
+    from .timestep_sampling import LossAwareTimesteps, UniformTimesteps, make_timestep_sampler
+
+# Each public name -> the module, relative to this package, that defines it.
+_HOMES = {
+    "GaussianDiffusion": "diffusion",
+    "UNet": "nn",
+    "UNetConfig": "nn",
+    "MLPDenoiser": "nn",
+    "MLPConfig": "nn",
+    "EMA": "ema",
+    "unwrap_model": "ema",
+    "num_parameters": "nn",
+    "SAMPLERS": "samplers",
+    "Denoised": "samplers",
+    "sampling_timesteps": "timestep_grids",
+    "GaussianMixtureOracle": "oracles",
+    "linear_beta_schedule": "schedules",
+    "cosine_beta_schedule": "schedules",
+    "make_beta_schedule": "schedules",
+    "UniformTimesteps": "timestep_sampling",
+    "LossAwareTimesteps": "timestep_sampling",
+    "make_timestep_sampler": "timestep_sampling",
+    "UserError": "errors",
+    "Run": "runs",
+    "Samples": "runs",
+    "ExperimentConfig": "config",
+    "load_config": "config",
+}
 
 __all__ = [
     "GaussianDiffusion",
@@ -49,3 +85,5 @@ __all__ = [
     "ExperimentConfig",
     "load_config",
 ]
+
+__getattr__, __dir__ = lazy_names(__name__, _HOMES)

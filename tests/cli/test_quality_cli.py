@@ -1,4 +1,5 @@
-"""`ddpmkit eval --metric fid kid pr` and `ddpmkit stats` end to end, on a TorchScript stand-in network."""
+"""`ddpmkit eval --metric fid kid pr` and `ddpmkit stats` end to end, on a TorchScript stand-in network; `ddpmkit eval
+--metric digits` on sample files."""
 
 import json
 from pathlib import Path
@@ -8,8 +9,8 @@ import pytest
 import torch
 
 from ddpmkit.cli import main
-from helpers import assert_user_error, run_cli
-from helpers import StandIn
+from ddpmkit.eval import digits as dj
+from helpers import StandIn, assert_user_error, run_cli
 
 LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "legacy" / "digits_unet_step3.pt"
 
@@ -58,3 +59,37 @@ def test_quality_eval_errors_are_one_line(network, tmp_path):
     assert_user_error(code, err, "--ref must be train, test, a directory of images or a stats .npz")
     code, err = run_cli("stats", tmp_path, "--out", tmp_path / "x.npz", "--inception", network)
     assert_user_error(code, err, "--image-size")
+
+
+def test_digits_metric_of_the_eval_command(tmp_path, capsys):
+    judge = dj.get_judge(0)
+    assert main(["eval", str(tmp_path / "missing.npz"), "--metric", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    s = judge.split
+    path = tmp_path / "s.npz"
+    np.savez(path, images=s.test_images[:40], labels=s.test_labels[:40])
+    assert main(["eval", str(path), "--metric", "digits", "--permutations", "10"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["num_samples"] == 40 and report["accuracy"] >= 0.9
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, pictures=s.test_images[:4])
+    assert main(["eval", str(bad), "--metric", "digits"]) == 2
+    assert "images" in capsys.readouterr().err
+    junk = tmp_path / "junk.npz"
+    junk.write_text("not an archive")
+    assert main(["eval", str(junk), "--metric", "digits"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_digits_metric_prints_the_judges_report_as_it_is(tmp_path, capsys):
+    s = dj.get_judge(0).split
+    path, out = tmp_path / "s.npz", tmp_path / "r.json"
+    np.savez(path, images=s.test_images[:30], labels=s.test_labels[:30])
+    assert main(["eval", str(path), "--metric", "digits", "--permutations", "10", "--ref", "train", "--seed", "3",
+                 "--no-labels", "--out", str(out)]) == 0
+    expected = dj.evaluate_digit_samples(s.test_images[:30], None, reference="train", num_permutations=10, seed=3)
+    assert capsys.readouterr().out == json.dumps(expected, indent=2) + "\n" == out.read_text()
+    assert_user_error(*run_cli("eval", path, "--metric", "digits", "fid"), "--metric digits is measured alone")
+    assert_user_error(*run_cli("eval", path, "--metric", "digits", "--ref", "x"), "reference must be 'test' or 'train'")
+    assert_user_error(*run_cli("eval", tmp_path, "--metric", "digits"), "scores a samples .npz")

@@ -213,23 +213,3 @@ def test_digit_input_errors(judge):
         dj.evaluate_digit_samples(np.zeros((4, 8, 8, 1), np.uint8), np.array([0, 1, 2, 10]), judge=judge)
     with pytest.raises(UserError):
         dj.evaluate_digit_samples(np.zeros((4, 8, 8, 1), np.uint8), reference="val", judge=judge)
-
-
-def test_main_cli(tmp_path, capsys, judge):
-    assert dj.main([str(tmp_path / "missing.npz")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1
-    s = judge.split
-    path = tmp_path / "s.npz"
-    np.savez(path, images=s.test_images[:40], labels=s.test_labels[:40])
-    assert dj.main([str(path), "--permutations", "10"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["num_samples"] == 40 and report["accuracy"] >= 0.9
-    bad = tmp_path / "bad.npz"
-    np.savez(bad, pictures=s.test_images[:4])
-    assert dj.main([str(bad)]) == 2
-    assert "images" in capsys.readouterr().err
-    junk = tmp_path / "junk.npz"
-    junk.write_text("not an archive")
-    assert dj.main([str(junk)]) == 2
-    assert capsys.readouterr().err.startswith("error: ")

@@ -1,6 +1,7 @@
 """Sample-quality metrics: generic ones in `metrics`, the 8x8 digits judge in `eval.digits`.
 
-`ddpmkit.eval.digits` is not imported here, so `python -m ddpmkit.eval.digits` runs cleanly.
+`ddpmkit.eval.digits` (scikit-learn) and `eval.quality` (the Inception network) are not imported here: only the
+commands that score samples load them.
 """
 
 from .metrics import (

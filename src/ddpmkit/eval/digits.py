@@ -1,15 +1,12 @@
 """Sample-quality judge for the 8x8 digits preset: an independent classifier, a fixed
 feature space for Fréchet distance, two-sample tests and a copy check against the train split.
 
-Run as `python -m ddpmkit.eval.digits SAMPLES.npz` to print a JSON report.
+`ddpmkit eval SAMPLES.npz --metric digits` prints its JSON report.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,29 +226,3 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     except Exception:  # not a readable .npz archive
         raise UserError(f"cannot read {p}: not a NumPy .npz sample file") from None
     return images, labels
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line: print the JSON report of evaluate_digit_samples for a .npz sample file."""
-    parser = argparse.ArgumentParser(prog="python -m ddpmkit.eval.digits",
-                                     description="Judge 8x8 digit samples against real digits.")
-    parser.add_argument("samples", help=".npz with images uint8 [N,8,8,1] and optional labels")
-    parser.add_argument("--reference", choices=["test", "train"], default="test")
-    parser.add_argument("--permutations", type=int, default=200, help="MMD permutations")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-labels", action="store_true", help="ignore the file's labels")
-    args = parser.parse_args(argv)
-    try:
-        images, labels = load_samples(args.samples)
-        report = evaluate_digit_samples(
-            images, None if args.no_labels else labels, reference=args.reference,
-            num_permutations=args.permutations, seed=args.seed)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(report, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

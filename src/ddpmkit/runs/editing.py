@@ -281,3 +281,17 @@ def write_edited(path: str | Path, edited: Edited, levels: int | None = None) ->
     scale = max(1, 64 // edited.x.shape[-1])
     save_png(path, make_trajectory_grid([to_uint8(r, levels) for r in edited.rows], scale=scale))
     return path
+
+
+# --------------------------------------------------------------------------- interpolation's two images
+def image_pair(text: str) -> list[str]:
+    """The two files of ``interpolate --images I1,I2``, refused before a run is loaded when they are not two."""
+    paths = text.split(",")
+    if len(paths) != 2:
+        raise UserError(f"--images must be two files I1,I2, got {text!r}")
+    return paths
+
+
+def read_image_pair(paths: Sequence[str], run: Run) -> Tensor:
+    """The first image of each of the two files, [2, C, H, W] in [-1, 1], the ends ``interpolate`` inverts."""
+    return torch.cat([read_images(p, run)[:1] for p in paths])

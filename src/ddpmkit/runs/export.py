@@ -18,6 +18,7 @@ from torch import Tensor
 from ..errors import UserError
 from ..files import write_bytes, write_text
 from ..options import ExportFormat, check_choice, choices
+from .outputs import check_output
 
 __all__ = ["export_run", "diffusers_refusal", "diffusers_unet_config", "diffusers_state_dict",
            "scheduler_config", "load_safetensors", "FORMATS"]
@@ -33,7 +34,8 @@ def export_run(run_path: str | Path, fmt: ExportFormat, out: str | Path | None =
 
     check_choice("export format", fmt, ExportFormat)
     safetensors = _safetensors()
-    out = _check_out(Path(out) if out else _default_out(resolve_checkpoint(run_path), Path(run_path), fmt), force)
+    out = check_output(Path(out) if out else _default_out(resolve_checkpoint(run_path), Path(run_path), fmt), force,
+                       folder=True)
     run = Run.load(run_path, device="cpu")
     if fmt == "diffusers":
         reason = diffusers_refusal(run.config)
@@ -71,16 +73,6 @@ def _default_out(checkpoint: Path, given: Path, fmt: str) -> Path:
     """RUN_export (safetensors) or RUN_diffusers beside a run directory; beside the file for a checkpoint."""
     base = given if given.is_dir() else checkpoint.with_suffix("")
     return base.parent / f"{base.name}_{'export' if fmt == 'safetensors' else 'diffusers'}"
-
-
-def _check_out(out: Path, force: bool) -> Path:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file, not a directory")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"output {str(out)!r} already exists (pass --force to overwrite its files)")
-    if not out.parent.is_dir():
-        raise UserError(f"the directory of output {str(out)!r} does not exist")
-    return out
 
 
 def _about(run) -> dict:

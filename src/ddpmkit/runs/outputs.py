@@ -4,30 +4,48 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..errors import UserError
-from ..images import (make_trajectory_grid, sample_grid, save_npz, save_points_npz, save_points_png, save_png,
-                      to_uint8)
-from .run import Samples
+from ..images import (
+    make_trajectory_grid,
+    sample_grid,
+    save_npz,
+    save_png,
+    save_points_npz,
+    save_points_png,
+    to_uint8,
+)
+
+if TYPE_CHECKING:  # only an annotation: writing files needs no run
+    from .run import Samples
 
 __all__ = ["check_output", "write_samples", "write_trajectory"]
 
 
-def check_output(path: str | Path, force: bool, suffixes: tuple[str, ...], flag: str) -> Path:
-    """The output path, refused (before any work) when its type, its directory or an existing file is wrong."""
+def check_output(path: str | Path, force: bool, suffixes: tuple[str, ...] = (), flag: str = "--out", *,
+                 asks: str | None = None, folder: bool = False) -> Path:
+    """The output path, a file of one of ``suffixes`` (``asks`` names them in the message, when given) or a
+    ``folder``, refused before any work when its type, its directory or what is already there is wrong."""
     path = Path(path)
-    if path.suffix.lower() not in suffixes:
-        raise UserError(f"{flag} {str(path)!r}: give a {' or a '.join(suffixes)} file")
-    if path.is_dir():
-        raise UserError(f"{flag} {str(path)!r} is a directory")
-    if path.exists() and not force:
-        raise UserError(f"output {str(path)!r} already exists (pass --force to overwrite)")
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{flag} {str(path)!r} is a file, not a directory")
+        if path.exists() and any(path.iterdir()) and not force:
+            raise UserError(f"output {str(path)!r} already exists (pass --force to overwrite its files)")
+    else:
+        if path.suffix.lower() not in suffixes:
+            raise UserError(f"{flag} {str(path)!r}: give {asks or 'a ' + ' or a '.join(suffixes)} file")
+        if path.is_dir():
+            raise UserError(f"{flag} {str(path)!r} is a directory")
+        if path.exists() and not force:
+            raise UserError(f"output {str(path)!r} already exists (pass --force to overwrite)")
     if not path.parent.is_dir():
         raise UserError(f"the directory of output {str(path)!r} does not exist")
-    if not os.access(path.parent, os.W_OK):
+    if not os.access(path if folder and path.is_dir() else path.parent, os.W_OK):
         raise UserError(f"the directory of output {str(path)!r} is not writable")
     return path
 

@@ -23,6 +23,7 @@ import yaml
 from ..errors import UserError
 from ..files import write_text
 from .charts import line_chart, smooth
+from .outputs import check_output
 
 __all__ = ["write_report", "build_report", "record_eval", "MAX_GRIDS", "TRAJECTORY_CALLS"]
 
@@ -43,7 +44,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, trajecto
                  device: str = "auto", force: bool = False) -> Path:
     """Write the report of ``run_dir`` to ``out`` (default RUN/report.html); everything is checked first."""
     run_dir = _check_run_dir(Path(run_dir))
-    out = _check_out(Path(out) if out else run_dir / "report.html", force)
+    out = check_output(Path(out) if out else run_dir / "report.html", force, (".html", ".htm"), asks="an .html")
     return write_text(out, build_report(run_dir, trajectory=trajectory, device=device))
 
 
@@ -53,18 +54,6 @@ def _check_run_dir(path: Path) -> Path:
     if not (path / "config.yaml").is_file():
         raise UserError(f"{str(path)!r} is not a run directory: it has no config.yaml")
     return path
-
-
-def _check_out(out: Path, force: bool) -> Path:
-    if out.suffix.lower() not in (".html", ".htm"):
-        raise UserError(f"--out {str(out)!r}: give an .html file")
-    if out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a directory")
-    if out.exists() and not force:
-        raise UserError(f"output {str(out)!r} already exists (pass --force to overwrite)")
-    if not out.parent.is_dir():
-        raise UserError(f"the directory of output {str(out)!r} does not exist")
-    return out
 
 
 def build_report(run_dir: Path, *, trajectory: bool = True, device: str = "auto") -> str:

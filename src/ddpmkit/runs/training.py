@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Callable
+from typing import NamedTuple
 
 from ..errors import UserError
 from ..files import TEMP_FILE, WriteError
@@ -17,6 +18,9 @@ from ..config import (RESUMABLE_TRAIN_KEYS, ExperimentConfig, as_written, config
 from ..train.distributed import DistInfo, cleanup_distributed, init_distributed
 from ..train.metrics import truncate_metrics
 from ..train.trainer import Trainer
+from ..config import load_config, parse_assignments
+from ..train.distributed import dist_info_from_env
+from ..train.signals import TrainingInterrupted
 
 __all__ = ["train", "start_training", "resumed_config"]
 
@@ -184,3 +188,33 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+class Trained(NamedTuple):
+    """How a training ended: the run directory, the last metrics (None off the main process or when stopped),
+    and, when a signal stopped it, the exit code and what the main process tells (None on the others)."""
+
+    run_dir: Path
+    last: dict | None
+    exit_code: int = 0
+    stopped: str | None = None
+
+
+def train_or_resume(preset: str | None, config_file: str | None, assignments: list[str] | None,
+                    run_dir: str | Path | None, *, flags: dict, resume: bool = False, force: bool = False,
+                    progress: bool = True) -> Trained:
+    """``ddpmkit train``: a preset, a config file and ``--set`` assignments into ``run_dir`` (default
+    runs/<config name>), with ``flags`` ({"train": {...}, "data": {...}}) on top; a resume given only the run
+    directory goes on with the run's own config."""
+    sets = parse_assignments(assignments)
+    overrides = deep_merge(sets, {section: values for section, values in flags.items() if values})  # flags win
+    cfg: ExperimentConfig | None = None
+    if resume and run_dir and not (preset or config_file):
+        out = Path(run_dir)
+    else:
+        cfg = load_config(preset, config_file, sets)
+        out = Path(run_dir) if run_dir else Path("runs") / cfg.name
+    try:
+        last = train(cfg, out, resume=resume, force=force, overrides=overrides, progress=progress)
+    except TrainingInterrupted as stop:
+        return Trained(out, None, stop.exit_code, str(stop) if dist_info_from_env().is_main else None)
+    return Trained(out, last)
