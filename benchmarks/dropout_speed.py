@@ -3,7 +3,7 @@
     python benchmarks/dropout_speed.py [--threads 2] [--rounds 7] [--steps 10] [--quick]
 
 1. The op: forward + backward of dropout (p = 0.1) on half a million activations, in bf16 and
-   fp32, channels-last: ``ddpmkit.nn.dropout.cpu_dropout`` against ``F.dropout``.
+   fp32, channels-last: ``ddpmkit.nn.cpu_kernels.cpu_dropout`` against ``F.dropout``.
 2. The digits preset's real training step (``Trainer.train_step``, batch 128, bf16 where the
    CPU has bf16 matrix units), with the residual blocks' dropout modules swapped between
    ddpmkit's ``Dropout`` and ``nn.Dropout`` in the same process, alternating rounds.
@@ -39,7 +39,7 @@ def median_ms(fn, rounds: int, calls: int) -> float:
 
 
 def op_table(rounds: int, calls: int) -> None:
-    from ddpmkit.nn.dropout import cpu_dropout
+    from ddpmkit.nn.cpu_kernels import cpu_dropout
 
     print("| dropout forward + backward, 128x64x8x8 channels-last | F.dropout ms | ddpmkit ms | speed-up |")
     print("| --- | ---: | ---: | ---: |")
@@ -54,7 +54,7 @@ def op_table(rounds: int, calls: int) -> None:
 def step_times(rounds: int, steps: int) -> dict[str, float]:
     """Median ms per digits training step with each dropout module, alternating rounds."""
     from ddpmkit.data.batches import batches
-    from ddpmkit.nn.dropout import Dropout
+    from ddpmkit.nn.cpu_kernels import Dropout
     from ddpmkit.config import load_config
     from ddpmkit.train.trainer import Trainer
 

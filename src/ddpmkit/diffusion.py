@@ -60,7 +60,7 @@ class GaussianDiffusion:
     Args:
         betas: the noise schedule, 1-D, values in (0, 1); index t holds beta_{t+1} of the paper.
         prediction: what the network outputs: the noise "eps", the clean data "x0", or "v".
-        variance: the reverse variance: "fixed_large" (sigma^2 = beta_t, the note's choice),
+        variance: the reverse variance: "fixed_large" (sigma^2 = beta_t, Ho et al. 2020 sec. 3.2),
             "fixed_small" (the posterior variance beta~_t) or "learned_range" (improved DDPM).
         loss: "l2" or "l1" on the prediction target (L_simple), or "hybrid" = L_simple +
             vlb_weight * L_vlb (needs learned variances).
@@ -147,13 +147,13 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ forward process
     def q_mean_variance(self, x0: Tensor, t: Tensor) -> MeanVariance:
-        """q(x_t | x0) = N(sqrt(abar_t) x0, (1 - abar_t) I) (the note's eq. 3)."""
+        """q(x_t | x0) = N(sqrt(abar_t) x0, (1 - abar_t) I) (Ho et al. 2020, eq. 4)."""
         mean = self._coef("sqrt_abar", t, x0) * x0
         var = self._coef("sqrt_one_minus_abar", t, x0) ** 2
         return MeanVariance(mean, var.expand_as(x0), torch.log(var).expand_as(x0))
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
-        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, in one step (the note's eq. 2)."""
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, in one step (Ho et al. 2020, eq. 4 reparametrised)."""
         if noise is None:
             noise = torch.randn_like(x0)
         return self._coef("sqrt_abar", t, x0) * x0 + self._coef("sqrt_one_minus_abar", t, x0) * noise

@@ -133,10 +133,6 @@ class EMA:
             [m._buffers[n] for m, n in self._live_buffer_slots],
         )
 
-    def copy_from(self, model: nn.Module) -> None:
-        """Set the shadow weights and buffers equal to the live model's."""
-        self.update(model, step=self.start_step)
-
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The shadow model's state dict (decay and friends live in the config)."""
         return self.model.state_dict()

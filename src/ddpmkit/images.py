@@ -1,7 +1,7 @@
 """Image files: float/uint8 conversion, grids, PNG and NPZ writing, 2-D point plots.
 
 On disk images are uint8 NHWC (C = 1 or 3). ``to_uint8`` maps floats in [-1, 1] back with
-round((x + 1) * 127.5) (round half to even) clamped to 0..255, the inverse of the datasets'
+round((x + 1) * 127.5) (round half to even) clamped to 0..255, the inverse of ``uint8_to_float``'s
 x / 127.5 - 1. Files are written atomically: a temporary file in the same directory is
 renamed over the destination, so an interrupted write never leaves a broken file.
 """
@@ -19,6 +19,11 @@ from torch import Tensor
 
 from .errors import UserError
 from .files import atomic_write
+
+
+def uint8_to_float(x: Tensor) -> Tensor:
+    """Map uint8 pixel values to float32 in [-1, 1] as x / 127.5 - 1 (0 -> -1, 255 -> +1, levels 2/255 apart)."""
+    return x.to(torch.float32).div_(127.5).sub_(1.0)
 
 
 def to_uint8(x: Tensor, levels: int | None = None) -> np.ndarray:
@@ -102,11 +107,16 @@ GRID_MIN_WIDTH = 256  # tiny images are enlarged until a grid is at least this w
 GRID_MIN_TILE = 64  # ... and each image about this wide (enlarged GRID_MIN_TILE // width times)
 
 
+def tile_scale(width: int) -> int:
+    """The integer factor that draws images of ``width`` pixels at least about GRID_MIN_TILE pixels wide."""
+    return max(1, GRID_MIN_TILE // width)
+
+
 def grid_scale(width: int, ncol: int) -> int:
     """The integer factor sample grids enlarge images of ``width`` pixels by, ``ncol`` to a row: the larger
-    of GRID_MIN_TILE // width and the smallest that makes the row at least GRID_MIN_WIDTH pixels wide
+    of ``tile_scale(width)`` and the smallest that makes the row at least GRID_MIN_WIDTH pixels wide
     (1 for images that are large already)."""
-    return max(1, GRID_MIN_TILE // width, math.ceil(GRID_MIN_WIDTH / (ncol * width)))
+    return max(tile_scale(width), math.ceil(GRID_MIN_WIDTH / (ncol * width)))
 
 
 def class_rows(labels: np.ndarray | None) -> list[np.ndarray] | None:
@@ -146,20 +156,6 @@ def save_png(path: str | Path, array_hwc: np.ndarray) -> Path:
         arr = arr[:, :, 0]
     img = Image.fromarray(np.ascontiguousarray(arr))
     return atomic_write(path, lambda f: img.save(f, format="PNG"))
-
-
-def save_image_grid(
-    path: str | Path,
-    images: Tensor | np.ndarray,
-    nrow: int | None = None,
-    scale: int = 1,
-    padding: int = 1,
-) -> np.ndarray:
-    """Save a PNG grid of float NCHW images in [-1, 1] (tensor) or uint8 NHWC (array); return the grid."""
-    arr = to_uint8(images) if isinstance(images, Tensor) else np.asarray(images)
-    grid = make_grid(arr, nrow=nrow, padding=padding, scale=scale)
-    save_png(path, grid)
-    return grid
 
 
 def save_npz(path: str | Path, images: np.ndarray, labels: np.ndarray | None = None) -> Path:

@@ -13,8 +13,8 @@ from .errors import UserError
 
 __all__ = [
     "Prediction", "Variance", "LossType", "Schedule", "TimestepSampler", "SamplerName", "UniPCVariant", "Spacing",
-    "Precision", "Device", "CompileMode", "LRSchedule", "Toy2DName", "DataKind", "ModelKind", "Split",
-    "QualityMetric", "Resize",
+    "Precision", "Device", "CompileMode", "LRSchedule", "Toy2DName", "DataKind", "ModelKind", "DatasetKind", "Split",
+    "DigitsSubset", "Channels", "QualityMetric", "Resize", "Layout", "Logger", "ExportFormat",
     "CUDA_GRAPH_MODES", "choices", "check_choice", "short",
 ]
 
@@ -30,12 +30,16 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]  # autocast dtype of the net
 Device = Literal["auto", "cpu", "cuda"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 LRSchedule = Literal["constant", "cosine"]  # after warm-up
-Toy2DName = Literal["moons", "swissroll", "8gaussians", "checkerboard"]
-DataKind = Literal["digits", "toy2d", "folder", "cifar10", "mnist"]
-ModelKind = Literal["unet", "mlp"]
+Toy2DName = Literal["moons", "swissroll", "8gaussians", "checkerboard"]  # the 2-D point distributions
+DataKind = Literal["digits", "toy2d", "folder", "cifar10", "mnist"]  # the config's data.kind: which loader
+ModelKind = Literal["unet", "mlp"]  # the config's model.kind: which network
+DatasetKind = Literal["image", "points"]  # what a loaded dataset holds: uint8 images or float 2-D points
 Split = Literal["train", "test"]
+DigitsSubset = Literal["train", "test", "all"]  # the digits' fixed split, or all 1,797 images
+Channels = Literal[1, 3]  # image channels a dataset can be converted to: grey or RGB
 QualityMetric = Literal["fid", "kid", "pr"]  # Inception-feature scores of samples
 Resize = Literal["pytorch-fid", "clean-fid"]  # how images reach the Inception network's 299x299
+Layout = Literal["NCHW", "NHWC"]  # the axis order of an array of images
 Logger = Literal["jsonl", "tensorboard"]  # where training metrics go: metrics.jsonl, TensorBoard event files
 ExportFormat = Literal["safetensors", "diffusers"]  # what `ddpmkit export` writes
 

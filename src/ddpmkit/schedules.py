@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .errors import UserError
+from .options import Schedule
 from .validate import positive_int
 
 __all__ = [
@@ -44,7 +45,7 @@ def cosine_beta_schedule(T: int, s: float = 0.008, max_beta: float = 0.999) -> T
     return betas.clamp(max=max_beta)
 
 
-def make_beta_schedule(name: str, T: int, **kwargs) -> Tensor:
+def make_beta_schedule(name: Schedule, T: int, **kwargs) -> Tensor:
     """Build a schedule by name: ``"linear"`` or ``"cosine"``."""
     if name == "linear":
         return linear_beta_schedule(T, **kwargs)

@@ -4,12 +4,12 @@ of the variational bound (Nichol & Dhariwal 2021, sec. 3.3)."""
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from torch import Tensor
 
 from .errors import UserError
+from .options import TimestepSampler
 
 __all__ = ["UniformTimesteps", "LossAwareTimesteps", "make_timestep_sampler"]
 
@@ -97,9 +97,7 @@ def _cpu(generator: torch.Generator | None) -> torch.Generator | None:
     return generator
 
 
-def make_timestep_sampler(
-    name: Literal["uniform", "loss_aware"], num_timesteps: int
-) -> UniformTimesteps:
+def make_timestep_sampler(name: TimestepSampler, num_timesteps: int) -> UniformTimesteps:
     """Build a timestep sampler by name."""
     if name == "uniform":
         return UniformTimesteps(num_timesteps)

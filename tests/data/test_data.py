@@ -27,6 +27,7 @@ from ddpmkit.data import (
     sample_toy2d,
 )
 from ddpmkit.errors import UserError
+from ddpmkit.images import uint8_to_float
 
 # ---------------------------------------------------------------- digits
 
@@ -42,7 +43,7 @@ def test_digits_levels_and_mapping_match_sklearn():
     assert np.array_equal(ds.labels.numpy(), bunch.target)
     assert len(np.unique(ds.data.numpy())) == 17
     assert ds.num_classes == 10 and ds.class_names == [str(i) for i in range(10)]
-    f = ds.float_data()
+    f = uint8_to_float(ds.data)
     assert f.min() == -1.0 and f.max() == 1.0
 
 

@@ -25,7 +25,8 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial.distance import cdist
 from sklearn.datasets import load_digits
 
-from ddpmkit.data.mnist_pickle import NumpyOnlyUnpickler, load_mnist_pickle
+from ddpmkit.data.mnist_pickle import load_mnist_pickle
+from ddpmkit.data.numpy_pickle import NumpyOnlyUnpickler
 from ddpmkit.errors import UserError
 from helpers import StandIn
 from ddpmkit.eval import inception, quality

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddpmkit.nn.dropout import DROP_LEVELS, Dropout, cpu_dropout
+from ddpmkit.nn.cpu_kernels import DROP_LEVELS, Dropout, cpu_dropout
 
 
 def _dropped(y: torch.Tensor) -> torch.Tensor:

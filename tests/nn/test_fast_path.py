@@ -13,10 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from ddpmkit.nn import UNet, UNetConfig
-from ddpmkit.nn import unet as unet_module
-from ddpmkit.nn.unet import GroupNorm
 from ddpmkit.config import TrainConfig, load_config
+from ddpmkit.nn import UNet, UNetConfig, cpu_kernels
+from ddpmkit.nn.cpu_kernels import GroupNorm
 from ddpmkit.train.runtime import autocast_context, autocast_dtype, cpu_has_bf16_matmul, use_bf16
 from ddpmkit.train.trainer import Trainer, make_optimizer
 
@@ -88,7 +87,7 @@ def norm_and_reference(groups: int, channels: int) -> tuple[GroupNorm, nn.GroupN
 def norm_backward(request, monkeypatch):
     """Both channels-last fp32 GroupNorm paths, whichever this CPU's build would pick."""
     slow = request.param == "own backward"
-    monkeypatch.setattr(unet_module, "_native_cl_norm_backward_is_slow", lambda: slow)
+    monkeypatch.setattr(cpu_kernels, "_native_cl_norm_backward_is_slow", lambda: slow)
     return request.param
 
 
@@ -126,15 +125,15 @@ def test_channels_last_group_norm_takes_a_gradient_of_any_layout(norm_backward):
 def test_channels_last_group_norm_own_backward_runs_where_chosen(monkeypatch):
     """The own backward is taken exactly when the native kernel is slow (and the map is large)."""
     calls = []
-    real = unet_module._ChannelsLastGroupNorm.apply
-    monkeypatch.setattr(unet_module._ChannelsLastGroupNorm, "apply", lambda *a: calls.append(1) or real(*a))
+    real = cpu_kernels._ChannelsLastGroupNorm.apply
+    monkeypatch.setattr(cpu_kernels._ChannelsLastGroupNorm, "apply", lambda *a: calls.append(1) or real(*a))
     norm = GroupNorm(4, 8)
     x = torch.randn(2, 8, 32, 32).contiguous(memory_format=CL).requires_grad_()
     for slow, expected in ((True, 1), (False, 1)):
-        monkeypatch.setattr(unet_module, "_native_cl_norm_backward_is_slow", lambda: slow)
+        monkeypatch.setattr(cpu_kernels, "_native_cl_norm_backward_is_slow", lambda: slow)
         norm(x)
         assert len(calls) == expected
-    monkeypatch.setattr(unet_module, "_native_cl_norm_backward_is_slow", lambda: True)
+    monkeypatch.setattr(cpu_kernels, "_native_cl_norm_backward_is_slow", lambda: True)
     norm(x[:, :, :16, :16].contiguous(memory_format=CL))  # below the size where it pays
     assert len(calls) == 1
 
@@ -174,7 +173,7 @@ def test_bf16_channels_last_group_norm_picks_its_kernel(monkeypatch):
     """PyTorch's half kernel for a forward only on maps of >= 1024 pixels; the fp32 copy otherwise."""
     seen = []
     real = nn.functional.group_norm
-    monkeypatch.setattr(unet_module.F, "group_norm", lambda x, *a, **k: seen.append(x.dtype) or real(x, *a, **k))
+    monkeypatch.setattr(cpu_kernels.F, "group_norm", lambda x, *a, **k: seen.append(x.dtype) or real(x, *a, **k))
     norm = GroupNorm(4, 16)
     big = torch.randn(2, 16, 32, 32).bfloat16().contiguous(memory_format=CL)
     small = big[:, :, :16, :16].contiguous(memory_format=CL)

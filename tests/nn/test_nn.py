@@ -12,8 +12,9 @@ from torch import nn
 
 from ddpmkit.errors import UserError
 from ddpmkit.nn import MLPConfig, MLPDenoiser, SinusoidalEmbedding, UNet, UNetConfig, num_parameters
+from ddpmkit.nn.cpu_kernels import GroupNorm, math_attention
 from ddpmkit.nn.embeddings import TimeEmbedding
-from ddpmkit.nn.unet import AttentionBlock, GroupNorm, math_attention
+from ddpmkit.nn.unet import AttentionBlock
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,22 +6,24 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..fields import ImageSize
-from .base import InMemoryDataset, convert_channels, resize_images, uint8_to_float, with_data
-from .batches import batch_indices, batches, batches_per_epoch, epoch_permutation, flip_mask
+from ..images import uint8_to_float
+from ..options import Channels, DataKind, Split, choices
+from .base import InMemoryDataset, convert_channels, resize_images, with_data
+from .batches import batch_indices, batches, epoch_permutation, flip_mask
 from .cifar10 import CIFAR10_CLASS_NAMES, load_cifar10
-from .digits import DIGITS_TEST_SIZE, DIGITS_TRAIN_SIZE, digits_split_indices, load_digits
+from .digits import DIGITS_TEST_SIZE, digits_split_indices, load_digits
 from .folder import load_image_folder
 from .mnist import load_mnist, load_mnist_any
 from .toy2d import TOY2D_DEFAULT_SAMPLES, TOY2D_NAMES, load_toy2d, sample_toy2d
 
-DATASET_NAMES = ("digits", "toy2d", "folder", "cifar10", "mnist")
+DATASET_NAMES = choices(DataKind)
 # toy2d "test" points are drawn with seed + TOY2D_TEST_SEED_OFFSET, independent of "train".
 TOY2D_TEST_SEED_OFFSET = 1_000_003
 
 __all__ = [
-    "CIFAR10_CLASS_NAMES", "DATASET_NAMES", "DIGITS_TEST_SIZE", "DIGITS_TRAIN_SIZE",
+    "CIFAR10_CLASS_NAMES", "DATASET_NAMES", "DIGITS_TEST_SIZE",
     "InMemoryDataset", "TOY2D_DEFAULT_SAMPLES", "TOY2D_NAMES", "TOY2D_TEST_SEED_OFFSET",
-    "batch_indices", "batches", "batches_per_epoch", "convert_channels", "digits_split_indices",
+    "batch_indices", "batches", "convert_channels", "digits_split_indices",
     "epoch_permutation", "flip_mask", "load_cifar10", "load_dataset", "load_digits",
     "load_image_folder", "load_mnist", "load_toy2d", "resize_images", "sample_toy2d",
     "uint8_to_float",
@@ -72,7 +74,7 @@ def load_dataset(
     ``toy2d``/``num_samples``/``seed`` apply to toy2d only; its "test" split uses another seed.
     Options that do not apply to the chosen dataset raise UserError when set.
     """
-    if channels not in (None, 1, 3):
+    if channels not in (None, *choices(Channels)):
         raise UserError(f"channels must be 1 or 3, got {channels!r}")
     if name == "digits":
         _refuse(name, root=root, toy2d=toy2d, num_samples=num_samples)
@@ -81,7 +83,7 @@ def load_dataset(
         _refuse(name, root=root, image_size=image_size, channels=channels, class_labels=class_labels)
         if toy2d is None:
             raise UserError(f"the toy2d dataset needs a distribution name: one of {', '.join(TOY2D_NAMES)}")
-        if split not in ("train", "test"):
+        if split not in choices(Split):
             raise UserError(f"toy2d split must be 'train' or 'test', got {split!r}")
         n = TOY2D_DEFAULT_SAMPLES if num_samples is None else num_samples
         return load_toy2d(toy2d, n, seed if split == "train" else seed + TOY2D_TEST_SEED_OFFSET)

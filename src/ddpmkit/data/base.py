@@ -1,15 +1,14 @@
 """The in-memory dataset every loader returns, and shared uint8 image helpers.
 
 Images are stored as uint8 [N, C, H, W] and become floats in [-1, 1] as ``x / 127.5 - 1``
-(so 0 -> -1, 255 -> +1, and the 256 levels are evenly spaced 2/255 apart, which is what the
-discretized decoder of bits/dim assumes). Points (2-D toy data) are float32 [N, D] and are
-used as they are.
+(``ddpmkit.images.uint8_to_float``: 0 -> -1, 255 -> +1, and the 256 levels are evenly spaced 2/255
+apart, which is what the discretized decoder of bits/dim assumes). Points (2-D toy data) are
+float32 [N, D] and are used as they are.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
 
 import numpy as np
 import torch
@@ -18,8 +17,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..fields import ImageSize, image_hw
-
-DatasetKind = Literal["image", "points"]
+from ..options import Channels, DatasetKind, choices
 
 # ITU-R 601-2 luma weights, the same as PIL's convert("L").
 _LUMA = (0.299, 0.587, 0.114)
@@ -61,17 +59,6 @@ class InMemoryDataset:
     def shape(self) -> tuple[int, ...]:
         """Shape of one example: (C, H, W) for images, (D,) for points."""
         return tuple(self.data.shape[1:])
-
-    def float_data(self) -> Tensor:
-        """All examples as float32: images in [-1, 1] (x / 127.5 - 1), points as they are."""
-        if self.kind == "image":
-            return uint8_to_float(self.data)
-        return self.data.float()
-
-
-def uint8_to_float(x: Tensor) -> Tensor:
-    """Map uint8 pixel values to float32 in [-1, 1] as x / 127.5 - 1."""
-    return x.to(torch.float32).div_(127.5).sub_(1.0)
 
 
 def cover_size(w: int, h: int, height: int, width: int) -> tuple[int, int]:
@@ -117,7 +104,7 @@ def resize_images(data: Tensor, size: ImageSize) -> Tensor:
 def convert_channels(data: Tensor, channels: int) -> Tensor:
     """Convert uint8 NCHW images to 1 channel (ITU-R 601 luma) or 3 (grey repeated)."""
     c = data.shape[1]
-    if channels not in (1, 3):
+    if channels not in choices(Channels):
         raise UserError(f"channels must be 1 or 3, got {channels}")
     if c == channels:
         return data

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .base import InMemoryDataset, uint8_to_float
+from ..images import uint8_to_float
+from .base import InMemoryDataset
 
 _MASK64 = (1 << 64) - 1
 _PERM_STREAM = 1
@@ -41,11 +42,6 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> Tensor:
     """The order of the examples in ``epoch``: randperm from a generator seeded from (seed, epoch)."""
     g = torch.Generator().manual_seed(_mix_seed(seed, _PERM_STREAM, epoch))
     return torch.randperm(num_examples, generator=g)
-
-
-def batches_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Full global batches per epoch (at least 1: a small dataset wraps around)."""
-    return max(1, num_examples // batch_size)
 
 
 def batch_indices(num_examples: int, batch_size: int, *, seed: int, step: int) -> Tensor:

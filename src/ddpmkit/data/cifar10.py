@@ -3,7 +3,7 @@
 Two layouts are read: the binary version ``cifar-10-batches-bin/`` (``data_batch_{1..5}.bin``,
 ``test_batch.bin``: records of 1 label byte + 3072 pixel bytes, CHW) and the python version
 ``cifar-10-batches-py/`` (``data_batch_{1..5}``, ``test_batch``: pickled dicts). The pickles
-are read with a restricted unpickler that only rebuilds numpy arrays, so a malicious file
+are read with ``NumpyOnlyUnpickler``, which only rebuilds numpy arrays, so a malicious file
 cannot run code. ``root`` may be the batches directory itself or its parent; when both
 versions are present the binary one is used.
 """
@@ -11,15 +11,16 @@ versions are present the binary one is used.
 from __future__ import annotations
 
 import io
-import pickle
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import UserError
+from ..options import Split, choices
 from .base import InMemoryDataset
+from .numpy_pickle import NumpyOnlyUnpickler
 
 CIFAR10_CLASS_NAMES = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -29,54 +30,6 @@ _TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 _TEST = ["test_batch"]
 
 
-def _numpy_reconstruct() -> Any:
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray  # type: ignore[no-redef]
-    return multiarray._reconstruct
-
-
-def _numpy_frombuffer() -> Any:
-    try:
-        from numpy._core import numeric
-    except ImportError:  # numpy < 2
-        from numpy.core import numeric  # type: ignore[no-redef]
-    return numeric._frombuffer
-
-
-def _codecs_encode() -> Any:
-    import codecs
-
-    return codecs.encode
-
-
-_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer,
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
-    ("_codecs", "encode"): _codecs_encode,  # bytes written with pickle protocol 2
-}
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """An unpickler that can only rebuild numpy arrays, dicts, lists, strings and numbers."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        """Return the few numpy callables the CIFAR pickles need; refuse anything else."""
-        make = _ALLOWED.get((module, name))
-        if make is None:
-            raise UserError(f"refusing to load {module}.{name} from a CIFAR-10 pickle")
-        return make()
-
-    def persistent_load(self, pid: Any) -> Any:
-        """Refuse persistent ids (never used by CIFAR-10 files)."""
-        raise UserError("refusing persistent ids in a CIFAR-10 pickle")
-
-
 def safe_unpickle(path: Path) -> Any:
     """Unpickle ``path`` allowing only numpy arrays and plain containers (UserError otherwise)."""
     try:
@@ -84,7 +37,7 @@ def safe_unpickle(path: Path) -> Any:
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
     try:
-        return _SafeUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        return NumpyOnlyUnpickler(io.BytesIO(raw), source="a CIFAR-10 pickle", encoding="latin1").load()
     except UserError as e:
         raise UserError(f"{e} ({path})") from None
     except Exception as e:  # any malformed pickle
@@ -161,9 +114,9 @@ def _class_names(batches: Path, binary: bool) -> list[str]:
     return list(CIFAR10_CLASS_NAMES)
 
 
-def load_cifar10(root: str | Path, split: Literal["train", "test"] = "train") -> InMemoryDataset:
+def load_cifar10(root: str | Path, split: Split = "train") -> InMemoryDataset:
     """CIFAR-10 ``split`` from local files as uint8 [N, 3, 32, 32] with labels 0-9."""
-    if split not in ("train", "test"):
+    if split not in choices(Split):
         raise UserError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
     batches, binary = _find_batches_dir(Path(root))
     xs, ys = [], []

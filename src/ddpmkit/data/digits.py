@@ -10,28 +10,26 @@ each split's indices sorted ascending. It never changes between versions of ddpm
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import torch
 
 from ..errors import UserError
+from ..options import DigitsSubset, choices
 from .base import InMemoryDataset
 
 DIGITS_SIZE = 1797
-DIGITS_TRAIN_SIZE = 1437
 DIGITS_TEST_SIZE = 360
-DIGITS_LEVELS = 17
 DIGITS_SPLIT_SEED = 0
 DIGITS_CLASS_NAMES = [str(d) for d in range(10)]
 
 
-def digits_split_indices(split: Literal["train", "test", "all"] = "train") -> np.ndarray:
+def digits_split_indices(split: DigitsSubset = "train") -> np.ndarray:
     """Sorted example indices of the fixed digits split (``"all"`` is 0..1796)."""
+    # lazy: scikit-learn takes seconds to import, and only the digits need it
     from sklearn.datasets import load_digits as sk_load_digits
     from sklearn.model_selection import train_test_split
 
-    if split not in ("train", "test", "all"):
+    if split not in choices(DigitsSubset):
         raise UserError(f"digits split must be 'train', 'test' or 'all', got {split!r}")
     idx = np.arange(DIGITS_SIZE)
     if split == "all":
@@ -43,9 +41,9 @@ def digits_split_indices(split: Literal["train", "test", "all"] = "train") -> np
     return np.sort(train if split == "train" else test)
 
 
-def load_digits(split: Literal["train", "test", "all"] = "train") -> InMemoryDataset:
+def load_digits(split: DigitsSubset = "train") -> InMemoryDataset:
     """The bundled 8x8 digits as uint8 [N, 1, 8, 8] with labels 0-9 (see the module doc)."""
-    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.datasets import load_digits as sk_load_digits  # lazy: scikit-learn is slow to import
 
     idx = digits_split_indices(split)
     bunch = sk_load_digits()

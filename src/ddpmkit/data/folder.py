@@ -18,7 +18,6 @@ import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -26,16 +25,12 @@ from PIL import Image, ImageOps
 
 from ..errors import UserError
 from ..fields import ImageSize, image_hw
+from ..options import Channels, choices
 from .base import InMemoryDataset, resize_center_crop
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # still images Pillow reads
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 MAX_PIXELS = 64 * 2**20  # larger images are refused before decoding (a 17 KB PNG can hold 144 MP)
-
-
-def find_image_files(root: Path) -> list[Path]:
-    """All image files under ``root`` (recursive, hidden entries skipped), in sorted order."""
-    return scan_folder(root)[0]
 
 
 def scan_folder(root: Path) -> tuple[list[Path], list[Path], list[str]]:
@@ -119,7 +114,7 @@ def _decode_all(files: list[Path], image_size: ImageSize, channels: int | None) 
 def load_image_folder(
     root: str | Path,
     image_size: ImageSize,
-    channels: Literal[1, 3] | None = None,
+    channels: Channels | None = None,
     class_labels: bool = False,
 ) -> InMemoryDataset:
     """Every image under ``root`` as uint8 [N, C, H, W] (``image_size`` S or (H, W)); labels from
@@ -128,7 +123,7 @@ def load_image_folder(
     if not _valid_size(image_size):
         raise UserError(f"image_size must be a positive integer or a pair (H, W) of them, got {image_size!r}")
     height, width = image_hw(image_size)
-    if channels not in (None, 1, 3):
+    if channels not in (None, *choices(Channels)):
         raise UserError(f"channels must be 1, 3 or unset, got {channels!r}")
     if not root.exists():
         raise UserError(f"image folder not found: {root}")

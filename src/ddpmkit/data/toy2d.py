@@ -22,9 +22,10 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..options import Toy2DName, choices
 from .base import InMemoryDataset
 
-TOY2D_NAMES = ("moons", "swissroll", "8gaussians", "checkerboard")
+TOY2D_NAMES = choices(Toy2DName)
 TOY2D_DEFAULT_SAMPLES = 20_000
 
 EIGHT_GAUSSIANS_RADIUS = math.sqrt(2.0)

@@ -34,7 +34,7 @@ import hashlib
 import importlib.metadata
 import time
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -42,16 +42,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import UserError
-from ..options import Resize, choices
+from ..options import Layout, Resize, choices
 
 __all__ = [
-    "FEATURE_DIM",
     "INPUT_SIZE",
     "INSTALL_COMMAND",
     "KNOWN_NETWORKS",
     "RESIZE_MODES",
     "InceptionFeatures",
     "as_uint8_nchw",
+    "check_resize",
     "file_sha1",
     "find_installed_network",
     "resize_images",
@@ -67,8 +67,6 @@ KNOWN_NETWORKS = {
 }
 RESIZE_MODES = choices(Resize)
 INPUT_SIZE = 299
-FEATURE_DIM = 2048
-Layout = Literal["NCHW", "NHWC"]
 
 
 def file_sha1(path: str | Path) -> str:
@@ -103,7 +101,7 @@ def find_installed_network() -> Path | None:
 
 def as_uint8_nchw(images: np.ndarray | torch.Tensor, layout: Layout = "NCHW") -> torch.Tensor:
     """Check a batch of uint8 images (1 or 3 channels) and return it as a uint8 NCHW tensor."""
-    if layout not in ("NCHW", "NHWC"):
+    if layout not in choices(Layout):
         raise UserError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
     t = torch.as_tensor(images) if isinstance(images, np.ndarray) else images
     if not isinstance(t, torch.Tensor):
@@ -130,10 +128,15 @@ def _pil_bicubic(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.stack(channels), 0.0, 255.0)
 
 
-def resize_images(batch: torch.Tensor, resize: str, size: int = INPUT_SIZE) -> torch.Tensor:
-    """uint8 NCHW (1 or 3 channels) -> float32 [N, 3, size, size] in [0, 255], resized as asked."""
+def check_resize(resize: str) -> None:
+    """UserError unless ``resize`` is one of RESIZE_MODES."""
     if resize not in RESIZE_MODES:
         raise UserError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+
+
+def resize_images(batch: torch.Tensor, resize: str, size: int = INPUT_SIZE) -> torch.Tensor:
+    """uint8 NCHW (1 or 3 channels) -> float32 [N, 3, size, size] in [0, 255], resized as asked."""
+    check_resize(resize)
     x = batch.to(torch.float32)
     if resize == "pytorch-fid":
         if tuple(x.shape[2:]) != (size, size):
@@ -217,13 +220,12 @@ class InceptionFeatures:
         Sets ``last_images_per_s``.
         """
         batch = as_uint8_nchw(images, layout)
-        if resize not in RESIZE_MODES:
-            raise UserError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+        check_resize(resize)
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
         starts = range(0, len(batch), batch_size)
         if progress:
-            from tqdm import tqdm
+            from tqdm import tqdm  # lazy: only a progress bar needs it
             starts = tqdm(starts, desc="inception features", unit="batch")
         parts = []
         began = time.perf_counter()
@@ -231,7 +233,7 @@ class InceptionFeatures:
             for start in starts:
                 x = resize_images(batch[start:start + batch_size], resize)
                 x = ((x - 128.0) / 128.0).clamp_(-1.0, 127.0 / 128.0)
-                x = x.contiguous(memory_format=torch.channels_last)  # 1.6x faster convolutions on CPU, same fp32 math
+                x = x.contiguous(memory_format=torch.channels_last)  # faster CPU convolutions, the same fp32 maths
                 parts.append(self._forward(x).cpu().numpy().astype(np.float64))
         self.last_images_per_s = len(batch) / max(time.perf_counter() - began, 1e-9)
         feats = np.concatenate(parts)

@@ -28,8 +28,8 @@ import torch
 
 from ..errors import UserError
 from ..files import atomic_write
-from ..options import QualityMetric, choices
-from .inception import RESIZE_MODES, InceptionFeatures, Layout, as_uint8_nchw
+from ..options import Layout, QualityMetric, choices
+from .inception import InceptionFeatures, as_uint8_nchw, check_resize
 from .metrics import gaussian_frechet_distance, kid_with_stderr, precision_recall
 
 __all__ = [
@@ -193,8 +193,7 @@ def _check_request(wanted: list[str], metrics: Sequence[str], resize: str, num: 
     """Refuse a bad request before any feature is computed (that takes minutes on a CPU)."""
     if not wanted or any(m not in METRICS for m in wanted):
         raise UserError(f"metrics must be some of {', '.join(METRICS)}, got {list(metrics)}")
-    if resize not in RESIZE_MODES:
-        raise UserError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    check_resize(resize)
     if "kid" in wanted and (kid_subsets < 1 or kid_subset_size < 3):
         raise UserError(f"KID needs >= 1 subsets of >= 3 images, got {kid_subsets} of {kid_subset_size}")
     if "pr" in wanted and k < 1:

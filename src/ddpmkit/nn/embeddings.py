@@ -1,4 +1,4 @@
-"""Timestep embeddings: the sinusoidal table of the note (section 4.1) and its MLP."""
+"""Timestep embeddings: the Transformer sinusoidal table that Ho et al. 2020 (appendix B) feed the UNet, and its MLP."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class SinusoidalEmbedding(nn.Module):
 
 
 class TimeEmbedding(nn.Sequential):
-    """Sinusoidal table followed by Linear, SiLU, Linear (the note's time_mlp)."""
+    """Sinusoidal table followed by Linear, SiLU, Linear (the time MLP of Ho et al. 2020's UNet)."""
 
     def __init__(self, base_dim: int, emb_dim: int, scale: float = 1.0):
         super().__init__(
@@ -53,7 +53,7 @@ class TimeEmbedding(nn.Sequential):
 
 
 def check_conditioning(x: torch.Tensor, t, y, null_class: int | None) -> torch.Tensor:
-    """The errors of the note's model when t or y is missing or unexpected; t as a [B] tensor.
+    """The errors a denoiser raises when t or y is missing or unexpected; t as a [B] tensor.
 
     ``null_class`` is the model's null label (= its number of classes), None when unconditional.
     Labels must be integers in [0, null_class], one per example; the range is checked on CPU

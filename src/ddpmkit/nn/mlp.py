@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import TimeEmbedding, check_conditioning
 from ..fields import check_fields, from_dict, require, to_dict
+from ..options import ModelKind
+from .embeddings import TimeEmbedding, check_conditioning
 
 __all__ = ["MLPConfig", "MLPDenoiser"]
 
@@ -20,7 +21,7 @@ __all__ = ["MLPConfig", "MLPDenoiser"]
 class MLPConfig:
     """Shape of an MLPDenoiser; saved in checkpoints."""
 
-    kind: ClassVar[str] = "mlp"
+    kind: ClassVar[ModelKind] = "mlp"
     section: ClassVar[str] = "model"
 
     dim: int = 2  # data dimension

@@ -1,8 +1,7 @@
-"""The DDPM UNet of the note (section 4): residual blocks with time and class bias, self-attention."""
+"""The DDPM UNet (Ho et al. 2020, appendix B): residual blocks with time and class bias, self-attention."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -12,11 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..fields import ImageSize, check_fields, check_image_size, from_dict, image_hw, require, to_dict
-from .dropout import Dropout
+from ..options import ModelKind
+from .cpu_kernels import Dropout, GroupNorm, attention
 from .embeddings import TimeEmbedding, check_conditioning
 
-__all__ = ["UNetConfig", "UNet", "ResidualBlock", "AttentionBlock", "Downsample", "Upsample", "GroupNorm",
-           "attention", "math_attention"]
+__all__ = ["UNetConfig", "UNet", "ResidualBlock", "AttentionBlock", "Downsample", "Upsample"]
 
 # ----------------------------------------------------------------------------- UNetConfig
 
@@ -25,7 +24,7 @@ __all__ = ["UNetConfig", "UNet", "ResidualBlock", "AttentionBlock", "Downsample"
 class UNetConfig:
     """Shape of a UNet; saved in checkpoints, so sampling needs only the checkpoint."""
 
-    kind: ClassVar[str] = "unet"
+    kind: ClassVar[ModelKind] = "unet"
     section: ClassVar[str] = "model"
 
     in_channels: int | None = None  # image channels, 1 grayscale or 3 RGB (None: 3; in an experiment: the data's)
@@ -150,116 +149,6 @@ class UNetConfig:
 
 
 # ----------------------------------------------------------------------------- blocks
-
-
-# PyTorch's CPU GroupNorm kernels for channels_last maps split their work by (sample, group) below
-# this many pixels and by (sample, pixel) from it up. The backward of its AVX2 build is 3-5x slower
-# than its contiguous one from there up (torch 2.x; 32x32 maps of a CIFAR UNet), while its forward
-# is fine, and below it is as fast as the replacement below; its AVX512 build is 2x faster than the
-# replacement (torch 2.13, AMD Zen 5), so there PyTorch's kernel is kept. In half precision the
-# per-pixel forward is 2-5x faster than normalising an fp32 copy (batch 16-256, AVX512-BF16), the
-# per-group one 3-5x slower.
-_CPU_CL_NORM_PIXEL_SPLIT = 1024
-
-
-@functools.cache
-def _native_cl_norm_backward_is_slow() -> bool:
-    return torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2")
-
-
-class _ChannelsLastGroupNorm(torch.autograd.Function):
-    """group_norm of a channels_last fp32 tensor: PyTorch's forward, a backward over [N, HW, C] views.
-
-    With g = dy * weight and xhat = (x - mean) * rstd, averaged over each (sample, group):
-    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), written as dx = a * dy + b * x + c with
-    a, b, c per (sample, channel), from two reductions over the pixels (sum dy, sum dy * x).
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, groups: int, eps: float):
-        n, c, h, w = x.shape
-        y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, h * w, groups, eps)
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.groups = groups
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        x, weight, mean, rstd = ctx.saved_tensors
-        n, c, h, w = x.shape
-        per = c // ctx.groups  # channels per group
-        count = h * w * per  # elements per (sample, group)
-        xv = x.permute(0, 2, 3, 1).reshape(n, h * w, c)  # free views of channels_last memory
-        dyv = dy.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n, h * w, c)
-        sum_dy = dyv.sum(1)  # [N, C]
-        sum_dy_x = (dyv * xv).sum(1)
-        mean_c = mean.repeat_interleave(per, dim=1)  # [N, G] -> [N, C]
-        rstd_c = rstd.repeat_interleave(per, dim=1)
-        sum_dy_xhat = (sum_dy_x - mean_c * sum_dy) * rstd_c  # per channel: sum of dy * xhat
-        grad_weight = sum_dy_xhat.sum(0) if ctx.needs_input_grad[1] else None
-        grad_bias = sum_dy.sum(0) if ctx.needs_input_grad[2] else None
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            g_sum = (weight * sum_dy).view(n, ctx.groups, per).sum(-1)  # sum of g per group
-            gx_sum = (weight * sum_dy_xhat).view(n, ctx.groups, per).sum(-1)  # sum of g * xhat
-            coef_x = -rstd * rstd * gx_sum / count  # [N, G]
-            const = -coef_x * mean - rstd * g_sum / count
-            coef_x = coef_x.repeat_interleave(per, dim=1).unsqueeze(1)
-            const = const.repeat_interleave(per, dim=1).unsqueeze(1)
-            grad_x = torch.addcmul(const, xv, coef_x).addcmul_(dyv, (rstd_c * weight).unsqueeze(1))
-            grad_x = grad_x.view(n, h, w, c).permute(0, 3, 1, 2)
-        return grad_x, grad_weight, grad_bias, None, None
-
-
-class GroupNorm(nn.GroupNorm):
-    """nn.GroupNorm that avoids PyTorch's slow CPU kernels for channels_last input (same maths)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Same result and memory format as nn.GroupNorm."""
-        if torch.compiler.is_compiling():  # the compiler fuses the plain op; the detours only break graphs
-            return super().forward(x)
-        if (x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous()
-                and x.is_contiguous(memory_format=torch.channels_last)):
-            pixel_split = x.shape[2] * x.shape[3] >= _CPU_CL_NORM_PIXEL_SPLIT
-            if x.dtype in (torch.bfloat16, torch.float16):
-                if pixel_split and not self._differentiable(x):  # a forward only: PyTorch's kernel wins
-                    return super().forward(x)
-                # Else PyTorch's half-precision channels_last kernel is slow (fwd + bwd 3-10x the fp32
-                # one), and so are layout copies around its contiguous kernel; normalising an fp32 copy
-                # is 1.6-2.5x faster than those copies (torch 2.13, AVX512-BF16, 8x8 to 32x32 maps)
-                weight = None if self.weight is None else self.weight.float()  # no copy unless cast to half
-                bias = None if self.bias is None else self.bias.float()
-                return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
-            if (x.dtype == torch.float32 and self.affine and torch.is_grad_enabled() and pixel_split
-                    and self.weight.dtype == torch.float32 and _native_cl_norm_backward_is_slow()):
-                return _ChannelsLastGroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps)
-        return super().forward(x)
-
-    def _differentiable(self, x: torch.Tensor) -> bool:
-        """Whether autograd will record this call (a backward may follow)."""
-        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
-
-
-# On CPU, PyTorch's fused attention kernel in bf16/fp16 is slower than two batched matrix products
-# for short sequences (its backward by about 10x); the explicit form's L x L scores are small there.
-# In fp32 the fused kernel wins (torch 2.13, AVX2: 1.25x for training at 256 tokens, 2.2x for
-# inference at batch 64), so fp32 always takes it.
-_CPU_MATH_ATTENTION_MAX_TOKENS = 256
-
-
-def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v over the last two dimensions, written out."""
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
-    return scores.softmax(dim=-1).to(v.dtype) @ v
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Multi-head attention [B, heads, L, d] by the fastest kernel for the device and length."""
-    if (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
-            and q.shape[-2] <= _CPU_MATH_ATTENTION_MAX_TOKENS):
-        return math_attention(q, k, v)
-    return F.scaled_dot_product_attention(q, k, v)
 
 
 class AttentionBlock(nn.Module):

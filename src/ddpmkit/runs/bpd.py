@@ -11,6 +11,7 @@ import math
 import torch
 
 from ..errors import UserError
+from ..images import uint8_to_float
 from ..options import Split
 from ..validate import positive_int
 from .build import build_dataset
@@ -66,7 +67,7 @@ def _bound(run, dataset, n: int, batch_size: int, seed: int, progress: bool):
     totals, priors, decoders = [], [], []
     for start in tqdm(range(0, n, batch_size), desc="bits/dim", disable=not progress, leave=False):
         rows = slice(start, min(n, start + batch_size))
-        x0 = dataset.data[rows].to(device=device, dtype=torch.float32) / 127.5 - 1.0
+        x0 = uint8_to_float(dataset.data[rows].to(device))
         y = dataset.labels[rows].to(device) if conditional else None
         terms = run.diffusion.vb_terms(run.model, x0, y, generator=gen, progress=progress)
         totals.append(terms.total.cpu())

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..editing import check_inpaint_sampler, edit_timesteps, repaint_schedule, slerp_frames
 from ..errors import UserError
-from ..images import load_npz, make_trajectory_grid, save_npz, save_png, to_uint8
+from ..images import load_npz, make_trajectory_grid, save_npz, save_png, tile_scale, to_uint8, uint8_to_float
 from ..options import Precision, SamplerName, Spacing
 from ..samplers import randn
 from ..sampling_options import SamplingOptions
@@ -71,7 +71,7 @@ def read_images(path: str | Path, run: Run) -> Tensor:
     if arr.shape[1:3] != (H, W) or arr.shape[3] != C:
         raise UserError(f"image {str(path)!r} is {arr.shape[2]}x{arr.shape[1]} with {arr.shape[3]} channel(s); "
                         f"this run makes {W}x{H} images with {C}")
-    return torch.from_numpy(np.array(arr)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return uint8_to_float(torch.from_numpy(np.array(arr)).permute(0, 3, 1, 2))
 
 
 def read_mask(path: str | Path, run: Run, count: int) -> Tensor:
@@ -278,7 +278,7 @@ def write_edited(path: str | Path, edited: Edited, levels: int | None = None) ->
     labels = None if edited.labels is None else edited.labels.numpy().astype(np.int64)
     if path.suffix.lower() == ".npz":
         return save_npz(path, to_uint8(edited.x, levels), labels)
-    scale = max(1, 64 // edited.x.shape[-1])
+    scale = tile_scale(edited.x.shape[-1])
     save_png(path, make_trajectory_grid([to_uint8(r, levels) for r in edited.rows], scale=scale))
     return path
 

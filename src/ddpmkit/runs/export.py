@@ -105,8 +105,8 @@ def diffusers_refusal(cfg) -> str | None:
     if m.kind != "unet":
         return "this run's network is an MLP over 2-D points; diffusers' UNet2DModel models images"
     if m.num_classes is not None:
-        return ("the class label enters every residual block as that block's own learned bias (the note's "
-                "class bias); UNet2DModel adds one class embedding to the time embedding before the blocks' "
+        return ("the class label enters every residual block as that block's own learned class bias; "
+                "UNet2DModel adds one class embedding to the time embedding before the blocks' "
                 "SiLU, which cannot express it (an unconditional run, data.conditional: false, exports)")
     if m.initial_pad:
         return f"model.initial_pad is {m.initial_pad}: UNet2DModel has no pad-and-crop around the network"

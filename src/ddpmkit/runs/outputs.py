@@ -17,6 +17,7 @@ from ..images import (
     save_png,
     save_points_npz,
     save_points_png,
+    tile_scale,
     to_uint8,
 )
 
@@ -50,11 +51,6 @@ def check_output(path: str | Path, force: bool, suffixes: tuple[str, ...] = (), 
     return path
 
 
-def _scale(width: int) -> int:
-    """Tiny images are drawn larger: at least 64 pixels a tile."""
-    return max(1, 64 // width)
-
-
 def write_samples(path: str | Path, samples: Samples, levels: int | None = None) -> Path:
     """Samples as a ``.npz`` (images uint8 NHWC or points float32, and labels) or a ``.png`` grid / scatter plot."""
     path = Path(path)
@@ -77,5 +73,5 @@ def write_trajectory(path: str | Path, samples: Samples) -> Path:
         raise UserError("these samples were drawn without trajectory=True")
     strips = [to_uint8(torch.stack([r[part][k].clamp(-1, 1) for r in rows]))
               for k in range(min(rows[0][1].shape[0], 4)) for part in (1, 2)]
-    grid = make_trajectory_grid(strips, padding=1, scale=_scale(samples.x.shape[-1]))
+    grid = make_trajectory_grid(strips, padding=1, scale=tile_scale(samples.x.shape[-1]))
     return save_png(path, grid)

@@ -18,13 +18,14 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from ..errors import UserError
+from ..options import Device
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,8 @@ def cleanup_distributed() -> None:
 def exit_process(code: int) -> NoReturn:
     """End the program with ``code``; a torchrun worker (WORLD_SIZE > 1) skips interpreter shutdown.
 
-    After every collective has finished and the process group is destroyed, Gloo's C++ threads
-    can still abort a worker while the interpreter finalises ("terminate called without an active
-    exception", exit -6; measured in 1 of 8 to 30 two-process runs on a busy 2-core CPU, torch
-    2.13, always after the atexit handlers). A worker that got here has written everything, so it
-    flushes its output and leaves with os._exit; a single process exits normally.
+    Gloo's C++ threads can abort a worker while the interpreter finalises (docs/reliability.md); a
+    worker that got here has written everything, so it flushes its output and leaves with os._exit.
     """
     try:
         worker = dist_info_from_env().enabled
@@ -194,7 +192,7 @@ def wrap_ddp(
     )
 
 
-def device_for(info: DistInfo, prefer: Literal["auto", "cpu", "cuda"] = "auto") -> torch.device:
+def device_for(info: DistInfo, prefer: Device = "auto") -> torch.device:
     """The device this rank computes on: cuda:LOCAL_RANK when CUDA is used, else cpu."""
     if prefer not in ("auto", "cpu", "cuda"):
         raise UserError(f"device must be 'auto', 'cpu' or 'cuda', got {prefer!r}")
