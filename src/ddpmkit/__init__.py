@@ -33,31 +33,19 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name is imported o
     from .timestep_grids import sampling_timesteps
     from .timestep_sampling import LossAwareTimesteps, UniformTimesteps, make_timestep_sampler
 
-# Each public name -> the module, relative to this package, that defines it.
-_HOMES = {
-    "GaussianDiffusion": "diffusion",
-    "UNet": "nn",
-    "UNetConfig": "nn",
-    "MLPDenoiser": "nn",
-    "MLPConfig": "nn",
-    "EMA": "ema",
-    "unwrap_model": "ema",
-    "num_parameters": "nn",
-    "SAMPLERS": "samplers",
-    "Denoised": "samplers",
-    "sampling_timesteps": "timestep_grids",
-    "GaussianMixtureOracle": "oracles",
-    "linear_beta_schedule": "schedules",
-    "cosine_beta_schedule": "schedules",
-    "make_beta_schedule": "schedules",
-    "UniformTimesteps": "timestep_sampling",
-    "LossAwareTimesteps": "timestep_sampling",
-    "make_timestep_sampler": "timestep_sampling",
-    "UserError": "errors",
-    "Run": "runs",
-    "Samples": "runs",
-    "ExperimentConfig": "config",
-    "load_config": "config",
+# Each module (relative to this package) -> the public names it defines.
+_MODULES = {
+    "diffusion": ("GaussianDiffusion",),
+    "nn": ("UNet", "UNetConfig", "MLPDenoiser", "MLPConfig", "num_parameters"),
+    "ema": ("EMA", "unwrap_model"),
+    "samplers": ("SAMPLERS", "Denoised"),
+    "timestep_grids": ("sampling_timesteps",),
+    "oracles": ("GaussianMixtureOracle",),
+    "schedules": ("linear_beta_schedule", "cosine_beta_schedule", "make_beta_schedule"),
+    "timestep_sampling": ("UniformTimesteps", "LossAwareTimesteps", "make_timestep_sampler"),
+    "errors": ("UserError",),
+    "runs": ("Run", "Samples"),
+    "config": ("ExperimentConfig", "load_config"),
 }
 
 __all__ = [
@@ -86,4 +74,4 @@ __all__ = [
     "load_config",
 ]
 
-__getattr__, __dir__ = lazy_names(__name__, _HOMES)
+__getattr__, __dir__ = lazy_names(__name__, _MODULES)

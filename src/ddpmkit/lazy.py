@@ -7,10 +7,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+Names = tuple[str, ...]
 
-def lazy_names(package: str, homes: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """The ``__getattr__`` and ``__dir__`` of ``package``: ``homes`` maps each public name to the module that
-    defines it (relative to the package); any other name is a sub-module, imported on first use."""
+
+def lazy_names(package: str, modules: dict[str, Names]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """The ``__getattr__`` and ``__dir__`` of ``package``: ``modules`` maps each of its modules (relative to the
+    package) to the public names it defines; any other name is a sub-module, imported on first use."""
+    homes = {name: module for module, names in modules.items() for name in names}
 
     def __getattr__(name: str) -> Any:
         if name in homes:

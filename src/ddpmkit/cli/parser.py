@@ -74,10 +74,12 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {shown})".replace("%", "%%")  # argparse %-formats help strings
 
 
-def _command(sub, name: str, help: str, examples: str) -> argparse.ArgumentParser:
-    """A sub-command whose help shows defaults and ends with examples."""
-    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
-                          epilog="examples:\n" + examples, formatter_class=_HelpFormatter)
+def _command(sub, name: str, help: str, examples: str, *shared: str) -> argparse.ArgumentParser:
+    """A sub-command whose help shows defaults and ends with examples; its first arguments: the ``shared`` flags."""
+    p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                       epilog="examples:\n" + examples, formatter_class=_HelpFormatter)
+    _add(p, *shared)
+    return p
 
 
 def _add_train(sub) -> None:
@@ -85,8 +87,7 @@ def _add_train(sub) -> None:
                  "  ddpmkit train --preset digits --out runs/digits\n"
                  "  ddpmkit train --preset folder --data photos/ --image-size 64 "
                  "--set 'train.loggers=[jsonl, tensorboard]'\n"
-                 "  ddpmkit train --out runs/digits --resume --steps 8000")
-    _add(p, "preset", "config")
+                 "  ddpmkit train --out runs/digits --resume --steps 8000", "preset", "config")
     p.add_argument("--out", help="run directory (default runs/<config name>)")
     p.add_argument("--steps", type=int, help="total optimizer steps")
     p.add_argument("--batch-size", type=int, help="global batch size")
@@ -110,19 +111,17 @@ def _add_train(sub) -> None:
 
 
 def _add_config(sub) -> None:
-    p = _command(sub, "config", "print the resolved config (YAML) of a preset, a config file and --set",
-                 "  ddpmkit config --preset digits\n"
-                 "  ddpmkit config --preset digits --set train.steps=500 > short.yaml "
-                 "&& ddpmkit train --config short.yaml")
-    _add(p, "preset", "config", "set")
+    _command(sub, "config", "print the resolved config (YAML) of a preset, a config file and --set",
+             "  ddpmkit config --preset digits\n"
+             "  ddpmkit config --preset digits --set train.steps=500 > short.yaml "
+             "&& ddpmkit train --config short.yaml", "preset", "config", "set")
 
 
 def _add_sample(sub) -> None:
     p = _command(sub, "sample", "draw samples from a trained model",
                  "  ddpmkit sample runs/digits --num 100 --labels all --out samples.npz --out grid.png\n"
                  "  ddpmkit sample runs/digits --num 64 --sampler ddim --steps 25 --guidance 2 --labels 3 "
-                 "--out threes.png")
-    _add(p, "run")
+                 "--out threes.png", "run")
     p.add_argument("--num", type=int, default=64, help="number of samples")
     _add(p, "sampler")
     p.add_argument("--steps", type=int,
@@ -242,8 +241,7 @@ def _add_edit(sub) -> None:
 def _add_interpolate(sub) -> None:
     p = _command(sub, "interpolate", "a strip of images along slerp between two noises, decoded with DDIM",
                  "  ddpmkit interpolate runs/digits --seeds 0,1 --frames 8 --labels 3 --out strip.png\n"
-                 "  ddpmkit interpolate runs/digits --images a.png,b.png --out strip.png")
-    _add(p, "run")
+                 "  ddpmkit interpolate runs/digits --images a.png,b.png --out strip.png", "run")
     ends = p.add_mutually_exclusive_group(required=True)
     ends.add_argument("--seeds", help="A,B: the noises of two sample seeds")
     ends.add_argument("--images", help="I1,I2: two images (PNG or one-image .npz), DDIM-inverted to their noises")
@@ -269,8 +267,7 @@ def _add_report(sub) -> None:
 def _add_export(sub) -> None:
     p = _command(sub, "export", "export a run's EMA weights (safetensors, or a diffusers folder)",
                  "  ddpmkit export runs/digits --format safetensors\n"
-                 "  ddpmkit export runs/uncond --format diffusers --out uncond_diffusers")
-    _add(p, "run")
+                 "  ddpmkit export runs/uncond --format diffusers --out uncond_diffusers", "run")
     p.add_argument("--format", choices=choices(ExportFormat), required=True,
                    help="safetensors: model.safetensors + config.json; diffusers: a DDPMPipeline folder "
                         "(networks that map exactly; others are refused with the reason)")
@@ -279,8 +276,7 @@ def _add_export(sub) -> None:
 
 
 def _add_info(sub) -> None:
-    p = _command(sub, "info", "describe a run or checkpoint", "  ddpmkit info runs/digits")
-    _add(p, "run")
+    _command(sub, "info", "describe a run or checkpoint", "  ddpmkit info runs/digits", "run")
 
 
 def build_parser() -> argparse.ArgumentParser:

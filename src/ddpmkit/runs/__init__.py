@@ -20,24 +20,15 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name is imported o
     from .run import Run, Samples, class_names_of, parse_labels
     from .training import prepare, resumed_config, start_training, train
 
-# Each public name -> the module of this package that defines it.
-_HOMES = {
-    "Run": "run",
-    "Samples": "run",
-    "train": "training",
-    "start_training": "training",
-    "prepare": "training",
-    "resumed_config": "training",
-    "evaluate_bpd": "bpd",
-    "eval_dataset": "bpd",
-    "parse_labels": "run",
-    "class_names_of": "run",
-    "check_output": "outputs",
-    "write_samples": "outputs",
-    "write_trajectory": "outputs",
+# Each module of this package -> the public names it defines.
+_MODULES = {
+    "run": ("Run", "Samples", "parse_labels", "class_names_of"),
+    "training": ("train", "start_training", "prepare", "resumed_config"),
+    "bpd": ("evaluate_bpd", "eval_dataset"),
+    "outputs": ("check_output", "write_samples", "write_trajectory"),
 }
 
 __all__ = ["Run", "Samples", "train", "start_training", "prepare", "resumed_config", "evaluate_bpd",
            "eval_dataset", "parse_labels", "class_names_of", "check_output", "write_samples", "write_trajectory"]
 
-__getattr__, __dir__ = lazy_names(__name__, _HOMES)
+__getattr__, __dir__ = lazy_names(__name__, _MODULES)
