@@ -316,7 +316,7 @@ def test_mnist_preset_trains_28x28_digits_padded_to_32_from_idx_files(tmp_path):
         (tmp_path / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx(np.arange(n, dtype=np.uint8) % 10, 0x801))
     cfg = load_config("mnist", overrides={"data": {"root": str(tmp_path)},
                                           "train": {"steps": 2, "batch_size": 8, "sample_every": 0}})
-    assert cfg.model.initial_pad == 2 and cfg.model.image_size == 28  # the note's 28 -> 32
+    assert cfg.model.initial_pad == 2 and cfg.model.image_size == 28  # 28 -> 32 inside the network
     assert cfg.model.level_resolutions() == [32, 16, 8]
     train(cfg, tmp_path / "run", progress=False, log=None)
     run = Run.load(tmp_path / "run")
