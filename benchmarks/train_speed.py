@@ -242,7 +242,7 @@ def ours_trainer(mode: Mode, bench: Bench, workdir: Path):
     """A real ddpmkit Trainer, built on a folder of random 32x32 RGB images."""
     from PIL import Image
 
-    from ddpmkit.train.trainer import Trainer
+    from ddpmkit.runs import start_training
 
     data = workdir / "images"
     if not data.is_dir():
@@ -259,7 +259,7 @@ def ours_trainer(mode: Mode, bench: Bench, workdir: Path):
     })
     run = workdir / (f"run-{bench.arch}-{bench.device.type}-{mode.precision}-{int(mode.channels_last)}"
                      f"-{int(mode.compile)}-{mode.compile_mode}")
-    return Trainer(cfg, run, progress=False)
+    return start_training(cfg, run, progress=False)
 
 
 def make_ours(mode: Mode, bench: Bench, workdir: Path) -> Contender:

@@ -7,8 +7,19 @@ import yaml
 
 from ddpmkit import UserError, options
 from ddpmkit.cli import build_parser
-from ddpmkit.config import (CIFAR10Data, DigitsData, FolderData, SampleConfig, Toy2DData, TrainConfig,
-                                  experiment_from_dict, load_config)
+from ddpmkit.config import (
+    CIFAR10Data,
+    DigitsData,
+    FolderData,
+    SampleConfig,
+    Toy2DData,
+    TrainConfig,
+    config_from_checkpoint,
+    experiment_from_dict,
+    load_config,
+    model_shape,
+    upgrade_config,
+)
 
 LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "legacy"
 
@@ -105,6 +116,26 @@ def test_the_layout_before_typed_sections_still_loads():
     assert compiled.train.compile_mode == "default"
     toy = {"data": {"name": "toy2d", "toy2d": "moons", "num_samples": 20000, "root": None}, "model": {"kind": "mlp"}}
     assert experiment_from_dict(toy).data == Toy2DData(distribution="moons")
+
+
+def test_upgrades_are_keyed_by_the_checkpoint_format_version():
+    """Format 1 may hold the layout of ddpmkit 0.1 and is upgraded; format 2 is today's, read as written."""
+    old = yaml.safe_load((LEGACY / "digits_unet_config.yaml").read_text())
+    assert upgrade_config(old, 1)["data"]["kind"] == "digits" and "compile" not in upgrade_config(old, 1)["train"]
+    assert upgrade_config(old, None) == upgrade_config(old, 1)  # a YAML file carries no version
+    assert upgrade_config(old, 2) is old
+    assert config_from_checkpoint(old, 1) == experiment_from_dict(old)
+    with pytest.raises(UserError, match="data"):
+        config_from_checkpoint(old, 2)
+
+
+def test_the_model_shape_from_the_config_alone_and_from_the_data_read():
+    digits = load_config("digits")
+    assert model_shape(digits.data) == {"in_channels": 1, "image_size": 8, "num_classes": 10}
+    data = type("Data", (), {"shape": (1, 8, 16), "labels": [0], "num_classes": 10})()
+    assert model_shape(digits.data, data, learned_variance=True) == {
+        "in_channels": 1, "image_size": (8, 16), "num_classes": 10, "out_channels": 2}
+    assert model_shape(load_config("toy2d-moons").data) == {"dim": 2}
 
 
 def test_a_config_round_trips_through_yaml():

@@ -16,6 +16,7 @@ from torch import nn
 from ddpmkit.config import TrainConfig, load_config
 from ddpmkit.nn import UNet, UNetConfig, cpu_kernels
 from ddpmkit.nn.cpu_kernels import GroupNorm
+from ddpmkit.runs import start_training
 from ddpmkit.train.runtime import autocast_context, autocast_dtype, cpu_has_bf16_matmul, use_bf16
 from ddpmkit.train.trainer import Trainer, make_optimizer
 
@@ -37,7 +38,7 @@ def tiny_trainer(tmp_path, name: str, **train) -> Trainer:
 
     over = copy.deepcopy(TINY_DIGITS)
     over["train"].update({"device": "cpu", **train})  # a test may ask for cuda
-    return Trainer(load_config("digits", overrides=over), tmp_path / name, progress=False)
+    return start_training(load_config("digits", overrides=over), tmp_path / name, progress=False)
 
 
 def assert_same_training(a: Trainer, b: Trainer, steps: int = 2) -> None:
@@ -460,7 +461,7 @@ def test_sampling_runs_under_inference_mode(tmp_path):
     model = tr.ema.model
     g = torch.Generator().manual_seed(0)
     y = torch.arange(4) % 10
-    x = tr.diffusion.sample(model, (4, 1, 8, 8), sampler="ddim", steps=3, y=y, generator=g)
+    x = tr.objective.diffusion.sample(model, (4, 1, 8, 8), sampler="ddim", steps=3, y=y, generator=g)
     assert torch.is_inference(x)  # no autograd graph, no version counters
     assert all(p.grad is None for p in model.parameters())
     assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()

@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from ddpmkit.cli import main
-from ddpmkit.train.checkpoint import list_checkpoints, load_checkpoint
+from ddpmkit.runs.rundir import list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.system
 

@@ -16,16 +16,14 @@ from torch import nn
 
 from ddpmkit.ema import EMA
 from ddpmkit.errors import UserError
-from ddpmkit.train.checkpoint import (
-    capture_rng_state,
+from ddpmkit.runs.rundir import (
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
     resolve_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
 )
+from ddpmkit.train.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from ddpmkit.train.metrics import MetricsLogger, read_metrics, truncate_metrics
 
 
@@ -90,7 +88,7 @@ def test_round_trip(tmp_path: Path) -> None:
     np.random.rand(4)
 
     ckpt = load_checkpoint(path)
-    assert ckpt["format"] == "ddpmkit-checkpoint" and ckpt["version"] == 1 and ckpt["step"] == 2
+    assert ckpt["format"] == "ddpmkit-checkpoint" and ckpt["version"] == 2 and ckpt["step"] == 2
     assert ckpt["config"] == {"lr": 1e-3, "data": "/data/x", "sizes": (1, 2)}
     assert ckpt["extra"] == {"note": "hi", "best": 0.5}
     assert_tree_equal(ckpt["model"], model.state_dict())

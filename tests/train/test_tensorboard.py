@@ -12,9 +12,8 @@ import torch
 from PIL import Image
 
 from ddpmkit import UserError
-from ddpmkit.runs import start_training
 from ddpmkit.config import load_config
-from ddpmkit.train.trainer import Trainer
+from ddpmkit.runs import start_training
 
 SCALARS = ["loss", "loss_q0", "loss_q1", "loss_q2", "loss_q3", "lr", "grad_norm", "images_per_s"]
 
@@ -43,7 +42,7 @@ def metrics(run_dir):
 def test_event_files_hold_the_jsonl_values_and_the_grid(tmp_path, one_thread):
     pytest.importorskip("tensorboard")
     run = tmp_path / "r"
-    Trainer(tiny_cfg(4), run, progress=False).train()
+    start_training(tiny_cfg(4), run, progress=False).train()
     records = metrics(run)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     acc = read_events(run)
@@ -68,11 +67,11 @@ def test_resume_logs_each_step_once(tmp_path, one_thread):
     each step once, with the values of the resumed run (those metrics.jsonl keeps)."""
     pytest.importorskip("tensorboard")
     run = tmp_path / "r"
-    Trainer(tiny_cfg(4, checkpoint_every=2, keep_checkpoints=0), run, progress=False).train()
+    start_training(tiny_cfg(4, checkpoint_every=2, keep_checkpoints=0), run, progress=False).train()
     (run / "checkpoints" / "step_00000004.pt").unlink()  # as if killed after logging step 4
     before = {r["step"]: r["loss"] for r in metrics(run)}
     resumed = start_training(None, run, resume=True, overrides={"train": {"steps": 5}}, progress=False)
-    from ddpmkit.runs.training import tidy_run_dir
+    from ddpmkit.runs.rundir import tidy_run_dir
 
     tidy_run_dir(run, resumed.start_step, force=False)
     resumed.train()
@@ -93,6 +92,9 @@ class _Recording:
     def draw(self, *args):
         return self.objective.draw(*args)
 
+    def __getattr__(self, name):  # bins, observe, state: the objective's own
+        return getattr(self.objective, name)
+
     def __call__(self, model, x0, y, t, *rest):
         loss, losses = self.objective(model, x0, y, t, *rest)
         self.t.append(t.clone())
@@ -104,7 +106,7 @@ def test_quarter_losses_and_grad_norm_match_a_direct_computation(tmp_path, one_t
     """One step: loss_q<k> is the mean per-example loss of the examples whose t lies in the k-th quarter of
     0..T-1; grad_norm is the norm of the step's gradient (left in p.grad), the one before clipping."""
     cfg = tiny_cfg(1, loggers=("jsonl",), grad_clip=None, microbatch=12)  # chunks: 12, 12, 8
-    tr = Trainer(cfg, tmp_path / "a", progress=False)
+    tr = start_training(cfg, tmp_path / "a", progress=False)
     tr.objective = seen = _Recording(tr.objective)
     tr.train()
     (record,) = metrics(tmp_path / "a")
@@ -121,7 +123,8 @@ def test_quarter_losses_and_grad_norm_match_a_direct_computation(tmp_path, one_t
     norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in tr.model.parameters() if p.grad is not None]))
     assert record["grad_norm"] == pytest.approx(norm.item(), rel=1e-5)
     # clipped to 1e-6, the same step logs the same norm: the one before clipping
-    Trainer(tiny_cfg(1, loggers=("jsonl",), grad_clip=1e-6, microbatch=12), tmp_path / "b", progress=False).train()
+    clipped_cfg = tiny_cfg(1, loggers=("jsonl",), grad_clip=1e-6, microbatch=12)
+    start_training(clipped_cfg, tmp_path / "b", progress=False).train()
     (clipped,) = metrics(tmp_path / "b")
     assert clipped["grad_norm"] == pytest.approx(record["grad_norm"], rel=1e-5)
 
@@ -138,7 +141,7 @@ def test_tensorboard_missing_is_one_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     with pytest.raises(UserError, match=r"pip install tensorboard"):
-        Trainer(tiny_cfg(1), tmp_path / "r", progress=False)
+        start_training(tiny_cfg(1), tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()  # refused before anything is written
 
 
@@ -151,7 +154,7 @@ def test_loggers_key_is_checked():
 
 def test_tensorboard_only_writes_no_jsonl(tmp_path, one_thread):
     pytest.importorskip("tensorboard")
-    Trainer(tiny_cfg(2, loggers=("tensorboard",)), tmp_path / "r", progress=False).train()
+    start_training(tiny_cfg(2, loggers=("tensorboard",)), tmp_path / "r", progress=False).train()
     assert not (tmp_path / "r" / "metrics.jsonl").exists()
     assert [e.step for e in read_events(tmp_path / "r").Scalars("loss")] == [1, 2]
 
@@ -173,7 +176,7 @@ def test_points_grid_reaches_tensorboard(tmp_path, one_thread):
     over = {"train": {"steps": 2, "batch_size": 16, "log_every": 1, "sample_every": 2, "num_grid_samples": 8,
                       "loggers": ["jsonl", "tensorboard"]},
             "model": {"hidden": 16}, "diffusion": {"timesteps": 20}, "sample": {"grid_steps": 3}}
-    Trainer(load_config("toy2d-moons", overrides=over), tmp_path / "r", progress=False).train()
+    start_training(load_config("toy2d-moons", overrides=over), tmp_path / "r", progress=False).train()
     (image,) = read_events(tmp_path / "r").Images("samples")
     got = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("RGB"))
     np.testing.assert_array_equal(got, np.asarray(Image.open(tmp_path / "r" / "samples" / "step_00000002.png")))

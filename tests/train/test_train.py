@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from ddpmkit import UserError
-from ddpmkit.runs import start_training
 from ddpmkit.config import TrainConfig, experiment_from_dict, load_config
-from ddpmkit.train.trainer import Trainer, lr_at
+from ddpmkit.runs import start_training
+from ddpmkit.train.trainer import lr_at
 
 
 def tiny_cfg(steps: int, **train):
@@ -34,9 +34,9 @@ def state(trainer):
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     # a constant learning rate: a cosine schedule depends on the total number of steps
-    straight = Trainer(tiny_cfg(6, lr_schedule="constant"), tmp_path / "a", progress=False)
+    straight = start_training(tiny_cfg(6, lr_schedule="constant"), tmp_path / "a", progress=False)
     straight.train()
-    first = Trainer(tiny_cfg(3, lr_schedule="constant"), tmp_path / "b", progress=False)
+    first = start_training(tiny_cfg(3, lr_schedule="constant"), tmp_path / "b", progress=False)
     first.train()
     resumed = resume(tmp_path / "b", 6)
     assert resumed.start_step == 3
@@ -53,9 +53,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 
 def test_fp16_resume_keeps_the_loss_scale(tmp_path):
     """The GradScaler's state (scale, steps since the last overflow) travels in the checkpoint."""
-    straight = Trainer(tiny_cfg(4, lr_schedule="constant", precision="fp16"), tmp_path / "a", progress=False)
+    straight = start_training(tiny_cfg(4, lr_schedule="constant", precision="fp16"), tmp_path / "a", progress=False)
     straight.train()
-    Trainer(tiny_cfg(2, lr_schedule="constant", precision="fp16"), tmp_path / "b", progress=False).train()
+    start_training(tiny_cfg(2, lr_schedule="constant", precision="fp16"), tmp_path / "b", progress=False).train()
     resumed = resume(tmp_path / "b", 4)
     assert resumed.scaler.state_dict()["_growth_tracker"] == 2
     resumed.train()
@@ -71,9 +71,10 @@ def test_resume_on_another_kind_of_device_reseeds_the_noise_stream(tmp_path, cap
     """A run saved on a GPU holds a 16-byte CUDA generator state, which a CPU generator cannot take."""
     import shutil
 
-    from ddpmkit.train.checkpoint import load_checkpoint, save_checkpoint
+    from ddpmkit.runs.rundir import load_checkpoint
+    from ddpmkit.train.checkpoint import save_checkpoint
 
-    Trainer(tiny_cfg(2, device="cpu"), tmp_path / "r", progress=False).train()
+    start_training(tiny_cfg(2, device="cpu"), tmp_path / "r", progress=False).train()
     path = tmp_path / "r" / "checkpoints" / "step_00000002.pt"
     ckpt = load_checkpoint(path)
     ckpt["extra"]["generator"] = torch.zeros(16, dtype=torch.uint8)  # as a CUDA Philox state
@@ -97,7 +98,7 @@ def test_resume_without_checkpoints_is_a_user_error(tmp_path):
 def test_training_reduces_the_loss(tmp_path):
     cfg = tiny_cfg(60, lr=2e-3, log_every=20)
     cfg.diffusion.timesteps = 50
-    trainer = Trainer(cfg, tmp_path / "r", progress=False)
+    trainer = start_training(cfg, tmp_path / "r", progress=False)
     trainer.train()
     from ddpmkit.train.metrics import read_metrics
 
@@ -171,7 +172,7 @@ def test_bf16_step_agrees_with_fp32(tmp_path):
     """One training step's loss under bf16 autocast is within bf16 precision of fp32."""
     from ddpmkit.train.runtime import autocast_context
 
-    trainer = Trainer(tiny_cfg(1, device="cpu"), tmp_path / "r", progress=False)  # CPU autocast, CPU batch
+    trainer = start_training(tiny_cfg(1, device="cpu"), tmp_path / "r", progress=False)  # CPU autocast, CPU batch
     torch.manual_seed(0)
     x0 = torch.rand(8, 1, 8, 8) * 2 - 1
     y = torch.arange(8) % 10
@@ -190,7 +191,7 @@ def _grads_of_one_step(tmp_path, name, x0, y, **train):
     """The gradient one train_step hands to the optimizer (the step itself is skipped)."""
     cfg = tiny_cfg(1, precision="fp32", device="cpu", **train)  # the batch below lives on the CPU
     cfg.model.dropout = 0.0  # a chunked step draws its dropout masks in another order
-    trainer = Trainer(cfg, tmp_path / name, progress=False)
+    trainer = start_training(cfg, tmp_path / name, progress=False)
     seen = {}
 
     def capture():
@@ -226,14 +227,14 @@ def test_microbatched_training_follows_the_same_path(tmp_path):
         cfg = tiny_cfg(3, precision="fp32", lr_schedule="constant", microbatch=microbatch, device="cpu")
         cfg.model.dropout = 0.0
         cfg.diffusion.timestep_sampler = "loss_aware"
-        trainer = Trainer(cfg, tmp_path / name, progress=False)
+        trainer = start_training(cfg, tmp_path / name, progress=False)
         trainer.train()
         runs[name] = trainer
     a, b = state(runs["whole"]), state(runs["chunks"])
     for part in ("model", "ema"):
         for k in a[part]:
             torch.testing.assert_close(b[part][k], a[part][k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{part}.{k}: {m}")
-    sa, sb = runs["whole"].timesteps.state_dict(), runs["chunks"].timesteps.state_dict()
+    sa, sb = runs["whole"].objective.timesteps.state_dict(), runs["chunks"].objective.timesteps.state_dict()
     assert sa.keys() == sb.keys()
     for k in sa:
         torch.testing.assert_close(torch.as_tensor(sb[k]), torch.as_tensor(sa[k]), rtol=1e-5, atol=1e-7)

@@ -1,4 +1,40 @@
-"""The experiment config: typed sections, presets, ``--set`` assignments and upgrades of older layouts."""
+"""The experiment config: typed sections, the model's shape from its data, presets, ``--set`` assignments and
+upgrades of older layouts."""
 
-from .experiment import *  # noqa: F403
-from .experiment import __all__  # noqa: F401
+from ..fields import from_dict
+from .experiment import config_from_checkpoint, experiment_from_dict
+from .presets import (
+                      config_yaml,
+                      deep_merge,
+                      load_config,
+                      parse_assignments,
+                      preset_names,
+                      preset_path,
+                      read_yaml,
+                      save_config,
+)
+from .sections import (
+                      CUDA_GRAPH_MODES,
+                      RESUMABLE_TRAIN_KEYS,
+                      CIFAR10Data,
+                      DataConfig,
+                      DiffusionConfig,
+                      DigitsData,
+                      ExperimentConfig,
+                      FolderData,
+                      MNISTData,
+                      ModelConfig,
+                      SampleConfig,
+                      Toy2DData,
+                      TrainConfig,
+)
+from .shape import as_written, model_shape, without_shape
+from .upgrades import upgrade_config
+
+__all__ = [
+    "DigitsData", "MNISTData", "CIFAR10Data", "FolderData", "Toy2DData", "DataConfig", "ModelConfig",
+    "DiffusionConfig", "TrainConfig", "SampleConfig", "ExperimentConfig", "CUDA_GRAPH_MODES",
+    "RESUMABLE_TRAIN_KEYS", "from_dict", "load_config", "preset_names", "preset_path", "save_config",
+    "config_from_checkpoint", "config_yaml", "parse_assignments", "experiment_from_dict", "as_written", "deep_merge",
+    "read_yaml", "model_shape", "without_shape", "upgrade_config",
+]

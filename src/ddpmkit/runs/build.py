@@ -7,11 +7,11 @@ import dataclasses
 import torch
 from torch import nn
 
+from ..config import DataConfig, DiffusionConfig, ExperimentConfig, ModelConfig, model_shape
 from ..diffusion import GaussianDiffusion
 from ..errors import UserError
 from ..fields import require
 from ..schedules import cosine_beta_schedule, linear_beta_schedule
-from ..config import DataConfig, DiffusionConfig, ExperimentConfig, ModelConfig
 
 __all__ = ["build_dataset", "resolve_model_config", "build_model", "check_state_dict", "build_diffusion"]
 
@@ -28,16 +28,7 @@ def build_dataset(cfg: DataConfig, split: str = "train", seed: int = 0):
 
 def resolve_model_config(cfg: ExperimentConfig, dataset) -> ExperimentConfig:
     """The config with the network's shape filled from the data (a value given must agree)."""
-    conditional = dataset.labels is not None and cfg.data.conditional
-    num_classes = dataset.num_classes if conditional else None
-    learned = cfg.diffusion.variance == "learned_range"
-    if cfg.model.kind == "unet":
-        c, h, w = dataset.shape
-        size = h if h == w else (h, w)  # a square size is written S, as before non-square images
-        derived = {"in_channels": c, "image_size": size, "num_classes": num_classes, "out_channels": 2 * c if learned else c}
-    else:
-        (d,) = dataset.shape
-        derived = {"dim": d, "num_classes": num_classes, "out_dim": 2 * d if learned else d}
+    derived = model_shape(cfg.data, dataset, learned_variance=cfg.diffusion.variance == "learned_range")
     for key, value in derived.items():
         given = getattr(cfg.model, key)
         require(given is None or given == value, f"model.{key}", f"{value!r}, as the data gives", given)

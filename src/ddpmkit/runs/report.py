@@ -24,6 +24,7 @@ from ..errors import UserError
 from ..files import write_text
 from .charts import line_chart, smooth
 from .outputs import check_output
+from .rundir import RunDir
 
 __all__ = ["write_report", "build_report", "record_eval", "MAX_GRIDS", "TRAJECTORY_CALLS"]
 
@@ -44,21 +45,21 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, trajecto
                  device: str = "auto", force: bool = False) -> Path:
     """Write the report of ``run_dir`` to ``out`` (default RUN/report.html); everything is checked first."""
     run_dir = _check_run_dir(Path(run_dir))
-    out = check_output(Path(out) if out else run_dir / "report.html", force, (".html", ".htm"), asks="an .html")
+    out = check_output(Path(out) if out else RunDir(run_dir).report, force, (".html", ".htm"), asks="an .html")
     return write_text(out, build_report(run_dir, trajectory=trajectory, device=device))
 
 
 def _check_run_dir(path: Path) -> Path:
     if not path.is_dir():
         raise UserError(f"{str(path)!r} is not a run directory" + ("" if path.exists() else " (it does not exist)"))
-    if not (path / "config.yaml").is_file():
+    if not RunDir(path).config.is_file():
         raise UserError(f"{str(path)!r} is not a run directory: it has no config.yaml")
     return path
 
 
 def build_report(run_dir: Path, *, trajectory: bool = True, device: str = "auto") -> str:
     """The report's HTML."""
-    config_text = _read_text(run_dir / "config.yaml")
+    config_text = _read_text(RunDir(run_dir).config)
     try:
         config = yaml.safe_load(config_text) or {}
     except yaml.YAMLError:
@@ -100,7 +101,7 @@ def _read_text(path: Path) -> str:
 def _records(run_dir: Path) -> list[dict]:
     from ..train.metrics import read_metrics
 
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     return read_metrics(path) if path.exists() else []
 
 
@@ -147,7 +148,7 @@ def _curves(records: list[dict]) -> str:
 
 
 def _grids(run_dir: Path) -> str:
-    files = sorted((run_dir / "samples").glob("step_*.png"))
+    files = RunDir(run_dir).grids()
     if not files:
         return '<p class="note">no sample grids in samples/ (train.sample_every: 0?)</p>'
     if len(files) > MAX_GRIDS:
@@ -164,7 +165,7 @@ def _trajectory(run_dir: Path, device: str) -> str:
     from . import Run, write_trajectory
     from .run import default_steps
 
-    if not (run_dir / "checkpoints").is_dir() or not any((run_dir / "checkpoints").glob("*.pt")):
+    if not any(RunDir(run_dir).checkpoints.glob("*.pt")):
         return '<p class="note">no checkpoint to draw from</p>'
     run = Run.load(run_dir, device=device)
     if not run.is_image:
@@ -185,7 +186,7 @@ def record_eval(run_dir: str | Path, result: dict, metrics: list[str], against: 
     repeat of the same measurement replaces its file), where the report finds it."""
     tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(against).stem) or "ref"
     name = f"{'_'.join(metrics)}-{tag}-n{result.get('num')}-step{result.get('step')}.json"
-    path = Path(run_dir) / "eval" / name
+    path = RunDir(run_dir).eval / name
     try:
         path.parent.mkdir(exist_ok=True)
     except OSError as e:
@@ -195,7 +196,7 @@ def record_eval(run_dir: str | Path, result: dict, metrics: list[str], against: 
 
 
 def _evaluation(run_dir: Path) -> str:
-    files = sorted((run_dir / "eval").glob("*.json"))
+    files = sorted(RunDir(run_dir).eval.glob("*.json"))
     if not files:
         return ('<p class="note">no results in eval/ yet: <code>ddpmkit eval RUN</code> (bits/dim) and '
                 "<code>ddpmkit eval RUN --metric fid kid pr</code> record theirs there</p>")

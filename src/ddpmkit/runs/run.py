@@ -15,10 +15,10 @@ from ..errors import UserError
 from ..options import Device, Precision, SamplerName, Spacing
 from .bpd import evaluate_bpd
 from .build import build_diffusion, build_model, check_state_dict
-from ..train.checkpoint import load_checkpoint, resolve_checkpoint
+from ..train.checkpoint import read_checkpoint
+from .rundir import resolve_checkpoint, run_dir_of
 from ..config import ExperimentConfig, config_from_checkpoint
-from ..train.distributed import DistInfo, device_for
-from ..train.runtime import autocast_context, autocast_dtype
+from ..train.runtime import autocast_context, autocast_dtype, compute_device
 from ..fields import image_hw
 from ..sampling_options import SamplingOptions
 from ..validate import check_seed, positive_int
@@ -69,17 +69,17 @@ class Run:
     def load(cls, path: str | Path, ema: bool = True, device: Device = "auto") -> Run:
         """Load a run directory (its latest checkpoint) or a checkpoint file."""
         file = resolve_checkpoint(path)
-        ckpt = load_checkpoint(file)
+        ckpt = read_checkpoint(file)
         use_ema = ema and ckpt.get("ema") is not None
         try:
-            cfg = config_from_checkpoint(ckpt["config"])
+            cfg = config_from_checkpoint(ckpt["config"], ckpt["version"])
         except UserError as e:
             raise UserError(f"checkpoint {str(file)!r} holds a bad config: {e}") from None
         state = ckpt["ema"] if use_ema else ckpt["model"]
         check_state_dict(cfg.model, state, f"checkpoint {str(file)!r}")
         model = build_model(cfg.model)
         model.load_state_dict(state)
-        model = model.to(device_for(DistInfo(), device)).eval()
+        model = model.to(compute_device(device)).eval()
         images = cfg.model.kind == "unet"
         if images:  # channels-last convolutions are faster on CPU and GPU
             model = model.to(memory_format=torch.channels_last)
@@ -109,8 +109,7 @@ class Run:
     @property
     def run_dir(self) -> Path | None:
         """The run directory of the checkpoint (RUN/checkpoints/step_*.pt), or None for a loose file."""
-        parent = self.checkpoint.parent
-        return parent.parent if parent.name == "checkpoints" else None
+        return run_dir_of(self.checkpoint)
 
     @property
     def device(self) -> torch.device:
@@ -180,8 +179,8 @@ class Run:
 def describe_checkpoint(path: str | Path) -> dict[str, str]:
     """What ``ddpmkit info`` prints: the checkpoint, its step, data, network, diffusion, classes and EMA."""
     file = resolve_checkpoint(path)
-    ckpt = load_checkpoint(file)
-    cfg = config_from_checkpoint(ckpt["config"])
+    ckpt = read_checkpoint(file)
+    cfg = config_from_checkpoint(ckpt["config"], ckpt["version"])
     d, classes, names = cfg.diffusion, cfg.model.num_classes, class_names_of(ckpt)
     named = f" (labels 0..{classes - 1}: {', '.join(names)})" if classes and names else ""
     data = cfg.data.kind + (f" ({cfg.data.distribution})" if cfg.data.kind == "toy2d" else "")

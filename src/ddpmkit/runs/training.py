@@ -1,28 +1,40 @@
-"""Training a run directory: the one place where a run's checkpoint and the caller's overrides meet."""
+"""Training a run directory: the one place where a run's checkpoint and the caller's overrides meet, and where
+the generic trainer is handed what it trains (network, data, diffusion objective, sample grids)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
+import torch
+
+from ..config import (
+    RESUMABLE_TRAIN_KEYS,
+    ExperimentConfig,
+    config_from_checkpoint,
+    deep_merge,
+    experiment_from_dict,
+    load_config,
+    parse_assignments,
+    without_shape,
+)
 from ..errors import UserError
-from ..files import TEMP_FILE, WriteError
-from .build import check_state_dict
-from ..train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from ..config import (RESUMABLE_TRAIN_KEYS, ExperimentConfig, as_written, config_from_checkpoint, deep_merge,
-                            experiment_from_dict, static_shape)
-from ..train.distributed import DistInfo, cleanup_distributed, init_distributed
-from ..train.metrics import truncate_metrics
-from ..train.trainer import Trainer
-from ..config import load_config, parse_assignments
-from ..train.distributed import dist_info_from_env
+from ..timestep_sampling import make_timestep_sampler
+from ..train.checkpoint import read_checkpoint
+from ..train.distributed import DistInfo, cleanup_distributed, device_for, dist_info_from_env, init_distributed
+from ..train.runtime import autocast_context, use_deterministic_algorithms
 from ..train.signals import TrainingInterrupted
+from .build import build_dataset, build_diffusion, build_model, check_state_dict, resolve_model_config
+from .rundir import RunDir
 
-__all__ = ["train", "start_training", "resumed_config"]
+if TYPE_CHECKING:
+    from ..train.trainer import Trainer
+
+__all__ = ["train", "start_training", "make_trainer", "prepare", "resumed_config"]
 
 
 def _stderr(line: str) -> None:
@@ -40,16 +52,16 @@ def train(cfg: ExperimentConfig | None, run_dir: str | Path, *, resume: bool = F
     only; None on the others) is the last metrics line, or only {"step": ...} when the run was already
     at its last step.
     """
-    run_dir = Path(run_dir)
-    cfg, ckpt = prepare(cfg, run_dir, resume=resume, force=force, overrides=overrides)
-    dist = init_distributed("cuda" if cfg.train.device != "cpu" and _cuda() else "cpu")
+    files = RunDir(run_dir)
+    cfg, ckpt = prepare(cfg, files.path, resume=resume, force=force, overrides=overrides)
+    dist = init_distributed("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
-        trainer = Trainer(cfg, run_dir, checkpoint=ckpt, dist=dist, progress=progress)
-        with run_lock(run_dir) if dist.is_main else contextlib.nullcontext():
+        trainer = make_trainer(cfg, files, checkpoint=ckpt, dist=dist, progress=progress)
+        with files.locked() if dist.is_main else contextlib.nullcontext():
             if dist.is_main:
-                tidy_run_dir(run_dir, trainer.start_step, force)
+                files.tidy(trainer.start_step, force)
                 if log is not None:
-                    log(f"training {run_dir}: {trainer.describe()}")
+                    log(f"training {files.path}: {trainer.describe()}")
                     if hint := trainer.speed_hint():
                         log(hint)
             last = trainer.train() or {"step": trainer.step}
@@ -58,55 +70,74 @@ def train(cfg: ExperimentConfig | None, run_dir: str | Path, *, resume: bool = F
         cleanup_distributed()
 
 
-@contextlib.contextmanager
-def run_lock(run_dir: Path):
-    """Hold ``run_dir/.lock`` while training, so a second trainer of the same run is refused; the lock is
-    the kernel's (flock), so a process that dies, even by SIGKILL, leaves none behind."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock
-        yield
-        return
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise WriteError(run_dir / ".lock", e) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise UserError(f"run directory {str(run_dir)!r} is in use by another training process (pid {holder}): "
-                            f"wait for it to end or stop it") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
-def tidy_run_dir(run_dir: Path, step: int, force: bool) -> None:
-    """Before training from ``step``: the old run gone (``force``), temp files of killed writers removed,
-    metrics lines past ``step`` dropped (they are logged again)."""
-    if force:
-        for f in (run_dir / "checkpoints").glob("step_*.pt"):
-            f.unlink()
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    for folder in (run_dir, run_dir / "checkpoints", run_dir / "samples"):
-        if folder.is_dir():
-            for f in folder.iterdir():
-                if TEMP_FILE.match(f.name) and f.is_file():
-                    f.unlink()
-    truncate_metrics(run_dir / "metrics.jsonl", step)
-
-
 def start_training(cfg: ExperimentConfig | None, run_dir: str | Path, *, resume: bool = False,
                    force: bool = False, overrides: dict | None = None, dist: DistInfo | None = None,
                    progress: bool = True) -> Trainer:
     """The Trainer that ``train`` would run (for callers that step it themselves), in this process."""
     cfg, ckpt = prepare(cfg, Path(run_dir), resume=resume, force=force, overrides=overrides)
-    return Trainer(cfg, run_dir, checkpoint=ckpt, dist=dist, progress=progress)
+    return make_trainer(cfg, RunDir(run_dir), checkpoint=ckpt, dist=dist, progress=progress)
+
+
+def make_trainer(cfg: ExperimentConfig, files: RunDir, *, checkpoint: dict | None = None,
+                 dist: DistInfo | None = None, progress: bool = True) -> Trainer:
+    """The trainer of ``cfg``: its data read, the network shaped by it and seeded, the diffusion objective."""
+    # the loop, its loggers and objective load only when a run trains, not with Run.load: start-up
+    from ..train.objective import DiffusionObjective
+    from ..train.trainer import Trainer
+
+    dist = dist or DistInfo()
+    tc = cfg.train
+    Trainer.check_batch(tc.batch_size, dist)
+    device = device_for(dist, tc.device)
+    if tc.deterministic:
+        use_deterministic_algorithms(device)
+    dataset = build_dataset(cfg.data, "train", seed=tc.seed)
+    cfg = resolve_model_config(cfg, dataset)
+    images = dataset.kind == "image"
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg.model).to(device)
+    if images and tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    diffusion = build_diffusion(cfg.diffusion, images=images)
+    timesteps = make_timestep_sampler(cfg.diffusion.timestep_sampler, diffusion.num_timesteps)
+    objective = DiffusionObjective(diffusion, timesteps, cfg.diffusion.p_uncond, getattr(model, "null_class", None),
+                                   dist)
+    return Trainer(cfg, model, dataset, objective, files, device=device, checkpoint=checkpoint, dist=dist,
+                   progress=progress, grid=_grid_drawer(files))
+
+
+def _grid_drawer(files: RunDir) -> Callable[[Trainer, int], Path]:
+    """The hook that draws a trainer's sample grid into ``files`` (and TensorBoard, when it logs there)."""
+
+    @torch.no_grad()
+    def draw(trainer: Trainer, step: int) -> Path:
+        """A PNG of EMA samples; labels cycle through the classes (one class per row)."""
+        # PIL (and the image helpers that import it) only when a grid is drawn: start-up
+        from PIL import Image
+
+        from ..images import sample_grid, save_png, save_points_png, to_uint8
+
+        sc, device = trainer.cfg.sample, trainer.device
+        n = trainer.cfg.train.num_grid_samples
+        model = trainer.ema.model
+        null = getattr(model, "null_class", None)
+        y = None if null is None else torch.arange(n, device=device) % null
+        gen = torch.Generator(device=device).manual_seed(1234)
+        with autocast_context(device, trainer.amp):
+            x = trainer.objective.diffusion.sample(model, (n, *trainer.dataset.shape), sampler=sc.grid_sampler,
+                                                   steps=sc.grid_steps, y=y, generator=gen, device=device)
+        path = files.grid(step)
+        if trainer.images:
+            grid = sample_grid(to_uint8(x.float()), None if y is None else y.cpu().numpy())
+            save_png(path, grid)
+        else:
+            save_points_png(path, x.float().cpu().numpy())
+            grid = np.asarray(Image.open(path).convert("RGB")) if trainer.logger.tensorboard is not None else None
+        if grid is not None:
+            trainer.logger.image("samples", grid, step)
+        return path
+
+    return draw
 
 
 def prepare(cfg: ExperimentConfig | None, run_dir: Path, *, resume: bool, force: bool,
@@ -117,7 +148,7 @@ def prepare(cfg: ExperimentConfig | None, run_dir: Path, *, resume: bool, force:
         raise UserError("resume and force exclude each other")
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"run directory {str(run_dir)!r} exists and is not a directory")
-    latest = latest_checkpoint(run_dir)
+    latest = RunDir(run_dir).latest_checkpoint()
     if resume:
         if latest is None:
             raise UserError(f"nothing to resume: {str(run_dir)!r} has no checkpoints")
@@ -131,26 +162,16 @@ def prepare(cfg: ExperimentConfig | None, run_dir: Path, *, resume: bool, force:
     if latest is not None and not force:
         raise UserError(f"run directory {str(run_dir)!r} already has checkpoints: pass --resume to continue "
                         f"or --force to start over")
-    return (experiment_from_dict(deep_merge(_unshaped(cfg), overrides)) if overrides else cfg), None
-
-
-def _unshaped(cfg: ExperimentConfig) -> dict:
-    """``cfg`` as a dict without the model fields its data filled in, so that data overrides (--image-size,
-    a 3-channel --data) shape the model again instead of clashing with the old data's shape."""
-    d = cfg.to_dict()
-    for key, value in static_shape(cfg.data).items():
-        if as_written(d["model"].get(key)) == as_written(value):
-            d["model"].pop(key, None)
-    return d
+    return (experiment_from_dict(deep_merge(without_shape(cfg), overrides)) if overrides else cfg), None
 
 
 def _readable_checkpoint(run_dir: Path) -> dict:
     """The newest checkpoint of the run that reads; a damaged newer one (a crash mid-copy, a full disk
     outside ddpmkit) is passed over with a note."""
-    found = list_checkpoints(run_dir)
+    found = RunDir(run_dir).list_checkpoints()
     for path in reversed(found):
         try:
-            ckpt = load_checkpoint(path)
+            ckpt = read_checkpoint(path)
         except UserError as e:
             if path == found[0]:
                 raise
@@ -163,7 +184,7 @@ def _readable_checkpoint(run_dir: Path) -> dict:
 def resumed_config(ckpt: dict, run_dir: Path, given: ExperimentConfig | None, overrides: dict) -> ExperimentConfig:
     """The run's own config (from its checkpoint) with the overrides of how it runs; any other override
     must agree with it, and a config ``given`` must be on the same dataset."""
-    saved = config_from_checkpoint(ckpt["config"])
+    saved = config_from_checkpoint(ckpt["config"], ckpt.get("version"))
     if given is not None and given.data.kind != saved.data.kind:
         raise UserError(f"{str(run_dir)!r} is a run on {saved.data.kind} data, not on {given.data.kind} (the config "
                         f"given): resume it with --out {run_dir} --resume")
@@ -183,11 +204,6 @@ def resumed_config(ckpt: dict, run_dir: Path, given: ExperimentConfig | None, ov
                         f"back (give a larger --steps)")
     return cfg
 
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 class Trained(NamedTuple):
     """How a training ended: the run directory, the last metrics (None off the main process or when stopped),

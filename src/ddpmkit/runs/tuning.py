@@ -29,6 +29,7 @@ from ..samplers import randn
 from ..sampling_options import SamplingOptions
 from ..timestep_grids import interp, log_snr, sampling_timesteps
 from ..validate import check_seed, int_in_range, positive_int
+from .rundir import RunDir
 from .sampling import parse_labels
 
 __all__ = ["TUNABLE", "REFERENCE", "Tuned", "search_timesteps", "tune_steps", "tuned_path", "load_tuned", "describe"]
@@ -171,7 +172,7 @@ def _mse(x: Tensor, ref: Tensor) -> float:
 # --------------------------------------------------------------------------- the saved grid
 def tuned_path(run_dir: str | Path, sampler: str, steps: int) -> Path:
     """Where a run keeps its tuned grid for ``sampler`` at ``steps`` calls."""
-    return Path(run_dir) / "timesteps" / f"{sampler}-{steps}.json"
+    return RunDir(run_dir).tuned(sampler, steps)
 
 
 def load_tuned(run_dir: str | Path, sampler: str, steps: int, num_timesteps: int) -> tuple[list[int], Path] | None:

@@ -3,7 +3,7 @@
 A checkpoint is a dict of tensors and plain Python values only::
 
     format     "ddpmkit-checkpoint"
-    version    1
+    version    2 (1: the config may be in the layout of ddpmkit 0.1; see config/upgrades.py)
     step       optimizer steps done
     config     the resolved config as a plain dict
     model      state dict of the live model
@@ -12,7 +12,7 @@ A checkpoint is a dict of tensors and plain Python values only::
     rng        RNG states as tensors / plain values (torch CPU, CUDA, Python, NumPy, + the caller's)
     extra      dict of anything else plain
 
-A run directory keeps them as ``checkpoints/step_00001000.pt``.
+Where a run directory keeps them is runs/rundir.py's business.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ import dataclasses
 import enum
 import os
 import pickle
-import warnings
 import random
-import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,69 +36,9 @@ from ..errors import UserError
 from ..files import atomic_write
 
 FORMAT = "ddpmkit-checkpoint"
-VERSION = 1
+VERSION = 2  # bump on every change of the layout, with an upgrade in config/upgrades.py where the config changed
+READABLE = (1, 2)  # the versions this ddpmkit reads
 REQUIRED_KEYS = ("step", "config", "model", "ema", "optimizer", "rng", "extra")
-_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
-
-
-# --------------------------------------------------------------------------- paths
-
-
-def checkpoint_path(run_dir: str | Path, step: int) -> Path:
-    """The checkpoint after ``step`` optimizer steps: run_dir/checkpoints/step_XXXXXXXX.pt."""
-    return Path(run_dir) / "checkpoints" / f"step_{int(step):08d}.pt"
-
-
-def _step_files(folder: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every step_N.pt file in ``folder``, sorted by step."""
-    if not folder.is_dir():
-        return []
-    found = []
-    for entry in folder.iterdir():
-        match = _STEP_FILE.match(entry.name)
-        if match and entry.is_file():
-            found.append((int(match.group(1)), entry))
-    return sorted(found)
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Checkpoints of a run, oldest (lowest step) first."""
-    return [p for _, p in _step_files(Path(run_dir) / "checkpoints")]
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The run's checkpoint with the highest step, or None when it has none."""
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
-
-
-def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
-    """A checkpoint file -> itself; a run directory (or its checkpoints/) -> its latest checkpoint."""
-    path = Path(run_or_checkpoint)
-    if not path.exists():
-        raise UserError(f"no such run directory or checkpoint: {path}")
-    if path.is_file():
-        return path
-    if path.is_dir():
-        latest = latest_checkpoint(path)
-        if latest is None:
-            inside = _step_files(path)  # the checkpoints/ folder itself
-            latest = inside[-1][1] if inside else None
-        if latest is None:
-            raise UserError(f"run directory has no checkpoints (no checkpoints/step_*.pt): {path}")
-        return latest
-    raise UserError(f"not a file or directory: {path}")
-
-
-def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` checkpoints of a run; return the deleted paths."""
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        raise UserError(f"number of checkpoints to keep must be an integer >= 1, got {keep!r}")
-    found = list_checkpoints(run_dir)
-    doomed = found[:-keep]
-    for path in doomed:
-        path.unlink(missing_ok=True)
-    return doomed
 
 
 # --------------------------------------------------------------------------- RNG
@@ -227,9 +166,9 @@ def save_checkpoint(
 # --------------------------------------------------------------------------- load
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load and check a checkpoint (a file, or a run directory's latest) with weights_only=True."""
-    path = resolve_checkpoint(path)
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint file with weights_only=True (its ``version`` says how to read its config)."""
+    path = Path(path)
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols: we report one line
             warnings.simplefilter("ignore")
@@ -248,9 +187,10 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a ddpmkit checkpoint (no format: {FORMAT!r} entry)")
     version = ckpt.get("version")
-    if version != VERSION:
+    if version not in READABLE:
         raise UserError(
-            f"{path} has checkpoint version {version!r}; this ddpmkit reads version {VERSION}"
+            f"{path} has checkpoint version {version!r}; this ddpmkit reads versions "
+            f"{', '.join(map(str, READABLE))}"
         )
     missing = [key for key in REQUIRED_KEYS if key not in ckpt]
     if missing:

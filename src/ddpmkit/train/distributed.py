@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..options import Device
+from .runtime import compute_device
 
 
 @dataclass(frozen=True)
@@ -194,17 +195,7 @@ def wrap_ddp(
 
 def device_for(info: DistInfo, prefer: Device = "auto") -> torch.device:
     """The device this rank computes on: cuda:LOCAL_RANK when CUDA is used, else cpu."""
-    if prefer not in ("auto", "cpu", "cuda"):
-        raise UserError(f"device must be 'auto', 'cpu' or 'cuda', got {prefer!r}")
-    if prefer == "cpu" or (prefer == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise UserError("device 'cuda' was asked for, but CUDA is not available")
-    count = torch.cuda.device_count()
-    index = info.local_rank if info.enabled else torch.cuda.current_device()
-    if index >= count:
-        raise UserError(f"LOCAL_RANK={index} but only {count} CUDA devices are visible")
-    return torch.device("cuda", index)
+    return compute_device(prefer, info.local_rank if info.enabled else None)
 
 
 def per_rank_batch_size(global_batch_size: int, info: DistInfo) -> int:

@@ -20,9 +20,8 @@ from ..errors import UserError
 from ..files import WriteError
 from .metrics import MetricsLogger
 
-__all__ = ["RunLoggers", "TensorBoardLogger", "TB_DIR", "NOT_SCALARS"]
+__all__ = ["RunLoggers", "TensorBoardLogger", "NOT_SCALARS"]
 
-TB_DIR = "tb"  # TensorBoard event files: RUN/tb/events.out.tfevents.*
 NOT_SCALARS = ("step", "time")  # record keys that are no curve
 
 
@@ -81,11 +80,12 @@ class RunLoggers:
     The TensorBoard writer opens at ``open()`` (once the run directory is laid out and locked).
     """
 
-    def __init__(self, run_dir: str | Path, names: Sequence[str], enabled: bool = True) -> None:
-        self.run_dir = Path(run_dir)
+    def __init__(self, metrics: str | Path, tensorboard: str | Path, names: Sequence[str],
+                 enabled: bool = True) -> None:
+        self.tb_dir = Path(tensorboard)  # the event files' folder (RUN/tb)
         self.names = tuple(names)
         self.enabled = bool(enabled)
-        self.jsonl = MetricsLogger(self.run_dir / "metrics.jsonl", enabled=self.enabled and "jsonl" in self.names)
+        self.jsonl = MetricsLogger(metrics, enabled=self.enabled and "jsonl" in self.names)
         self.tensorboard: TensorBoardLogger | None = None
         if "tensorboard" in self.names:
             summary_writer_class()  # every process refuses a missing package before training starts
@@ -93,7 +93,7 @@ class RunLoggers:
     def open(self, start_step: int) -> None:
         """Start the TensorBoard writer, when asked for (main process only)."""
         if self.enabled and "tensorboard" in self.names and self.tensorboard is None:
-            self.tensorboard = TensorBoardLogger(self.run_dir / TB_DIR, start_step)
+            self.tensorboard = TensorBoardLogger(self.tb_dir, start_step)
 
     def log(self, record: Mapping[str, Any]) -> None:
         """One metrics record to every sink."""

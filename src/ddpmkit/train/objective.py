@@ -1,6 +1,8 @@
-"""The training objective: draw t, noise and label dropout, then call the diffusion's loss.
+"""The training objective: everything diffusion-specific the trainer calls.
 
-This is the one diffusion-specific piece the trainer calls (style principle 13).
+It draws t, noise and label dropout, calls the diffusion's loss, bins per-example losses by t for
+the metrics, and feeds the loss-aware timestep sampler (with its own all-gather across processes,
+as improved-diffusion's resample.py does), so the loop itself stays generic.
 """
 
 from __future__ import annotations
@@ -9,27 +11,32 @@ import torch
 from torch import Tensor
 
 from ..diffusion import GaussianDiffusion
-from ..timestep_sampling import UniformTimesteps
+from ..timestep_sampling import LossAwareTimesteps, UniformTimesteps
+from .distributed import DistInfo, all_gather_cat
 
 __all__ = ["DiffusionObjective"]
 
 
 class DiffusionObjective:
-    """loss(model, x0, y) for one batch: the importance-weighted mean of per-example losses.
+    """loss(model, x0, y, *draws) for one batch: the importance-weighted mean of per-example losses.
 
     Args:
         diffusion: the noise process and its loss.
         timesteps: the timestep sampler (uniform or loss-aware).
         p_uncond: probability of replacing a label by the null class (classifier-free guidance).
         null_class: the label meaning "no class" (the model's ``null_class``).
+        dist: this process's place among torchrun processes (the loss-aware sampler sees every one's losses).
     """
 
+    num_bins = 4  # the metrics' loss_q0 .. loss_q3: the loss of each quarter of the timesteps (improved DDPM's)
+
     def __init__(self, diffusion: GaussianDiffusion, timesteps: UniformTimesteps, p_uncond: float = 0.0,
-                 null_class: int | None = None):
+                 null_class: int | None = None, dist: DistInfo | None = None):
         self.diffusion = diffusion
         self.timesteps = timesteps
         self.p_uncond = p_uncond
         self.null_class = null_class
+        self.dist = dist or DistInfo()
 
     def draw(self, batch_size: int, sample_shape, device, generator: torch.Generator):
         """The random draws of one GLOBAL batch: t, importance weights, noise, label-drop mask.
@@ -49,3 +56,21 @@ class DiffusionObjective:
             y = torch.where(drop, torch.full_like(y, self.null_class), y)
         losses = self.diffusion.training_losses(model, x0, t, y, noise)
         return (losses * weights).mean(), losses.detach()
+
+    def bins(self, draws) -> Tensor:
+        """The metrics bin (quarter of the timesteps, 0 for the smallest t) of each example of ``draws``."""
+        return draws[0] * self.num_bins // self.diffusion.num_timesteps
+
+    def observe(self, draws, losses: Tensor) -> None:
+        """After a step: the loss-aware sampler learns this step's losses, every process's."""
+        if isinstance(self.timesteps, LossAwareTimesteps):
+            self.timesteps.update(all_gather_cat(draws[0], self.dist), all_gather_cat(losses, self.dist))
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the objective (under its ``extra``)."""
+        return {"timesteps": self.timesteps.state_dict()}
+
+    def load_state_dict(self, extra: dict) -> None:
+        """Go on from a checkpoint's ``extra``."""
+        if "timesteps" in extra:
+            self.timesteps.load_state_dict(extra["timesteps"])

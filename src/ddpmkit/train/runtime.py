@@ -1,4 +1,5 @@
-"""Runtime choices of training: bf16 autocast where the hardware has bf16 matrix units (fp16 on request),
+"""Runtime choices of training and sampling: the device, bf16 autocast where the hardware has bf16 matrix units
+(fp16 on request),
 deterministic algorithms on request, an allocator that keeps freed memory."""
 
 from __future__ import annotations
@@ -10,7 +11,26 @@ import sys
 
 import torch
 
-__all__ = ["cpu_has_bf16_matmul", "cuda_has_bf16_matmul", "use_bf16", "autocast_dtype", "autocast_context", "use_deterministic_algorithms", "keep_freed_memory"]
+from ..errors import UserError
+
+__all__ = ["compute_device", "cpu_has_bf16_matmul", "cuda_has_bf16_matmul", "use_bf16", "autocast_dtype",
+           "autocast_context", "use_deterministic_algorithms", "keep_freed_memory"]
+
+
+def compute_device(prefer: str = "auto", local_rank: int | None = None) -> torch.device:
+    """The device to compute on: cuda (GPU ``local_rank``, torchrun's; else the current one) when CUDA is used,
+    else cpu."""
+    if prefer not in ("auto", "cpu", "cuda"):
+        raise UserError(f"device must be 'auto', 'cpu' or 'cuda', got {prefer!r}")
+    if prefer == "cpu" or (prefer == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("device 'cuda' was asked for, but CUDA is not available")
+    count = torch.cuda.device_count()
+    index = torch.cuda.current_device() if local_rank is None else local_rank
+    if index >= count:
+        raise UserError(f"LOCAL_RANK={index} but only {count} CUDA devices are visible")
+    return torch.device("cuda", index)
 
 
 def cpu_has_bf16_matmul() -> bool:

@@ -1,8 +1,7 @@
-"""The training loop. It knows nothing about diffusion beyond calling the objective.
+"""The training loop: generic machinery that calls an objective and knows nothing about diffusion.
 
-Run directory layout: ``config.yaml`` (resolved), ``checkpoints/step_XXXXXXXX.pt``,
-``metrics.jsonl`` (one JSON object per log interval), ``samples/step_XXXXXXXX.png`` and, with
-``train.loggers: [jsonl, tensorboard]``, TensorBoard event files in ``tb/`` (``loggers.py``).
+What it trains (the model, its dataset, the objective) and where it writes (a ``RunFiles``: the run
+directory, runs/rundir.py) come from the caller, as does the sample grid drawn now and then (a hook).
 """
 
 from __future__ import annotations
@@ -11,33 +10,42 @@ import contextlib
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from ..config import CUDA_GRAPH_MODES, ExperimentConfig
+from ..data import batches
 from ..ema import EMA
 from ..errors import UserError
-from ..files import WriteError
 from ..nn import num_parameters
-from ..timestep_sampling import make_timestep_sampler
-from ..runs.build import build_dataset, build_diffusion, build_model, resolve_model_config
-from .checkpoint import (
-    capture_rng_state,
-    checkpoint_path,
-    latest_checkpoint,
-    prune_checkpoints,
-    restore_rng_state,
-    save_checkpoint,
-)
-from ..config import CUDA_GRAPH_MODES, ExperimentConfig, save_config
-from .distributed import DistInfo, all_reduce_mean_, barrier, device_for, per_rank_batch_size, wrap_ddp
-from .runtime import autocast_context, autocast_dtype, use_deterministic_algorithms
+from .checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
+from .distributed import DistInfo, all_reduce_mean_, barrier, per_rank_batch_size, wrap_ddp
 from .loggers import RunLoggers
 from .objective import DiffusionObjective
+from .runtime import autocast_context, autocast_dtype
 from .signals import StopSignals, TrainingInterrupted
 
-__all__ = ["Trainer", "make_optimizer", "lr_at"]
+__all__ = ["Trainer", "RunFiles", "make_optimizer", "lr_at"]
+
+
+class RunFiles(Protocol):
+    """Where a trainer writes (runs.rundir.RunDir)."""
+
+    metrics: Path
+    tensorboard: Path
+
+    def checkpoint(self, step: int) -> Path: ...
+
+    def latest_checkpoint(self) -> Path | None: ...
+
+    def prune_checkpoints(self, keep: int) -> list[Path]: ...
+
+    def lay_out(self, cfg: ExperimentConfig) -> None: ...
+
 
 def make_optimizer(model: nn.Module, cfg, device: torch.device) -> torch.optim.Optimizer:
     """Adam (AdamW with weight decay), fused where PyTorch has the kernel (CPU from torch 2.4), multi-tensor
@@ -69,41 +77,34 @@ def lr_at(step: int, cfg) -> float:
 
 
 class Trainer:
-    """Trains the model an ExperimentConfig describes into ``run_dir``.
+    """Trains ``model`` on ``dataset`` by ``objective``, as ``cfg.train`` says, writing into ``files``.
 
     Args:
-        cfg: the experiment (validated).
-        run_dir: where config, checkpoints, metrics and sample grids go.
+        cfg: the resolved experiment; the loop reads its train section, checkpoints keep all of it.
+        model: the network, seeded and placed on ``device`` by the caller.
+        dataset: the training data, in memory (streamed by ``data.batches``).
+        objective: the loss and everything behind it (draws, metric bins, the state it checkpoints).
+        files: where config, checkpoints and metrics go (runs.rundir.RunDir).
+        device: where this process computes.
         checkpoint: a loaded checkpoint of this run to continue from (its config is ``cfg``).
         dist: this process's place among torchrun processes.
         progress: show a tqdm bar (main process only).
+        grid: ``grid(trainer, step)`` draws the sample grid due after ``step`` steps (main process only).
     """
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, checkpoint: dict | None = None,
-                 dist: DistInfo | None = None, progress: bool = True):
-        self.dist = dist or DistInfo()
-        self.run_dir = Path(run_dir)
-        self.progress = progress and self.dist.is_main
+    def __init__(self, cfg: ExperimentConfig, model: nn.Module, dataset: Any, objective: DiffusionObjective,
+                 files: RunFiles, *, device: torch.device, checkpoint: dict | None = None,
+                 dist: DistInfo | None = None, progress: bool = True,
+                 grid: Callable[[Trainer, int], Path | None] | None = None):
         tc = cfg.train
-        if tc.batch_size % self.dist.world_size:
-            raise UserError(f"batch size {tc.batch_size} is not divisible by the {self.dist.world_size} processes")
+        self.cfg, self.model, self.dataset, self.objective, self.files = cfg, model, dataset, objective, files
+        self.dist = dist or DistInfo()
+        self.device, self.grid = device, grid
+        self.progress = progress and self.dist.is_main
+        self.images = dataset.kind == "image"
         self.start_step = 0
-        self.device = device_for(self.dist, tc.device)
-        if tc.deterministic:
-            use_deterministic_algorithms(self.device)
-        self.dataset = build_dataset(cfg.data, "train", seed=tc.seed)
-        self.cfg = resolve_model_config(cfg, self.dataset)
-        self.images = self.dataset.kind == "image"
-        torch.manual_seed(tc.seed)
-        self.model = build_model(self.cfg.model).to(self.device)
-        if self.images and tc.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.diffusion = build_diffusion(self.cfg.diffusion, images=self.images)
         self.ema = EMA(self.model, tc.ema_decay, tc.ema_start, tc.ema_every)
         self.optimizer = make_optimizer(self.model, tc, self.device)
-        self.timesteps = make_timestep_sampler(self.cfg.diffusion.timestep_sampler, self.diffusion.num_timesteps)
-        self.objective = DiffusionObjective(self.diffusion, self.timesteps, self.cfg.diffusion.p_uncond,
-                                            getattr(self.model, "null_class", None))
         self.generator = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
         self.amp = autocast_dtype(tc.precision, self.device)  # None: fp32
         # fp16 gradients underflow without loss scaling; disabled, the scaler passes everything through
@@ -116,8 +117,14 @@ class Trainer:
         self.net = self.ddp if tc.compile_mode is None else torch.compile(self.ddp, mode=tc.compile_mode)
         # CUDA graphs replay into the same output buffers: each step must say where it begins
         self._cuda_graphs = tc.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
-        self.logger = RunLoggers(self.run_dir, tc.loggers, enabled=self.dist.is_main)
-        self.interval = _Interval(self.start_step, self.device)  # sums of the steps since the last metrics line
+        self.logger = RunLoggers(files.metrics, files.tensorboard, tc.loggers, enabled=self.dist.is_main)
+        self.interval = _Interval(self.start_step, self.device, objective.num_bins)  # sums since the last line
+
+    @staticmethod
+    def check_batch(batch_size: int, dist: DistInfo) -> None:
+        """UserError unless the global batch splits evenly over the processes."""
+        if batch_size % dist.world_size:
+            raise UserError(f"batch size {batch_size} is not divisible by the {dist.world_size} processes")
 
     def describe(self) -> str:
         """One line of what this run does and how: steps, network, batch, device, precision, speed-ups."""
@@ -132,7 +139,8 @@ class Trainer:
         extras = [x for x, on in (("channels-last", self.images and tc.channels_last),
                                   (f"compiled ({tc.compile_mode})", tc.compile_mode is not None)) if on]
         network = f"{self.cfg.model.kind} {num_parameters(self.model) / 1e6:.2f}M parameters"
-        return ", ".join([f"steps {self.start_step} -> {tc.steps}", network, batch, where, precision[self.amp], *extras])
+        steps = f"steps {self.start_step} -> {tc.steps}"
+        return ", ".join([steps, network, batch, where, precision[self.amp], *extras])
 
     def speed_hint(self) -> str | None:
         """A hint for an eager image run on one GPU long enough (half a million images) for compiling with
@@ -156,10 +164,9 @@ class Trainer:
             self.generator.set_state(saved.cpu())
         elif saved is not None:  # saved on another kind of device (a CUDA Philox state is 16 bytes, a CPU one 5 KB)
             self.generator.manual_seed(self.cfg.train.seed + 1 + int(ckpt["step"]))
-            print(f"note: {self.run_dir} was trained on another kind of device: its noise stream goes on from "
+            print(f"note: {self.files} was trained on another kind of device: its noise stream goes on from "
                   f"a fresh seed, so the run continues, but not bit for bit as it would have", file=sys.stderr)
-        if "timesteps" in extra:
-            self.timesteps.load_state_dict(extra["timesteps"])
+        self.objective.load_state_dict(extra)
         if extra.get("grad_scaler") and self.scaler.is_enabled():  # an fp16 run goes on with its loss scale
             self.scaler.load_state_dict(extra["grad_scaler"])
         restore_rng_state(ckpt["rng"])
@@ -171,19 +178,19 @@ class Trainer:
             return None
         self.check_finite()
         path = save_checkpoint(
-            checkpoint_path(self.run_dir, step),
+            self.files.checkpoint(step),
             step=step,
             config=self.cfg.to_dict(),
             model=self.model.state_dict(),
             ema=self.ema.state_dict(),
             optimizer=self.optimizer.state_dict(),
             rng=capture_rng_state(),
-            extra={"generator": self.generator.get_state(), "timesteps": self.timesteps.state_dict(),
+            extra={"generator": self.generator.get_state(), **self.objective.state_dict(),
                    "class_names": self.dataset.class_names,  # label i is class_names[i]; None when unnamed
                    "grad_scaler": self.scaler.state_dict()},  # {} unless fp16
         )
         if self.cfg.train.keep_checkpoints > 0:
-            prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+            self.files.prune_checkpoints(self.cfg.train.keep_checkpoints)
         return path
 
     # ------------------------------------------------------------------ the loop
@@ -204,7 +211,7 @@ class Trainer:
             with StopSignals() as stop:
                 for step in range(self.start_step, tc.steps):
                     x0, y = next(stream)
-                    if self.cfg.model.num_classes is None:  # labelled data trained unconditionally (data.conditional: false)
+                    if self.cfg.model.num_classes is None:  # labelled data trained unconditionally
                         y = None
                     self.train_step(x0, y)
                     done = step + 1
@@ -218,7 +225,7 @@ class Trainer:
                         self._interrupt(done, signum, saved, bar)
             if bar is not None:
                 bar.close()
-            if self.start_step < tc.steps or latest_checkpoint(self.run_dir) is None:
+            if self.start_step < tc.steps or self.files.latest_checkpoint() is None:
                 self.save(tc.steps)
                 if tc.sample_every:
                     self.write_grid(tc.steps)
@@ -251,33 +258,27 @@ class Trainer:
 
     def _begin(self):
         """Lay out the run directory (main process) and return this process's batch stream."""
-        from ..data import batches
-
         tc = self.cfg.train
         if self.dist.is_main:
-            for folder in (self.run_dir / "checkpoints", self.run_dir / "samples"):
-                try:
-                    folder.mkdir(parents=True, exist_ok=True)
-                except OSError as e:
-                    raise WriteError(folder, e) from None
-            save_config(self.cfg, self.run_dir / "config.yaml")
+            self.files.lay_out(self.cfg)
             self.logger.open(self.start_step)
         barrier(self.dist)
         return batches(self.dataset, tc.batch_size, seed=tc.seed, start_step=self.start_step, rank=self.dist.rank,
                        world_size=self.dist.world_size, hflip=getattr(self.cfg.data, "hflip", False),
                        device=self.device)
 
-    def _log(self, interval: "_Interval", done: int, bar) -> dict:
+    def _log(self, interval: _Interval, done: int, bar) -> dict:
         """One metrics line for the steps since the last one (averaged over every process): the loss, the loss
-        of each quarter of the timesteps (loss_q0: the smallest t; improved DDPM's), lr, the gradient norm."""
+        in each of the objective's bins (loss_q0, loss_q1, ...), lr, the gradient norm."""
         self.check_finite(weights=False)
         all_reduce_mean_(interval.sums, self.dist)
         sums = interval.sums.tolist()  # the one host sync of the interval
         elapsed = time.perf_counter() - interval.tick
         record = {"step": done, "loss": sums[0] / interval.count}
-        for q in range(4):
-            if sums[6 + q] > 0:  # a quarter no example fell in (tiny batches) has no line
-                record[f"loss_q{q}"] = sums[2 + q] / sums[6 + q]
+        bins = interval.bins
+        for q in range(bins):
+            if sums[2 + bins + q] > 0:  # a bin no example fell in (tiny batches) has no line
+                record[f"loss_q{q}"] = sums[2 + q] / sums[2 + bins + q]
         record.update({
             "lr": lr_at(done - 1, self.cfg.train),
             "grad_norm": sums[1] / interval.count,
@@ -293,8 +294,8 @@ class Trainer:
     def train_step(self, x0: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """One optimizer step on this process's rows (x0, y) of the global batch; returns the loss.
 
-        Draws t and noise for the whole global batch and keeps this rank's rows (rank::world_size),
-        so 1 and N processes compute the same step. With ``train.microbatch`` the rows go through
+        The objective draws its randomness for the whole global batch and this rank keeps its rows
+        (rank::world_size), so 1 and N processes compute the same step. With ``train.microbatch`` the rows go through
         the network in chunks whose gradients add up to the whole share's (each chunk's mean loss
         weighted by its size), all-reduced once, after the last chunk. Advances ``self.step``;
         no host sync.
@@ -302,11 +303,11 @@ class Trainer:
         tc = self.cfg.train
         step = self.step
         rows = slice(self.dist.rank, None, self.dist.world_size)
-        t, w, noise, drop = self.objective.draw(tc.batch_size, self.dataset.shape, self.device, self.generator)
-        t, w, noise, drop = t[rows], w[rows], noise[rows], drop[rows]
-        if self.images and tc.channels_last:
+        draws = self.objective.draw(tc.batch_size, self.dataset.shape, self.device, self.generator)
+        draws = tuple(d[rows] for d in draws)
+        if self.images and tc.channels_last:  # the batch, and what is drawn in its shape, go channels-last
             x0 = x0.contiguous(memory_format=torch.channels_last)
-            noise = noise.contiguous(memory_format=torch.channels_last)
+            draws = tuple(d.contiguous(memory_format=torch.channels_last) if d.dim() == 4 else d for d in draws)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, tc)
         self.optimizer.zero_grad(set_to_none=True)
@@ -322,7 +323,7 @@ class Trainer:
             with self._no_sync(last=start + size >= share):
                 with autocast_context(self.device, self.amp):
                     part_loss, part_losses = self.objective(self.net, x0[chunk], None if y is None else y[chunk],
-                                                            t[chunk], w[chunk], noise[chunk], drop[chunk])
+                                                            *(d[chunk] for d in draws))
                 self.scaler.scale(part_loss * weight).backward()
             loss += part_loss.detach() * weight
             parts.append(part_losses)
@@ -334,8 +335,8 @@ class Trainer:
         self.scaler.step(self.optimizer)  # with fp16: skipped when a gradient overflowed
         self.scaler.update()
         self.ema.update(self.model, step + 1)
-        self._update_timestep_sampler(t, losses)
-        self.interval.add(loss, norm, t * 4 // self.diffusion.num_timesteps, losses)
+        self.objective.observe(draws, losses)
+        self.interval.add(loss, norm, self.objective.bins(draws), losses)
         self.step = step + 1
         return loss
 
@@ -350,7 +351,7 @@ class Trainer:
         if first < 0 and (not weights or all(bool(torch.isfinite(p).all()) for p in self.model.parameters())):
             return
         at = f"at step {first}" if first >= 0 else f"by step {self.step}"
-        latest = latest_checkpoint(self.run_dir)
+        latest = self.files.latest_checkpoint()
         raise UserError(f"training diverged {at}: the loss, its gradient or the weights are not finite; no "
                         f"checkpoint is written after it (latest: {latest.name if latest else 'none'}); lower "
                         f"train.lr or set train.grad_clip")
@@ -361,43 +362,12 @@ class Trainer:
             return contextlib.nullcontext()
         return self.ddp.no_sync()
 
-    def _update_timestep_sampler(self, t, losses) -> None:
-        if self.cfg.diffusion.timestep_sampler != "loss_aware":
-            return
-        from .distributed import all_gather_cat
-
-        self.timesteps.update(all_gather_cat(t, self.dist), all_gather_cat(losses, self.dist))
-
-    @torch.no_grad()
     def write_grid(self, step: int) -> Path | None:
-        """A PNG of EMA samples (main process only); labels cycle through the classes."""
+        """The sample grid due after ``step`` steps, drawn by the caller's hook (main process only)."""
         if not self.dist.is_main:
             return None
         self.check_finite()
-        import numpy as np
-        from PIL import Image
-
-        from ..images import sample_grid, save_png, save_points_png, to_uint8
-
-        sc = self.cfg.sample
-        n = self.cfg.train.num_grid_samples
-        model = self.ema.model
-        null = getattr(model, "null_class", None)
-        y = None if null is None else torch.arange(n, device=self.device) % null
-        gen = torch.Generator(device=self.device).manual_seed(1234)
-        with autocast_context(self.device, self.amp):
-            x = self.diffusion.sample(model, (n, *self.dataset.shape), sampler=sc.grid_sampler, steps=sc.grid_steps,
-                                      y=y, generator=gen, device=self.device)
-        path = self.run_dir / "samples" / f"step_{step:08d}.png"
-        if self.images:  # labels cycle through the classes: one class per row
-            grid = sample_grid(to_uint8(x.float()), None if y is None else y.cpu().numpy())
-            save_png(path, grid)
-        else:
-            save_points_png(path, x.float().cpu().numpy())
-            grid = np.asarray(Image.open(path).convert("RGB")) if self.logger.tensorboard is not None else None
-        if grid is not None:
-            self.logger.image("samples", grid, step)
-        return path
+        return None if self.grid is None else self.grid(self, step)
 
 
 def _grad_norm(model: nn.Module, clip: float | None) -> torch.Tensor:
@@ -412,17 +382,18 @@ def _grad_norm(model: nn.Module, clip: float | None) -> torch.Tensor:
 
 class _Interval:
     """Sums over the steps since the last metrics line (loss, gradient norm, and the per-example loss and
-    count in each quarter of the timesteps), kept on the device: no host sync per step."""
+    count in each of the objective's bins), kept on the device: no host sync per step."""
 
-    def __init__(self, step: int, device: torch.device):
-        self.sums = torch.zeros(10, device=device)  # loss, grad norm, loss per quarter (4), count per quarter (4)
+    def __init__(self, step: int, device: torch.device, bins: int):
+        self.bins = bins
+        self.sums = torch.zeros(2 + 2 * bins, device=device)  # loss, grad norm, loss per bin, count per bin
         self.reset(step)
 
-    def add(self, loss: torch.Tensor, norm: torch.Tensor, quarter: torch.Tensor, losses: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, norm: torch.Tensor, bin_: torch.Tensor, losses: torch.Tensor) -> None:
         self.sums[0] += loss
         self.sums[1] += norm.float()
-        self.sums.index_add_(0, 2 + quarter, losses.float())
-        self.sums.index_add_(0, 6 + quarter, torch.ones_like(losses, dtype=self.sums.dtype))
+        self.sums.index_add_(0, 2 + bin_, losses.float())
+        self.sums.index_add_(0, 2 + self.bins + bin_, torch.ones_like(losses, dtype=self.sums.dtype))
         self.count += 1
 
     def reset(self, step: int) -> None:
