@@ -10,18 +10,18 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..config import ExperimentConfig, config_from_checkpoint
 from ..diffusion import GaussianDiffusion
 from ..errors import UserError
+from ..fields import image_hw
 from ..options import Device, Precision, SamplerName, Spacing
+from ..sampling_options import SamplingOptions
+from ..train.checkpoint import read_checkpoint
+from ..train.runtime import autocast_context, autocast_dtype, compute_device
+from ..validate import check_seed, positive_int
 from .bpd import evaluate_bpd
 from .build import build_diffusion, build_model, check_state_dict
-from ..train.checkpoint import read_checkpoint
 from .rundir import resolve_checkpoint, run_dir_of
-from ..config import ExperimentConfig, config_from_checkpoint
-from ..train.runtime import autocast_context, autocast_dtype, compute_device
-from ..fields import image_hw
-from ..sampling_options import SamplingOptions
-from ..validate import check_seed, positive_int
 from .sampling import Labels, default_steps, parse_labels, run_sampling_options
 from .tuning import load_tuned
 
