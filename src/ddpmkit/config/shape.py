@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .sections import DataConfig, ExperimentConfig
+from .sections import DataConfig, ExperimentConfig, Toy2DData
 
 __all__ = ["model_shape", "as_written", "without_shape"]
 
@@ -14,7 +14,7 @@ def model_shape(data: DataConfig, dataset: Any = None, learned_variance: bool = 
     size, classes where the kind knows them; mlp: dim); with the dataset read: all of them, output width too."""
     if dataset is not None:
         return _from_dataset(data, dataset, 2 if learned_variance else 1)
-    if data.kind == "toy2d":
+    if isinstance(data, Toy2DData):
         return {"dim": 2}
     channels, size, classes = data.native
     shape = {"in_channels": data.channels or channels, "image_size": data.image_size or size}
@@ -26,10 +26,10 @@ def model_shape(data: DataConfig, dataset: Any = None, learned_variance: bool = 
 def _from_dataset(data: DataConfig, dataset: Any, width: int) -> dict[str, Any]:
     """Every shape field from the data read: its sample shape, its labels (when trained on), ``width`` outputs per
     input channel (2 with a learned variance)."""
-    num_classes = dataset.num_classes if dataset.labels is not None and data.conditional else None
-    if data.kind == "toy2d":
+    if isinstance(data, Toy2DData):  # points carry no labels
         (d,) = dataset.shape
-        return {"dim": d, "num_classes": num_classes, "out_dim": width * d}
+        return {"dim": d, "num_classes": None, "out_dim": width * d}
+    num_classes = dataset.num_classes if dataset.labels is not None and data.conditional else None
     c, h, w = dataset.shape
     size = h if h == w else (h, w)  # a square size is written S, as before non-square images
     return {"in_channels": c, "image_size": size, "num_classes": num_classes, "out_channels": width * c}

@@ -7,7 +7,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from ..config import DataConfig, DiffusionConfig, ExperimentConfig, ModelConfig, model_shape
+from ..config import DataConfig, DiffusionConfig, ExperimentConfig, ModelConfig, Toy2DData, model_shape
 from ..diffusion import GaussianDiffusion
 from ..errors import UserError
 from ..fields import require
@@ -20,7 +20,7 @@ def build_dataset(cfg: DataConfig, split: str = "train", seed: int = 0):
     """Load the dataset a data config names (in memory)."""
     from ..data import load_dataset
 
-    if cfg.kind == "toy2d":
+    if isinstance(cfg, Toy2DData):
         return load_dataset("toy2d", split=split, toy2d=cfg.distribution, num_samples=cfg.num_samples, seed=seed)
     return load_dataset(cfg.kind, root=getattr(cfg, "root", None), image_size=cfg.image_size, split=split,
                         class_labels=getattr(cfg, "class_labels", False), channels=cfg.channels)
@@ -37,9 +37,9 @@ def resolve_model_config(cfg: ExperimentConfig, dataset) -> ExperimentConfig:
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The network of a resolved model config."""
-    from ..nn import MLPDenoiser, UNet
+    from ..nn import MLPDenoiser, UNet, UNetConfig
 
-    return UNet(cfg) if cfg.kind == "unet" else MLPDenoiser(cfg)
+    return UNet(cfg) if isinstance(cfg, UNetConfig) else MLPDenoiser(cfg)
 
 
 def check_state_dict(cfg: ModelConfig, state: dict, where: str) -> None:

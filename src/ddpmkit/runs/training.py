@@ -42,7 +42,8 @@ def _stderr(line: str) -> None:
 
 
 def train(cfg: ExperimentConfig | None, run_dir: str | Path, *, resume: bool = False, force: bool = False,
-          overrides: dict | None = None, progress: bool = True, log: Callable[[str], None] | None = _stderr) -> dict:
+          overrides: dict | None = None, progress: bool = True,
+          log: Callable[[str], None] | None = _stderr) -> dict | None:
     """Train ``cfg`` into ``run_dir``, or go on with the run there (``resume``); returns the last metrics.
 
     ``overrides`` ({"train": {...}, "data": {...}}) go on top of ``cfg``; on resume they go on top of
@@ -127,6 +128,7 @@ def _grid_drawer(files: RunDir) -> Callable[[Trainer, int], Path]:
             x = trainer.objective.diffusion.sample(model, (n, *trainer.dataset.shape), sampler=sc.grid_sampler,
                                                    steps=sc.grid_steps, y=y, generator=gen, device=device)
         path = files.grid(step)
+        grid: np.ndarray | None
         if trainer.images:
             grid = sample_grid(to_uint8(x.float()), None if y is None else y.cpu().numpy())
             save_png(path, grid)
