@@ -15,9 +15,9 @@ import torch
 import yaml
 
 from ddpmkit import UserError
+from ddpmkit.config import load_config
 from ddpmkit.files import TEMP_FILE
 from ddpmkit.runs import start_training
-from ddpmkit.config import load_config
 from ddpmkit.train.metrics import read_metrics
 
 pytestmark = pytest.mark.system
@@ -105,7 +105,7 @@ def test_a_second_signal_ends_the_process_at_once(tmp_path):
 
 
 def test_a_second_trainer_of_the_same_run_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
-    from test_cli import assert_user_error
+    from helpers import assert_user_error
 
     proc = start(tiny(tmp_path, steps=400, checkpoint_every=2), tmp_path / "run")
     wait_for_step(tmp_path / "run", 3, proc)
@@ -191,7 +191,7 @@ def tiny_disk(tmp_path):
 
 
 def test_a_full_disk_is_one_error_line_and_leaves_the_earlier_files(tiny_disk, tmp_path):
-    from test_cli import assert_user_error, run_cli
+    from helpers import assert_user_error, run_cli
 
     code, err = run_cli("train", "--preset", "digits", "--config", tiny(tmp_path, steps=2, checkpoint_every=1),
                         "--out", tiny_disk / "run", "--no-progress")
@@ -218,7 +218,7 @@ def test_a_full_disk_is_one_error_line_and_leaves_the_earlier_files(tiny_disk, t
 
 
 def test_outputs_follow_the_umask(tmp_path):
-    from test_cli import run_cli
+    from helpers import run_cli
 
     legacy = Path(__file__).resolve().parents[1] / "fixtures" / "legacy" / "digits_unet_step3.pt"
     old = os.umask(0o022)
@@ -234,7 +234,7 @@ def test_outputs_follow_the_umask(tmp_path):
 
 
 def test_a_read_only_file_system_is_one_error_line_before_any_work(tmp_path):
-    from test_cli import assert_user_error, run_cli
+    from helpers import assert_user_error, run_cli
 
     mnt = tmp_path / "ro"
     mnt.mkdir()
