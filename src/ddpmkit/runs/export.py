@@ -30,7 +30,7 @@ _DIFFUSERS_VERSION = "0.42.1"  # the diffusers whose source this mapping was che
 def export_run(run_path: str | Path, fmt: ExportFormat, out: str | Path | None = None, force: bool = False) -> Path:
     """Write the run's EMA weights (its raw weights if it kept no EMA) in ``fmt``; return the folder."""
     from .run import Run
-    from ..train.checkpoint import resolve_checkpoint
+    from .rundir import resolve_checkpoint
 
     check_choice("export format", fmt, ExportFormat)
     safetensors = _safetensors()
