@@ -53,13 +53,13 @@ def op_table(rounds: int, calls: int) -> None:
 
 def step_times(rounds: int, steps: int) -> dict[str, float]:
     """Median ms per digits training step with each dropout module, alternating rounds."""
+    from ddpmkit.config import load_config
     from ddpmkit.data.batches import batches
     from ddpmkit.nn.cpu_kernels import Dropout
-    from ddpmkit.config import load_config
-    from ddpmkit.train.trainer import Trainer
+    from ddpmkit.runs import start_training
 
     cfg = load_config("digits", overrides={"train": {"device": "cpu"}})  # a CPU benchmark, GPU or not
-    trainer = Trainer(cfg, Path(tempfile.mkdtemp(prefix="ddpmkit-dropout-")) / "run", progress=False)
+    trainer = start_training(cfg, Path(tempfile.mkdtemp(prefix="ddpmkit-dropout-")) / "run", progress=False)
     stream = batches(trainer.dataset, cfg.train.batch_size, seed=0)
     data = [next(stream) for _ in range(4)]
     blocks = [m for m in trainer.model.modules() if isinstance(getattr(m, "dropout", None), nn.Dropout)]
