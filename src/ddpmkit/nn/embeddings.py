@@ -13,16 +13,24 @@ __all__ = ["SinusoidalEmbedding", "TimeEmbedding"]
 
 
 class SinusoidalEmbedding(nn.Module):
-    """Transformer-style embedding of timesteps: cat(sin(t * s * f_k), cos(t * s * f_k)), f_k = 10000^(-k/half)."""
+    """Transformer-style embedding of timesteps: cat(sin(t * s * f_k), cos(t * s * f_k)), f_k = 10000^(-k/half).
 
-    def __init__(self, dim: int, scale: float = 1.0):
+    ``shift`` > 0 gives f_k = 10000^(-k/(half - shift)), computed in float32 as the released DDPM
+    models' code (shift 1) and diffusers' ``freq_shift`` compute it.
+    """
+
+    def __init__(self, dim: int, scale: float = 1.0, shift: int = 0):
         super().__init__()
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % 2 != 0:
             raise UserError(f"the sinusoidal embedding size must be a positive even integer, got {dim!r}")
         self.dim = dim  # embedding width (half sines, half cosines)
         self.scale = float(scale)  # factor applied to t before the table
         half = dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float64) / half)
+        if shift:
+            freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / (half - shift))
+        else:
+            freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float64) / half)
+        self.shift = shift  # the frequency denominator is half - shift
         # not saved in checkpoints; kept in float32 whatever .to(dtype) does to the module (see forward)
         self.register_buffer("freqs", freqs.float(), persistent=False)
 
@@ -32,15 +40,15 @@ class SinusoidalEmbedding(nn.Module):
         return torch.cat((args.sin(), args.cos()), dim=-1)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, scale={self.scale}"
+        return f"dim={self.dim}, scale={self.scale}" + (f", shift={self.shift}" if self.shift else "")
 
 
 class TimeEmbedding(nn.Sequential):
     """Sinusoidal table followed by Linear, SiLU, Linear (the time MLP of Ho et al. 2020's UNet)."""
 
-    def __init__(self, base_dim: int, emb_dim: int, scale: float = 1.0):
+    def __init__(self, base_dim: int, emb_dim: int, scale: float = 1.0, shift: int = 0):
         super().__init__(
-            SinusoidalEmbedding(base_dim, scale),  # [B] -> [B, base_dim]
+            SinusoidalEmbedding(base_dim, scale, shift),  # [B] -> [B, base_dim]
             nn.Linear(base_dim, emb_dim),
             nn.SiLU(),
             nn.Linear(emb_dim, emb_dim),

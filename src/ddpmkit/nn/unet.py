@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -18,6 +18,8 @@ from .embeddings import TimeEmbedding, check_conditioning
 __all__ = ["UNetConfig", "UNet", "ResidualBlock", "AttentionBlock", "Downsample", "Upsample"]
 
 # ----------------------------------------------------------------------------- UNetConfig
+
+_WHEN_SET = {"written_when_set": True}
 
 
 @dataclass
@@ -43,6 +45,10 @@ class UNetConfig:
     out_channels: int | None = None  # output channels (None: in_channels; 2*in for learned variance)
     time_emb_dim: int | None = None  # width of the time embedding MLP (None: 4 * base_channels)
     head_channels: int = 64  # channels per attention head (heads = channels // head_channels, >= 1)
+    # settings of the released DDPM models (Ho et al. 2020); written to configs only when set
+    time_freq_shift: int = field(default=0, metadata=_WHEN_SET)  # frequencies 10000^(-k/(half - shift))
+    downsample_padding: int = field(default=1, metadata=_WHEN_SET)  # 1: pad 1 all round; 0: pad right/bottom by 1
+    norm_eps: float = field(default=1e-5, metadata=_WHEN_SET)  # epsilon of every GroupNorm
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -59,6 +65,10 @@ class UNetConfig:
         require(self.time_emb_scale > 0, "model.time_emb_scale", "positive", self.time_emb_scale)
         require(self.initial_pad >= 0, "model.initial_pad", "at least 0", self.initial_pad)
         require(self.base_channels % 2 == 0, "model.base_channels", "even (sinusoidal table)", self.base_channels)
+        require(0 <= self.time_freq_shift < self.base_channels // 2, "model.time_freq_shift",
+                f"in [0, {self.base_channels // 2}) (half the sinusoidal table)", self.time_freq_shift)
+        require(self.downsample_padding in (0, 1), "model.downsample_padding", "0 or 1", self.downsample_padding)
+        require(0 < self.norm_eps < 1, "model.norm_eps", "in (0, 1)", self.norm_eps)
         for ch in [self.base_channels, *self.level_channels()]:
             require(ch % self.num_groups == 0, "model.num_groups", f"a divisor of the channel count {ch}",
                     self.num_groups)
@@ -154,10 +164,10 @@ class UNetConfig:
 class AttentionBlock(nn.Module):
     """Multi-head self-attention over the pixels of a feature map, with a residual connection."""
 
-    def __init__(self, channels: int, num_groups: int, head_channels: int):
+    def __init__(self, channels: int, num_groups: int, head_channels: int, eps: float = 1e-5):
         super().__init__()
         self.heads = max(1, channels // head_channels)  # number of heads
-        self.norm = GroupNorm(num_groups, channels)
+        self.norm = GroupNorm(num_groups, channels, eps)
         # a 1x1 convolution over pixels is a Linear over the channel vector of each token
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = nn.Linear(channels, channels)
@@ -179,13 +189,13 @@ class ResidualBlock(nn.Module):
     """GroupNorm-SiLU-conv, + time (and class) bias, GroupNorm-SiLU-dropout-conv, + skip; then attention."""
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int, class_rows: int | None,
-                 dropout: float, num_groups: int, attention: nn.Module | None = None):
+                 dropout: float, num_groups: int, attention: nn.Module | None = None, eps: float = 1e-5):
         super().__init__()
-        self.norm1 = GroupNorm(num_groups, in_channels)
+        self.norm1 = GroupNorm(num_groups, in_channels, eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.time_bias = nn.Linear(emb_dim, out_channels)
         self.class_bias = nn.Embedding(class_rows, out_channels) if class_rows is not None else None
-        self.norm2 = GroupNorm(num_groups, out_channels)
+        self.norm2 = GroupNorm(num_groups, out_channels, eps)
         self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
@@ -203,14 +213,16 @@ class ResidualBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve height and width with a stride-2 3x3 convolution."""
+    """Halve height and width with a stride-2 3x3 convolution (padding 0: the input padded right and below)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, padding: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, C, H, W] -> [B, C, H/2, W/2]; emb and y are ignored."""
+        if self.conv.padding == (0, 0):  # the released DDPM models' TensorFlow "SAME" padding of a stride-2 conv
+            x = F.pad(x, (0, 1, 0, 1))
         return self.conv(x)
 
 
@@ -248,12 +260,12 @@ class UNet(nn.Module):
         self.null_class: int | None = cfg.num_classes
         class_rows = None if cfg.num_classes is None else cfg.num_classes + 1
         emb_dim = cfg.resolved_time_emb_dim
-        self.time_embedding = TimeEmbedding(cfg.base_channels, emb_dim, cfg.time_emb_scale)
+        self.time_embedding = TimeEmbedding(cfg.base_channels, emb_dim, cfg.time_emb_scale, cfg.time_freq_shift)
         self.init_conv = nn.Conv2d(cfg.resolved_in_channels, cfg.base_channels, 3, padding=1)
 
         def block(cin: int, cout: int, attend: bool) -> ResidualBlock:
-            attn = AttentionBlock(cout, cfg.num_groups, cfg.head_channels) if attend else None
-            return ResidualBlock(cin, cout, emb_dim, class_rows, cfg.dropout, cfg.num_groups, attn)
+            attn = AttentionBlock(cout, cfg.num_groups, cfg.head_channels, cfg.norm_eps) if attend else None
+            return ResidualBlock(cin, cout, emb_dim, class_rows, cfg.dropout, cfg.num_groups, attn, cfg.norm_eps)
 
         resolutions = cfg.level_resolutions()
         last = len(cfg.channel_mults) - 1
@@ -267,7 +279,7 @@ class UNet(nn.Module):
                 ch = out
                 skip_channels.append(ch)
             if i != last:
-                self.downs.append(Downsample(ch))
+                self.downs.append(Downsample(ch, cfg.downsample_padding))
                 skip_channels.append(ch)
 
         self.middle = nn.ModuleList([block(ch, ch, True), block(ch, ch, False)])
@@ -283,7 +295,7 @@ class UNet(nn.Module):
                 self.ups.append(Upsample(ch))
         assert not skip_channels  # every skip is consumed
 
-        self.out_norm = GroupNorm(cfg.num_groups, ch)
+        self.out_norm = GroupNorm(cfg.num_groups, ch, cfg.norm_eps)
         self.out_conv = nn.Conv2d(ch, cfg.resolved_out_channels, 3, padding=1)
         nn.init.zeros_(self.out_conv.weight)  # the net starts by predicting 0
         nn.init.zeros_(self.out_conv.bias)

@@ -20,7 +20,7 @@ from ..files import write_bytes, write_text
 from ..options import ExportFormat, check_choice, choices
 from .outputs import check_output
 
-__all__ = ["export_run", "diffusers_refusal", "diffusers_unet_config", "diffusers_state_dict",
+__all__ = ["export_run", "diffusers_refusal", "diffusers_unet_config", "diffusers_state_dict", "diffusers_names",
            "scheduler_config", "load_safetensors", "FORMATS"]
 
 FORMATS = choices(ExportFormat)
@@ -140,14 +140,15 @@ def diffusers_unet_config(cfg) -> dict:
         "sample_size": m.resolved_image_size, "in_channels": m.resolved_in_channels,
         "out_channels": m.resolved_out_channels, "center_input_sample": False,
         "time_embedding_type": "positional", "time_embedding_dim": m.resolved_time_emb_dim,
-        "freq_shift": 0, "flip_sin_to_cos": False,  # cat(sin, cos) with frequencies 10000^(-k/half), as ours
+        "freq_shift": m.time_freq_shift, "flip_sin_to_cos": False,  # cat(sin, cos), frequencies 10000^(-k/half)
         "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attends],
         "mid_block_type": "UNetMidBlock2D",
         "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attends)],
         "block_out_channels": m.level_channels(), "layers_per_block": m.num_res_blocks,
-        "mid_block_scale_factor": 1, "downsample_padding": 1, "downsample_type": "conv", "upsample_type": "conv",
+        "mid_block_scale_factor": 1, "downsample_padding": m.downsample_padding, "downsample_type": "conv",
+        "upsample_type": "conv",
         "dropout": m.dropout, "act_fn": "silu", "attention_head_dim": next(iter(_head_dims(m))),
-        "norm_num_groups": m.num_groups, "attn_norm_num_groups": None, "norm_eps": 1e-5,
+        "norm_num_groups": m.num_groups, "attn_norm_num_groups": None, "norm_eps": m.norm_eps,
         "resnet_time_scale_shift": "default", "add_attention": True,
         "class_embed_type": None, "num_class_embeds": None,
     }
@@ -171,9 +172,7 @@ def scheduler_config(d) -> dict:
 
 def diffusers_state_dict(state: dict[str, Tensor], m) -> dict[str, Tensor]:
     """Our UNet's state dict under UNet2DModel's names (attention's qkv split into to_q, to_k, to_v)."""
-    names = {"init_conv": "conv_in", "time_embedding.1": "time_embedding.linear_1",
-             "time_embedding.3": "time_embedding.linear_2", "out_norm": "conv_norm_out", "out_conv": "conv_out"}
-    names.update(_block_names(m))
+    names = diffusers_names(m)
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         module, _, param = key.rpartition(".")
@@ -185,6 +184,17 @@ def diffusers_state_dict(state: dict[str, Tensor], m) -> dict[str, Tensor]:
         else:
             raise ValueError(f"no diffusers name for {key!r}")  # a bug: diffusers_refusal let it through
     return out
+
+
+def diffusers_names(m) -> dict[str, str]:
+    """Our UNet's module paths -> UNet2DModel's, module by module: the one table export and import share.
+
+    An attention's ``qkv`` is UNet2DModel's ``to_q``, ``to_k`` and ``to_v`` stacked (q rows, k rows, v rows).
+    """
+    names = {"init_conv": "conv_in", "time_embedding.1": "time_embedding.linear_1",
+             "time_embedding.3": "time_embedding.linear_2", "out_norm": "conv_norm_out", "out_conv": "conv_out"}
+    names.update(_block_names(m))
+    return names
 
 
 _RESNET = {"norm1": "norm1", "conv1": "conv1", "time_bias": "time_emb_proj", "norm2": "norm2", "conv2": "conv2",
