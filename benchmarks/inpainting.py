@@ -75,19 +75,32 @@ def inpainting_table(n: int) -> str:
     mean, cov = conditional()
     noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(9), dtype=F64)
     exact = mean + noise @ torch.linalg.cholesky(cov).T
-    rows = ["| T | J | R | network calls | mean error (cond. stds) | covariance error | s |",
-            "|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| T | J | R | network calls | mean error (cond. stds) | covariance error | s |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     m, c = score(exact, mean, cov)
     rows.append(f"| exact | | | | {m:.3f} | {c:.3f} | |")
-    for T, J, Rs in [(100, 1, (1, 2, 5, 10, 20, 50)), (100, 5, (2, 5, 10, 20)), (100, 10, (5, 20)),
-                     (1000, 1, (1, 2, 5))]:
+    for T, J, Rs in [
+        (100, 1, (1, 2, 5, 10, 20, 50)),
+        (100, 5, (2, 5, 10, 20)),
+        (100, 10, (5, 20)),
+        (1000, 1, (1, 2, 5)),
+    ]:
         d, oracle = gaussian_diffusion(T)
         x0 = torch.zeros(n, 1, 2, 2, dtype=F64)
         x0.view(n, 4)[:, :2] = KNOWN
         for R in Rs:
             start, calls = time.perf_counter(), []
-            x = d.inpaint(oracle, x0, MASK, resample=R, jump_length=J, generator=torch.Generator().manual_seed(0),
-                          callback=lambda *a: calls.append(1))
+            x = d.inpaint(
+                oracle,
+                x0,
+                MASK,
+                resample=R,
+                jump_length=J,
+                generator=torch.Generator().manual_seed(0),
+                callback=lambda *a: calls.append(1),
+            )
             m, c = score(x.view(n, 4)[:, 2:], mean, cov)
             rows.append(f"| {T} | {J} | {R} | {len(calls)} | {m:.3f} | {c:.3f} | {time.perf_counter() - start:.1f} |")
             print(rows[-1], file=sys.stderr)
@@ -97,8 +110,11 @@ def inpainting_table(n: int) -> str:
 def sdedit_table(n: int) -> str:
     d, oracle = gaussian_diffusion(1000)
     x = oracle.sample(n, torch.Generator().manual_seed(1)).view(n, 1, 2, 2)
-    rows = ["| strength | t0 | mean error (stds) | covariance error | input-output covariance error (max) | "
-            "its size (max) |", "|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| strength | t0 | mean error (stds) | covariance error | input-output covariance error (max) | "
+        "its size (max) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     m, c = score(oracle.sample(n, torch.Generator().manual_seed(3)), MU, COV)
     rows.append(f"| exact samples | | {m:.3f} | {c:.3f} | | |")
     for s in (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0):
@@ -109,8 +125,10 @@ def sdedit_table(n: int) -> str:
         expected = a * COV @ torch.linalg.solve(a * COV + (1 - a) * torch.eye(4, dtype=F64), COV)
         cross = torch.cov(torch.cat([x.view(n, 4), out], 1).T)[:4, 4:]
         cross_error = float((cross - expected).abs().max())
-        rows.append(f"| {s} | {n0 - 1 if n0 else '-'} | {m:.3f} | {c:.3f} | {cross_error:.4f} "
-                    f"| {float(expected.abs().max()):.4f} |")
+        rows.append(
+            f"| {s} | {n0 - 1 if n0 else '-'} | {m:.3f} | {c:.3f} | {cross_error:.4f} "
+            f"| {float(expected.abs().max()):.4f} |"
+        )
     return "\n".join(rows)
 
 
@@ -129,28 +147,40 @@ def digits(args) -> str:
     mask[..., 4:, :] = 0  # bottom half generated
     levels = run.config.sample.levels
     blank = to_uint8(images * mask, levels)
-    rows = [f"digits run {args.run} (step {run.step}), {args.num} held-out test digits, ancestral {args.steps} steps, "
-            "unconditional (null label)", "",
-            "| completion | network calls | judge accuracy | MLP accuracy | s |", "|---|---:|---:|---:|---:|",
-            f"| true digits | | {np.mean(judge.classify(split.test_images[:args.num]) == truth):.3f} | "
-            f"{np.mean(judge.classify_mlp(split.test_images[:args.num]) == truth):.3f} | |",
-            f"| bottom half blank (no completion) | | {np.mean(judge.classify(blank) == truth):.3f} | "
-            f"{np.mean(judge.classify_mlp(blank) == truth):.3f} | |"]
+    rows = [
+        f"digits run {args.run} (step {run.step}), {args.num} held-out test digits, ancestral {args.steps} steps, "
+        "unconditional (null label)",
+        "",
+        "| completion | network calls | judge accuracy | MLP accuracy | s |",
+        "|---|---:|---:|---:|---:|",
+        f"| true digits | | {np.mean(judge.classify(split.test_images[: args.num]) == truth):.3f} | "
+        f"{np.mean(judge.classify_mlp(split.test_images[: args.num]) == truth):.3f} | |",
+        f"| bottom half blank (no completion) | | {np.mean(judge.classify(blank) == truth):.3f} | "
+        f"{np.mean(judge.classify_mlp(blank) == truth):.3f} | |",
+    ]
     for R, J in ((1, 1), (args.resample, args.jump)):
         start = time.perf_counter()
-        out = inpaint(run, images, mask, num=args.votes, resample=R, jump=J, steps=args.steps, precision="fp32",
-                      batch_size=1024)
+        out = inpaint(
+            run, images, mask, num=args.votes, resample=R, jump=J, steps=args.steps, precision="fp32", batch_size=1024
+        )
         done = to_uint8(out.x, levels)
         pred, pred_mlp = judge.classify(done), judge.classify_mlp(done)
         each = np.repeat(truth, args.votes)
-        rows.append(f"| RePaint R = {R}, J = {J} | {out.calls} | {np.mean(pred == each):.3f} | "
-                    f"{np.mean(pred_mlp == each):.3f} | {time.perf_counter() - start:.0f} |")
+        rows.append(
+            f"| RePaint R = {R}, J = {J} | {out.calls} | {np.mean(pred == each):.3f} | "
+            f"{np.mean(pred_mlp == each):.3f} | {time.perf_counter() - start:.0f} |"
+        )
         if args.votes > 1:  # the most frequent class of the completions of each digit
-            votes = [np.bincount(p.reshape(-1, args.votes)[i], minlength=10).argmax() for p in (pred, pred_mlp)
-                     for i in range(len(truth))]
-            vote, vote_mlp = np.array(votes[:len(truth)]), np.array(votes[len(truth):])
-            rows.append(f"| same, majority of {args.votes} completions | | {np.mean(vote == truth):.3f} | "
-                        f"{np.mean(vote_mlp == truth):.3f} | |")
+            votes = [
+                np.bincount(p.reshape(-1, args.votes)[i], minlength=10).argmax()
+                for p in (pred, pred_mlp)
+                for i in range(len(truth))
+            ]
+            vote, vote_mlp = np.array(votes[: len(truth)]), np.array(votes[len(truth) :])
+            rows.append(
+                f"| same, majority of {args.votes} completions | | {np.mean(vote == truth):.3f} | "
+                f"{np.mean(vote_mlp == truth):.3f} | |"
+            )
         print(rows[-1], file=sys.stderr)
     if args.picture:
         picture(run, images, truth, mask, args)
@@ -163,10 +193,19 @@ def picture(run, images, truth, mask, args) -> None:
     from ddpmkit.runs.editing import inpaint
 
     first = [int(np.flatnonzero(truth == k)[0]) for k in range(10)]
-    out = inpaint(run, images[first], mask, num=6, resample=args.resample, jump=args.jump, steps=args.steps,
-                  precision="fp32", seed=1)
+    out = inpaint(
+        run,
+        images[first],
+        mask,
+        num=6,
+        resample=args.resample,
+        jump=args.jump,
+        steps=args.steps,
+        precision="fp32",
+        seed=1,
+    )
     levels = run.config.sample.levels
-    rows = [to_uint8(torch.cat([images[i:i + 1], r]), levels) for i, r in zip(first, out.rows)]
+    rows = [to_uint8(torch.cat([images[i : i + 1], r]), levels) for i, r in zip(first, out.rows)]
     save_png(args.picture, make_trajectory_grid(rows, scale=6))
 
 
@@ -192,8 +231,9 @@ def pictures(args) -> str:
         rows.append(to_uint8(out.rows[0][:7], levels))
     save_png(f"{args.out_dir}/edit_digits.png", make_trajectory_grid(rows, scale=6))
     strip = interpolate(run, images=images[pick], frames=8, precision="fp32")
-    save_png(f"{args.out_dir}/interpolation_digits.png",
-             make_trajectory_grid([to_uint8(strip.rows[0], levels)], scale=6))
+    save_png(
+        f"{args.out_dir}/interpolation_digits.png", make_trajectory_grid([to_uint8(strip.rows[0], levels)], scale=6)
+    )
     return f"{len(threes)} held-out 3s, 4 edits each, labels 8, {run.config.sample.sampler}\n\n" + "\n".join(table)
 
 
@@ -211,8 +251,9 @@ def main() -> None:
     d.add_argument("--resample", type=int, default=4)
     d.add_argument("--jump", type=int, default=5)
     d.add_argument("--num", type=int, default=360, help="the first N held-out test digits")
-    d.add_argument("--votes", type=int, default=1,
-                   help="completions per digit (accuracy of each, and of their majority)")
+    d.add_argument(
+        "--votes", type=int, default=1, help="completions per digit (accuracy of each, and of their majority)"
+    )
     d.add_argument("--threads", type=int, default=1)
     d.add_argument("--picture", help="write the picture of completions here (PNG)")
     q = sub.add_parser("pictures")

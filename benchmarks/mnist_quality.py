@@ -61,13 +61,22 @@ def _mnist(split: str):
 def _ddpmkit_config(steps: int, run_dir_name: str):
     from ddpmkit import load_config
 
-    return load_config("mnist", overrides={
-        "name": run_dir_name,
-        "train": {"steps": steps, "warmup_steps": max(1, steps // 20), "ema_start": steps // 10,
-                  "ema_decay": 0.995 if steps < 2000 else 0.999, "sample_every": 0,
-                  "checkpoint_every": max(1, steps // 4), "keep_checkpoints": 0,
-                  "log_every": max(1, min(50, steps // 4))},
-    })
+    return load_config(
+        "mnist",
+        overrides={
+            "name": run_dir_name,
+            "train": {
+                "steps": steps,
+                "warmup_steps": max(1, steps // 20),
+                "ema_start": steps // 10,
+                "ema_decay": 0.995 if steps < 2000 else 0.999,
+                "sample_every": 0,
+                "checkpoint_every": max(1, steps // 4),
+                "keep_checkpoints": 0,
+                "log_every": max(1, min(50, steps // 4)),
+            },
+        },
+    )
 
 
 def _cpu_of_training(steps: int, run_dir: Path) -> float:
@@ -88,9 +97,17 @@ def ddpmkit_child(work: Path, budget_s: float) -> None:
     steps = max(8, int((budget_s - overhead) / per_step))
     began_cpu, began = time.process_time(), time.time()
     train(_ddpmkit_config(steps, "ddpmkit"), work / "ddpmkit", force=True, progress=False, log=None)
-    _save_json(work / "ddpmkit" / "budget.json", {
-        "steps": steps, "cpu_s": time.process_time() - began_cpu, "wall_s": time.time() - began,
-        "cpu_per_step_s": per_step, "batch_size": 64, "calibration_cpu_s": short + long})
+    _save_json(
+        work / "ddpmkit" / "budget.json",
+        {
+            "steps": steps,
+            "cpu_s": time.process_time() - began_cpu,
+            "wall_s": time.time() - began,
+            "cpu_per_step_s": per_step,
+            "batch_size": 64,
+            "calibration_cpu_s": short + long,
+        },
+    )
 
 
 # --------------------------------------------------------------------------- diffusers training
@@ -98,10 +115,17 @@ def diffusers_model():
     """A UNet2DModel of about ddpmkit's preset's size, class-conditional, at 32x32."""
     from diffusers import UNet2DModel
 
-    return UNet2DModel(sample_size=32, in_channels=1, out_channels=1, layers_per_block=2,
-                       block_out_channels=(32, 64, 64), norm_num_groups=8, num_class_embeds=10,
-                       down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
+    return UNet2DModel(
+        sample_size=32,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=2,
+        block_out_channels=(32, 64, 64),
+        norm_num_groups=8,
+        num_class_embeds=10,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    )
 
 
 def _padded(images: torch.Tensor) -> torch.Tensor:
@@ -121,12 +145,17 @@ class _DiffusersRecipe:
         torch.manual_seed(0)
         self.model = diffusers_model()
         self.noise = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.95, 0.999),
-                                     weight_decay=1e-6, eps=1e-8)
-        self.lr = get_scheduler("cosine", optimizer=self.opt, num_warmup_steps=500,
-                                num_training_steps=planned_steps)
-        self.ema = EMAModel(self.model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0,
-                            power=0.75, model_cls=type(self.model), model_config=self.model.config)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
+        self.lr = get_scheduler("cosine", optimizer=self.opt, num_warmup_steps=500, num_training_steps=planned_steps)
+        self.ema = EMAModel(
+            self.model.parameters(),
+            decay=0.9999,
+            use_ema_warmup=True,
+            inv_gamma=1.0,
+            power=0.75,
+            model_cls=type(self.model),
+            model_config=self.model.config,
+        )
 
     def step(self, x0: torch.Tensor, y: torch.Tensor) -> float:
         noise = torch.randn_like(x0)
@@ -148,7 +177,7 @@ def _batches(data: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: in
     while True:
         order = torch.randperm(len(data), generator=gen)
         for i in range(0, len(order) - batch_size + 1, batch_size):
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             yield _padded(data[idx]), labels[idx]
 
 
@@ -171,17 +200,29 @@ def diffusers_child(work: Path, budget_s: float) -> None:
     out = work / "diffusers"
     out.mkdir(parents=True, exist_ok=True)
     torch.save(recipe.model.state_dict(), out / "ema.pt")
-    _save_json(out / "budget.json", {
-        "steps": len(losses), "planned_steps": planned, "cpu_s": time.process_time() - began_cpu,
-        "wall_s": time.time() - began, "cpu_per_step_s": per_step, "batch_size": 16,
-        "final_loss_mean_100": float(np.mean(losses[-100:]))})
+    _save_json(
+        out / "budget.json",
+        {
+            "steps": len(losses),
+            "planned_steps": planned,
+            "cpu_s": time.process_time() - began_cpu,
+            "wall_s": time.time() - began,
+            "cpu_per_step_s": per_step,
+            "batch_size": 16,
+            "final_loss_mean_100": float(np.mean(losses[-100:])),
+        },
+    )
 
 
 def train_both(work: Path, budget_s: float) -> None:
     """Both trainings at once, one thread each, in child processes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(HERE), "--child", who, "--work", str(work),
-                               "--budget-s", str(budget_s)], env=env) for who in ("ddpmkit", "diffusers")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE), "--child", who, "--work", str(work), "--budget-s", str(budget_s)], env=env
+        )
+        for who in ("ddpmkit", "diffusers")
+    ]
     codes = [p.wait() for p in procs]
     if any(codes):
         sys.exit(f"a training child failed: exit codes {codes}")
@@ -264,8 +305,13 @@ def scores(feats: np.ndarray, test: np.ndarray, test_pr: np.ndarray) -> dict:
     mu, sigma = test.mean(0), np.cov(test, rowvar=False)
     kid, kid_se = metrics.kid_with_stderr(feats, test, 100, 1000, 0)
     precision, recall = metrics.precision_recall(test_pr, feats, k=3)
-    return {"fid": metrics.gaussian_frechet_distance(feats.mean(0), np.cov(feats, rowvar=False), mu, sigma),
-            "kid": kid, "kid_stderr": kid_se, "precision": precision, "recall": recall}
+    return {
+        "fid": metrics.gaussian_frechet_distance(feats.mean(0), np.cov(feats, rowvar=False), mu, sigma),
+        "kid": kid,
+        "kid_stderr": kid_se,
+        "precision": precision,
+        "recall": recall,
+    }
 
 
 def score_all(work: Path, sets: dict[str, tuple[Path, int]], ref: Path | None, num: int, test_num: int = 10000) -> dict:
@@ -309,8 +355,10 @@ def table(result: dict, budgets: dict, sizes: dict[str, int]) -> str:
         if name not in when:
             continue
         r, t = result[key], when[name]
-        rows.append(f"| {name} | {'-' if t is None else f'{t / 60:.1f} min'} | {n or sizes[name]} | {r['fid']:.2f} | "
-                    f"{1e3 * r['kid']:.2f} ± {1e3 * r['kid_stderr']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} |")
+        rows.append(
+            f"| {name} | {'-' if t is None else f'{t / 60:.1f} min'} | {n or sizes[name]} | {r['fid']:.2f} | "
+            f"{1e3 * r['kid']:.2f} ± {1e3 * r['kid_stderr']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} |"
+        )
     return "\n".join(rows)
 
 
@@ -345,9 +393,16 @@ def main() -> None:
     budgets = {w: json.loads((a.work / w / "budget.json").read_text()) for w in ("ddpmkit", "diffusers")}
     sets = sample_sets(a.work, a.num, a.num_quarters or a.num)
     result = score_all(a.work, sets, a.ref, a.num, a.test_num)
-    _save_json(a.work / "result.json", {"num": a.num, "num_quarters": a.num_quarters or a.num,
-                                        "test_num": a.test_num if a.ref is None else None,
-                                        "budgets": budgets, "scores": result})
+    _save_json(
+        a.work / "result.json",
+        {
+            "num": a.num,
+            "num_quarters": a.num_quarters or a.num,
+            "test_num": a.test_num if a.ref is None else None,
+            "budgets": budgets,
+            "scores": result,
+        },
+    )
     pictures(a.work, sets, a.docs)
     print(json.dumps(budgets, indent=1))
     sizes = {name: n for name, (_, n) in sets.items()}

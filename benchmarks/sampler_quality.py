@@ -61,8 +61,10 @@ def tuned_grids(d, mixtures, calls: list[int]) -> dict[tuple, list[int]]:
         ref = S.dpmpp_3m_sample(mix.denoise, x_T, ref_ts, d.alphas_cumprod)
         for sampler in TUNED:
             for k in calls:
+
                 def objective(ts, sampler=sampler):
                     return float((S.SAMPLERS[sampler](mix.denoise, x_T, ts, d.alphas_cumprod) - ref).pow(2).mean())
+
                 grids[(sampler, m, k)] = search_timesteps(objective, d.alphas_cumprod, k, TUNE_ROUNDS).timesteps
     return grids
 
@@ -74,8 +76,11 @@ def oracle_table(samples: int, seeds: int) -> str:
     start = time.perf_counter()
     grids = tuned_grids(d, mixtures, CALLS)
     print(f"  tuned {len(grids)} grids in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
-    configs = ([(s, sp, k) for s in SAMPLERS for sp in SPACINGS for k in CALLS] + [(s, "any", T) for s in SAMPLERS]
-               + [(s, "tuned", k) for s in TUNED for k in CALLS])
+    configs = (
+        [(s, sp, k) for s in SAMPLERS for sp in SPACINGS for k in CALLS]
+        + [(s, "any", T) for s in SAMPLERS]
+        + [(s, "tuned", k) for s in TUNED for k in CALLS]
+    )
     scores: dict[tuple, list] = {c: [] for c in configs}
     floor = []
     for seed in range(seeds):
@@ -87,9 +92,16 @@ def oracle_table(samples: int, seeds: int) -> str:
             for sampler, spacing, k in configs:
                 start = time.perf_counter()
                 ts = torch.tensor(grids[(sampler, m, k)]) if spacing == "tuned" else None
-                x = d.sample(mix, (samples, 2), sampler=sampler, steps=k, spacing=None if k == T or ts is not None
-                             else spacing, generator=torch.Generator().manual_seed(seed), dtype=torch.float64,
-                             timesteps=ts)
+                x = d.sample(
+                    mix,
+                    (samples, 2),
+                    sampler=sampler,
+                    steps=k,
+                    spacing=None if k == T or ts is not None else spacing,
+                    generator=torch.Generator().manual_seed(seed),
+                    dtype=torch.float64,
+                    timesteps=ts,
+                )
                 ms = 1e3 * (time.perf_counter() - start)
                 fit = mix.compare(x)
                 sw = sliced_wasserstein(x, ref, generator=torch.Generator().manual_seed(7))
@@ -100,11 +112,13 @@ def oracle_table(samples: int, seeds: int) -> str:
         mean = [statistics.fmean(v[j] for v in values) for j in range(5)]
         return "| " + " | ".join(cells + [f"{v:.3f}" for v in mean[:4]] + [f"{mean[4]:.0f}"]) + " |"
 
-    lines = ["| sampler | spacing | calls | weight_tv | mean_error | std_error | SW | ms |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| sampler | spacing | calls | weight_tv | mean_error | std_error | SW | ms |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for k in CALLS + [T]:
         for sampler in SAMPLERS:
-            for spacing in (SPACINGS + (["tuned"] if sampler in TUNED else []) if k != T else ["any"]):
+            for spacing in SPACINGS + (["tuned"] if sampler in TUNED else []) if k != T else ["any"]:
                 mark = "*" if k != T and S.DEFAULT_SPACING[sampler] == spacing else ""
                 lines.append(row([sampler, spacing + mark, str(k)], scores[(sampler, spacing, k)]))
     lines.append(row(["exact", "-", "-"], floor))
@@ -113,26 +127,34 @@ def oracle_table(samples: int, seeds: int) -> str:
 
 def floor_ratios(scores: dict, floor: list) -> str:
     """Per call count: the error (mean_error + std_error) over the exact samples' (the floor), best first."""
+
     def err(values):
         return statistics.fmean(v[1] + v[2] for v in values)
 
     base = err(floor)
-    lines = [f"Error over the sampling-noise floor (mean_error + std_error; floor {base:.3f}):", "",
-             "| calls | best (sampler, spacing) | best | unipc-bh1* | unipc-bh2* | dpm++2m* | ddim* | tuned best |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"Error over the sampling-noise floor (mean_error + std_error; floor {base:.3f}):",
+        "",
+        "| calls | best (sampler, spacing) | best | unipc-bh1* | unipc-bh2* | dpm++2m* | ddim* | tuned best |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for k in CALLS:
         here = {(s, sp): err(v) / base for (s, sp, kk), v in scores.items() if kk == k}
         best = min(here, key=here.get)
         tuned = min(v for (s, sp), v in here.items() if sp == "tuned")
         default = [here[(s, S.DEFAULT_SPACING[s])] for s in ("unipc-bh1", "unipc-bh2", "dpm++2m", "ddim")]
-        lines.append(f"| {k} | {best[0]}, {best[1]} | {here[best]:.2f}x | "
-                     + " | ".join(f"{v:.2f}x" for v in default) + f" | {tuned:.2f}x |")
+        lines.append(
+            f"| {k} | {best[0]}, {best[1]} | {here[best]:.2f}x | "
+            + " | ".join(f"{v:.2f}x" for v in default)
+            + f" | {tuned:.2f}x |"
+        )
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- part B
-def digits_table(run_path: str, per_class: int, steps_list: list[int], reference: bool, seed: int,
-                 samplers: list[str]) -> str:
+def digits_table(
+    run_path: str, per_class: int, steps_list: list[int], reference: bool, seed: int, samplers: list[str]
+) -> str:
     import numpy as np
 
     from ddpmkit import Run
@@ -157,20 +179,33 @@ def digits_table(run_path: str, per_class: int, steps_list: list[int], reference
     diffusion, sample = run.diffusion, run.config.sample
     T_run = diffusion.num_timesteps
     tuned = {(s, k): load_tuned(run.run_dir, s, k, T_run) for k in steps_list for s in samplers} if run.run_dir else {}
-    runs = ([(s, k, None) for k in steps_list for s in samplers]
-            + [(s, k, v[0]) for (s, k), v in tuned.items() if v is not None]
-            + ([("ddpm", T_run, None)] if reference else []))
-    lines = [f"digits run {run_path}: {n} samples ({per_class} per class), guidance {sample.guidance}, "
-             f"fd_floor {fd_floor:.3f}", "",
-             "| sampler | spacing | steps | accuracy | FD (features) | wall s |",
-             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    runs = (
+        [(s, k, None) for k in steps_list for s in samplers]
+        + [(s, k, v[0]) for (s, k), v in tuned.items() if v is not None]
+        + ([("ddpm", T_run, None)] if reference else [])
+    )
+    lines = [
+        f"digits run {run_path}: {n} samples ({per_class} per class), guidance {sample.guidance}, "
+        f"fd_floor {fd_floor:.3f}",
+        "",
+        "| sampler | spacing | steps | accuracy | FD (features) | wall s |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     for sampler, k, ts in runs:
         gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
         start = time.perf_counter()
         with torch.inference_mode():  # ddim: eta 0; ts: the run's tuned grid (RUN/timesteps), if any
-            x = diffusion.sample(run.model, (n, *run.sample_shape), sampler=sampler, steps=k, y=labels,
-                                 guidance_scale=sample.guidance, generator=gens, device="cpu",
-                                 timesteps=None if ts is None else torch.tensor(ts))
+            x = diffusion.sample(
+                run.model,
+                (n, *run.sample_shape),
+                sampler=sampler,
+                steps=k,
+                y=labels,
+                guidance_scale=sample.guidance,
+                generator=gens,
+                device="cpu",
+                timesteps=None if ts is None else torch.tensor(ts),
+            )
         wall = time.perf_counter() - start
         images = to_uint8(x, sample.levels)
         acc = float(np.mean(judge.classify(images) == labels.numpy()))
@@ -197,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, args.threads))
     if not args.no_oracle:
         start = time.perf_counter()
-        print(f"## Part A: exact mixture oracle (ring of 8, std {' and '.join(map(str, STDS))}; "
-              f"{args.samples} samples, {args.seeds} seeds; means)\n")
+        print(
+            f"## Part A: exact mixture oracle (ring of 8, std {' and '.join(map(str, STDS))}; "
+            f"{args.samples} samples, {args.seeds} seeds; means)\n"
+        )
         print(oracle_table(args.samples, args.seeds))
         print(f"\n(part A took {time.perf_counter() - start:.0f} s)\n")
     if args.run:

@@ -78,18 +78,34 @@ def preset_model(preset: str) -> dict:
 
 # diffusers' UNet2DModel of the issue; ddpmkit's UNetConfig below builds the same network
 DIFFUSERS_KWARGS = dict(
-    sample_size=32, in_channels=3, out_channels=3, block_out_channels=(64, 128, 128), layers_per_block=2,
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(64, 128, 128),
+    layers_per_block=2,
     down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
 )
-OURS_MODEL = dict(kind="unet", base_channels=64, channel_mults=[1, 2, 2], num_res_blocks=2,
-                  attention_resolutions=[16], num_groups=32, dropout=0.0)
+OURS_MODEL = dict(
+    kind="unet",
+    base_channels=64,
+    channel_mults=[1, 2, 2],
+    num_res_blocks=2,
+    attention_resolutions=[16],
+    num_groups=32,
+    dropout=0.0,
+)
 # the DDPM paper's CIFAR-10 model: ddpmkit's cifar10 preset, and diffusers built to the same size
 DIFFUSERS_CIFAR10_KWARGS = dict(
-    sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256), layers_per_block=2,
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(128, 256, 256, 256),
+    layers_per_block=2,
     down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    dropout=0.1, attention_head_dim=64,
+    dropout=0.1,
+    attention_head_dim=64,
 )
 OURS_CIFAR10 = preset_model("cifar10")
 # --model name -> (diffusers UNet2DModel kwargs, ddpmkit model config section)
@@ -250,15 +266,26 @@ def ours_trainer(mode: Mode, bench: Bench, workdir: Path):
         rng = np.random.default_rng(0)
         for i in range(8):
             Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(data / f"{i:03d}.png")
-    cfg = load_config("folder", overrides={
-        "data": {"root": str(data), "image_size": 32, "hflip": False},
-        "model": ARCHS[bench.arch][1],
-        "train": {"batch_size": bench.batch, "precision": mode.precision, "channels_last": mode.channels_last,
-                  "compile_mode": mode.compile_mode if mode.compile else None, "device": bench.device.type,
-                  "warmup_steps": 0, "ema_start": 0},
-    })
-    run = workdir / (f"run-{bench.arch}-{bench.device.type}-{mode.precision}-{int(mode.channels_last)}"
-                     f"-{int(mode.compile)}-{mode.compile_mode}")
+    cfg = load_config(
+        "folder",
+        overrides={
+            "data": {"root": str(data), "image_size": 32, "hflip": False},
+            "model": ARCHS[bench.arch][1],
+            "train": {
+                "batch_size": bench.batch,
+                "precision": mode.precision,
+                "channels_last": mode.channels_last,
+                "compile_mode": mode.compile_mode if mode.compile else None,
+                "device": bench.device.type,
+                "warmup_steps": 0,
+                "ema_start": 0,
+            },
+        },
+    )
+    run = workdir / (
+        f"run-{bench.arch}-{bench.device.type}-{mode.precision}-{int(mode.channels_last)}"
+        f"-{int(mode.compile)}-{mode.compile_mode}"
+    )
     return start_training(cfg, run, progress=False)
 
 
@@ -337,8 +364,9 @@ def train_flops(family: str, arch: str, workdir: Path, batch: int = 2) -> float:
     return count_flops(lambda: F.mse_loss(model(x, t), x).backward()) / batch
 
 
-def pick_modes(bench: Bench, bf16: bool, compile_too: bool, compile_mode: str = "default",
-               compiled_only: bool = False) -> list[Mode]:
+def pick_modes(
+    bench: Bench, bf16: bool, compile_too: bool, compile_mode: str = "default", compiled_only: bool = False
+) -> list[Mode]:
     """The modes every network is timed in; each network is then ranked by its best one."""
     modes = [Mode(), Mode(channels_last=True)]
     if bf16:
@@ -390,8 +418,10 @@ def warmed_up(names: list[str], modes: list[Mode], bench: Bench, warmup: int) ->
                     c.train_step()
                 bench.sync()
             except Exception as e:  # noqa: BLE001 - reported, and the configuration is left out
-                print(f"# FAILED {fam} ({mode.name}), left out: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
-                      flush=True)
+                print(
+                    f"# FAILED {fam} ({mode.name}), left out: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
+                    flush=True,
+                )
                 continue
             c.flops_per_image = flops[fam]
             print(f"# warmed up {c.label} in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -409,8 +439,11 @@ def time_rounds(contenders: list[Contender], bench: Bench, repeats: int, steps: 
                 c.train_step()
             bench.sync()
             c.rates.append(steps * bench.batch / (time.perf_counter() - t0))
-        print(f"# round {rep + 1}/{repeats}: "
-              + ", ".join(f"{c.family}/{c.mode.name} {c.rates[-1]:.2f}" for c in contenders), flush=True)
+        print(
+            f"# round {rep + 1}/{repeats}: "
+            + ", ".join(f"{c.family}/{c.mode.name} {c.rates[-1]:.2f}" for c in contenders),
+            flush=True,
+        )
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -461,8 +494,9 @@ def sampling_rates(bench: Bench, batch: int, repeats: int, calls: int, bf16_ok: 
     for name, net in nets.items():
         flops = count_flops(lambda: net(x, t)) / batch
         medians = eval_rates(net.to(bench.device), x.to(bench.device), t.to(bench.device), modes, bench, repeats, calls)
-        print(f"# sampling {name}: " + ", ".join(f"{m.short_name} {r:.1f} img/s" for m, r in medians.items()),
-              flush=True)
+        print(
+            f"# sampling {name}: " + ", ".join(f"{m.short_name} {r:.1f} img/s" for m, r in medians.items()), flush=True
+        )
         best = max(medians, key=medians.get)
         results.append((f"{name} ({best.short_name})", medians[best], flops / 1e9))
     return results
@@ -491,16 +525,21 @@ def print_training(contenders: list[Contender], bench: Bench, rounds: str, peaks
     """The training table: every configuration's images/s and the fraction of each matmul peak it achieves."""
     where = torch.cuda.get_device_name(bench.device) if bench.cuda else f"{torch.get_num_threads()} CPU threads"
     print()
-    print(f"Training ({bench.arch} model): batch {bench.batch} of random 32x32x3, MSE, Adam; median of "
-          f"{rounds}; {where}")
+    print(
+        f"Training ({bench.arch} model): batch {bench.batch} of random 32x32x3, MSE, Adam; median of {rounds}; {where}"
+    )
     print()
-    print("| config | params | GFLOP/img (fwd+bwd) | img/s | achieved TFLOP/s | of fp32 matmul peak "
-          "| of bf16 matmul peak |")
+    print(
+        "| config | params | GFLOP/img (fwd+bwd) | img/s | achieved TFLOP/s | of fp32 matmul peak "
+        "| of bf16 matmul peak |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for c in contenders:
         flops = c.img_s * c.flops_per_image
-        print(f"| {c.label} | {c.params / 1e6:.2f}M | {c.flops_per_image / 1e9:.2f} | {c.img_s:.2f} | "
-              f"{flops / 1e12:.4f} | {100 * flops / peaks[0]:.0f}% | {100 * flops / peaks[1]:.0f}% |")
+        print(
+            f"| {c.label} | {c.params / 1e6:.2f}M | {c.flops_per_image / 1e9:.2f} | {c.img_s:.2f} | "
+            f"{flops / 1e12:.4f} | {100 * flops / peaks[0]:.0f}% | {100 * flops / peaks[1]:.0f}% |"
+        )
 
 
 def print_best(contenders: list[Contender]) -> tuple[Contender, list[Contender]]:
@@ -539,33 +578,66 @@ def print_sampling(samp: list[tuple[str, float, float]], batch: int) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to measure")
-    p.add_argument("--model", choices=sorted(ARCHS), default=None,
-                   help="architecture (default: matched on the CPU, cifar10 on CUDA)")
+    p.add_argument(
+        "--model",
+        choices=sorted(ARCHS),
+        default=None,
+        help="architecture (default: matched on the CPU, cifar10 on CUDA)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=5, help="timing rounds; every configuration once per round")
-    p.add_argument("--steps", type=int, default=None,
-                   help="optimizer steps (and sampling calls) timed per configuration per round "
-                   "(default 2 on the CPU, 20 on CUDA)")
-    p.add_argument("--warmup", type=int, default=None,
-                   help="untimed steps per configuration before the rounds (default 2 on the CPU, 10 on CUDA)")
-    p.add_argument("--batch", type=int, default=None,
-                   help="training batch size (default 16 for matched, 128 for cifar10)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimizer steps (and sampling calls) timed per configuration per round "
+        "(default 2 on the CPU, 20 on CUDA)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed steps per configuration before the rounds (default 2 on the CPU, 10 on CUDA)",
+    )
+    p.add_argument(
+        "--batch", type=int, default=None, help="training batch size (default 16 for matched, 128 for cifar10)"
+    )
     p.add_argument("--sample-batch", type=int, default=64, help="batch of the sampling measurement")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd networks")
-    p.add_argument("--compile-mode", choices=list(get_args(CompileMode)), default="default",
-                   help="torch.compile's mode for --compile (reduce-overhead: CUDA graphs on a GPU)")
-    p.add_argument("--compiled-only", action="store_true",
-                   help="with --compile: time only the compiled modes (when the eager ones ran in another call)")
-    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
-                   help="time bf16 autocast modes (auto: on GPUs with bf16, and on CPUs where bf16 matmul beats fp32)")
+    p.add_argument(
+        "--compile-mode",
+        choices=list(get_args(CompileMode)),
+        default="default",
+        help="torch.compile's mode for --compile (reduce-overhead: CUDA graphs on a GPU)",
+    )
+    p.add_argument(
+        "--compiled-only",
+        action="store_true",
+        help="with --compile: time only the compiled modes (when the eager ones ran in another call)",
+    )
+    p.add_argument(
+        "--bf16",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="time bf16 autocast modes (auto: on GPUs with bf16, and on CPUs where bf16 matmul beats fp32)",
+    )
     p.add_argument("--no-lucidrains", action="store_true", help="skip the denoising_diffusion_pytorch anchor")
-    p.add_argument("--system-malloc", action="store_true",
-                   help="leave glibc's malloc as it is (default: keep freed memory, as the ddpmkit command does)")
-    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
-                   help="after the timing, profile STEPS training steps of each network's best configuration "
-                        "and print its 15 costliest operators (GPU kernel time on CUDA)")
-    p.add_argument("--quick", action="store_true",
-                   help="2 rounds of 1 step, 1 warm-up step, small matmul probe: a smoke test")
+    p.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is (default: keep freed memory, as the ddpmkit command does)",
+    )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="after the timing, profile STEPS training steps of each network's best configuration "
+        "and print its 15 costliest operators (GPU kernel time on CUDA)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="2 rounds of 1 step, 1 warm-up step, small matmul probe: a smoke test"
+    )
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
     args.model = args.model or ("cifar10" if cuda else "matched")
@@ -593,11 +665,17 @@ def setup(args: argparse.Namespace) -> Bench:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-        print(f"# torch {torch.__version__}, {torch.cuda.get_device_name(bench.device)}, "
-              f"CUDA {torch.version.cuda}, TF32 allowed", flush=True)
+        print(
+            f"# torch {torch.__version__}, {torch.cuda.get_device_name(bench.device)}, "
+            f"CUDA {torch.version.cuda}, TF32 allowed",
+            flush=True,
+        )
     else:
-        print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"CPU capability {torch.backends.cpu.get_cpu_capability()}", flush=True)
+        print(
+            f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"CPU capability {torch.backends.cpu.get_cpu_capability()}",
+            flush=True,
+        )
     return bench
 
 
@@ -608,12 +686,18 @@ def matmul_peaks(bench: Bench, quick: bool, bf16: str) -> tuple[tuple[float, flo
     fp32_peak, fp32_size = matmul_peak(torch.float32, bench, quick)
     bf16_peak, bf16_size = matmul_peak(torch.bfloat16, bench, quick)
     units = cuda_has_bf16_matmul(bench.device) if bench.cuda else cpu_has_bf16_matmul()
-    print(f"# matmul peak: fp32{' (TF32)' if bench.cuda else ''} {fp32_peak / 1e12:.3f} TFLOP/s ({fp32_size}^2), "
-          f"bf16 {bf16_peak / 1e12:.3f} TFLOP/s ({bf16_size}^2); bf16 matrix units detected: {units}", flush=True)
+    print(
+        f"# matmul peak: fp32{' (TF32)' if bench.cuda else ''} {fp32_peak / 1e12:.3f} TFLOP/s ({fp32_size}^2), "
+        f"bf16 {bf16_peak / 1e12:.3f} TFLOP/s ({bf16_size}^2); bf16 matrix units detected: {units}",
+        flush=True,
+    )
     use_bf16 = bf16 == "on" or (bf16 == "auto" and (units if bench.cuda else bf16_peak > fp32_peak))
     if not use_bf16:
-        print(f"# bf16 autocast modes skipped: bf16 matmul runs at {bf16_peak / fp32_peak:.3g}x fp32 here "
-              f"(--bf16 on to time them anyway)", flush=True)
+        print(
+            f"# bf16 autocast modes skipped: bf16 matmul runs at {bf16_peak / fp32_peak:.3g}x fp32 here "
+            f"(--bf16 on to time them anyway)",
+            flush=True,
+        )
     return (fp32_peak, bf16_peak), use_bf16
 
 
@@ -639,8 +723,9 @@ def main(argv: list[str] | None = None) -> int:
         for c in [ours, *anchors]:
             print_profile(c, args.profile, bench)
     print(flush=True)
-    print_sampling(sampling_rates(bench, args.sample_batch, max(3, args.repeats), args.steps, use_bf16),
-                   args.sample_batch)
+    print_sampling(
+        sampling_rates(bench, args.sample_batch, max(3, args.repeats), args.steps, use_bf16), args.sample_batch
+    )
     best_anchor = max(anchors, key=lambda c: c.img_s) if anchors else None
     print(f"ratio_vs_best_anchor={ours.img_s / best_anchor.img_s if best_anchor else float('nan'):.3f}")
     return 0

@@ -27,12 +27,33 @@ from .options import Prediction, check_choice
 from .samplers import Generator, randn
 
 __all__ = [
-    "Distance", "NoiseLevels", "ECTParams", "ConsistencyFn",
-    "sigma_from_abar", "abar_from_sigma", "vp_from_ve", "ve_from_vp", "x0_from_output", "c_skip",
-    "teacher_denoiser", "consistency_function",
-    "sample_noise_levels", "lognormal_cdf", "r_from_t", "stage_of", "noised_pair", "capture_rng", "restore_rng",
-    "consistency_pair", "stop_gradient_target", "distance", "ect_weight", "ect_loss",
-    "ECT_MID_SIGMA", "sampling_sigmas", "consistency_sample",
+    "Distance",
+    "NoiseLevels",
+    "ECTParams",
+    "ConsistencyFn",
+    "sigma_from_abar",
+    "abar_from_sigma",
+    "vp_from_ve",
+    "ve_from_vp",
+    "x0_from_output",
+    "c_skip",
+    "teacher_denoiser",
+    "consistency_function",
+    "sample_noise_levels",
+    "lognormal_cdf",
+    "r_from_t",
+    "stage_of",
+    "noised_pair",
+    "capture_rng",
+    "restore_rng",
+    "consistency_pair",
+    "stop_gradient_target",
+    "distance",
+    "ect_weight",
+    "ect_loss",
+    "ECT_MID_SIGMA",
+    "sampling_sigmas",
+    "consistency_sample",
 ]
 
 Distance = Literal["l2", "pseudo_huber"]  # ECT's ||.||_2 (c = 0) or iCT's pseudo-Huber sqrt(||.||^2 + c^2) - c
@@ -125,8 +146,9 @@ def c_skip(sigma: Tensor, sigma_min: float) -> Tensor:
     return sigma_min / sigma.double()
 
 
-def teacher_denoiser(model: Model, levels: NoiseLevels, prediction: Prediction = "eps",
-                     learned_range: bool = False, clip: bool = False) -> Callable[..., Tensor]:
+def teacher_denoiser(
+    model: Model, levels: NoiseLevels, prediction: Prediction = "eps", learned_range: bool = False, clip: bool = False
+) -> Callable[..., Tensor]:
     """D(x_sigma, sigma, y=None): the network's x0 at continuous level sigma (its time input fractional).
 
     ``learned_range``: the network also outputs variances (twice the channels); only the prediction is used.
@@ -146,8 +168,9 @@ def teacher_denoiser(model: Model, levels: NoiseLevels, prediction: Prediction =
     return denoise
 
 
-def consistency_function(model: Model, levels: NoiseLevels, prediction: Prediction = "eps",
-                         learned_range: bool = False, clip: bool = False) -> ConsistencyFn:
+def consistency_function(
+    model: Model, levels: NoiseLevels, prediction: Prediction = "eps", learned_range: bool = False, clip: bool = False
+) -> ConsistencyFn:
     """f(x_sigma, sigma, y=None) = c_skip x + (1 - c_skip) D(x, sigma), with f(x, sigma_min) = x exactly.
 
     With an eps-predicting network the x0 error is sigma times the eps error (157 times at sigma_max of the
@@ -188,8 +211,14 @@ def lognormal_cdf(sigma: Tensor, p_mean: float, p_std: float) -> Tensor:
     return torch.special.ndtr((torch.log(sigma.double()) - p_mean) / p_std)
 
 
-def sample_noise_levels(n: int, levels: NoiseLevels, p_mean: float = -1.1, p_std: float = 2.0,
-                        generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
+def sample_noise_levels(
+    n: int,
+    levels: NoiseLevels,
+    p_mean: float = -1.1,
+    p_std: float = 2.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """sigma_t with log sigma_t ~ N(p_mean, p_std^2) truncated to [sigma_min, sigma_max] (EDM eq. 7), float64 [n].
 
     Drawn by inverting the CDF over the truncated range, so no draw sits on an end (where t - r would vanish).
@@ -237,8 +266,15 @@ def restore_rng(state: tuple[Tensor, Tensor | None], device: torch.device | str)
         torch.cuda.set_rng_state(state[1], torch.device(device))
 
 
-def consistency_pair(f: ConsistencyFn, x0: Tensor, noise: Tensor, sigma_t: Tensor, sigma_r: Tensor,
-                     sigma_min: float, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def consistency_pair(
+    f: ConsistencyFn,
+    x0: Tensor,
+    noise: Tensor,
+    sigma_t: Tensor,
+    sigma_r: Tensor,
+    sigma_min: float,
+    y: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """(f(x_t, t), sg f(x_r, r)): the prediction with gradients and the stop-gradient target (ECT eq. 8).
 
     Both calls draw the same dropout masks (the RNG is restored between them, CPU and CUDA); where r = sigma_min
@@ -251,8 +287,9 @@ def consistency_pair(f: ConsistencyFn, x0: Tensor, noise: Tensor, sigma_t: Tenso
     return pred, stop_gradient_target(f, x_r, sigma_r, sigma_min, y)
 
 
-def stop_gradient_target(f: ConsistencyFn, x_r: Tensor, sigma_r: Tensor, sigma_min: float,
-                         y: Tensor | None = None) -> Tensor:
+def stop_gradient_target(
+    f: ConsistencyFn, x_r: Tensor, sigma_r: Tensor, sigma_min: float, y: Tensor | None = None
+) -> Tensor:
     """sg f(x_r, r), and x_r itself where r = sigma_min (f(x, sigma_min) = x): no gradient flows through it."""
     with torch.no_grad():
         target = torch.nan_to_num(f(x_r, sigma_r, y))
@@ -277,9 +314,18 @@ def ect_weight(sigma_t: Tensor, sigma_r: Tensor) -> Tensor:
     return 1.0 / (sigma_t.double() - sigma_r.double())
 
 
-def ect_loss(f: ConsistencyFn, x0: Tensor, levels: NoiseLevels, stage: int, params: ECTParams = ECTParams(), *,
-             y: Tensor | None = None, generator: torch.Generator | None = None, sigma_t: Tensor | None = None,
-             noise: Tensor | None = None) -> Tensor:
+def ect_loss(
+    f: ConsistencyFn,
+    x0: Tensor,
+    levels: NoiseLevels,
+    stage: int,
+    params: ECTParams = ECTParams(),
+    *,
+    y: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    sigma_t: Tensor | None = None,
+    noise: Tensor | None = None,
+) -> Tensor:
     """ECT's loss per example [B]: w(t, r) d(f(x_t, t), sg f(x_r, r)) (Geng et al. 2024, eq. 8).
 
     sigma_t is drawn lognormal (:func:`sample_noise_levels`), r = :func:`r_from_t` at ``stage``, one noise for
@@ -319,13 +365,22 @@ def sampling_sigmas(levels: NoiseLevels, calls: int, mid: Sequence[float] | None
             mid = ((hi + i * (lo - hi)) ** KARRAS_RHO)[1:calls].tolist()
     sig = torch.tensor([levels.sigma_max, *mid], dtype=torch.float64)
     if len(mid) != calls - 1 or not bool((sig[1:] < sig[:-1]).all()) or float(sig[-1]) <= levels.sigma_min:
-        raise UserError(f"need {calls - 1} intermediate levels, decreasing from below sigma_max "
-                        f"{levels.sigma_max:.4g} to above sigma_min {levels.sigma_min:.4g}, got {list(mid)}")
+        raise UserError(
+            f"need {calls - 1} intermediate levels, decreasing from below sigma_max "
+            f"{levels.sigma_max:.4g} to above sigma_min {levels.sigma_min:.4g}, got {list(mid)}"
+        )
     return sig
 
 
-def consistency_sample(f: ConsistencyFn, x_T: Tensor, sigmas: Tensor, sigma_min: float, *,
-                       y: Tensor | None = None, generator: Generator = None) -> Tensor:
+def consistency_sample(
+    f: ConsistencyFn,
+    x_T: Tensor,
+    sigmas: Tensor,
+    sigma_min: float,
+    *,
+    y: Tensor | None = None,
+    generator: Generator = None,
+) -> Tensor:
     """Multistep consistency sampling (Song et al. 2023, Algorithm 1): one call per level of ``sigmas``.
 
     ``x_T`` is the VP prior's noise N(0, I) (as every ddpmkit sampler's), so x_sigma_max = x_T sqrt(1 + sigma_max^2);

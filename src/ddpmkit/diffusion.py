@@ -139,11 +139,14 @@ class GaussianDiffusion:
         of T or more still fails in the kernel, and a negative one is not caught.
         """
         if t.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-            raise TypeError(f"timesteps t must be an integer tensor (0-based, in [0, {self.num_timesteps})), "
-                            f"got {t.dtype}")
+            raise TypeError(
+                f"timesteps t must be an integer tensor (0-based, in [0, {self.num_timesteps})), got {t.dtype}"
+            )
         if t.device.type == "cpu" and t.numel() and not (0 <= int(t.min()) and int(t.max()) < self.num_timesteps):
-            raise ValueError(f"timesteps t must lie in [0, {self.num_timesteps}) (0-based), "
-                             f"got values from {int(t.min())} to {int(t.max())}")
+            raise ValueError(
+                f"timesteps t must lie in [0, {self.num_timesteps}) (0-based), "
+                f"got values from {int(t.min())} to {int(t.max())}"
+            )
 
     # ------------------------------------------------------------------ forward process
     def q_mean_variance(self, x0: Tensor, t: Tensor) -> MeanVariance:
@@ -342,23 +345,54 @@ class GaussianDiffusion:
             options: sampler, steps, spacing, eta, order, timesteps and guidance as one checked
                 :class:`SamplingOptions`, instead of those keywords.
         """
-        opts = _options(options, sampler=sampler, steps=steps, spacing=spacing, eta=eta, order=order,
-                        timesteps=timesteps, guidance=guidance_scale)
+        opts = _options(
+            options,
+            sampler=sampler,
+            steps=steps,
+            spacing=spacing,
+            eta=eta,
+            order=order,
+            timesteps=timesteps,
+            guidance=guidance_scale,
+        )
         timesteps = opts.grid(self.num_timesteps, self.alphas_cumprod)
         if x_T is None:
             x_T = randn(tuple(shape), generator, _model_device(model) if device is None else device, dtype)
         denoiser = self._denoiser(model, y, x_T, opts.guidance, clip_denoised)
         with _progress(progress, len(timesteps), f"sampling ({opts.sampler})", callback) as on_step:
-            return SAMPLERS[opts.sampler](denoiser, x_T, timesteps, self.alphas_cumprod, generator=generator,
-                                          callback=on_step, **opts.sampler_kwargs(self.variance))
+            return SAMPLERS[opts.sampler](
+                denoiser,
+                x_T,
+                timesteps,
+                self.alphas_cumprod,
+                generator=generator,
+                callback=on_step,
+                **opts.sampler_kwargs(self.variance),
+            )
 
     # ------------------------------------------------------------------ editing (ddpmkit.editing)
     @torch.inference_mode()
-    def inpaint(self, model: Model, x_known: Tensor, mask: Tensor, sampler: SamplerName = "ddpm",
-                steps: int | None = None, resample: int = 1, jump_length: int = 1, y: Tensor | None = None,
-                guidance_scale: float = 1.0, generator=None, progress: bool = False, *, eta: float | None = None,
-                spacing: Spacing | None = None, clip_denoised: bool | None = None, x_T: Tensor | None = None,
-                callback: Callable | None = None, options: SamplingOptions | None = None) -> Tensor:
+    def inpaint(
+        self,
+        model: Model,
+        x_known: Tensor,
+        mask: Tensor,
+        sampler: SamplerName = "ddpm",
+        steps: int | None = None,
+        resample: int = 1,
+        jump_length: int = 1,
+        y: Tensor | None = None,
+        guidance_scale: float = 1.0,
+        generator=None,
+        progress: bool = False,
+        *,
+        eta: float | None = None,
+        spacing: Spacing | None = None,
+        clip_denoised: bool | None = None,
+        x_T: Tensor | None = None,
+        callback: Callable | None = None,
+        options: SamplingOptions | None = None,
+    ) -> Tensor:
         """RePaint inpainting: x0 equal to ``x_known`` where ``mask`` is 1, generated elsewhere (``editing.inpaint``).
 
         ``resample`` R and ``jump_length`` J follow Lugmayr et al. 2022 (R = 1: plain replacement);
@@ -370,15 +404,40 @@ class GaussianDiffusion:
         levels = editing.repaint_schedule(len(timesteps), jump_length, resample)
         calls = sum(b < a for a, b in zip(levels, levels[1:]))
         with _progress(progress, calls, f"inpainting ({opts.sampler})", callback) as on_step:
-            return editing.inpaint(denoiser, x_known, mask, timesteps, self.alphas_cumprod, resample=resample,
-                                   jump_length=jump_length, sampler=opts.sampler, generator=generator, x_T=x_T,
-                                   callback=on_step, **opts.sampler_kwargs(self.variance))
+            return editing.inpaint(
+                denoiser,
+                x_known,
+                mask,
+                timesteps,
+                self.alphas_cumprod,
+                resample=resample,
+                jump_length=jump_length,
+                sampler=opts.sampler,
+                generator=generator,
+                x_T=x_T,
+                callback=on_step,
+                **opts.sampler_kwargs(self.variance),
+            )
 
     @torch.inference_mode()
-    def edit(self, model: Model, x: Tensor, strength: float, sampler: SamplerName = "ddpm", steps: int | None = None,
-             y: Tensor | None = None, guidance_scale: float = 1.0, generator=None, progress: bool = False, *,
-             eta: float | None = None, spacing: Spacing | None = None, clip_denoised: bool | None = None,
-             callback: Callable | None = None, options: SamplingOptions | None = None) -> Tensor:
+    def edit(
+        self,
+        model: Model,
+        x: Tensor,
+        strength: float,
+        sampler: SamplerName = "ddpm",
+        steps: int | None = None,
+        y: Tensor | None = None,
+        guidance_scale: float = 1.0,
+        generator=None,
+        progress: bool = False,
+        *,
+        eta: float | None = None,
+        spacing: Spacing | None = None,
+        clip_denoised: bool | None = None,
+        callback: Callable | None = None,
+        options: SamplingOptions | None = None,
+    ) -> Tensor:
         """SDEdit image-to-image: noise ``x`` to t0 = ``strength`` T, then denoise with ``sampler`` (editing.sdedit).
 
         ``steps`` are the calls of a full-strength edit (None: all T); a strength-S edit makes about S of them.
@@ -391,13 +450,32 @@ class GaussianDiffusion:
         denoiser = self._denoiser(model, y, x, opts.guidance, clip_denoised)
         calls = 0 if timesteps is None else len(timesteps)
         with _progress(progress, calls, f"editing ({opts.sampler})", callback) as on_step:
-            return editing.sdedit(denoiser, x, strength, timesteps, self.alphas_cumprod, sampler=opts.sampler,
-                                  generator=generator, callback=on_step, **opts.sampler_kwargs(self.variance))
+            return editing.sdedit(
+                denoiser,
+                x,
+                strength,
+                timesteps,
+                self.alphas_cumprod,
+                sampler=opts.sampler,
+                generator=generator,
+                callback=on_step,
+                **opts.sampler_kwargs(self.variance),
+            )
 
     @torch.inference_mode()
-    def invert(self, model: Model, x0: Tensor, steps: int | None = None, y: Tensor | None = None,
-               guidance_scale: float = 1.0, *, spacing: Spacing | None = None, clip_denoised: bool | None = None,
-               callback: Callable | None = None, options: SamplingOptions | None = None) -> Tensor:
+    def invert(
+        self,
+        model: Model,
+        x0: Tensor,
+        steps: int | None = None,
+        y: Tensor | None = None,
+        guidance_scale: float = 1.0,
+        *,
+        spacing: Spacing | None = None,
+        clip_denoised: bool | None = None,
+        callback: Callable | None = None,
+        options: SamplingOptions | None = None,
+    ) -> Tensor:
         """DDIM inversion x0 -> x_T on the kept timesteps of ``sample(..., sampler="ddim", steps, spacing)``.
 
         Decoding the result with those same arguments (``x_T=``) returns about x0 (Song et al. 2021, sec. 4.3).

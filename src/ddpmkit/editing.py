@@ -27,8 +27,17 @@ from .samplers import SAMPLERS, Callback, Denoiser, Generator, ancestral_update,
 from .timestep_grids import as_abar, sampling_timesteps
 from .validate import int_in_range, number_in_range, positive_int
 
-__all__ = ["repaint_schedule", "inpaint", "check_mask", "check_inpaint_sampler", "INPAINT_SAMPLERS", "edit_timesteps",
-           "sdedit", "slerp", "slerp_frames"]
+__all__ = [
+    "repaint_schedule",
+    "inpaint",
+    "check_mask",
+    "check_inpaint_sampler",
+    "INPAINT_SAMPLERS",
+    "edit_timesteps",
+    "sdedit",
+    "slerp",
+    "slerp_frames",
+]
 
 INPAINT_SAMPLERS = ("ddpm", "ddim")  # the multistep DPM-Solver++ samplers are refused (see inpaint)
 
@@ -105,8 +114,11 @@ def inpaint(
     levels = repaint_schedule(K, jump_length, resample)
     abar = as_abar(alphas_cumprod)
     abar_lv = [1.0] + [float(abar[ts[K - n]]) for n in range(1, K + 1)]  # alpha-bar of level n
-    step = ancestral_update(c, variance, generator) if sampler == "ddpm" else ddim_update(ts, c, alphas_cumprod,
-                                                                                           eta, generator)
+    step = (
+        ancestral_update(c, variance, generator)
+        if sampler == "ddpm"
+        else ddim_update(ts, c, alphas_cumprod, eta, generator)
+    )
     x = randn(x_known.shape, generator, x_known.device, x_known.dtype) if x_T is None else x_T
     calls = 0
     for n, to in zip(levels, levels[1:]):
@@ -130,14 +142,17 @@ def inpaint(
 def check_inpaint_sampler(sampler: SamplerName) -> SamplerName:
     """A sampler RePaint can run: the multistep solvers' history of predictions breaks at every replacement."""
     if sampler not in INPAINT_SAMPLERS:
-        raise UserError(f"inpainting supports the samplers {', '.join(INPAINT_SAMPLERS)}; {sampler} is a multistep "
-                        "solver whose history of predictions the replaced pixels and RePaint's jumps invalidate")
+        raise UserError(
+            f"inpainting supports the samplers {', '.join(INPAINT_SAMPLERS)}; {sampler} is a multistep "
+            "solver whose history of predictions the replaced pixels and RePaint's jumps invalidate"
+        )
     return sampler
 
 
 # --------------------------------------------------------------------------- SDEdit
-def edit_timesteps(num_timesteps: int, strength: float, steps: int, spacing: Spacing,
-                   alphas_cumprod: Tensor) -> Tensor | None:
+def edit_timesteps(
+    num_timesteps: int, strength: float, steps: int, spacing: Spacing, alphas_cumprod: Tensor
+) -> Tensor | None:
     """The kept timesteps of an SDEdit at ``strength`` S, or None when S T rounds to 0 (no edit).
 
     The chain is cut to its first n0 = round(S T) timesteps (t0 = n0 - 1 is the noisiest) and the
@@ -180,8 +195,9 @@ def sdedit(
     else:
         a = float(as_abar(alphas_cumprod)[int(timesteps[0])])
         x_t0 = math.sqrt(a) * x + math.sqrt(1.0 - a) * noise
-    return SAMPLERS[sampler](denoiser, x_t0, timesteps, alphas_cumprod, generator=generator, callback=callback,
-                             **options)
+    return SAMPLERS[sampler](
+        denoiser, x_t0, timesteps, alphas_cumprod, generator=generator, callback=callback, **options
+    )
 
 
 # --------------------------------------------------------------------------- interpolation

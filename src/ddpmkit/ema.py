@@ -42,12 +42,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def _buffer_slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
     """(owner module, name) of every non-None buffer, in ``model.buffers()`` order."""
-    return [
-        (m, name)
-        for m in model.modules()
-        for name, b in m._buffers.items()
-        if b is not None
-    ]
+    return [(m, name) for m in model.modules() for name, b in m._buffers.items() if b is not None]
 
 
 def _foreach_copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
@@ -106,9 +101,7 @@ class EMA:
             return
         params = list(live.parameters())
         slots = _buffer_slots(live)
-        if len(params) != len(self._float_idx) + len(self._other_idx) or len(slots) != len(
-            self._shadow_buffer_slots
-        ):
+        if len(params) != len(self._float_idx) + len(self._other_idx) or len(slots) != len(self._shadow_buffer_slots):
             raise ValueError("EMA.update got a model whose structure differs from the EMA's model")
         self._live_float = [params[i] for i in self._float_idx]
         self._live_other = [params[i] for i in self._other_idx]

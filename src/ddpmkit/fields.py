@@ -19,8 +19,18 @@ from typing import Any, Literal, NoReturn, TypeVar, Union
 from .errors import UserError
 from .options import short
 
-__all__ = ["fail", "require", "check_fields", "from_dict", "to_dict", "config_classes", "ImageSize", "image_hw",
-           "check_image_size", "parse_image_size"]
+__all__ = [
+    "fail",
+    "require",
+    "check_fields",
+    "from_dict",
+    "to_dict",
+    "config_classes",
+    "ImageSize",
+    "image_hw",
+    "check_image_size",
+    "parse_image_size",
+]
 
 C = TypeVar("C")
 

@@ -81,7 +81,7 @@ def make_grid(
     for i in range(n):
         top = padding + (i // ncol) * (h + padding)
         left = padding + (i % ncol) * (w + padding)
-        grid[top:top + h, left:left + w] = images[i]
+        grid[top : top + h, left : left + w] = images[i]
     return grid
 
 
@@ -143,8 +143,9 @@ def sample_grid(images: np.ndarray, labels: np.ndarray | None = None) -> np.ndar
         ncol = max(1, min(math.ceil(math.sqrt(len(images))), len(images)))
         rows = [np.arange(i, min(i + ncol, len(images))) for i in range(0, len(images), ncol)]
     ncol = max(len(r) for r in rows)
-    return make_trajectory_grid([images[r] for r in rows], padding=GRID_GAP, pad_value=GRID_GAP_VALUE,
-                                scale=grid_scale(images.shape[2], ncol))
+    return make_trajectory_grid(
+        [images[r] for r in rows], padding=GRID_GAP, pad_value=GRID_GAP_VALUE, scale=grid_scale(images.shape[2], ncol)
+    )
 
 
 def save_png(path: str | Path, array_hwc: np.ndarray) -> Path:

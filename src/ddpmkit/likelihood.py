@@ -21,18 +21,10 @@ def mean_flat(x: Tensor) -> Tensor:
 
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
     """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise, in nats."""
-    return 0.5 * (
-        -1.0
-        + logvar2
-        - logvar1
-        + torch.exp(logvar1 - logvar2)
-        + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
-    )
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
-def discretized_gaussian_log_likelihood(
-    x: Tensor, mean: Tensor, log_scale: Tensor, num_bins: int = 256
-) -> Tensor:
+def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, log_scale: Tensor, num_bins: int = 256) -> Tensor:
     """log P(x) of data on ``num_bins`` evenly spaced levels over [-1, 1] under N(mean, e^(2 log_scale)).
 
     Each level owns the interval half a bin either side; the two end levels own the tails

@@ -12,10 +12,34 @@ from typing import Literal, get_args
 from .errors import UserError
 
 __all__ = [
-    "Prediction", "Variance", "LossType", "Schedule", "TimestepSampler", "SamplerName", "UniPCVariant", "Spacing",
-    "Precision", "Device", "CompileMode", "LRSchedule", "Toy2DName", "DataKind", "ModelKind", "DatasetKind", "Split",
-    "DigitsSubset", "Channels", "QualityMetric", "Resize", "Layout", "Logger", "ExportFormat",
-    "CUDA_GRAPH_MODES", "choices", "check_choice", "short",
+    "Prediction",
+    "Variance",
+    "LossType",
+    "Schedule",
+    "TimestepSampler",
+    "SamplerName",
+    "UniPCVariant",
+    "Spacing",
+    "Precision",
+    "Device",
+    "CompileMode",
+    "LRSchedule",
+    "Toy2DName",
+    "DataKind",
+    "ModelKind",
+    "DatasetKind",
+    "Split",
+    "DigitsSubset",
+    "Channels",
+    "QualityMetric",
+    "Resize",
+    "Layout",
+    "Logger",
+    "ExportFormat",
+    "CUDA_GRAPH_MODES",
+    "choices",
+    "check_choice",
+    "short",
 ]
 
 Prediction = Literal["eps", "x0", "v"]  # what the network outputs

@@ -71,6 +71,7 @@ Denoiser = Callable[[Tensor, Tensor], Denoised]
 Callback = Callable[[int, int, Tensor, Denoised], None]  # (step i, timestep t, x_t, denoised)
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
+
 # --------------------------------------------------------------------------- noise
 def randn(
     shape: Sequence[int],
@@ -96,8 +97,15 @@ def randn(
 Update = Callable[[int, Tensor, Denoised], Tensor]  # (step i, x at ts[i], its Denoised) -> x at ts[i + 1]
 
 
-def _run(denoiser: Denoiser, x: Tensor, ts: list[int], update: Update, callback: Callback | None,
-         *, clean_at_last: bool = True) -> Tensor:
+def _run(
+    denoiser: Denoiser,
+    x: Tensor,
+    ts: list[int],
+    update: Update,
+    callback: Callback | None,
+    *,
+    clean_at_last: bool = True,
+) -> Tensor:
     """The one sampler loop: a network call at each timestep of ``ts``, the callback, then ``update``.
 
     With ``clean_at_last`` the last call's x0 is the result (the step into clean data, alpha-bar = 1);
@@ -380,8 +388,16 @@ def _unipc_update(ts: list[int], alphas_cumprod, order: int, variant: UniPCVaria
     return update
 
 
-def _unipc_step(x: Tensor, nodes: list[tuple[float, Tensor]], new: tuple[float, Tensor] | None,
-                alpha: list[float], sigma: list[float], lam: list[float], i: int, variant: UniPCVariant) -> Tensor:
+def _unipc_step(
+    x: Tensor,
+    nodes: list[tuple[float, Tensor]],
+    new: tuple[float, Tensor] | None,
+    alpha: list[float],
+    sigma: list[float],
+    lam: list[float],
+    i: int,
+    variant: UniPCVariant,
+) -> Tensor:
     """x at ts[i] -> x at ts[i + 1]: x_t = (sigma_t/sigma_s) x + alpha_t (1 - e^-h) m0 - alpha_t B(h) sum_k rho_k D_k.
 
     ``nodes`` are (lambda, x0) newest first with m0 = nodes[0] at ts[i]; D_k = (m_k - m0) / r_k with
@@ -412,7 +428,7 @@ def _unipc_rho(r: list[float], h: float, B: float) -> list[float]:
         b.append(g * fact / B)
         fact *= j + 1
         g = g / hh - 1.0 / fact
-    R = torch.tensor([[rk ** j for rk in r] for j in range(n)], dtype=torch.float64)
+    R = torch.tensor([[rk**j for rk in r] for j in range(n)], dtype=torch.float64)
     return torch.linalg.solve(R, torch.tensor(b, dtype=torch.float64)).tolist()
 
 

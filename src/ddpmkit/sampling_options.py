@@ -31,14 +31,19 @@ class SamplingOptions:
         check_choice("sampler", self.sampler, SamplerName)
         if self.eta is not None:
             if self.sampler != "ddim":
-                kind = "ancestral (its noise follows the diffusion's variance)" if self.sampler == "ddpm" else \
-                    "deterministic"
+                kind = (
+                    "ancestral (its noise follows the diffusion's variance)"
+                    if self.sampler == "ddpm"
+                    else "deterministic"
+                )
                 raise UserError(f"eta applies to the ddim sampler only; {self.sampler} is {kind}")
             check_eta(self.eta)
         if self.order is not None:
             if not self.sampler.startswith("unipc"):
-                raise UserError(f"order applies to the unipc samplers only; {self.sampler} has a fixed order "
-                                "(dpm++2m: 2, dpm++3m: 3)")
+                raise UserError(
+                    f"order applies to the unipc samplers only; {self.sampler} has a fixed order "
+                    "(dpm++2m: 2, dpm++3m: 3)"
+                )
             check_unipc_order(self.order)
         if self.spacing is not None:
             check_choice("spacing", self.spacing, Spacing)

@@ -84,13 +84,26 @@ def test_same(bench) -> None:
 
 @pytest.mark.system  # kills real training processes
 def test_quick_run_finds_nothing_wrong(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--kills", "2", "--terms", "1", "--steps", "8", "-v",
-                           "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--kills", "2", "--terms", "1", "--steps", "8", "-v", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = proc.stdout
     assert "| fault injection: 3 trials (2 SIGKILL, 1 SIGTERM), 8 steps | count |" in out, proc.stderr
     assert out.count("\ntrial ") + out.startswith("trial ") == 3  # one line per trial
-    for name in ("runs lost", "mismatches", "half-written", "stray files", "repeated steps", "missing steps",
-                 "tracebacks", "wrong exit code", "without checkpoint"):
+    for name in (
+        "runs lost",
+        "mismatches",
+        "half-written",
+        "stray files",
+        "repeated steps",
+        "missing steps",
+        "tracebacks",
+        "wrong exit code",
+        "without checkpoint",
+    ):
         assert f"| {name} | 0 |" in out, out
     assert "| SIGTERM/SIGINT exits correct | 1/1 |" in out, out
     assert out.strip().endswith("result: ok")

@@ -54,10 +54,16 @@ def test_modes(bench) -> None:
     assert names == ["fp32 eager", "fp32 eager channels-last", "fp32 compile channels-last"]
     gpu = bench.Bench(torch.device("cuda"), "cifar10", 128)
     names = [m.name for m in bench.pick_modes(gpu, bf16=True, compile_too=False)]
-    assert names == ["fp32 eager", "fp32 eager channels-last", "bf16 autocast eager",
-                     "bf16 autocast eager channels-last"]
-    names = [m.name for m in bench.pick_modes(gpu, bf16=True, compile_too=True, compile_mode="reduce-overhead",
-                                              compiled_only=True)]
+    assert names == [
+        "fp32 eager",
+        "fp32 eager channels-last",
+        "bf16 autocast eager",
+        "bf16 autocast eager channels-last",
+    ]
+    names = [
+        m.name
+        for m in bench.pick_modes(gpu, bf16=True, compile_too=True, compile_mode="reduce-overhead", compiled_only=True)
+    ]
     assert names == ["bf16 autocast compile (reduce-overhead) channels-last"]
     assert bench.main(["--compiled-only"]) == 2  # without --compile there is nothing to time
 
@@ -70,8 +76,24 @@ def test_cuda_without_gpu_is_a_clean_error(bench, capsys: pytest.CaptureFixture[
 
 def test_quick_run_prints_the_ratio(bench, one_thread, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("diffusers")
-    assert bench.main(["--quick", "--batch", "2", "--sample-batch", "2", "--no-lucidrains", "--bf16", "off",
-                       "--system-malloc", "--profile", "1"]) == 0
+    assert (
+        bench.main(
+            [
+                "--quick",
+                "--batch",
+                "2",
+                "--sample-batch",
+                "2",
+                "--no-lucidrains",
+                "--bf16",
+                "off",
+                "--system-malloc",
+                "--profile",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     last = out.strip().splitlines()[-1]
     assert last.startswith("ratio_vs_best_anchor=") and float(last.split("=")[1]) > 0
@@ -91,8 +113,9 @@ def test_modes_name_the_compile_mode(bench) -> None:
     assert plain.name == "bf16 autocast compile channels-last" and not plain.cuda_graphs
 
 
-def test_a_failing_configuration_is_reported_and_left_out(bench, one_thread, monkeypatch,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_failing_configuration_is_reported_and_left_out(
+    bench, one_thread, monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     pytest.importorskip("diffusers")
     real = bench.make_anchor
 
@@ -122,8 +145,13 @@ def test_gpu_check_without_gpu_is_a_clean_error(tmp_path: Path) -> None:
     import subprocess
 
     script = SCRIPT.parent / "gpu_check.sh"
-    proc = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True,
-                          env={**os.environ, "PYTHON": sys.executable}, timeout=120)
+    proc = subprocess.run(
+        ["bash", str(script), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == "error: no CUDA GPU is available to PyTorch here"
     assert not (tmp_path / "out").exists()  # nothing written

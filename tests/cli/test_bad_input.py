@@ -58,8 +58,9 @@ def test_a_truncated_newest_checkpoint_resumes_from_the_one_before(tmp_path):
     run.mkdir(parents=True)
     shutil.copy(DIGITS, run / "step_00000003.pt")
     (run / "step_00000004.pt").write_bytes(DIGITS.read_bytes()[:5000])
-    code, err = run_cli("train", "--out", tmp_path / "run", "--resume", "--steps", "5", "--device", "cpu",
-                        "--no-progress")
+    code, err = run_cli(
+        "train", "--out", tmp_path / "run", "--resume", "--steps", "5", "--device", "cpu", "--no-progress"
+    )
     assert code == 0, err
     assert "step_00000004.pt is not a readable checkpoint" in err and "resuming from the checkpoint before it" in err
     assert (run / "step_00000005.pt").is_file()

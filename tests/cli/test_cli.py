@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_user_error, run_cli
 import torch
 import yaml
 
 from ddpmkit.cli import main
+from helpers import assert_user_error, run_cli
 
 
 @pytest.fixture
@@ -35,8 +35,25 @@ def test_train_writes_the_run_directory(run_dir):
 
 def test_sample_npz_and_grid(run_dir, tmp_path, capsys):
     npz, png = tmp_path / "s.npz", tmp_path / "g.png"
-    code = main(["sample", str(run_dir), "--num", "13", "--labels", "all", "--steps", "5", "--batch-size", "5",
-                 "--out", str(npz), "--out", str(png), "--no-progress"])
+    code = main(
+        [
+            "sample",
+            str(run_dir),
+            "--num",
+            "13",
+            "--labels",
+            "all",
+            "--steps",
+            "5",
+            "--batch-size",
+            "5",
+            "--out",
+            str(npz),
+            "--out",
+            str(png),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     data = np.load(npz)
     assert data["images"].dtype == np.uint8 and data["images"].shape == (13, 8, 8, 1)
@@ -48,9 +65,23 @@ def test_sample_npz_and_grid(run_dir, tmp_path, capsys):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_samples_do_not_depend_on_batch_size(run_dir, tmp_path, precision):
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
-    common = ["--num", "6", "--labels", "3", "--sampler", "ddim", "--steps", "4", "--seed", "7", "--no-progress",
-              "--device", "cpu",  # bitwise on the CPU; a GPU may pick other kernels for another batch size
-              "--precision", precision]
+    common = [
+        "--num",
+        "6",
+        "--labels",
+        "3",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "4",
+        "--seed",
+        "7",
+        "--no-progress",
+        "--device",
+        "cpu",  # bitwise on the CPU; a GPU may pick other kernels for another batch size
+        "--precision",
+        precision,
+    ]
     assert main(["sample", str(run_dir), *common, "--batch-size", "6", "--out", str(a)]) == 0
     assert main(["sample", str(run_dir), *common, "--batch-size", "4", "--out", str(b)]) == 0
     np.testing.assert_array_equal(np.load(a)["images"], np.load(b)["images"])
@@ -61,15 +92,33 @@ def test_sample_precision_defaults_to_auto_for_images_and_fp32_for_points(run_di
 
     asked = []
     real = loaded.autocast_dtype
-    monkeypatch.setattr(loaded, "autocast_dtype",
-                        lambda precision, device: asked.append(precision) or real(precision, device))
+    monkeypatch.setattr(
+        loaded, "autocast_dtype", lambda precision, device: asked.append(precision) or real(precision, device)
+    )
     common = ["--num", "2", "--sampler", "ddim", "--steps", "2", "--device", "cpu", "--no-progress"]
     assert main(["sample", str(run_dir), *common, "--out", str(tmp_path / "a.npz")]) == 0
     assert main(["sample", str(run_dir), *common, "--precision", "fp32", "--out", str(tmp_path / "b.npz")]) == 0
     assert asked == ["auto", "fp32"]
     toy = tmp_path / "toy"
-    assert main(["train", "--preset", "toy2d-moons", "--steps", "2", "--batch-size", "64", "--device", "cpu",
-                 "--out", str(toy), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "toy2d-moons",
+                "--steps",
+                "2",
+                "--batch-size",
+                "64",
+                "--device",
+                "cpu",
+                "--out",
+                str(toy),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     asked.clear()
     assert main(["sample", str(toy), *common, "--out", str(tmp_path / "c.npz")]) == 0
     assert main(["sample", str(toy), *common, "--precision", "bf16", "--out", str(tmp_path / "d.npz")]) == 0
@@ -81,18 +130,60 @@ def test_fp16_trains_resumes_and_samples_from_the_command_line(tiny_config, tmp_
     common = ["--preset", "digits", "--config", str(tiny_config), "--out", str(out), "--device", "cpu", "--no-progress"]
     assert main(["train", *common, "--steps", "2", "--precision", "fp16"]) == 0
     ckpt = torch.load(out / "checkpoints" / "step_00000002.pt", weights_only=True)
-    assert ckpt["config"]["train"]["precision"] == "fp16" and ckpt["extra"]["grad_scaler"]["scale"] == 2.0 ** 16
+    assert ckpt["config"]["train"]["precision"] == "fp16" and ckpt["extra"]["grad_scaler"]["scale"] == 2.0**16
     assert main(["train", "--out", str(out), "--resume", "--steps", "3", "--no-progress"]) == 0
     npz = tmp_path / "s.npz"
-    assert main(["sample", str(out), "--num", "3", "--steps", "2", "--sampler", "ddim", "--precision", "fp16",
-                 "--device", "cpu", "--out", str(npz), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(out),
+                "--num",
+                "3",
+                "--steps",
+                "2",
+                "--sampler",
+                "ddim",
+                "--precision",
+                "fp16",
+                "--device",
+                "cpu",
+                "--out",
+                str(npz),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert np.load(npz)["images"].shape == (3, 8, 8, 1)
 
 
 def test_sample_with_guidance_and_trajectory(run_dir, tmp_path):
     out, traj = tmp_path / "g.npz", tmp_path / "traj.png"
-    assert main(["sample", str(run_dir), "--num", "4", "--labels", "0,1", "--guidance", "2.0", "--sampler", "dpm++2m",
-                 "--steps", "5", "--out", str(out), "--trajectory", str(traj), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(run_dir),
+                "--num",
+                "4",
+                "--labels",
+                "0,1",
+                "--guidance",
+                "2.0",
+                "--sampler",
+                "dpm++2m",
+                "--steps",
+                "5",
+                "--out",
+                str(out),
+                "--trajectory",
+                str(traj),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert traj.stat().st_size > 0
     np.testing.assert_array_equal(np.load(out)["labels"], [0, 1, 0, 1])
 
@@ -123,10 +214,12 @@ def test_resume_keeps_the_runs_config_and_takes_only_runtime_flags(run_dir, tmp_
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     before = sorted(p.name for p in (copy / "checkpoints").glob("*.pt"))
-    for flags, words in [(["--steps", "6", "--lr", "0.1"], ["--lr 0.1 differs", "train.lr = 0.001"]),
-                         (["--steps", "6", "--batch-size", "8"], ["--batch-size 8", "train.batch_size = 16"]),
-                         (["--steps", "3"], ["at step 4 already", "go back"]),
-                         (["--preset", "toy2d-moons", "--steps", "6"], ["run on digits data, not on toy2d"])]:
+    for flags, words in [
+        (["--steps", "6", "--lr", "0.1"], ["--lr 0.1 differs", "train.lr = 0.001"]),
+        (["--steps", "6", "--batch-size", "8"], ["--batch-size 8", "train.batch_size = 16"]),
+        (["--steps", "3"], ["at step 4 already", "go back"]),
+        (["--preset", "toy2d-moons", "--steps", "6"], ["run on digits data, not on toy2d"]),
+    ]:
         code, err = run_cli("train", "--out", copy, "--resume", *flags, "--no-progress")
         assert_user_error(code, err, *words)
     assert sorted(p.name for p in (copy / "checkpoints").glob("*.pt")) == before  # nothing written
@@ -134,8 +227,30 @@ def test_resume_keeps_the_runs_config_and_takes_only_runtime_flags(run_dir, tmp_
     assert main(["train", "--out", str(copy), "--resume", "--no-progress"]) == 0
     assert "at step 4 of 4 already: nothing to train" in capsys.readouterr().out
     # flags that agree with the run are fine; device, precision and microbatch may change
-    assert main(["train", "--preset", "digits", "--out", str(copy), "--resume", "--steps", "5", "--lr", "0.001",
-                 "--device", "cpu", "--precision", "bf16", "--microbatch", "5", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "digits",
+                "--out",
+                str(copy),
+                "--resume",
+                "--steps",
+                "5",
+                "--lr",
+                "0.001",
+                "--device",
+                "cpu",
+                "--precision",
+                "bf16",
+                "--microbatch",
+                "5",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     saved = yaml.safe_load((copy / "config.yaml").read_text())["train"]
     assert saved["steps"] == 5 and saved["precision"] == "bf16" and saved["batch_size"] == 16
     assert saved["microbatch"] == 5
@@ -150,8 +265,24 @@ def test_train_says_in_one_line_what_it_runs(tmp_path, tiny_config, capsys):
     err = capsys.readouterr().err
     assert f"training {out}: steps 0 -> 1, unet " in err and "M parameters, batch 16, cpu (" in err
     assert "bf16 autocast, channels-last" in err and err.count("training ") == 1
-    assert main(["train", "--out", str(out), "--resume", "--steps", "2", "--precision", "fp16", "--microbatch", "5",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(out),
+                "--resume",
+                "--steps",
+                "2",
+                "--precision",
+                "fp16",
+                "--microbatch",
+                "5",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "steps 1 -> 2" in err and "batch 16 in chunks of 5" in err and "fp16 autocast + loss scaling" in err
 
@@ -160,8 +291,25 @@ def test_compile_mode_flag_turns_compile_on(tmp_path, tiny_config, monkeypatch):
     modes = []
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
     out = tmp_path / "run"
-    assert main(["train", "--preset", "digits", "--config", str(tiny_config), "--out", str(out), "--steps", "1",
-                 "--compile-mode", "max-autotune-no-cudagraphs", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "digits",
+                "--config",
+                str(tiny_config),
+                "--out",
+                str(out),
+                "--steps",
+                "1",
+                "--compile-mode",
+                "max-autotune-no-cudagraphs",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert modes == ["max-autotune-no-cudagraphs"]
     saved = yaml.safe_load((out / "config.yaml").read_text())["train"]
     assert "compile" not in saved and saved["compile_mode"] == "max-autotune-no-cudagraphs"
@@ -188,8 +336,25 @@ def folder_run(tmp_path_factory):
     cfg = {**TINY_DIGITS, "data": {"image_size": 8, "class_labels": True}}
     (root / "c.yaml").write_text(yaml.safe_dump(cfg))
     out = root / "run"
-    assert main(["train", "--preset", "folder", "--data", str(root / "train"), "--config", str(root / "c.yaml"),
-                 "--out", str(out), "--steps", "2", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "folder",
+                "--data",
+                str(root / "train"),
+                "--config",
+                str(root / "c.yaml"),
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     path = sorted((out / "checkpoints").glob("*.pt"))[-1]
     ckpt = torch.load(path, weights_only=True)
     g = torch.Generator().manual_seed(0)
@@ -210,8 +375,24 @@ def test_eval_on_held_out_images_uses_the_runs_class_names(folder_run, tmp_path,
     held = tmp_path / "held"
     write_pngs(held / "cat", 2, seed=7)  # only cat (label 2 in training), so label 0 here if not matched
     out = tmp_path / "bpd.json"
-    assert main(["eval", str(run), "--data", str(held), "--out", str(out), "--seed", "3", "--device", "cpu",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(run),
+                "--data",
+                str(held),
+                "--out",
+                str(out),
+                "--seed",
+                "3",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["num"] == 2 and result["data"] == str(held) and result["split"] is None
 
@@ -219,8 +400,13 @@ def test_eval_on_held_out_images_uses_the_runs_class_names(folder_run, tmp_path,
     model, diffusion = loaded.model, loaded.diffusion
     from PIL import Image
 
-    x0 = torch.stack([torch.from_numpy(np.array(Image.open(held / "cat" / f"{i}.png"))).permute(2, 0, 1)
-                      for i in range(2)]).float() / 127.5 - 1.0
+    x0 = (
+        torch.stack(
+            [torch.from_numpy(np.array(Image.open(held / "cat" / f"{i}.png"))).permute(2, 0, 1) for i in range(2)]
+        ).float()
+        / 127.5
+        - 1.0
+    )
 
     def bpd(label: int) -> float:
         gen = torch.Generator().manual_seed(3)
@@ -234,8 +420,26 @@ def test_eval_on_held_out_images_uses_the_runs_class_names(folder_run, tmp_path,
 def test_sample_labels_by_class_name(folder_run, tmp_path):
     run, _ = folder_run
     npz = tmp_path / "s.npz"
-    assert main(["sample", str(run), "--num", "5", "--labels", "cat,ant, 1", "--steps", "2", "--sampler", "ddim",
-                 "--out", str(npz), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(run),
+                "--num",
+                "5",
+                "--labels",
+                "cat,ant, 1",
+                "--steps",
+                "2",
+                "--sampler",
+                "ddim",
+                "--out",
+                str(npz),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(np.load(npz)["labels"], [2, 0, 1, 2, 0])
     code, err = run_cli("sample", run, "--num", "2", "--labels", "dog", "--out", tmp_path / "t.npz")
     assert_user_error(code, err, "'dog'", "ant, bee, cat")
@@ -282,13 +486,16 @@ def test_corrupt_image_file(tmp_path):
     assert_user_error(code, err, "broken.png")
 
 
-@pytest.mark.parametrize("bad,word", [
-    ({"train": {"stepz": 3}}, "train.stepz"),
-    ({"train": {"steps": "many"}}, "train.steps"),
-    ({"model": {"base_chanels": 8}}, "base_chanels"),
-    ({"diffusion": {"variance": "huge"}}, "diffusion.variance"),
-    ({"optimizer": {}}, "optimizer"),
-])
+@pytest.mark.parametrize(
+    "bad,word",
+    [
+        ({"train": {"stepz": 3}}, "train.stepz"),
+        ({"train": {"steps": "many"}}, "train.steps"),
+        ({"model": {"base_chanels": 8}}, "base_chanels"),
+        ({"diffusion": {"variance": "huge"}}, "diffusion.variance"),
+        ({"optimizer": {}}, "optimizer"),
+    ],
+)
 def test_bad_config(tmp_path, bad, word):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump(bad))
@@ -337,14 +544,15 @@ def test_labels_out_of_range_and_negative_num(run_dir, tmp_path):
 
 def test_trajectory_must_be_a_png(run_dir, tmp_path):
     traj = tmp_path / "traj.txt"
-    assert_user_error(*run_cli("sample", run_dir, "--num", "2", "--out", tmp_path / "s.npz", "--trajectory", traj),
-                      "trajectory")
+    assert_user_error(
+        *run_cli("sample", run_dir, "--num", "2", "--out", tmp_path / "s.npz", "--trajectory", traj), "trajectory"
+    )
     assert not traj.exists() and not (tmp_path / "s.npz").exists()
 
 
 def test_default_steps_follow_the_chosen_sampler():
-    from ddpmkit.runs.run import default_steps as _default_steps
     from ddpmkit.config import SampleConfig
+    from ddpmkit.runs.run import default_steps as _default_steps
 
     sc = SampleConfig(sampler="dpm++2m", steps=25, grid_steps=40)
     assert _default_steps("dpm++2m", sc) == 25
@@ -377,8 +585,9 @@ def test_negative_guidance(run_dir, tmp_path):
 
 @pytest.mark.system  # SIGPIPE reaches only a real console script
 def test_a_reader_that_goes_away_ends_the_command_quietly(run_dir):
-    proc = subprocess.Popen([sys.executable, "-m", "ddpmkit", "info", str(run_dir)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ddpmkit", "info", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     proc.stdout.close()  # before the command has imported torch, let alone printed
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err

@@ -3,10 +3,10 @@ key (checked by the config validator), `ddpmkit config` printing a resolved conf
 same, and the py.typed marker."""
 
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 import ddpmkit
@@ -55,32 +55,55 @@ def test_help_shows_the_defaults_of_the_parser(capsys):
 
 
 def test_parse_assignments_reads_yaml_scalars():
-    got = parse_assignments(["train.lr=1e-3", "train.steps=7", "train.grad_clip=null", "train.compile_mode=default",
-                             "train.loggers=[jsonl, tensorboard]", "data.hflip=true", "model.channel_mults=[1,2]"])
-    assert got == {"train": {"lr": 1e-3, "steps": 7, "grad_clip": None, "compile_mode": "default",
-                             "loggers": ["jsonl", "tensorboard"]},
-                   "data": {"hflip": True}, "model": {"channel_mults": [1, 2]}}
+    got = parse_assignments(
+        [
+            "train.lr=1e-3",
+            "train.steps=7",
+            "train.grad_clip=null",
+            "train.compile_mode=default",
+            "train.loggers=[jsonl, tensorboard]",
+            "data.hflip=true",
+            "model.channel_mults=[1,2]",
+        ]
+    )
+    assert got == {
+        "train": {
+            "lr": 1e-3,
+            "steps": 7,
+            "grad_clip": None,
+            "compile_mode": "default",
+            "loggers": ["jsonl", "tensorboard"],
+        },
+        "data": {"hflip": True},
+        "model": {"channel_mults": [1, 2]},
+    }
     assert isinstance(got["train"]["steps"], int)
 
 
-@pytest.mark.parametrize("item, message", [
-    ("train.lr", "give section.key=value"),
-    ("lr=1", "give section.key=value"),
-    ("train.=1", "give section.key=value"),
-    ("train.lr=[1", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("train.lr", "give section.key=value"),
+        ("lr=1", "give section.key=value"),
+        ("train.=1", "give section.key=value"),
+        ("train.lr=[1", "not valid YAML"),
+    ],
+)
 def test_malformed_set_is_one_error_line(item, message, capsys):
     assert main(["config", "--preset", "digits", "--set", item]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --set") and message in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("item, message", [
-    ("train.nope=1", "unknown config key 'train.nope'"),
-    ("train.lr=-1", "config key 'train.lr' must be a positive number, got -1"),
-    ("train.loggers=[jsonl, wandb]", "config key 'train.loggers' must be"),
-    ("sample.sampler=euler", "config key 'sample.sampler' must be one of"),
-])
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("train.nope=1", "unknown config key 'train.nope'"),
+        ("train.lr=-1", "config key 'train.lr' must be a positive number, got -1"),
+        ("train.loggers=[jsonl, wandb]", "config key 'train.loggers' must be"),
+        ("sample.sampler=euler", "config key 'sample.sampler' must be one of"),
+    ],
+)
 def test_bad_set_is_refused_by_the_config_validator(item, message, capsys, tmp_path):
     for argv in (["config", "--preset", "digits"], ["train", "--preset", "digits", "--out", str(tmp_path / "r")]):
         assert main([*argv, "--set", item]) == 2
@@ -108,19 +131,65 @@ def test_train_with_set_then_resume_with_a_resumable_set(tmp_path, capsys):
     out = tmp_path / "r"
     base = ["train", "--preset", "digits", "--config", str(tmp_path / "tiny.yaml"), "--no-progress"]
     # --set reaches the config; a dedicated flag wins over --set of the same key
-    assert main([*base, "--out", str(out), "--set", "train.steps=2", "--set", "train.log_every=1",
-                 "--set", "model.dropout=0.25", "--lr", "0.003", "--set", "train.lr=0.1"]) == 0
+    assert (
+        main(
+            [
+                *base,
+                "--out",
+                str(out),
+                "--set",
+                "train.steps=2",
+                "--set",
+                "train.log_every=1",
+                "--set",
+                "model.dropout=0.25",
+                "--lr",
+                "0.003",
+                "--set",
+                "train.lr=0.1",
+            ]
+        )
+        == 0
+    )
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["train"]["steps"] == 2 and cfg["train"]["log_every"] == 1 and cfg["model"]["dropout"] == 0.25
     assert cfg["train"]["lr"] == 0.003
     capsys.readouterr()
     # a resumed run may change its loggers, not its maths
-    assert main(["train", "--out", str(out), "--resume", "--set", "train.steps=3", "--set", "model.dropout=0.5",
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(out),
+                "--resume",
+                "--set",
+                "train.steps=3",
+                "--set",
+                "model.dropout=0.5",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "dropout" in capsys.readouterr().err
     pytest.importorskip("tensorboard")
-    assert main(["train", "--out", str(out), "--resume", "--steps", "3", "--no-progress",
-                 "--set", "train.loggers=[jsonl, tensorboard]"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(out),
+                "--resume",
+                "--steps",
+                "3",
+                "--no-progress",
+                "--set",
+                "train.loggers=[jsonl, tensorboard]",
+            ]
+        )
+        == 0
+    )
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["loggers"] == ["jsonl", "tensorboard"]
     assert list((out / "tb").glob("events.out.tfevents.*"))
 

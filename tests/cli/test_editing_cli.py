@@ -22,12 +22,15 @@ def inputs(tmp_path):
     digit = (np.round(rng.integers(0, 17, (8, 8)) * 255 / 16)).astype(np.uint8)
     mask = np.full((8, 8), 255, np.uint8)
     mask[4:] = 0
-    files = {"digit": save_png(tmp_path / "digit.png", digit), "mask": save_png(tmp_path / "mask.png", mask),
-             "digit2": save_png(tmp_path / "digit2.png", digit[::-1].copy()),
-             "big": save_png(tmp_path / "big.png", np.zeros((16, 16), np.uint8)),
-             "rgb": save_png(tmp_path / "rgb.png", np.zeros((8, 8, 3), np.uint8)),
-             "grey_mask": save_png(tmp_path / "grey_mask.png", np.where(mask > 0, 128, 0).astype(np.uint8)),
-             "small_mask": save_png(tmp_path / "small_mask.png", np.full((4, 4), 255, np.uint8))}
+    files = {
+        "digit": save_png(tmp_path / "digit.png", digit),
+        "mask": save_png(tmp_path / "mask.png", mask),
+        "digit2": save_png(tmp_path / "digit2.png", digit[::-1].copy()),
+        "big": save_png(tmp_path / "big.png", np.zeros((16, 16), np.uint8)),
+        "rgb": save_png(tmp_path / "rgb.png", np.zeros((8, 8, 3), np.uint8)),
+        "grey_mask": save_png(tmp_path / "grey_mask.png", np.where(mask > 0, 128, 0).astype(np.uint8)),
+        "small_mask": save_png(tmp_path / "small_mask.png", np.full((4, 4), 255, np.uint8)),
+    }
     np.savez(tmp_path / "mask2.npz", mask=np.full((8, 8), 2))
     files["npz_mask"] = tmp_path / "mask2.npz"
     files["pair"] = save_npz(tmp_path / "pair.npz", np.stack([digit, digit[::-1]])[..., None])
@@ -37,8 +40,32 @@ def inputs(tmp_path):
 def test_inpaint_keeps_the_known_pixels_and_writes_npz_and_png(tmp_path, inputs, capsys, one_thread):
     files, digit = inputs
     out_npz, out_png = tmp_path / "c.npz", tmp_path / "c.png"
-    assert main(["inpaint", RUN, "--image", files["digit"], "--mask", files["mask"], "--num", "3", "--steps", "6",
-                 "--resample", "2", "--jump", "2", "--out", str(out_npz), "--out", str(out_png), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "inpaint",
+                RUN,
+                "--image",
+                files["digit"],
+                "--mask",
+                files["mask"],
+                "--num",
+                "3",
+                "--steps",
+                "6",
+                "--resample",
+                "2",
+                "--jump",
+                "2",
+                "--out",
+                str(out_npz),
+                "--out",
+                str(out_png),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "3 completions (10 network calls each)" in capsys.readouterr().out  # 6 + (2 - 1) x 2 x 2 jump points
     with np.load(out_npz) as z:
         images = z["images"]
@@ -49,8 +76,30 @@ def test_inpaint_keeps_the_known_pixels_and_writes_npz_and_png(tmp_path, inputs,
 
     assert Image.open(out_png).size == (4 * 65 + 1, 66)  # the masked input, then 3 completions, 8 px drawn 8x
     two = tmp_path / "two.npz"
-    assert main(["inpaint", RUN, "--image", files["pair"], "--mask", files["mask"], "--sampler", "ddim", "--eta", "0",
-                 "--steps", "4", "--labels", "3", "--out", str(two), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "inpaint",
+                RUN,
+                "--image",
+                files["pair"],
+                "--mask",
+                files["mask"],
+                "--sampler",
+                "ddim",
+                "--eta",
+                "0",
+                "--steps",
+                "4",
+                "--labels",
+                "3",
+                "--out",
+                str(two),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     with np.load(two) as z:
         assert z["images"].shape == (2, 8, 8, 1) and z["labels"].tolist() == [3, 3]
 
@@ -66,25 +115,101 @@ def test_edit_at_strength_0_is_the_input_and_at_1_is_ddpmkit_sample(tmp_path, in
     np.testing.assert_array_equal(np.load(one)["images"], np.load(sampled)["images"])
     assert np.load(one)["labels"].tolist() == [8]
     half = tmp_path / "h.png"
-    assert main(["edit", RUN, "--image", files["pair"], "--strength", "0.5", "--num", "2", "--out", str(half),
-                 "--labels", "8", "--guidance", "2", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "edit",
+                RUN,
+                "--image",
+                files["pair"],
+                "--strength",
+                "0.5",
+                "--num",
+                "2",
+                "--out",
+                str(half),
+                "--labels",
+                "8",
+                "--guidance",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
 
 def test_interpolate_between_seeds_ends_at_their_samples_and_between_images(tmp_path, inputs, one_thread):
     files, _ = inputs
     strip, a, b = tmp_path / "strip.npz", tmp_path / "a.npz", tmp_path / "b.npz"
-    assert main(["interpolate", RUN, "--seeds", "3,4", "--frames", "4", "--steps", "5", "--labels", "2",
-                 "--out", str(strip), "--out", str(tmp_path / "strip.png"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "interpolate",
+                RUN,
+                "--seeds",
+                "3,4",
+                "--frames",
+                "4",
+                "--steps",
+                "5",
+                "--labels",
+                "2",
+                "--out",
+                str(strip),
+                "--out",
+                str(tmp_path / "strip.png"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     for seed, path in (("3", a), ("4", b)):
-        assert main(["sample", RUN, "--num", "1", "--seed", seed, "--labels", "2", "--sampler", "ddim", "--steps",
-                     "5", "--out", str(path), "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "sample",
+                    RUN,
+                    "--num",
+                    "1",
+                    "--seed",
+                    seed,
+                    "--labels",
+                    "2",
+                    "--sampler",
+                    "ddim",
+                    "--steps",
+                    "5",
+                    "--out",
+                    str(path),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     frames = np.load(strip)["images"]
     assert frames.shape == (4, 8, 8, 1)
     np.testing.assert_array_equal(frames[0], np.load(a)["images"][0])
     np.testing.assert_array_equal(frames[-1], np.load(b)["images"][0])
     png = tmp_path / "images.png"
-    assert main(["interpolate", RUN, "--images", f"{files['digit']},{files['digit2']}", "--frames", "3",
-                 "--steps", "5", "--out", str(png), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "interpolate",
+                RUN,
+                "--images",
+                f"{files['digit']},{files['digit2']}",
+                "--frames",
+                "3",
+                "--steps",
+                "5",
+                "--out",
+                str(png),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     from PIL import Image
 
     assert Image.open(png).size == (5 * 65 + 1, 66)  # the two images around three frames

@@ -27,14 +27,53 @@ def test_stats_then_eval_of_a_run_and_of_a_sample_file(network, tmp_path, capsys
 
     write_pngs(tmp_path / "held", 12, seed=1)
     ref = tmp_path / "ref.npz"
-    assert main(["stats", str(tmp_path / "held"), "--image-size", "8", "--features", "--out", str(ref),
-                 "--inception", str(network), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "stats",
+                str(tmp_path / "held"),
+                "--image-size",
+                "8",
+                "--features",
+                "--out",
+                str(ref),
+                "--inception",
+                str(network),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     stats = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert stats["num"] == 12 and stats["image_shape"] == [3, 8, 8] and "features" in np.load(ref).files
 
     out = tmp_path / "r.json"
-    assert main(["eval", str(LEGACY), "--metric", "fid", "kid", "pr", "--num", "16", "--steps", "2", "--ref", "test",
-                 "--inception", str(network), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(LEGACY),
+                "--metric",
+                "fid",
+                "kid",
+                "pr",
+                "--num",
+                "16",
+                "--steps",
+                "2",
+                "--ref",
+                "test",
+                "--inception",
+                str(network),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["num"] == 16 and result["fid"] > 0 and result["kid_stderr"] >= 0
     assert 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1 and result["step"] == 3
@@ -43,8 +82,22 @@ def test_stats_then_eval_of_a_run_and_of_a_sample_file(network, tmp_path, capsys
     samples = tmp_path / "s.npz"
     assert main(["sample", str(LEGACY), "--num", "16", "--steps", "2", "--out", str(samples), "--no-progress"]) == 0
     capsys.readouterr()
-    assert main(["eval", str(samples), "--metric", "fid", "--ref", str(tmp_path / "held"), "--inception",
-                 str(network), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(samples),
+                "--metric",
+                "fid",
+                "--ref",
+                str(tmp_path / "held"),
+                "--inception",
+                str(network),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["num"] == 16
 
 
@@ -54,8 +107,21 @@ def test_quality_eval_errors_are_one_line(network, tmp_path):
     np.savez(tmp_path / "s.npz", images=np.zeros((4, 8, 8, 1), np.uint8))
     code, err = run_cli("eval", tmp_path / "s.npz", "--metric", "fid", "--ref", "test", "--inception", network)
     assert_user_error(code, err, "--ref test needs a run")
-    code, err = run_cli("eval", LEGACY, "--metric", "fid", "--ref", "nowhere", "--inception", network, "--num", "2",
-                        "--steps", "1", "--no-progress")
+    code, err = run_cli(
+        "eval",
+        LEGACY,
+        "--metric",
+        "fid",
+        "--ref",
+        "nowhere",
+        "--inception",
+        network,
+        "--num",
+        "2",
+        "--steps",
+        "1",
+        "--no-progress",
+    )
     assert_user_error(code, err, "--ref must be train, test, a directory of images or a stats .npz")
     code, err = run_cli("stats", tmp_path, "--out", tmp_path / "x.npz", "--inception", network)
     assert_user_error(code, err, "--image-size")
@@ -86,8 +152,26 @@ def test_digits_metric_prints_the_judges_report_as_it_is(tmp_path, capsys):
     s = dj.get_judge(0).split
     path, out = tmp_path / "s.npz", tmp_path / "r.json"
     np.savez(path, images=s.test_images[:30], labels=s.test_labels[:30])
-    assert main(["eval", str(path), "--metric", "digits", "--permutations", "10", "--ref", "train", "--seed", "3",
-                 "--no-labels", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(path),
+                "--metric",
+                "digits",
+                "--permutations",
+                "10",
+                "--ref",
+                "train",
+                "--seed",
+                "3",
+                "--no-labels",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     expected = dj.evaluate_digit_samples(s.test_images[:30], None, reference="train", num_permutations=10, seed=3)
     assert capsys.readouterr().out == json.dumps(expected, indent=2) + "\n" == out.read_text()
     assert_user_error(*run_cli("eval", path, "--metric", "digits", "fid"), "--metric digits is measured alone")

@@ -24,26 +24,29 @@ from ddpmkit.config import (
 LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "legacy"
 
 
-@pytest.mark.parametrize("section, key, value, words", [
-    ("sample", "spacing", "linspcae", "'sample.spacing' must be one of 'linspace'"),
-    ("sample", "sampler", "dpm++", "'sample.sampler' must be one of 'ddpm'"),
-    ("sample", "grid_sampler", "euler", "'sample.grid_sampler' must be one of"),
-    ("diffusion", "min_snr_gamma", float("nan"), "'diffusion.min_snr_gamma' must be a finite number"),
-    ("train", "weight_decay", float("inf"), "'train.weight_decay' must be a finite number"),
-    ("diffusion", "p_uncond", 1.0, "'diffusion.p_uncond' must be in [0, 1)"),
-    ("diffusion", "loss", "hybrid", "'diffusion.loss' must be 'l2' or 'l1' unless"),
-    ("diffusion", "beta_end", 1.5, "'diffusion.beta_end' must be in (0, 1)"),
-    ("train", "compile_mode", "fastest", "'train.compile_mode' must be one of"),
-    ("train", "seed", -1, "'train.seed' must be at least 0"),
-    ("model", "dropout", 1.0, "'model.dropout' must be in [0, 1)"),
-    ("model", "attention_resolutions", [3], "'model.attention_resolutions' must be sizes of levels (8, 4, 2"),
-    ("model", "in_channels", 3, "'model.in_channels' must be 1, as the data gives"),
-    ("model", "image_size", 16, "'model.image_size' must be 8, as the data gives"),
-    ("model", "kind", "mlp", "unknown config key 'model.base_channels'; known keys here: dim, hidden"),
-    ("data", "kind", "imagenet", "'data.kind' must be one of 'digits'"),
-    ("data", "root", "/tmp", "unknown config key 'data.root'"),
-    ("data", "channels", 2, "'data.channels' must be 1, 3 or null"),
-])
+@pytest.mark.parametrize(
+    "section, key, value, words",
+    [
+        ("sample", "spacing", "linspcae", "'sample.spacing' must be one of 'linspace'"),
+        ("sample", "sampler", "dpm++", "'sample.sampler' must be one of 'ddpm'"),
+        ("sample", "grid_sampler", "euler", "'sample.grid_sampler' must be one of"),
+        ("diffusion", "min_snr_gamma", float("nan"), "'diffusion.min_snr_gamma' must be a finite number"),
+        ("train", "weight_decay", float("inf"), "'train.weight_decay' must be a finite number"),
+        ("diffusion", "p_uncond", 1.0, "'diffusion.p_uncond' must be in [0, 1)"),
+        ("diffusion", "loss", "hybrid", "'diffusion.loss' must be 'l2' or 'l1' unless"),
+        ("diffusion", "beta_end", 1.5, "'diffusion.beta_end' must be in (0, 1)"),
+        ("train", "compile_mode", "fastest", "'train.compile_mode' must be one of"),
+        ("train", "seed", -1, "'train.seed' must be at least 0"),
+        ("model", "dropout", 1.0, "'model.dropout' must be in [0, 1)"),
+        ("model", "attention_resolutions", [3], "'model.attention_resolutions' must be sizes of levels (8, 4, 2"),
+        ("model", "in_channels", 3, "'model.in_channels' must be 1, as the data gives"),
+        ("model", "image_size", 16, "'model.image_size' must be 8, as the data gives"),
+        ("model", "kind", "mlp", "unknown config key 'model.base_channels'; known keys here: dim, hidden"),
+        ("data", "kind", "imagenet", "'data.kind' must be one of 'digits'"),
+        ("data", "root", "/tmp", "unknown config key 'data.root'"),
+        ("data", "channels", 2, "'data.channels' must be 1, 3 or null"),
+    ],
+)
 def test_every_value_is_refused_when_the_config_is_read(section, key, value, words):
     """Before any data, network or training: one UserError in one wording, naming the key."""
     with pytest.raises(UserError) as info:
@@ -134,7 +137,11 @@ def test_the_model_shape_from_the_config_alone_and_from_the_data_read():
     assert model_shape(digits.data) == {"in_channels": 1, "image_size": 8, "num_classes": 10}
     data = type("Data", (), {"shape": (1, 8, 16), "labels": [0], "num_classes": 10})()
     assert model_shape(digits.data, data, learned_variance=True) == {
-        "in_channels": 1, "image_size": (8, 16), "num_classes": 10, "out_channels": 2}
+        "in_channels": 1,
+        "image_size": (8, 16),
+        "num_classes": 10,
+        "out_channels": 2,
+    }
     assert model_shape(load_config("toy2d-moons").data) == {"dim": 2}
 
 
@@ -144,8 +151,17 @@ def test_a_config_round_trips_through_yaml():
         assert experiment_from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
 
 
-@pytest.mark.parametrize("section, key", [("train", "adam_betas"), ("model", "channel_mults"), ("train", "seed"),
-                                          ("model", None), ("data", "kind"), ("data", None)])
+@pytest.mark.parametrize(
+    "section, key",
+    [
+        ("train", "adam_betas"),
+        ("model", "channel_mults"),
+        ("train", "seed"),
+        ("model", None),
+        ("data", "kind"),
+        ("data", None),
+    ],
+)
 def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, section, key):
     """Nine levels of nine aliases (9**9 leaves if expanded): refused in well under a second, in one short line."""
     import time

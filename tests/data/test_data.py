@@ -307,15 +307,18 @@ def test_mnist_bad_magic_and_size(tmp_path):
 
 def test_mnist_preset_trains_28x28_digits_padded_to_32_from_idx_files(tmp_path):
     from ddpmkit import Run
-    from ddpmkit.runs import train
     from ddpmkit.config import load_config
+    from ddpmkit.runs import train
 
     rng = np.random.default_rng(2)
     for prefix, n in (("train", 16), ("t10k", 8)):
-        (tmp_path / f"{prefix}-images-idx3-ubyte").write_bytes(_idx(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), 0x803))
+        (tmp_path / f"{prefix}-images-idx3-ubyte").write_bytes(
+            _idx(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), 0x803)
+        )
         (tmp_path / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx(np.arange(n, dtype=np.uint8) % 10, 0x801))
-    cfg = load_config("mnist", overrides={"data": {"root": str(tmp_path)},
-                                          "train": {"steps": 2, "batch_size": 8, "sample_every": 0}})
+    cfg = load_config(
+        "mnist", overrides={"data": {"root": str(tmp_path)}, "train": {"steps": 2, "batch_size": 8, "sample_every": 0}}
+    )
     assert cfg.model.initial_pad == 2 and cfg.model.image_size == 28  # 28 -> 32 inside the network
     assert cfg.model.level_resolutions() == [32, 16, 8]
     train(cfg, tmp_path / "run", progress=False, log=None)
@@ -333,9 +336,15 @@ def test_load_dataset_dispatch_and_errors(tmp_path):
     t = load_dataset("toy2d", toy2d="8gaussians", num_samples=50)
     assert t.data.shape == (50, 2)
     assert not torch.equal(t.data, load_dataset("toy2d", toy2d="8gaussians", num_samples=50, split="test").data)
-    for kw in [dict(name="folder"), dict(name="cifar10"), dict(name="mnist", root=tmp_path / "no"), dict(name="imagenet"),
-               dict(name="toy2d"), dict(name="toy2d", toy2d="moons", image_size=8),
-               dict(name="folder", root=tmp_path)]:
+    for kw in [
+        dict(name="folder"),
+        dict(name="cifar10"),
+        dict(name="mnist", root=tmp_path / "no"),
+        dict(name="imagenet"),
+        dict(name="toy2d"),
+        dict(name="toy2d", toy2d="moons", image_size=8),
+        dict(name="folder", root=tmp_path),
+    ]:
         with pytest.raises(UserError):
             load_dataset(**kw)
 
@@ -401,7 +410,7 @@ def test_batches_small_dataset_wraps_and_hflip_flips():
     it = batches(ds, 5, seed=1)
     ids = sum((_ids(next(it)[0]) for _ in range(3)), [])  # 15 draws = 5 epochs of 3
     for e in range(5):
-        assert sorted(ids[3 * e:3 * e + 3]) == [0, 1, 2]
+        assert sorted(ids[3 * e : 3 * e + 3]) == [0, 1, 2]
     g = torch.Generator().manual_seed(0)
     big = InMemoryDataset(torch.randint(0, 256, (64, 1, 2, 3), dtype=torch.uint8, generator=g))
     plain, flipped = next(batches(big, 64, seed=4)), next(batches(big, 64, seed=4, hflip=True))
@@ -419,8 +428,10 @@ def test_folder_decodes_the_same_on_any_number_of_threads(tmp_path):
     rng = np.random.default_rng(2)
     for i in range(24):  # colour PNGs, JPEGs and grey images, several sizes
         shape = (int(rng.integers(6, 30)), int(rng.integers(6, 30))) + ((3,) if i % 3 else ())
-        _save(tmp_path / f"{i % 4}" / f"{i:02d}.{'jpg' if i % 5 == 0 else 'png'}",
-              rng.integers(0, 256, shape, dtype=np.uint8))
+        _save(
+            tmp_path / f"{i % 4}" / f"{i:02d}.{'jpg' if i % 5 == 0 else 'png'}",
+            rng.integers(0, 256, shape, dtype=np.uint8),
+        )
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -25,8 +25,10 @@ def test_conversions_and_skipped_gifs_are_said_once(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2
     assert err[0] == f"note: skipped 1 GIF file(s) under {tmp_path} (still images only: convert them to PNG)"
-    assert err[1] == (f"note: converted 3 of 4 images under {tmp_path}: 1 16/32-bit to 8 bits (v * 255 / 65535), "
-                      f"1 CMYK to RGB, 1 alpha dropped")
+    assert err[1] == (
+        f"note: converted 3 of 4 images under {tmp_path}: 1 16/32-bit to 8 bits (v * 255 / 65535), "
+        f"1 CMYK to RGB, 1 alpha dropped"
+    )
 
 
 def test_plain_images_say_nothing(tmp_path, capsys):
@@ -59,5 +61,6 @@ def test_an_unreadable_folder_is_said(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(os, "scandir", scandir)
     assert len(load_image_folder(tmp_path, 8)) == 1
-    assert capsys.readouterr().err.strip() == (f"note: skipped 1 folder(s) under {tmp_path} that could not be read, "
-                                               f"first {tmp_path / 'locked'}")
+    assert capsys.readouterr().err.strip() == (
+        f"note: skipped 1 folder(s) under {tmp_path} that could not be read, first {tmp_path / 'locked'}"
+    )

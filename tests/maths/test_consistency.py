@@ -42,8 +42,9 @@ def _gen(seed):
 def mixture():
     """Three anisotropic components (as tests/maths/test_samplers.py's), at least 8 stds apart."""
     mu = torch.tensor([[-2.0, 1.0], [2.0, 2.0], [1.0, -2.5]], dtype=F64)
-    cov = torch.tensor([[[0.16, 0.06], [0.06, 0.08]], [[0.06, 0.0], [0.0, 0.2]],
-                        [[0.12, -0.04], [-0.04, 0.09]]], dtype=F64)
+    cov = torch.tensor(
+        [[[0.16, 0.06], [0.06, 0.08]], [[0.06, 0.0], [0.0, 0.2]], [[0.12, -0.04], [-0.04, 0.09]]], dtype=F64
+    )
     return GaussianMixtureOracle([0.5, 0.3, 0.2], mu, cov, ABAR)
 
 
@@ -70,11 +71,13 @@ def oracle_x0(oracle, x_sigma, sigma):
 
 def continuous_oracle(oracle):
     """The oracle as a network with fractional time input: model(x_t, t) -> E[eps | x_t] at sigma(t)."""
+
     def model(x_t, t, y=None):
         sigma = LEVELS.sigma(t)
         a = C.abar_from_sigma(sigma)[:, None]
         x0 = oracle_x0(oracle, C.ve_from_vp(x_t.double(), sigma), sigma)
         return ((x_t.double() - a.sqrt() * x0) / (1 - a).sqrt()).to(x_t.dtype)
+
     return model
 
 
@@ -220,8 +223,9 @@ def test_r_of_t_follows_the_formula_and_delta_t_shrinks_by_q_per_stage():
         torch.testing.assert_close(C.r_from_t(t, stage, SMIN), want.clamp(min=SMIN), rtol=1e-14, atol=0)
         nxt = C.r_from_t(t, stage + 1, SMIN)
         free = want > SMIN  # unclamped at this stage: t - r halves at the next
-        torch.testing.assert_close((t - nxt)[free] / (t - want)[free], torch.full_like(t[free], 0.5), rtol=1e-12,
-                                   atol=0)
+        torch.testing.assert_close(
+            (t - nxt)[free] / (t - want)[free], torch.full_like(t[free], 0.5), rtol=1e-12, atol=0
+        )
     assert bool((C.r_from_t(t, 0, SMIN) == SMIN).any())  # stage 0 pulls small t to the boundary
     assert C.stage_of(999, 250) == 3
     with pytest.raises(UserError):
@@ -232,13 +236,14 @@ def test_distances_and_weight():
     a = torch.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=F64)
     b = torch.zeros(2, 2, dtype=F64)
     torch.testing.assert_close(C.distance(a, b, "l2"), torch.tensor([5.0, 0.0], dtype=F64))
-    torch.testing.assert_close(C.distance(a, b, "pseudo_huber", 1.0), torch.tensor([math.sqrt(26) - 1, 0.0],
-                                                                                    dtype=F64))
+    torch.testing.assert_close(C.distance(a, b, "pseudo_huber", 1.0), torch.tensor([math.sqrt(26) - 1, 0.0], dtype=F64))
     c = 0.00054 * math.sqrt(2)
-    torch.testing.assert_close(C.distance(a, b, "pseudo_huber"), torch.tensor([math.sqrt(25 + c * c) - c, 0.0],
-                                                                               dtype=F64))
-    torch.testing.assert_close(C.ect_weight(torch.tensor([1.0], dtype=F64), torch.tensor([0.75], dtype=F64)),
-                               torch.tensor([4.0], dtype=F64))
+    torch.testing.assert_close(
+        C.distance(a, b, "pseudo_huber"), torch.tensor([math.sqrt(25 + c * c) - c, 0.0], dtype=F64)
+    )
+    torch.testing.assert_close(
+        C.ect_weight(torch.tensor([1.0], dtype=F64), torch.tensor([0.75], dtype=F64)), torch.tensor([4.0], dtype=F64)
+    )
     x = torch.zeros(2, 2, requires_grad=True)
     C.distance(x, torch.zeros(2, 2)).sum().backward()
     assert torch.equal(x.grad, torch.zeros(2, 2))  # no NaN gradient where prediction and target agree
@@ -314,8 +319,9 @@ def check_same_dropout_mask():
         return torch.nn.functional.dropout(x, 0.5, training=True)
 
     x0 = torch.ones(64, 8)
-    pred, target = C.consistency_pair(f, x0, torch.zeros(64, 8), torch.full((64,), 2.0, dtype=F64),
-                                      torch.full((64,), 1.0, dtype=F64), SMIN)
+    pred, target = C.consistency_pair(
+        f, x0, torch.zeros(64, 8), torch.full((64,), 2.0, dtype=F64), torch.full((64,), 1.0, dtype=F64), SMIN
+    )
     assert torch.equal(pred, target)
     assert 0 < int((pred == 0).sum()) < pred.numel()  # dropout did drop
 
@@ -332,8 +338,9 @@ def test_a_fresh_dropout_mask_is_caught(monkeypatch):
 
 def test_ect_loss_is_per_example_and_refuses_bad_input():
     f = C.consistency_function(_random_mlp(3), LEVELS, "eps")
-    loss = C.ect_loss(f, torch.randn(10, 2, dtype=F64), LEVELS, 2, C.ECTParams(distance="pseudo_huber"),
-                      generator=_gen(11))
+    loss = C.ect_loss(
+        f, torch.randn(10, 2, dtype=F64), LEVELS, 2, C.ECTParams(distance="pseudo_huber"), generator=_gen(11)
+    )
     assert loss.shape == (10,) and bool((loss >= 0).all()) and bool(loss.isfinite().all())
     with pytest.raises(UserError, match="prediction"):
         C.consistency_function(f, LEVELS, "score")

@@ -69,11 +69,14 @@ def test_q_sample_equals_iterating_eq1(diffusion):
     assert x.var().item() == pytest.approx(closed.var[0].item(), rel=0.02)
 
 
-@pytest.mark.parametrize("t, error, words", [
-    ([0, 5, -1], ValueError, "from -1 to 5"),  # -1 would index T - 1 silently
-    ([0, 1000], ValueError, "[0, 1000)"),
-    ([0.0, 1.0], TypeError, "integer tensor"),
-])
+@pytest.mark.parametrize(
+    "t, error, words",
+    [
+        ([0, 5, -1], ValueError, "from -1 to 5"),  # -1 would index T - 1 silently
+        ([0, 1000], ValueError, "[0, 1000)"),
+        ([0.0, 1.0], TypeError, "integer tensor"),
+    ],
+)
 def test_timesteps_outside_the_chain_are_refused(diffusion, t, error, words):
     x0 = torch.zeros(len(t), 3)
     with pytest.raises(error, match=re.escape(words)):
@@ -93,7 +96,9 @@ def test_posterior_equals_bayes_rule(diffusion):
         a_t = 1 - betas[step]
         # likelihood in x_{t-1}: N(x_t; sqrt(a_t) x_{t-1}, beta_t) -> precision a_t / beta_t
         prec = a_t / betas[step] + 1 / (1 - abar[step - 1])
-        mean = (math.sqrt(a_t) * xt.numpy() / betas[step] + math.sqrt(abar[step - 1]) * x0.numpy() / (1 - abar[step - 1])) / prec
+        mean = (
+            math.sqrt(a_t) * xt.numpy() / betas[step] + math.sqrt(abar[step - 1]) * x0.numpy() / (1 - abar[step - 1])
+        ) / prec
         np.testing.assert_allclose(post.mean.numpy(), mean, rtol=1e-9)
         np.testing.assert_allclose(post.var.numpy(), 1 / prec, rtol=1e-9)
 
@@ -239,8 +244,16 @@ def test_guidance_combines_conditional_and_unconditional_in_one_call():
     torch.testing.assert_close(pred, 3.0 * (y[:, None].float() + 1).expand(4, 2))
 
 
-@pytest.mark.parametrize("kw", [dict(prediction="noise"), dict(variance="learned"), dict(loss="huber"),
-                                dict(loss="hybrid"), dict(min_snr_gamma=-1.0)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(prediction="noise"),
+        dict(variance="learned"),
+        dict(loss="huber"),
+        dict(loss="hybrid"),
+        dict(min_snr_gamma=-1.0),
+    ],
+)
 def test_bad_options_raise(kw):
     with pytest.raises(UserError):
         GaussianDiffusion(ddpmkit.linear_beta_schedule(10), **kw)

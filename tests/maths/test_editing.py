@@ -151,8 +151,17 @@ def test_inpaint_approaches_the_exact_gaussian_conditional_as_resampling_grows(o
 def test_inpaint_with_ddim_and_checks():
     diffusion, oracle = gaussian(20)
     x0 = oracle.sample(4, torch.Generator().manual_seed(1)).view(4, 1, 2, 2)
-    x = diffusion.inpaint(oracle, x0, MASK, sampler="ddim", steps=8, eta=0.5, resample=2, jump_length=2,
-                          generator=torch.Generator().manual_seed(0))
+    x = diffusion.inpaint(
+        oracle,
+        x0,
+        MASK,
+        sampler="ddim",
+        steps=8,
+        eta=0.5,
+        resample=2,
+        jump_length=2,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.equal(x.view(4, 4)[:, :2], x0.view(4, 4)[:, :2]) and torch.isfinite(x).all()
     calls = []
     diffusion.inpaint(oracle, x0, MASK, steps=8, resample=3, jump_length=2, callback=lambda *a: calls.append(a[1]))

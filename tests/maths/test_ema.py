@@ -159,9 +159,7 @@ def test_state_dict_round_trip() -> None:
         assert torch.equal(v, state[k]), k
     # loading in place keeps updates working on the loaded shadow
     other.update(model, 2)
-    torch.testing.assert_close(
-        other.model[0].weight, 0.9 * state["0.weight"] + 0.1 * model[0].weight
-    )
+    torch.testing.assert_close(other.model[0].weight, 0.9 * state["0.weight"] + 0.1 * model[0].weight)
     with pytest.raises(UserError, match="does not match"):
         other.load_state_dict({"nope": torch.zeros(1)})
 

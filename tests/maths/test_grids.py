@@ -15,7 +15,7 @@ def distinct_images(n, h=8, w=8, c=1, seed=0):
 def block(grid, row, col, size):
     """The image at (row, col) of a grid of ``size``-pixel tiles separated and framed by the gap."""
     top, left = GRID_GAP + row * (size + GRID_GAP), GRID_GAP + col * (size + GRID_GAP)
-    return grid[top:top + size, left:left + size]
+    return grid[top : top + size, left : left + size]
 
 
 def enlarged(image, s):
@@ -40,7 +40,7 @@ def test_square_grid_blocks_and_gaps():
         r, c = divmod(i, 8)
         np.testing.assert_array_equal(block(grid, r, c, size), enlarged(imgs[i], s))
         top, left = GRID_GAP + r * (size + GRID_GAP), GRID_GAP + c * (size + GRID_GAP)
-        mask[top:top + size, left:left + size] = False
+        mask[top : top + size, left : left + size] = False
     assert mask.sum() > 0 and np.all(grid[mask] == GRID_GAP_VALUE)
 
 
@@ -81,16 +81,18 @@ def test_which_labels_lay_out_by_class():
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     import yaml
-    from conftest import TINY_DIGITS
 
+    from conftest import TINY_DIGITS
     from ddpmkit.cli import main
 
     root = tmp_path_factory.mktemp("grids")
     cfg = dict(TINY_DIGITS, train={**TINY_DIGITS["train"], "steps": 2, "sample_every": 2, "num_grid_samples": 12})
     (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     out = root / "run"
-    assert main(["train", "--preset", "digits", "--config", str(root / "tiny.yaml"), "--out", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(["train", "--preset", "digits", "--config", str(root / "tiny.yaml"), "--out", str(out), "--no-progress"])
+        == 0
+    )
     return out
 
 
@@ -98,8 +100,26 @@ def test_sample_png_is_the_npz_drawn_one_class_per_row(digits_run, tmp_path):
     from ddpmkit.cli import main
 
     npz, png = tmp_path / "s.npz", tmp_path / "g.png"
-    assert main(["sample", str(digits_run), "--num", "23", "--labels", "all", "--steps", "3", "--out", str(npz),
-                 "--out", str(png), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(digits_run),
+                "--num",
+                "23",
+                "--labels",
+                "all",
+                "--steps",
+                "3",
+                "--out",
+                str(npz),
+                "--out",
+                str(png),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     with np.load(npz) as z:
         images, labels = z["images"], z["labels"]
     grid = np.asarray(Image.open(png))[:, :, None]

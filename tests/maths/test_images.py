@@ -40,7 +40,7 @@ def test_make_grid_positions():
     for i in range(5):
         r, c = divmod(i, 3)
         top, left = 1 + r * 3, 1 + c * 4
-        assert np.all(g[top:top + 2, left:left + 3] == 10 * (i + 1))
+        assert np.all(g[top : top + 2, left : left + 3] == 10 * (i + 1))
     assert np.all(g[0] == 7) and np.all(g[:, 0] == 7) and np.all(g[4:6, 9:12] == 7)  # empty slot
     default = make_grid(imgs, padding=0)  # ceil(sqrt(5)) = 3 per row
     assert default.shape == (4, 9, 1)

@@ -125,7 +125,9 @@ def test_learned_range_interpolates_between_fixed_variances():
     # v = 0 is the geometric mean of the two
     model = lambda x_, t_, y=None: torch.cat([eps, torch.zeros_like(eps)], 1)  # noqa: E731
     out = learned.p_mean_variance(model, x, t)
-    torch.testing.assert_close(out.var[:, 0, 0], (betas[t] * small.p_mean_variance(lambda *a, **k: eps, x, t).var[:, 0, 0]).sqrt())
+    torch.testing.assert_close(
+        out.var[:, 0, 0], (betas[t] * small.p_mean_variance(lambda *a, **k: eps, x, t).var[:, 0, 0]).sqrt()
+    )
 
 
 def test_hybrid_loss_sends_no_vlb_gradient_into_the_mean():

@@ -41,8 +41,9 @@ def _gen(seed):
 def mixture():
     """Three anisotropic components (principal stds 0.22-0.45), at least 8 stds apart, unequal weights."""
     mu = torch.tensor([[-2.0, 1.0], [2.0, 2.0], [1.0, -2.5]], dtype=F64)
-    cov = torch.tensor([[[0.16, 0.06], [0.06, 0.08]], [[0.06, 0.0], [0.0, 0.2]],
-                        [[0.12, -0.04], [-0.04, 0.09]]], dtype=F64)
+    cov = torch.tensor(
+        [[[0.16, 0.06], [0.06, 0.08]], [[0.06, 0.0], [0.0, 0.2]], [[0.12, -0.04], [-0.04, 0.09]]], dtype=F64
+    )
     return GaussianMixtureOracle([0.5, 0.3, 0.2], mu, cov, ABAR)
 
 
@@ -124,9 +125,11 @@ REFERENCE = {
     "quadratic": lambda k: _np_distinct([int(s) for s in (np.linspace(0, np.sqrt(T * 0.8), k) ** 2)])[::-1],
     "logsnr": lambda k: _np_log_snr_grid(lambda lo, hi, u: lo + u * (hi - lo), k),
     "karras": lambda k: _np_log_snr_grid(
-        lambda lo, hi, u: -2 * 7 * np.log(np.exp(-lo / 14) + u * (np.exp(-hi / 14) - np.exp(-lo / 14))), k),
+        lambda lo, hi, u: -2 * 7 * np.log(np.exp(-lo / 14) + u * (np.exp(-hi / 14) - np.exp(-lo / 14))), k
+    ),
     "snr_root": lambda k: _np_log_snr_grid(
-        lambda lo, hi, u: 8 * np.log(np.exp(lo / 8) + u * (np.exp(hi / 8) - np.exp(lo / 8))), k),
+        lambda lo, hi, u: 8 * np.log(np.exp(lo / 8) + u * (np.exp(hi / 8) - np.exp(lo / 8))), k
+    ),
 }
 
 
@@ -150,16 +153,23 @@ def test_rounding_collisions_are_resolved(spacing):
     assert t.unique().numel() == 300 and bool((t[1:] < t[:-1]).all())
 
 
-@pytest.mark.parametrize("bad", [
-    dict(num_timesteps=1000, steps=0), dict(num_timesteps=1000, steps=1001), dict(num_timesteps=1000, steps=2.5),
-    dict(num_timesteps=1000, steps=True), dict(num_timesteps=0, steps=1), dict(num_timesteps=10.0, steps=2),
-    dict(num_timesteps=1000, steps=10, spacing="cosine"),
-    dict(num_timesteps=1000, steps=10, spacing="logsnr"),  # needs alphas_cumprod
-    dict(num_timesteps=1000, steps=10, spacing="snr_root"),
-    dict(num_timesteps=1000, steps=10, spacing="karras"),
-    dict(num_timesteps=1000, steps=10, spacing="logsnr", alphas_cumprod=ABAR[:500]),
-    dict(num_timesteps=1000, steps=10, spacing="logsnr", alphas_cumprod=ABAR.flip(0)),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(num_timesteps=1000, steps=0),
+        dict(num_timesteps=1000, steps=1001),
+        dict(num_timesteps=1000, steps=2.5),
+        dict(num_timesteps=1000, steps=True),
+        dict(num_timesteps=0, steps=1),
+        dict(num_timesteps=10.0, steps=2),
+        dict(num_timesteps=1000, steps=10, spacing="cosine"),
+        dict(num_timesteps=1000, steps=10, spacing="logsnr"),  # needs alphas_cumprod
+        dict(num_timesteps=1000, steps=10, spacing="snr_root"),
+        dict(num_timesteps=1000, steps=10, spacing="karras"),
+        dict(num_timesteps=1000, steps=10, spacing="logsnr", alphas_cumprod=ABAR[:500]),
+        dict(num_timesteps=1000, steps=10, spacing="logsnr", alphas_cumprod=ABAR.flip(0)),
+    ],
+)
 def test_bad_timestep_requests_raise(bad):
     with pytest.raises(UserError):
         S.sampling_timesteps(**bad)
@@ -225,8 +235,7 @@ ACCURATE = [  # (sampler, options, steps): enough steps for the allowances above
 @pytest.mark.parametrize("sampler, opts, steps", ACCURATE, ids=lambda v: str(v))
 def test_sampler_reproduces_the_mixture(mixture, sampler, opts, steps):
     d = GaussianDiffusion(BETAS, variance=opts.get("variance", "fixed_large"))
-    x = d.sample(mixture, (8000, 2), sampler=sampler, steps=steps, eta=opts.get("eta"),
-                 generator=_gen(11), dtype=F64)
+    x = d.sample(mixture, (8000, 2), sampler=sampler, steps=steps, eta=opts.get("eta"), generator=_gen(11), dtype=F64)
     assert mixture_mismatches(mixture, x) == []
 
 
@@ -289,8 +298,9 @@ def _observed_orders(sampler):
     errors = []
     for k in (41, 81, 161):  # (n - 1) / (k - 1) is an integer: exactly uniform steps in lambda
         seen = {}
-        S.SAMPLERS[sampler](den, x_T, S.sampling_timesteps(n, k, "linspace"), abar,
-                            callback=lambda i, t, x, d: seen.__setitem__("x", x))
+        S.SAMPLERS[sampler](
+            den, x_T, S.sampling_timesteps(n, k, "linspace"), abar, callback=lambda i, t, x, d: seen.__setitem__("x", x)
+        )
         errors.append(float((seen["x"] - exact).abs().max()))  # the state at the last network call
     return [math.log2(a / b) for a, b in zip(errors, errors[1:])]
 
@@ -352,9 +362,11 @@ def test_ddim_inversion_round_trip(gaussian):
 
 def _learned_variance_model(oracle):
     """eps from the oracle and a variance output v in (-1, 1) that depends on x and t."""
+
     def model(x, t, y=None):
         v = torch.tanh(x.sum(1, keepdim=True) + t[:, None].to(x.dtype) / 500 - 1).expand_as(x)
         return torch.cat([oracle(x, t), v], dim=1)
+
     return model
 
 
@@ -386,8 +398,9 @@ def test_respaced_learned_range_variance_is_interpolated_in_log_space():
         return S.Denoised(x0, (x - a.sqrt() * x0) / (1 - a).sqrt(), torch.sigmoid(x + t[:, None] / 300))
 
     states = []
-    out = S.ddpm_sample(den, x_T, ts, ABAR, variance="learned_range", generator=_gen(8),
-                        callback=lambda i, t, x, d: states.append(x))
+    out = S.ddpm_sample(
+        den, x_T, ts, ABAR, variance="learned_range", generator=_gen(8), callback=lambda i, t, x, d: states.append(x)
+    )
     g = _gen(8)
     x = x_T
     for i, (t, s) in enumerate(zip(ts, ts[1:])):
@@ -421,14 +434,17 @@ def test_learned_range_through_the_diffusion_uses_the_model_variance_output():
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("sampler, eta", [("ddpm", None), ("ddim", 1.0), ("ddim", 0.0), ("dpm++2m", None),
-                                          ("dpm++3m", None)])
+@pytest.mark.parametrize(
+    "sampler, eta", [("ddpm", None), ("ddim", 1.0), ("ddim", 0.0), ("dpm++2m", None), ("dpm++3m", None)]
+)
 def test_per_sample_generators_make_samples_independent_of_batch_size(mixture, sampler, eta):
     d = GaussianDiffusion(BETAS)
-    big = d.sample(mixture, (6, 2), sampler=sampler, steps=12, eta=eta, dtype=F64,
-                   generator=[_gen(100 + i) for i in range(6)])
-    small = d.sample(mixture, (3, 2), sampler=sampler, steps=12, eta=eta, dtype=F64,
-                     generator=[_gen(100 + i) for i in range(3)])
+    big = d.sample(
+        mixture, (6, 2), sampler=sampler, steps=12, eta=eta, dtype=F64, generator=[_gen(100 + i) for i in range(6)]
+    )
+    small = d.sample(
+        mixture, (3, 2), sampler=sampler, steps=12, eta=eta, dtype=F64, generator=[_gen(100 + i) for i in range(3)]
+    )
     torch.testing.assert_close(big[:3], small, rtol=1e-12, atol=1e-12)
     assert float((big[0] - big[1]).abs().max()) > 1e-3  # different seeds, different samples
     with pytest.raises(UserError):
@@ -458,8 +474,13 @@ def test_callback_sees_every_network_call(mixture):
 
 def test_bad_sampler_options_raise(mixture):
     d = GaussianDiffusion(BETAS)
-    for kw in (dict(sampler="euler"), dict(sampler="ddim", eta=1.5), dict(sampler="ddim", eta=-0.1),
-               dict(sampler="ddpm", spacing="cosine"), dict(sampler="ddpm", steps=0)):
+    for kw in (
+        dict(sampler="euler"),
+        dict(sampler="ddim", eta=1.5),
+        dict(sampler="ddim", eta=-0.1),
+        dict(sampler="ddpm", spacing="cosine"),
+        dict(sampler="ddpm", steps=0),
+    ):
         with pytest.raises(UserError):
             d.sample(mixture, (2, 2), **{"steps": 5, **kw})
     with pytest.raises(UserError):
@@ -485,7 +506,9 @@ def test_eta_none_is_ddims_deterministic_default(mixture):
 @pytest.mark.parametrize("name", ["euler", "DDIM", "dpm++", "", None, 3])
 def test_unknown_sampler_names_are_refused(mixture, name):
     d = GaussianDiffusion(BETAS)
-    with pytest.raises(UserError, match="unknown sampler .*; choose one of 'ddpm', 'ddim', 'dpm\\+\\+2m', 'dpm\\+\\+3m'"):
+    with pytest.raises(
+        UserError, match="unknown sampler .*; choose one of 'ddpm', 'ddim', 'dpm\\+\\+2m', 'dpm\\+\\+3m'"
+    ):
         d.sample(mixture, (2, 2), sampler=name, steps=3)
 
 

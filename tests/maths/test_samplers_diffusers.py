@@ -118,8 +118,9 @@ def test_karras_spacing_matches_diffusers_karras_timesteps(k):
 
 # =========================================================================== DDPM
 def ddpm_scheduler(variance, timesteps):
-    sched = diffusers.DDPMScheduler(num_train_timesteps=T, variance_type=variance, clip_sample=False,
-                                    prediction_type="epsilon", steps_offset=0)
+    sched = diffusers.DDPMScheduler(
+        num_train_timesteps=T, variance_type=variance, clip_sample=False, prediction_type="epsilon", steps_offset=0
+    )
     float64_schedule(sched)
     sched.set_timesteps(timesteps=[int(t) for t in timesteps])
     return sched
@@ -148,8 +149,9 @@ def test_ddpm_last_step_differs_from_diffusers_only_by_its_final_noise(variance)
     sched = ddpm_scheduler(variance, ts)
     g = torch.Generator().manual_seed(5)
     for i, t in enumerate(ts.tolist()[:-1]):
-        torch.testing.assert_close(sched.step(fake_eps(states[i], t), t, states[i], generator=g).prev_sample,
-                                   states[i + 1], **TIGHT)
+        torch.testing.assert_close(
+            sched.step(fake_eps(states[i], t), t, states[i], generator=g).prev_sample, states[i + 1], **TIGHT
+        )
     g_noise = torch.Generator().set_state(g.get_state())
     last = sched.step(fake_eps(states[-1], 99), 99, states[-1], generator=g).prev_sample
     z = torch.randn(SHAPE, generator=g_noise, dtype=F64)
@@ -161,16 +163,23 @@ def test_ddpm_last_step_differs_from_diffusers_only_by_its_final_noise(variance)
 
 # =========================================================================== DDIM
 def ddim_scheduler(k, spacing):
-    sched = diffusers.DDIMScheduler(num_train_timesteps=T, timestep_spacing=spacing, steps_offset=0,
-                                    set_alpha_to_one=True, clip_sample=False, prediction_type="epsilon")
+    sched = diffusers.DDIMScheduler(
+        num_train_timesteps=T,
+        timestep_spacing=spacing,
+        steps_offset=0,
+        set_alpha_to_one=True,
+        clip_sample=False,
+        prediction_type="epsilon",
+    )
     float64_schedule(sched)
     sched.set_timesteps(k)
     return sched
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0, 0.3])
-@pytest.mark.parametrize("spacing, k", [("leading", 10), ("leading", 7), ("trailing", 10), ("trailing", 25),
-                                       ("leading", 50)])
+@pytest.mark.parametrize(
+    "spacing, k", [("leading", 10), ("leading", 7), ("trailing", 10), ("trailing", 25), ("leading", 50)]
+)
 def test_ddim_steps_match_diffusers(spacing, k, eta):
     sched = ddim_scheduler(k, spacing)
     ts = S.sampling_timesteps(T, k, spacing)
@@ -198,8 +207,15 @@ def test_ddim_with_linspace_steps_to_t_minus_T_over_k_in_diffusers():
 # =========================================================================== DPM-Solver++
 def dpm_scheduler(timesteps, order):
     sched = diffusers.DPMSolverMultistepScheduler(
-        num_train_timesteps=T, algorithm_type="dpmsolver++", solver_order=order, solver_type="midpoint",
-        lower_order_final=True, final_sigmas_type="zero", prediction_type="epsilon", thresholding=False)
+        num_train_timesteps=T,
+        algorithm_type="dpmsolver++",
+        solver_order=order,
+        solver_type="midpoint",
+        lower_order_final=True,
+        final_sigmas_type="zero",
+        prediction_type="epsilon",
+        thresholding=False,
+    )
     float64_schedule(sched)
     sched.set_timesteps(timesteps=[int(t) for t in timesteps])
     sched.sigmas = torch.cat([SIGMA[torch.as_tensor(timesteps)], torch.zeros(1, dtype=F64)])  # float64
@@ -208,9 +224,11 @@ def dpm_scheduler(timesteps, order):
 
 def missing_half_of_d2_term(sched, hist, i):
     """alpha_t phi_3 D2 of diffusers' third-order update at step i: the half it leaves out."""
+
     def lam(s):
         a = 1 / math.sqrt(s * s + 1)
         return math.log(a) - math.log(s * a)
+
     s_t, s0, s1, s2 = (float(sched.sigmas[j]) for j in (i + 1, i, i - 1, i - 2))
     h, h0, h1 = lam(s_t) - lam(s0), lam(s0) - lam(s1), lam(s1) - lam(s2)
     r0, r1 = h0 / h, h1 / h
@@ -229,8 +247,9 @@ def our_order(i, k, order):
 
 
 @pytest.mark.parametrize("order", [2, 3])
-@pytest.mark.parametrize("spacing, k", [("snr_root", 10), ("logsnr", 10), ("trailing", 20), ("snr_root", 20),
-                                       ("quadratic", 25)])
+@pytest.mark.parametrize(
+    "spacing, k", [("snr_root", 10), ("logsnr", 10), ("trailing", 20), ("snr_root", 20), ("quadratic", 25)]
+)
 def test_dpmpp_updates_match_diffusers_in_float64(order, spacing, k):
     ts = S.sampling_timesteps(T, k, spacing, ABAR)
     states, out = run_ours(f"dpm++{order}m", ts)
@@ -252,8 +271,10 @@ def test_dpmpp_updates_match_diffusers_in_float64(order, spacing, k):
     assert sum(our_order(i, k, order) == order for i in range(k)) == k - 2 * order + 2  # all but warm-up and end
 
 
-@pytest.mark.parametrize("order, spacing, k", [(2, "snr_root", 10), (2, "logsnr", 20), (2, "trailing", 16),
-                                              (3, "snr_root", 10), (3, "logsnr", 14)])
+@pytest.mark.parametrize(
+    "order, spacing, k",
+    [(2, "snr_root", 10), (2, "logsnr", 20), (2, "trailing", 16), (3, "snr_root", 10), (3, "logsnr", 14)],
+)
 def test_dpmpp_scheduler_steps_match_ours(order, spacing, k):
     """diffusers' own step(): its order bookkeeping (warm-up, lower_order_final) against ours,
     to float32 rounding (step casts the sample to float32)."""

@@ -44,20 +44,29 @@ def fake_output(x, t):
 
 def denoiser_for(prediction):
     """Our Denoised from the fake output read as eps, v or x0 (what GaussianDiffusion.denoise does)."""
+
     def denoiser(x, t):
         a = ABAR[t].reshape(-1, *([1] * (x.ndim - 1)))
         out, al, si = fake_output(x, t), a.sqrt(), (1 - a).sqrt()
         x0 = {"epsilon": (x - si * out) / al, "v_prediction": al * x - si * out, "sample": out}[prediction]
         return S.Denoised(x0, (x - al * x0) / si, None)
+
     return denoiser
 
 
 def unipc_scheduler(timesteps, order, variant, prediction="epsilon", disable_corrector=()):
     diffusers = pytest.importorskip("diffusers")
     sched = diffusers.UniPCMultistepScheduler(
-        num_train_timesteps=T, solver_order=order, solver_type=variant, prediction_type=prediction,
-        predict_x0=True, lower_order_final=True, final_sigmas_type="zero", thresholding=False,
-        disable_corrector=list(disable_corrector))
+        num_train_timesteps=T,
+        solver_order=order,
+        solver_type=variant,
+        prediction_type=prediction,
+        predict_x0=True,
+        lower_order_final=True,
+        final_sigmas_type="zero",
+        thresholding=False,
+        disable_corrector=list(disable_corrector),
+    )
     sched.betas, sched.alphas, sched.alphas_cumprod = BETAS.clone(), 1 - BETAS, ABAR.clone()
     sched.set_timesteps(len(timesteps))
     sched.timesteps = torch.as_tensor(timesteps).clone()
@@ -68,8 +77,9 @@ def unipc_scheduler(timesteps, order, variant, prediction="epsilon", disable_cor
 def run_ours(timesteps, prediction="epsilon", **opts):
     states = []
     x_T = torch.randn(SHAPE, generator=_gen(0), dtype=F64)
-    out = S.unipc_sample(denoiser_for(prediction), x_T, timesteps, ABAR,
-                         callback=lambda i, t, x, d: states.append(x), **opts)
+    out = S.unipc_sample(
+        denoiser_for(prediction), x_T, timesteps, ABAR, callback=lambda i, t, x, d: states.append(x), **opts
+    )
     return states, out
 
 
@@ -102,8 +112,9 @@ def test_unipc_without_corrector_is_diffusers_with_the_corrector_disabled(varian
     states, _ = run_ours(ts, variant=variant, order=order, corrector=False)
     sched = unipc_scheduler(ts, order, variant, disable_corrector=range(12))
     for i, t in enumerate(ts.tolist()[:-1]):
-        torch.testing.assert_close(sched.step(fake_output(states[i], t), t, states[i]).prev_sample,
-                                   states[i + 1], **TIGHT)
+        torch.testing.assert_close(
+            sched.step(fake_output(states[i], t), t, states[i]).prev_sample, states[i + 1], **TIGHT
+        )
     with_corrector, _ = run_ours(ts, variant=variant, order=order)
     assert float((with_corrector[3] - states[3]).abs().max()) > 1e-4  # the corrector does change the path
 
@@ -128,14 +139,18 @@ def test_one_step_by_hand():
     # then call 1 predicts 100 with order min(2, 2, 3 - 1) = 2: r = (lam_0 - lam_1) / h1, rho = 1/2
     h1 = lam[2] - lam[1]
     r = (lam[0] - lam[1]) / h1
-    pred = (si[2] / si[1]) * corrected + al[2] * (1 - math.exp(-h1)) * m1 - al[2] * math.expm1(-h1) * 0.5 * (m0 - m1) / r
+    pred = (
+        (si[2] / si[1]) * corrected + al[2] * (1 - math.exp(-h1)) * m1 - al[2] * math.expm1(-h1) * 0.5 * (m0 - m1) / r
+    )
     torch.testing.assert_close(seen[2], pred, **TIGHT)
 
 
 # =========================================================================== accuracy
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
-@pytest.mark.parametrize("order, corrector, expected", [(1, True, 2), (2, True, 3), (3, True, 3),
-                                                       (1, False, 1), (2, False, 2), (3, False, 3)])
+@pytest.mark.parametrize(
+    "order, corrector, expected",
+    [(1, True, 2), (2, True, 3), (3, True, 3), (1, False, 1), (2, False, 2), (3, False, 3)],
+)
 def test_convergence_order(variant, order, corrector, expected, monkeypatch):
     # UniPC-p converges at order p + 1 (Zhao et al. 2023, Theorem 3.1), up to the order-2 step
     # before the end (lower_order_final): 2, 3, 3 with the corrector; UniP-p alone at order p
@@ -165,7 +180,6 @@ def test_ode_error_falls_as_steps_grow_and_beats_dpmpp(gaussian, sampler):
     assert all(e < d for e, d in zip(errors, dpm)), (errors, dpm)  # higher order on the same timesteps
 
 
-
 @pytest.mark.parametrize("sampler", ["unipc-bh1", "unipc-bh2"])
 @pytest.mark.parametrize("spacing", ["snr_root", "logsnr", "karras", "quadratic", "trailing", "linspace"])
 def test_unipc_reproduces_the_mixture_on_every_spacing(mixture, sampler, spacing):
@@ -183,8 +197,10 @@ def test_unipc_at_10_calls_is_closer_to_the_flow_than_ddim_and_dpmpp_on_a_sharp_
     ring = GaussianMixtureOracle.ring(ABAR, std=0.05)
     x_T = torch.randn(2000, 2, generator=_gen(3), dtype=F64)
     ref = S.dpmpp_3m_sample(ring.denoise, x_T, S.sampling_timesteps(T, 500, "snr_root", ABAR), ABAR)
-    err = {s: rms(S.SAMPLERS[s](ring.denoise, x_T, S.sampling_timesteps(T, 10, S.DEFAULT_SPACING[s], ABAR), ABAR), ref)
-           for s in ("ddim", "dpm++2m", "unipc-bh1", "unipc-bh2")}
+    err = {
+        s: rms(S.SAMPLERS[s](ring.denoise, x_T, S.sampling_timesteps(T, 10, S.DEFAULT_SPACING[s], ABAR), ABAR), ref)
+        for s in ("ddim", "dpm++2m", "unipc-bh1", "unipc-bh2")
+    }
     assert err["unipc-bh1"] < 0.6 * err["ddim"] and err["unipc-bh2"] < 0.7 * err["ddim"], err  # measured 0.48, 0.60
     assert err["unipc-bh1"] < 0.8 * err["dpm++2m"] and err["unipc-bh2"] < err["dpm++2m"], err  # 0.72, 0.90
 
@@ -194,8 +210,15 @@ def test_unipc_at_10_calls_is_closer_to_the_flow_than_ddim_and_dpmpp_on_a_sharp_
 def test_network_calls_equal_steps_and_batches_do_not_matter(mixture, sampler):
     d = GaussianDiffusion(BETAS)
     seen = []
-    big = d.sample(mixture, (6, 2), sampler=sampler, steps=9, dtype=F64, generator=[_gen(100 + i) for i in range(6)],
-                   callback=lambda i, t, x, den: seen.append(t))
+    big = d.sample(
+        mixture,
+        (6, 2),
+        sampler=sampler,
+        steps=9,
+        dtype=F64,
+        generator=[_gen(100 + i) for i in range(6)],
+        callback=lambda i, t, x, den: seen.append(t),
+    )
     assert seen == S.sampling_timesteps(T, 9, S.DEFAULT_SPACING[sampler], ABAR).tolist()
     small = d.sample(mixture, (3, 2), sampler=sampler, steps=9, dtype=F64, generator=[_gen(100 + i) for i in range(3)])
     torch.testing.assert_close(big[:3], small, rtol=1e-12, atol=1e-12)
@@ -214,13 +237,22 @@ def test_guided_unipc_makes_one_batched_call_per_step():
             return 0.1 * (1 + y[:, None].to(x.dtype)) * x
 
     d = GaussianDiffusion(BETAS)
-    x = d.sample(Toy(), (4, 2), sampler="unipc-bh2", steps=8, y=torch.tensor([0, 1, 0, 1]), guidance_scale=3.0,
-                 generator=_gen(0), dtype=F64)
+    x = d.sample(
+        Toy(),
+        (4, 2),
+        sampler="unipc-bh2",
+        steps=8,
+        y=torch.tensor([0, 1, 0, 1]),
+        guidance_scale=3.0,
+        generator=_gen(0),
+        dtype=F64,
+    )
     assert Toy.calls == 8 and bool(torch.isfinite(x).all())
 
 
-@pytest.mark.parametrize("opts", [dict(order=4), dict(order=0), dict(order=2.0), dict(variant="bh3"),
-                                  dict(variant=None)])
+@pytest.mark.parametrize(
+    "opts", [dict(order=4), dict(order=0), dict(order=2.0), dict(variant="bh3"), dict(variant=None)]
+)
 def test_bad_unipc_options_raise(gaussian, opts):
     with pytest.raises(UserError):
         S.unipc_sample(gaussian.denoise, torch.zeros(2, 2, dtype=F64), [500, 100], ABAR, **opts)
@@ -244,10 +276,15 @@ def test_the_order_reaches_the_solver(mixture):
     assert (default - d.sample(mixture, (5, 2), sampler="unipc-bh1", steps=8, x_T=x_T, order=3)).abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("sampler, order, words", [("dpm++2m", 3, "order applies to the unipc samplers only"),
-                                                   ("ddim", 1, "order applies to the unipc samplers only"),
-                                                   ("unipc-bh2", 4, "order must be 1, 2 or 3, got 4"),
-                                                   ("unipc-bh2", True, "order must be 1, 2 or 3")])
+@pytest.mark.parametrize(
+    "sampler, order, words",
+    [
+        ("dpm++2m", 3, "order applies to the unipc samplers only"),
+        ("ddim", 1, "order applies to the unipc samplers only"),
+        ("unipc-bh2", 4, "order must be 1, 2 or 3, got 4"),
+        ("unipc-bh2", True, "order must be 1, 2 or 3"),
+    ],
+)
 def test_a_wrong_order_is_refused(mixture, sampler, order, words):
     with pytest.raises(UserError, match=words):
         GaussianDiffusion(BETAS).sample(mixture, (2, 2), sampler=sampler, steps=3, order=order)
@@ -257,8 +294,8 @@ def test_sample_order_from_the_command_line_and_the_config(tmp_path, capsys, mon
     from pathlib import Path
 
     from ddpmkit.cli import main
-    from ddpmkit.images import load_npz
     from ddpmkit.config import load_config
+    from ddpmkit.images import load_npz
 
     run = str(Path(__file__).resolve().parents[1] / "fixtures" / "legacy" / "digits_unet_step3.pt")
     seen = []
@@ -266,12 +303,48 @@ def test_sample_order_from_the_command_line_and_the_config(tmp_path, capsys, mon
     monkeypatch.setitem(S.SAMPLERS, "unipc-bh2", lambda *a, **k: seen.append(k.get("order")) or real(*a, **k))
     for order in ("1", "3"):
         out = tmp_path / f"o{order}.npz"
-        assert main(["sample", run, "--num", "2", "--sampler", "unipc-bh2", "--steps", "5", "--order", order,
-                     "--out", str(out), "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "sample",
+                    run,
+                    "--num",
+                    "2",
+                    "--sampler",
+                    "unipc-bh2",
+                    "--steps",
+                    "5",
+                    "--order",
+                    order,
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         assert load_npz(out)[0].shape[0] == 2
     assert seen == [1, 3]  # the 3-step fixture's saved pixels are too coarse to tell the orders apart
-    assert main(["sample", run, "--num", "2", "--sampler", "ddim", "--steps", "5", "--order", "2",
-                 "--out", str(tmp_path / "x.npz"), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "sample",
+                run,
+                "--num",
+                "2",
+                "--sampler",
+                "ddim",
+                "--steps",
+                "5",
+                "--order",
+                "2",
+                "--out",
+                str(tmp_path / "x.npz"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "order applies to the unipc samplers only" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()
     with pytest.raises(UserError, match="sample.order"):

@@ -41,19 +41,30 @@ def test_numbers_in_a_range_and_guidance_refuse_nan_and_bools():
             check_guidance(bad)
 
 
-@pytest.mark.parametrize("kw, words", [(dict(sampler="euler"), "sampler"),
-                                       (dict(sampler="ddpm", eta=0.5), "eta applies to the ddim sampler only"),
-                                       (dict(sampler="ddim", eta=1.5), r"eta must be a number in \[0, 1\]"),
-                                       (dict(sampler="ddim", order=2), "order applies to the unipc samplers only"),
-                                       (dict(sampler="unipc-bh1", order=4), "order must be 1, 2 or 3"),
-                                       (dict(spacing="cosine"), "spacing")])
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(sampler="euler"), "sampler"),
+        (dict(sampler="ddpm", eta=0.5), "eta applies to the ddim sampler only"),
+        (dict(sampler="ddim", eta=1.5), r"eta must be a number in \[0, 1\]"),
+        (dict(sampler="ddim", order=2), "order applies to the unipc samplers only"),
+        (dict(sampler="unipc-bh1", order=4), "order must be 1, 2 or 3"),
+        (dict(spacing="cosine"), "spacing"),
+    ],
+)
 def test_sampling_options_are_checked_when_made(kw, words):
     with pytest.raises(UserError, match=words):
         SamplingOptions(**kw)
 
 
-@pytest.mark.parametrize("kw", [dict(sampler="ddim", steps=7, eta=0.3), dict(sampler="unipc-bh2", steps=6, order=3),
-                                dict(sampler="ddpm", steps=9, spacing="linspace")])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(sampler="ddim", steps=7, eta=0.3),
+        dict(sampler="unipc-bh2", steps=6, order=3),
+        dict(sampler="ddpm", steps=9, spacing="linspace"),
+    ],
+)
 def test_options_object_samples_exactly_as_the_keywords(kw):
     d = GaussianDiffusion(linear_beta_schedule(40))
 

@@ -63,8 +63,17 @@ def flat_grads(model: nn.Module) -> torch.Tensor:
 def unet32(**overrides) -> UNet:
     """A small UNet on 32x32 RGB images (large enough for the 32x32 GroupNorm path)."""
     torch.manual_seed(0)
-    cfg = dict(in_channels=3, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
-               attention_resolutions=(16,), num_groups=8, dropout=0.0, image_size=32, head_channels=16)
+    cfg = dict(
+        in_channels=3,
+        base_channels=16,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(16,),
+        num_groups=8,
+        dropout=0.0,
+        image_size=32,
+        head_channels=16,
+    )
     net = UNet(UNetConfig(**{**cfg, **overrides}))
     with torch.no_grad():  # the zero-initialised output layer would hide every difference
         net.out_conv.weight.normal_(0.0, 0.1)
@@ -244,9 +253,10 @@ def test_precision_option_resolves_as_documented():
         assert not torch.is_autocast_enabled("cpu")
 
 
-@pytest.mark.parametrize("hip, capability, native", [(None, (7, 0), False), (None, (7, 5), False),
-                                                     (None, (8, 0), True), (None, (9, 0), True),
-                                                     ("6.2", (9, 4), True)])
+@pytest.mark.parametrize(
+    "hip, capability, native",
+    [(None, (7, 0), False), (None, (7, 5), False), (None, (8, 0), True), (None, (9, 0), True), ("6.2", (9, 4), True)],
+)
 def test_auto_precision_on_gpus_takes_bf16_only_where_it_is_native(monkeypatch, hip, capability, native):
     """V100 and T4 emulate bf16 (slower than fp32), though torch.cuda.is_bf16_supported() says True."""
     monkeypatch.setattr(torch.version, "hip", hip)
@@ -281,7 +291,7 @@ def test_fp16_training_scales_the_loss_and_hands_on_the_true_gradient(tmp_path):
     fp32 = tiny_trainer(tmp_path, "fp32", precision="fp32", grad_clip=1e-3)
     fp16 = tiny_trainer(tmp_path, "fp16", precision="fp16", grad_clip=1e-3)  # clipping that bites
     assert fp16.amp == torch.float16 and fp16.scaler.is_enabled() and not fp32.scaler.is_enabled()
-    assert fp16.scaler.get_scale() == 2.0 ** 16
+    assert fp16.scaler.get_scale() == 2.0**16
     with torch.no_grad():
         for tr in (fp32, fp16):
             torch.manual_seed(3)
@@ -298,11 +308,11 @@ def test_fp16_training_scales_the_loss_and_hands_on_the_true_gradient(tmp_path):
 
 def test_fp16_step_whose_gradient_overflows_is_skipped_and_the_scale_backs_off(tmp_path):
     tr = tiny_trainer(tmp_path, "fp16", precision="fp16")
-    tr.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 60)  # overflows float16 in the backward
+    tr.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**60)  # overflows float16 in the backward
     before = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
     tr.train_step(*a_batch())
     assert all(torch.equal(p, before[n]) for n, p in tr.model.named_parameters())
-    assert tr.scaler.get_scale() == 2.0 ** 59
+    assert tr.scaler.get_scale() == 2.0**59
     tr.scaler = torch.amp.GradScaler("cpu")  # a sane scale: the next step trains
     tr.train_step(*a_batch())
     assert not all(torch.equal(p, before[n]) for n, p in tr.model.named_parameters())
@@ -474,8 +484,9 @@ def test_sampling_with_a_channels_last_model_matches_contiguous():
     diffusion = GaussianDiffusion(linear_beta_schedule(50))
     common = dict(sampler="ddim", steps=3)
     a = diffusion.sample(net, (2, 3, 32, 32), generator=torch.Generator().manual_seed(0), **common)
-    b = diffusion.sample(copy.deepcopy(net).to(memory_format=CL), (2, 3, 32, 32),
-                         generator=torch.Generator().manual_seed(0), **common)
+    b = diffusion.sample(
+        copy.deepcopy(net).to(memory_format=CL), (2, 3, 32, 32), generator=torch.Generator().manual_seed(0), **common
+    )
     torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
 
 
@@ -512,6 +523,7 @@ def test_keep_freed_memory_serves_large_blocks_from_a_kept_heap(env, expected):
     """Applied: a 64 MiB tensor comes from the heap and its memory stays there once freed.
     A MALLOC_* variable (the user's own tuning) leaves glibc's defaults: mmap, unmapped when freed."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    out = subprocess.run([sys.executable, "-c", MALLINFO], env={**clean, **env}, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", MALLINFO], env={**clean, **env}, capture_output=True, text=True, check=True
+    ).stdout
     assert out.split() == expected.split()

@@ -19,8 +19,16 @@ from ddpmkit.nn.unet import AttentionBlock
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-TINY = dict(in_channels=1, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
-            attention_resolutions=(4,), dropout=0.0, num_groups=4, image_size=8)
+TINY = dict(
+    in_channels=1,
+    base_channels=8,
+    channel_mults=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(4,),
+    dropout=0.0,
+    num_groups=4,
+    image_size=8,
+)
 
 
 def tiny_unet(seed: int = 0, randomize_out: bool = True, **overrides) -> UNet:
@@ -78,16 +86,19 @@ def test_time_embedding_shape():
 # ----------------------------------------------------------------------------- UNet shapes
 
 
-@pytest.mark.parametrize("overrides,size,out_ch", [
-    ({}, 8, 1),
-    (dict(in_channels=3, channel_mults=(1, 2, 2, 2), attention_resolutions=(8, 2)), 8, 3),
-    (dict(num_res_blocks=2, attention_resolutions=()), 8, 1),
-    (dict(in_channels=3, out_channels=6), 8, 6),
-    (dict(num_classes=3, attention_resolutions=(8, 4)), 8, 1),
-    (dict(initial_pad=2, channel_mults=(1, 2, 2), attention_resolutions=(6,)), 8, 1),  # 8 -> 12: 12, 6, 3
-    (dict(initial_pad=2, image_size=28, channel_mults=(1, 1, 2), attention_resolutions=(8,)), 28, 1),
-    (dict(base_channels=16, head_channels=4, attention_resolutions=(8, 4)), 8, 1),  # several heads
-])
+@pytest.mark.parametrize(
+    "overrides,size,out_ch",
+    [
+        ({}, 8, 1),
+        (dict(in_channels=3, channel_mults=(1, 2, 2, 2), attention_resolutions=(8, 2)), 8, 3),
+        (dict(num_res_blocks=2, attention_resolutions=()), 8, 1),
+        (dict(in_channels=3, out_channels=6), 8, 6),
+        (dict(num_classes=3, attention_resolutions=(8, 4)), 8, 1),
+        (dict(initial_pad=2, channel_mults=(1, 2, 2), attention_resolutions=(6,)), 8, 1),  # 8 -> 12: 12, 6, 3
+        (dict(initial_pad=2, image_size=28, channel_mults=(1, 1, 2), attention_resolutions=(8,)), 28, 1),
+        (dict(base_channels=16, head_channels=4, attention_resolutions=(8, 4)), 8, 1),  # several heads
+    ],
+)
 def test_unet_output_shape(overrides, size, out_ch):
     net = tiny_unet(**overrides)
     x, t, y = inputs(net, batch=2, size=size)
@@ -120,19 +131,39 @@ def test_unet_parameter_count_matches_architecture():
     emb = 32  # 4 * base_channels
 
     def rb(ci, co):
-        return (gn(ci) + conv(ci, co, 3) + lin(emb, co) + 4 * co + gn(co) + conv(co, co, 3)
-                + (conv(ci, co, 1) if ci != co else 0))
+        return (
+            gn(ci)
+            + conv(ci, co, 3)
+            + lin(emb, co)
+            + 4 * co
+            + gn(co)
+            + conv(co, co, 3)
+            + (conv(ci, co, 1) if ci != co else 0)
+        )
 
     def attn(c):
         return gn(c) + lin(c, 3 * c) + lin(c, c)
 
     expected = (
-        lin(8, emb) + lin(emb, emb) + conv(1, 8, 3)  # time MLP, initial conv
-        + rb(8, 8) + conv(8, 8, 3) + rb(8, 16) + attn(16)  # down (skips 8, 8, 8, 16)
-        + rb(16, 16) + attn(16) + rb(16, 16)  # middle
-        + rb(32, 16) + attn(16) + rb(24, 16) + attn(16) + conv(16, 16, 3)  # up, level 1
-        + rb(24, 8) + rb(16, 8)  # up, level 0
-        + gn(8) + conv(8, 1, 3)  # output
+        lin(8, emb)
+        + lin(emb, emb)
+        + conv(1, 8, 3)  # time MLP, initial conv
+        + rb(8, 8)
+        + conv(8, 8, 3)
+        + rb(8, 16)
+        + attn(16)  # down (skips 8, 8, 8, 16)
+        + rb(16, 16)
+        + attn(16)
+        + rb(16, 16)  # middle
+        + rb(32, 16)
+        + attn(16)
+        + rb(24, 16)
+        + attn(16)
+        + conv(16, 16, 3)  # up, level 1
+        + rb(24, 8)
+        + rb(16, 8)  # up, level 0
+        + gn(8)
+        + conv(8, 1, 3)  # output
     )
     assert num_parameters(net) == expected
 
@@ -184,9 +215,12 @@ def test_unet_missing_and_unexpected_inputs_raise():
     with pytest.raises(ValueError, match="not class-conditional"):
         uncond(x, t, y)
     n = x.shape[0]
-    for bad, words in [(y[:1], "one integer label per example"), (y.float(), "one integer label per example"),
-                       (torch.full((n,), 4), "lie in [0, 3] (3: the null label)"),
-                       (torch.full((n,), -1), "from -1 to -1")]:
+    for bad, words in [
+        (y[:1], "one integer label per example"),
+        (y.float(), "one integer label per example"),
+        (torch.full((n,), 4), "lie in [0, 3] (3: the null label)"),
+        (torch.full((n,), -1), "from -1 to -1"),
+    ]:
         with pytest.raises(ValueError, match=re.escape(words)):
             cond(x, t, bad)
     cond(x, t, torch.full((n,), 3))  # the null label is a label
@@ -217,21 +251,21 @@ def test_attention_block_matches_hand_written_attention(hgt, wid):
         # GroupNorm by its definition
         xn = torch.empty(c, hgt, wid, dtype=torch.float64)
         for g in range(groups):
-            chunk = xd[n, g * c // groups:(g + 1) * c // groups]
+            chunk = xd[n, g * c // groups : (g + 1) * c // groups]
             mean, var = chunk.mean(), ((chunk - chunk.mean()) ** 2).mean()
-            xn[g * c // groups:(g + 1) * c // groups] = (chunk - mean) / torch.sqrt(var + block.norm.eps)
+            xn[g * c // groups : (g + 1) * c // groups] = (chunk - mean) / torch.sqrt(var + block.norm.eps)
         xn = xn * w_n[:, None, None] + b_n[:, None, None]
         tokens = xn.reshape(c, hgt * wid).T  # [HW, C], pixel p = i * W + j
         qkv = tokens @ w_qkv.T + b_qkv  # [HW, 3C]: q, k, v, each split into heads
         out = torch.empty(hgt * wid, c, dtype=torch.float64)
         for h in range(heads):
-            q = qkv[:, h * d:(h + 1) * d]
-            k = qkv[:, c + h * d:c + (h + 1) * d]
-            v = qkv[:, 2 * c + h * d:2 * c + (h + 1) * d]
+            q = qkv[:, h * d : (h + 1) * d]
+            k = qkv[:, c + h * d : c + (h + 1) * d]
+            v = qkv[:, 2 * c + h * d : 2 * c + (h + 1) * d]
             scores = q @ k.T / math.sqrt(d)
             weights = torch.exp(scores - scores.max(dim=1, keepdim=True).values)
             weights = weights / weights.sum(dim=1, keepdim=True)
-            out[:, h * d:(h + 1) * d] = weights @ v
+            out[:, h * d : (h + 1) * d] = weights @ v
         out = out @ w_o.T + b_o
         expected[n] = xd[n] + out.T.reshape(c, hgt, wid)
     assert torch.allclose(got.double(), expected, atol=1e-5)
@@ -296,37 +330,43 @@ def test_gradients_reach_every_parameter():
 # ----------------------------------------------------------------------------- UNetConfig
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(base_channels=0),
-    dict(base_channels="8"),
-    dict(base_channels=6, num_groups=4),  # 4 does not divide 6
-    dict(num_groups=5),
-    dict(channel_mults=()),
-    dict(channel_mults=(1, 0)),
-    dict(channel_mults="12"),
-    dict(num_res_blocks=0),
-    dict(attention_resolutions=(5,)),  # no level is 5x5
-    dict(image_size=10, channel_mults=(1, 2, 2)),  # 10 not divisible by 4
-    dict(num_classes=0),
-    dict(num_classes=True),
-    dict(dropout=1.0),
-    dict(dropout=-0.1),
-    dict(initial_pad=-1),
-    dict(time_emb_scale=0.0),
-    dict(out_channels=0),
-    dict(base_channels=9, num_groups=1),  # odd: no sinusoidal table
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(base_channels=0),
+        dict(base_channels="8"),
+        dict(base_channels=6, num_groups=4),  # 4 does not divide 6
+        dict(num_groups=5),
+        dict(channel_mults=()),
+        dict(channel_mults=(1, 0)),
+        dict(channel_mults="12"),
+        dict(num_res_blocks=0),
+        dict(attention_resolutions=(5,)),  # no level is 5x5
+        dict(image_size=10, channel_mults=(1, 2, 2)),  # 10 not divisible by 4
+        dict(num_classes=0),
+        dict(num_classes=True),
+        dict(dropout=1.0),
+        dict(dropout=-0.1),
+        dict(initial_pad=-1),
+        dict(time_emb_scale=0.0),
+        dict(out_channels=0),
+        dict(base_channels=9, num_groups=1),  # odd: no sinusoidal table
+    ],
+)
 def test_invalid_unet_configs_raise(overrides):
     with pytest.raises(UserError):
         UNetConfig(**{**TINY, **overrides})
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(base_channels=10, num_groups=1, channel_mults=(1,), attention_resolutions=()),
-    dict(base_channels=10, num_groups=2, head_channels=4, channel_mults=(1,), attention_resolutions=(8,)),
-    dict(channel_mults=[1, 2], attention_resolutions=[], dropout=0, time_emb_scale=2),
-    dict(image_size=6, initial_pad=1, channel_mults=(1, 2, 2), attention_resolutions=(2,)),
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(base_channels=10, num_groups=1, channel_mults=(1,), attention_resolutions=()),
+        dict(base_channels=10, num_groups=2, head_channels=4, channel_mults=(1,), attention_resolutions=(8,)),
+        dict(channel_mults=[1, 2], attention_resolutions=[], dropout=0, time_emb_scale=2),
+        dict(image_size=6, initial_pad=1, channel_mults=(1, 2, 2), attention_resolutions=(2,)),
+    ],
+)
 def test_valid_edge_unet_configs_are_accepted(overrides):
     cfg = UNetConfig(**{**TINY, **overrides})
     assert isinstance(cfg.channel_mults, tuple) and isinstance(cfg.dropout, float)
@@ -334,8 +374,16 @@ def test_valid_edge_unet_configs_are_accepted(overrides):
 
 def test_attention_heads_must_split_channels():
     with pytest.raises(UserError, match="attention heads"):
-        UNetConfig(**{**TINY, "base_channels": 10, "num_groups": 1, "head_channels": 3, "channel_mults": (1,),
-                              "attention_resolutions": ()})
+        UNetConfig(
+            **{
+                **TINY,
+                "base_channels": 10,
+                "num_groups": 1,
+                "head_channels": 3,
+                "channel_mults": (1,),
+                "attention_resolutions": (),
+            }
+        )
 
 
 def test_unet_config_dict_round_trip_and_yaml():
@@ -349,7 +397,12 @@ def test_unet_config_dict_round_trip_and_yaml():
 
 def test_unet_config_defaults_match_the_paper():
     cfg = UNetConfig()  # the fields the data gives in an experiment are None: RGB 32x32 when built alone
-    assert (cfg.resolved_in_channels, cfg.base_channels, cfg.channel_mults, cfg.num_res_blocks) == (3, 128, (1, 2, 2, 2), 2)
+    assert (cfg.resolved_in_channels, cfg.base_channels, cfg.channel_mults, cfg.num_res_blocks) == (
+        3,
+        128,
+        (1, 2, 2, 2),
+        2,
+    )
     assert (cfg.attention_resolutions, cfg.dropout, cfg.num_classes, cfg.time_emb_scale) == ((16,), 0.1, None, 1.0)
     assert (cfg.initial_pad, cfg.num_groups, cfg.resolved_image_size, cfg.head_channels) == (0, 32, 32, 64)
     assert UNet(cfg).init_conv.in_channels == 3
@@ -381,8 +434,9 @@ def tiny_mlp(**overrides) -> MLPDenoiser:
 def test_mlp_shapes():
     assert tiny_mlp()(torch.randn(5, 2), torch.randint(0, 1000, (5,))).shape == (5, 2)
     assert tiny_mlp(out_dim=4)(torch.randn(5, 2), torch.randint(0, 1000, (5,))).shape == (5, 4)
-    assert tiny_mlp(dim=3, num_classes=2)(torch.randn(5, 3), torch.zeros(5, dtype=torch.long),
-                                          torch.ones(5, dtype=torch.long)).shape == (5, 3)
+    assert tiny_mlp(dim=3, num_classes=2)(
+        torch.randn(5, 3), torch.zeros(5, dtype=torch.long), torch.ones(5, dtype=torch.long)
+    ).shape == (5, 3)
 
 
 def test_mlp_output_is_zero_at_init():
@@ -424,10 +478,20 @@ def test_mlp_gradients_reach_every_parameter():
         assert p.grad is not None and p.grad.abs().sum().item() > 0, name
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(dim=0), dict(hidden=-1), dict(depth=0), dict(time_emb_dim=7), dict(num_classes=0),
-    dict(out_dim=0), dict(time_emb_scale=-1.0), dict(hidden=2.5), dict(dim=None),
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(dim=0),
+        dict(hidden=-1),
+        dict(depth=0),
+        dict(time_emb_dim=7),
+        dict(num_classes=0),
+        dict(out_dim=0),
+        dict(time_emb_scale=-1.0),
+        dict(hidden=2.5),
+        dict(dim=None),
+    ],
+)
 def test_invalid_mlp_configs_raise(overrides):
     with pytest.raises(UserError):
         MLPConfig(**overrides)

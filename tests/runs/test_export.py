@@ -7,20 +7,19 @@ import pytest
 import torch
 
 from ddpmkit.cli import main
-from ddpmkit.runs.export import diffusers_refusal, export_run, load_safetensors, scheduler_config
+from ddpmkit.config import DiffusionConfig
 from ddpmkit.nn.unet import UNetConfig
 from ddpmkit.runs import Run
 from ddpmkit.runs.build import build_diffusion
-from ddpmkit.config import DiffusionConfig
+from ddpmkit.runs.export import diffusers_refusal, export_run, load_safetensors, scheduler_config
 
 pytest.importorskip("safetensors")
 
 
 def _train(path, **data):
     from conftest import TINY_DIGITS
-
-    from ddpmkit.runs import train
     from ddpmkit.config import load_config
+    from ddpmkit.runs import train
 
     over = copy.deepcopy(TINY_DIGITS)
     over["train"].update(steps=1, checkpoint_every=0, log_every=1, device="cpu")
@@ -83,11 +82,15 @@ def test_a_class_conditional_run_is_refused_with_the_reason(tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
-@pytest.mark.parametrize("change, words", [
-    ({"initial_pad": 2, "attention_resolutions": (6,)}, "initial_pad"), ({"channel_mults": (2, 2)}, "channel_mults"),
-    ({"time_emb_scale": 1000.0}, "time_emb_scale"),
-    ({"channel_mults": (1, 4), "head_channels": 32, "attention_resolutions": (8,)}, "heads of different widths"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"initial_pad": 2, "attention_resolutions": (6,)}, "initial_pad"),
+        ({"channel_mults": (2, 2)}, "channel_mults"),
+        ({"time_emb_scale": 1000.0}, "time_emb_scale"),
+        ({"channel_mults": (1, 4), "head_channels": 32, "attention_resolutions": (8,)}, "heads of different widths"),
+    ],
+)
 def test_networks_diffusers_cannot_compute_are_refused(change, words):
     base = dict(base_channels=16, channel_mults=(1, 2), attention_resolutions=(4,), num_groups=8, image_size=8)
     cfg = type("Cfg", (), {"model": UNetConfig(**{**base, **change})})
@@ -122,8 +125,9 @@ def test_diffusers_scheduler_and_pipeline_load(run_dir, diffusers_dir):
     scheduler = DDPMScheduler.from_pretrained(diffusers_dir, subfolder="scheduler")
     torch.testing.assert_close(scheduler.alphas_cumprod.double(), run.diffusion.alphas_cumprod, rtol=1e-6, atol=0)
     pipe = DDPMPipeline.from_pretrained(diffusers_dir)
-    images = pipe(batch_size=1, num_inference_steps=2, output_type="np",
-                  generator=torch.Generator().manual_seed(0)).images
+    images = pipe(
+        batch_size=1, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     assert images.shape == (1, 8, 8, 1)
 
 
@@ -133,8 +137,13 @@ def test_diffusers_scheduler_and_pipeline_load(run_dir, diffusers_dir):
 def test_a_ddpm_scheduler_step_is_our_ancestral_step(variance, prediction):
     """DDPMScheduler.step from our scheduler config = our posterior mean + our sigma * the same noise."""
     diffusers = pytest.importorskip("diffusers")
-    cfg = DiffusionConfig(timesteps=40, schedule="cosine" if prediction == "v" else "linear", prediction=prediction,
-                          variance=variance, loss="hybrid" if variance == "learned_range" else "l2")
+    cfg = DiffusionConfig(
+        timesteps=40,
+        schedule="cosine" if prediction == "v" else "linear",
+        prediction=prediction,
+        variance=variance,
+        loss="hybrid" if variance == "learned_range" else "l2",
+    )
     ours = build_diffusion(cfg)
     sched = diffusers.DDPMScheduler.from_config(scheduler_config(cfg))
     sched.set_timesteps(cfg.timesteps)

@@ -25,19 +25,39 @@ from ddpmkit.runs.pretrained import (  # noqa: E402
 
 # google/ddpm-cifar10-32 and google/ddpm-celebahq-256 as released (unet/config.json), widths divided by 4
 CIFAR10 = dict(
-    sample_size=32, in_channels=3, out_channels=3, block_out_channels=[32, 64, 64, 64], layers_per_block=2,
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=[32, 64, 64, 64],
+    layers_per_block=2,
     down_block_types=["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
-    up_block_types=["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"], freq_shift=1, flip_sin_to_cos=False,
-    downsample_padding=0, norm_eps=1e-6, norm_num_groups=32, attention_head_dim=None, act_fn="silu",
-    center_input_sample=False, time_embedding_type="positional", mid_block_scale_factor=1,
+    up_block_types=["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+    freq_shift=1,
+    flip_sin_to_cos=False,
+    downsample_padding=0,
+    norm_eps=1e-6,
+    norm_num_groups=32,
+    attention_head_dim=None,
+    act_fn="silu",
+    center_input_sample=False,
+    time_embedding_type="positional",
+    mid_block_scale_factor=1,
 )
 CELEBAHQ = dict(
-    CIFAR10, sample_size=256, block_out_channels=[32, 32, 64, 64, 128, 128],
+    CIFAR10,
+    sample_size=256,
+    block_out_channels=[32, 32, 64, 64, 128, 128],
     down_block_types=["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
     up_block_types=["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4,
 )
-SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                 variance_type="fixed_large", clip_sample=True)
+SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_schedule="linear",
+    beta_start=1e-4,
+    beta_end=0.02,
+    variance_type="fixed_large",
+    clip_sample=True,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -103,8 +123,13 @@ def test_the_released_models_settings_are_written_only_when_set():
 
 def test_cifar10_structure_computes_diffusers_network(cifar_dir):
     cfg = read_diffusers(cifar_dir).config.model
-    assert (cfg.channel_mults, cfg.attention_resolutions, cfg.time_freq_shift, cfg.downsample_padding,
-            cfg.norm_eps) == ((1, 2, 2, 2), (16,), 1, 0, 1e-6)
+    assert (
+        cfg.channel_mults,
+        cfg.attention_resolutions,
+        cfg.time_freq_shift,
+        cfg.downsample_padding,
+        cfg.norm_eps,
+    ) == ((1, 2, 2, 2), (16,), 1, 0, 1e-6)
     assert _max_difference(cifar_dir) < 1e-5
 
 
@@ -117,15 +142,18 @@ def test_celebahq_structure_computes_diffusers_network(tmp_path):
 
 
 def test_flipped_table_and_attention_heads_map_exactly(tmp_path):
-    folder = _pipeline_folder(tmp_path / "flip", dict(CIFAR10, flip_sin_to_cos=True, freq_shift=0,
-                                                      attention_head_dim=16, downsample_padding=1, norm_eps=1e-5))
+    folder = _pipeline_folder(
+        tmp_path / "flip",
+        dict(CIFAR10, flip_sin_to_cos=True, freq_shift=0, attention_head_dim=16, downsample_padding=1, norm_eps=1e-5),
+    )
     assert read_diffusers(folder).config.model.head_channels == 16
     assert _max_difference(folder) < 1e-5
 
 
 def test_a_learned_variance_maps_exactly(tmp_path):
-    folder = _pipeline_folder(tmp_path / "learned", dict(CIFAR10, out_channels=6),
-                              dict(SCHEDULER, variance_type="learned_range"))
+    folder = _pipeline_folder(
+        tmp_path / "learned", dict(CIFAR10, out_channels=6), dict(SCHEDULER, variance_type="learned_range")
+    )
     assert read_diffusers(folder).config.diffusion.variance == "learned_range"
     assert _max_difference(folder) < 1e-5
 
@@ -143,12 +171,14 @@ def test_ancestral_sampling_equals_ddpm_pipeline(tmp_path, timesteps, steps):
     gen = torch.Generator().manual_seed(3)
     x_T = torch.randn(2, *run.sample_shape, generator=gen)
     with torch.no_grad():
-        ours = run.diffusion.sample(run.model, x_T.shape, "ddpm", steps=steps, spacing="leading", generator=gen,
-                                    x_T=x_T)
+        ours = run.diffusion.sample(
+            run.model, x_T.shape, "ddpm", steps=steps, spacing="leading", generator=gen, x_T=x_T
+        )
     pipeline = DDPMPipeline.from_pretrained(folder)
     pipeline.set_progress_bar_config(disable=True)
-    theirs = pipeline(batch_size=2, generator=torch.Generator().manual_seed(3), num_inference_steps=steps,
-                      output_type="np").images
+    theirs = pipeline(
+        batch_size=2, generator=torch.Generator().manual_seed(3), num_inference_steps=steps, output_type="np"
+    ).images
     ours = (ours / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
     assert ours.std() > 0.05
     assert (ours - torch.from_numpy(theirs)).abs().max() < 1e-4
@@ -160,8 +190,12 @@ def test_import_writes_a_run_that_loads_and_records_its_source(cifar_dir, tmp_pa
     assert (out / "config.yaml").is_file() and (out / "checkpoints" / "step_00000000.pt").is_file()
     ckpt = torch.load(out / "checkpoints" / "step_00000000.pt", weights_only=True)
     files = ckpt["extra"]["source"]["files"]
-    assert sorted(files) == ["model_index.json", "scheduler/scheduler_config.json", "unet/config.json",
-                             "unet/diffusion_pytorch_model.safetensors"]
+    assert sorted(files) == [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+    ]
     assert ckpt["step"] == 0 and ckpt["optimizer"] is None
     loaded = Run.load(out, device="cpu")
     direct = Run(**run_fields_from_diffusers(cifar_dir, device="cpu", dataset="cifar10"))
@@ -174,8 +208,12 @@ def test_import_writes_a_run_that_loads_and_records_its_source(cifar_dir, tmp_pa
 def test_export_import_export_round_trips_bit_for_bit(cifar_dir, tmp_path):
     first = export_run(import_diffusers(cifar_dir, tmp_path / "r1"), "diffusers", tmp_path / "e1")
     second = export_run(import_diffusers(first, tmp_path / "r2"), "diffusers", tmp_path / "e2")
-    for name in ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-                 "scheduler/scheduler_config.json"):
+    for name in (
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    ):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
 
@@ -222,8 +260,7 @@ UNET_REFUSALS = [
     ({"class_embed_type": "timestep"}, "class_embed_type"),
     ({"num_class_embeds": 10}, "num_class_embeds"),
     ({"resnet_time_scale_shift": "scale_shift"}, "resnet_time_scale_shift"),
-    ({"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"]},
-     "down_block_types"),
+    ({"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"]}, "down_block_types"),
     ({"up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"]}, "up_block_types"),
     ({"mid_block_type": "UNetMidBlock2DCrossAttn"}, "mid_block_type"),
     ({"mid_block_type": None}, "mid_block_type"),
@@ -274,17 +311,24 @@ def test_scheduler_settings_that_map(cifar_dir, tmp_path):
     from ddpmkit.runs.build import build_betas
     from ddpmkit.schedules import cosine_beta_schedule
 
-    cases = [({"prediction_type": "v_prediction", "clip_sample": False, "clip_sample_range": 3.0},
-              {"prediction": "v", "clip_denoised": False}),
-             ({"prediction_type": "sample", "variance_type": "fixed_small"}, {"prediction": "x0"}),
-             ({"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 500}, {"schedule": "cosine"}),
-             ({"trained_betas": cosine_beta_schedule(1000).tolist()}, {"schedule": "cosine", "timesteps": 1000})]
+    cases = [
+        (
+            {"prediction_type": "v_prediction", "clip_sample": False, "clip_sample_range": 3.0},
+            {"prediction": "v", "clip_denoised": False},
+        ),
+        ({"prediction_type": "sample", "variance_type": "fixed_small"}, {"prediction": "x0"}),
+        ({"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 500}, {"schedule": "cosine"}),
+        ({"trained_betas": cosine_beta_schedule(1000).tolist()}, {"schedule": "cosine", "timesteps": 1000}),
+    ]
     for i, (change, expected) in enumerate(cases):
         d = read_diffusers(_edit(cifar_dir, tmp_path / str(i), "scheduler/scheduler_config.json", **change))
         assert all(getattr(d.config.diffusion, k) == v for k, v in expected.items()), (change, d.config.diffusion)
     theirs = DDPMScheduler(beta_schedule="squaredcos_cap_v2", num_train_timesteps=500).betas.double()
-    ours = build_betas(read_diffusers(_edit(cifar_dir, tmp_path / "c", "scheduler/scheduler_config.json",
-                                            **cases[2][0])).config.diffusion)
+    ours = build_betas(
+        read_diffusers(
+            _edit(cifar_dir, tmp_path / "c", "scheduler/scheduler_config.json", **cases[2][0])
+        ).config.diffusion
+    )
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)  # float32 on their side
     folder = _edit(cifar_dir, tmp_path / "default", "scheduler/scheduler_config.json")
     data = json.loads((folder / "scheduler/scheduler_config.json").read_text())
@@ -316,8 +360,13 @@ def test_altered_weights_are_refused(cifar_dir, tmp_path):
 
     state = load_file(_weights(cifar_dir))
     key = "mid_block.attentions.0.to_q.weight"
-    for i, change in enumerate([{key: state[key][:, :-1].contiguous()}, {key: state[key].clone().fill_(float("nan"))},
-                                {"extra.weight": torch.zeros(2)}]):
+    for i, change in enumerate(
+        [
+            {key: state[key][:, :-1].contiguous()},
+            {key: state[key].clone().fill_(float("nan"))},
+            {"extra.weight": torch.zeros(2)},
+        ]
+    ):
         folder = shutil.copytree(cifar_dir, tmp_path / str(i))
         save_file(dict(state, **change), _weights(folder))
         _refused(folder, key if i < 2 else "extra.weight")

@@ -10,23 +10,34 @@ from PIL import Image
 
 from ddpmkit import Run, UNet, UNetConfig, UserError
 from ddpmkit.cli import main
+from ddpmkit.config import load_config
 from ddpmkit.data import load_dataset, load_image_folder, resize_images
 from ddpmkit.data.base import resize_center_crop
+from ddpmkit.fields import parse_image_size
 from ddpmkit.nn.unet import AttentionBlock
 from ddpmkit.runs import train, write_samples
-from ddpmkit.config import load_config
-from ddpmkit.fields import parse_image_size
 
 LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "legacy"
-TINY = {"in_channels": 1, "base_channels": 8, "channel_mults": (1, 2, 2), "num_res_blocks": 1,
-        "attention_resolutions": (4,), "num_groups": 4, "head_channels": 8, "dropout": 0.0}
+TINY = {
+    "in_channels": 1,
+    "base_channels": 8,
+    "channel_mults": (1, 2, 2),
+    "num_res_blocks": 1,
+    "attention_resolutions": (4,),
+    "num_groups": 4,
+    "head_channels": 8,
+    "dropout": 0.0,
+}
 
 
 def _attended_levels(net: UNet) -> list[tuple[int, int]]:
     """The (H, W) of every feature map that passes through self-attention, in forward order (hooks)."""
     seen = []
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[2:])))
-             for m in net.modules() if isinstance(m, AttentionBlock)]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[2:])))
+        for m in net.modules()
+        if isinstance(m, AttentionBlock)
+    ]
     cfg = net.config
     net(torch.zeros(1, 1, *cfg.resolved_image_hw), torch.tensor([3]))
     for h in hooks:
@@ -48,8 +59,9 @@ def test_unet_maps_h_by_w_to_h_by_w(size, pad):
     # every level is H x W halved, padded on both axes; attention sits where the smaller side is 4
     assert net.config.level_shapes() == [((h + 2 * pad) // 2**i, (w + 2 * pad) // 2**i) for i in range(3)]
     attended = {s for s in _attended_levels(net) if min(s) == 4}
-    assert attended == {((h + 2 * pad) // 2**k, (w + 2 * pad) // 2**k) for k in range(3)
-                        if min(h + 2 * pad, w + 2 * pad) // 2**k == 4}
+    assert attended == {
+        ((h + 2 * pad) // 2**k, (w + 2 * pad) // 2**k) for k in range(3) if min(h + 2 * pad, w + 2 * pad) // 2**k == 4
+    }
 
 
 def test_a_non_square_unet_is_the_square_one_run_on_a_wider_input():
@@ -81,20 +93,31 @@ def test_unet_config_keeps_square_sizes_as_one_int():
     assert UNetConfig.from_dict(UNetConfig(**TINY, image_size=[16, 24]).to_dict()).image_size == (16, 24)
 
 
-@pytest.mark.parametrize("changes, words", [
-    ({"image_size": [0, 8]}, "'model.image_size' must be a positive integer or a list [H, W] of two positive "
-                             "integers, got [0, 8]"),
-    ({"image_size": [8]}, "'model.image_size' must be a positive integer or a list [H, W]"),
-    ({"image_size": "8x16"}, "'model.image_size' must be a positive integer or a list [H, W]"),
-    ({"image_size": [8, 12.5]}, "'model.image_size' must be a positive integer or a list [H, W]"),
-    ({"image_size": [8, 14]}, "'model.image_size' must be [H, W] such that H + 2*initial_pad and W + 2*initial_pad "
-                              "are divisible by 4"),
-    ({"image_size": [8, 14], "initial_pad": 1}, "W + 2*initial_pad are divisible by 4 (2 ** (len(channel_mults) - 1)), "
-                                                "got [8, 14]"),
-    ({"image_size": [8, 16], "attention_resolutions": (16,)},
-     "'model.attention_resolutions' must be sizes of levels, each the smaller side of its feature map (8, 4, 2 for "
-     "image_size [8, 16])"),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        (
+            {"image_size": [0, 8]},
+            "'model.image_size' must be a positive integer or a list [H, W] of two positive integers, got [0, 8]",
+        ),
+        ({"image_size": [8]}, "'model.image_size' must be a positive integer or a list [H, W]"),
+        ({"image_size": "8x16"}, "'model.image_size' must be a positive integer or a list [H, W]"),
+        ({"image_size": [8, 12.5]}, "'model.image_size' must be a positive integer or a list [H, W]"),
+        (
+            {"image_size": [8, 14]},
+            "'model.image_size' must be [H, W] such that H + 2*initial_pad and W + 2*initial_pad are divisible by 4",
+        ),
+        (
+            {"image_size": [8, 14], "initial_pad": 1},
+            "W + 2*initial_pad are divisible by 4 (2 ** (len(channel_mults) - 1)), got [8, 14]",
+        ),
+        (
+            {"image_size": [8, 16], "attention_resolutions": (16,)},
+            "'model.attention_resolutions' must be sizes of levels, each the smaller side of its feature map (8, 4, 2 for "
+            "image_size [8, 16])",
+        ),
+    ],
+)
 def test_bad_unet_sizes_are_refused_in_one_line(changes, words):
     with pytest.raises(UserError) as info:
         UNetConfig(**{**TINY, **changes})
@@ -109,24 +132,51 @@ def test_bad_unet_sizes_are_refused_in_one_line(changes, words):
 def _train_cli(tmp_path, config: dict, *extra) -> int:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
-    return main(["train", "--preset", "digits", "--config", str(path), "--out", str(tmp_path / "run"),
-                 "--device", "cpu", "--no-progress", *extra])
+    return main(
+        [
+            "train",
+            "--preset",
+            "digits",
+            "--config",
+            str(path),
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
-@pytest.mark.parametrize("config, extra, words", [
-    ({"data": {"image_size": [0, 8]}}, (), "config key 'data.image_size' must be a positive integer or a list [H, W] "
-                                          "of two positive integers or null, got [0, 8]"),
-    ({"data": {"image_size": [8]}}, (), "config key 'data.image_size' must be a positive integer or a list [H, W]"),
-    ({"data": {"image_size": "8x16"}}, (), "got '8x16'"),
-    ({"data": {"image_size": [8, 8, 8]}}, (), "got [8, 8, 8]"),
-    ({"data": {"image_size": [8, 10]}}, (), "config key 'model.image_size' must be [H, W] such that H + "
-                                            "2*initial_pad and W + 2*initial_pad are divisible by 4"),
-    ({"data": {"image_size": [8, 16]}, "model": {"image_size": [16, 8]}}, (),
-     "config key 'model.image_size' must be [8, 16], as the data gives, got [16, 8]"),
-    ({}, ("--image-size", "8x"), "--image-size must be a positive integer S or HxW"),
-    ({}, ("--image-size", "0x8"), "got '0x8'"),
-    ({}, ("--image-size", "8x10"), "divisible by 4"),
-])
+@pytest.mark.parametrize(
+    "config, extra, words",
+    [
+        (
+            {"data": {"image_size": [0, 8]}},
+            (),
+            "config key 'data.image_size' must be a positive integer or a list [H, W] "
+            "of two positive integers or null, got [0, 8]",
+        ),
+        ({"data": {"image_size": [8]}}, (), "config key 'data.image_size' must be a positive integer or a list [H, W]"),
+        ({"data": {"image_size": "8x16"}}, (), "got '8x16'"),
+        ({"data": {"image_size": [8, 8, 8]}}, (), "got [8, 8, 8]"),
+        (
+            {"data": {"image_size": [8, 10]}},
+            (),
+            "config key 'model.image_size' must be [H, W] such that H + "
+            "2*initial_pad and W + 2*initial_pad are divisible by 4",
+        ),
+        (
+            {"data": {"image_size": [8, 16]}, "model": {"image_size": [16, 8]}},
+            (),
+            "config key 'model.image_size' must be [8, 16], as the data gives, got [16, 8]",
+        ),
+        ({}, ("--image-size", "8x"), "--image-size must be a positive integer S or HxW"),
+        ({}, ("--image-size", "0x8"), "got '0x8'"),
+        ({}, ("--image-size", "8x10"), "divisible by 4"),
+    ],
+)
 def test_bad_sizes_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, config, extra, words):
     assert _train_cli(tmp_path, config, *extra) == 2
     err = capsys.readouterr().err
@@ -189,8 +239,10 @@ def _ramp(w: int, h: int, a: int, b: int) -> Image.Image:
     return Image.fromarray((a * x + b * y).astype(np.uint8), "L")
 
 
-@pytest.mark.parametrize("src, size", [((90, 60), (12, 24)), ((40, 100), (16, 8)), ((50, 50), (10, 31)),
-                                       ((90, 61), (20, 25)), ((64, 41), (20, 20))])
+@pytest.mark.parametrize(
+    "src, size",
+    [((90, 60), (12, 24)), ((40, 100), (16, 8)), ((50, 50), (10, 31)), ((90, 61), (20, 25)), ((64, 41), (20, 20))],
+)
 def test_resize_and_centre_crop_match_the_analytic_ramp(src, size):
     """Output pixel (i, j) samples the source at ((left + j + 0.5) / s - 0.5, (top + i + 0.5) / s - 0.5), with s
     the cover scale max(H / h, W / w) and the crop centred: a*x + b*y there, within rounding (interior pixels)."""
@@ -243,7 +295,7 @@ def _folder(root: Path, n: int = 6) -> Path:
     for k in range(n):
         w, h = (36, 20) if k % 2 else (24, 40)
         arr = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
-        arr[h // 2 - 3:h // 2 + 3, w // 2 - 3:w // 2 + 3] = 250
+        arr[h // 2 - 3 : h // 2 + 3, w // 2 - 3 : w // 2 + 3] = 250
         (root / f"c{k % 2}").mkdir(parents=True, exist_ok=True)
         Image.fromarray(arr).save(root / f"c{k % 2}" / f"{k}.png")
     return root
@@ -259,11 +311,27 @@ def test_folder_images_are_covered_and_centre_cropped(tmp_path):
 TINY_FOLDER = {
     "name": "wide",
     "data": {"kind": "folder", "image_size": [8, 16], "class_labels": True, "hflip": True},
-    "model": {"kind": "unet", "base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
-              "attention_resolutions": [4], "num_groups": 4, "head_channels": 8, "dropout": 0.0},
+    "model": {
+        "kind": "unet",
+        "base_channels": 8,
+        "channel_mults": [1, 2],
+        "num_res_blocks": 1,
+        "attention_resolutions": [4],
+        "num_groups": 4,
+        "head_channels": 8,
+        "dropout": 0.0,
+    },
     "diffusion": {"timesteps": 20},
-    "train": {"steps": 3, "batch_size": 4, "log_every": 1, "sample_every": 3, "checkpoint_every": 3,
-              "num_grid_samples": 4, "precision": "fp32", "device": "cpu"},
+    "train": {
+        "steps": 3,
+        "batch_size": 4,
+        "log_every": 1,
+        "sample_every": 3,
+        "checkpoint_every": 3,
+        "num_grid_samples": 4,
+        "precision": "fp32",
+        "device": "cpu",
+    },
     "sample": {"sampler": "ddim", "steps": 3, "grid_sampler": "ddim", "grid_steps": 2},
 }
 
@@ -272,8 +340,9 @@ TINY_FOLDER = {
 def wide_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wide")
     path = tmp / "wide.yaml"
-    path.write_text(yaml.safe_dump({**TINY_FOLDER, "data": {**TINY_FOLDER["data"],
-                                                          "root": str(_folder(tmp / "imgs"))}}))
+    path.write_text(
+        yaml.safe_dump({**TINY_FOLDER, "data": {**TINY_FOLDER["data"], "root": str(_folder(tmp / "imgs"))}})
+    )
     torch.set_num_threads(1)
     train(load_config(config_file=path), tmp / "run", progress=False, log=None)
     return tmp / "run"
@@ -307,18 +376,38 @@ def test_the_commands_take_a_non_square_run(wide_run, tmp_path, capsys):
     assert main(["info", str(wide_run)]) == 0
     assert "folder (8x16x3 images, H x W x C)" in capsys.readouterr().out
     out, strip = tmp_path / "s.npz", tmp_path / "t.png"
-    assert main(["sample", str(wide_run), "--num", "3", "--out", str(out), "--trajectory", str(strip),
-                 "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(wide_run),
+                "--num",
+                "3",
+                "--out",
+                str(out),
+                "--trajectory",
+                str(strip),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert np.load(out)["images"].shape == (3, 8, 16, 3)
     rows, cols = 2 * 3, 3  # x_t and predicted x0 rows for 3 samples; ddim with 3 calls keeps all 3
     assert Image.open(strip).size == (cols * (16 * 4 + 1) + 1, rows * (8 * 4 + 1) + 1)
     assert main(["eval", str(wide_run), "--split", "train", "--num", "2", "--no-progress", "--device", "cpu"]) == 0
     assert "bits/dim = " in capsys.readouterr().out
     # a resumed run keeps its size: 8x16 agrees, 16x8 does not
-    assert main(["train", "--out", str(wide_run), "--resume", "--steps", "4", "--image-size", "8x16",
-                 "--no-progress"]) == 0
-    assert main(["train", "--out", str(wide_run), "--resume", "--steps", "5", "--image-size", "16x8",
-                 "--no-progress"]) == 2
+    assert (
+        main(["train", "--out", str(wide_run), "--resume", "--steps", "4", "--image-size", "8x16", "--no-progress"])
+        == 0
+    )
+    assert (
+        main(["train", "--out", str(wide_run), "--resume", "--steps", "5", "--image-size", "16x8", "--no-progress"])
+        == 2
+    )
     assert "--image-size [16, 8] differs from the run's data.image_size = [8, 16]" in capsys.readouterr().err
 
 
@@ -345,15 +434,65 @@ def test_inpaint_edit_and_interpolate_take_a_non_square_run(wide_run, tmp_path, 
     mask[:, 8:] = 0  # keep the left half
     Image.fromarray(mask).save(tmp_path / "m.png")
     run, common = str(wide_run), ["--no-progress", "--device", "cpu", "--labels", "1"]
-    assert main(["inpaint", run, "--image", str(tmp_path / "a.png"), "--mask", str(tmp_path / "m.png"), "--num", "2",
-                 "--steps", "3", "--out", str(tmp_path / "i.npz"), *common]) == 0
+    assert (
+        main(
+            [
+                "inpaint",
+                run,
+                "--image",
+                str(tmp_path / "a.png"),
+                "--mask",
+                str(tmp_path / "m.png"),
+                "--num",
+                "2",
+                "--steps",
+                "3",
+                "--out",
+                str(tmp_path / "i.npz"),
+                *common,
+            ]
+        )
+        == 0
+    )
     filled = np.load(tmp_path / "i.npz")["images"]
     assert filled.shape == (2, 8, 16, 3) and (filled[:, :, :8] == image[:, :8]).all()
-    assert main(["edit", run, "--image", str(tmp_path / "a.png"), "--strength", "0.5", "--steps", "3",
-                 "--out", str(tmp_path / "e.npz"), *common]) == 0
+    assert (
+        main(
+            [
+                "edit",
+                run,
+                "--image",
+                str(tmp_path / "a.png"),
+                "--strength",
+                "0.5",
+                "--steps",
+                "3",
+                "--out",
+                str(tmp_path / "e.npz"),
+                *common,
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "e.npz")["images"].shape == (1, 8, 16, 3)
-    assert main(["interpolate", run, "--images", f"{tmp_path / 'a.png'},{tmp_path / 'b.png'}", "--frames", "3",
-                 "--steps", "3", "--out", str(tmp_path / "strip.npz"), *common]) == 0
+    assert (
+        main(
+            [
+                "interpolate",
+                run,
+                "--images",
+                f"{tmp_path / 'a.png'},{tmp_path / 'b.png'}",
+                "--frames",
+                "3",
+                "--steps",
+                "3",
+                "--out",
+                str(tmp_path / "strip.npz"),
+                *common,
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "strip.npz")["images"].shape == (3, 8, 16, 3)
     wrong = tmp_path / "tall.png"
     Image.fromarray(image.transpose(1, 0, 2).copy()).save(wrong)  # 16 x 8: the run's size turned

@@ -22,10 +22,9 @@ PARTS = ("summary", "loss", "samples", "trajectory", "evaluation", "config", "en
 def run_dir(tmp_path_factory):
     """A tiny digits run with 3 sample grids, a metrics line per step and a bits/dim result in eval/."""
     from conftest import TINY_DIGITS
-
+    from ddpmkit.config import load_config
     from ddpmkit.files import write_text
     from ddpmkit.runs import train
-    from ddpmkit.config import load_config
 
     over = copy.deepcopy(TINY_DIGITS)
     over["train"].update(steps=6, sample_every=2, log_every=1, checkpoint_every=0, device="cpu")
@@ -87,10 +86,13 @@ def test_a_log_axis_places_decades_evenly():
 
 
 def test_bad_input_is_one_line_and_nothing_changes(run_dir, tmp_path, capsys):
-    cases = [[str(tmp_path / "missing")], [str(tmp_path)],  # no such directory; a directory without config.yaml
-             [str(run_dir), "--out", str(tmp_path)],  # --out is a directory
-             [str(run_dir), "--out", str(tmp_path / "r.txt")],
-             [str(run_dir), "--out", str(tmp_path / "no" / "r.html")]]
+    cases = [
+        [str(tmp_path / "missing")],
+        [str(tmp_path)],  # no such directory; a directory without config.yaml
+        [str(run_dir), "--out", str(tmp_path)],  # --out is a directory
+        [str(run_dir), "--out", str(tmp_path / "r.txt")],
+        [str(run_dir), "--out", str(tmp_path / "no" / "r.html")],
+    ]
     for args in cases:
         assert main(["report", *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()
@@ -115,9 +117,20 @@ def _chromium() -> str:
 
 def _browse(page, tmp_path, *flags) -> subprocess.CompletedProcess:
     """Chromium on ``page`` with verbose logging (console messages and every file it loads go to stderr)."""
-    args = [_chromium(), "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars", "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=1",
-            "--host-resolver-rules=MAP * ~NOTFOUND", *flags, page.as_uri()]
+    args = [
+        _chromium(),
+        "--headless",
+        "--disable-gpu",
+        "--no-sandbox",
+        "--hide-scrollbars",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=1",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        *flags,
+        page.as_uri(),
+    ]
     return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 

@@ -26,8 +26,24 @@ def test_a_checkpoint_written_by_ddpmkit_0_1_samples_as_it_did(tmp_path, one_thr
     assert (samples.sampler, samples.steps) == ("dpm++2m", 5)
     np.testing.assert_array_equal(samples.labels.numpy(), before["labels"])
     out = tmp_path / "s.npz"
-    assert main(["sample", str(LEGACY / "digits_unet_step3.pt"), "--num", "20", "--labels", "all", "--precision",
-                 "fp32", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(LEGACY / "digits_unet_step3.pt"),
+                "--num",
+                "20",
+                "--labels",
+                "all",
+                "--precision",
+                "fp32",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(np.load(out)["images"], before["images"])
 
 
@@ -54,11 +70,13 @@ def test_run_sample_checks_every_option_before_the_first_network_call(monkeypatc
     run = Run.load(LEGACY / "digits_unet_step3.pt", device="cpu")
     calls = []
     monkeypatch.setattr(run.diffusion, "sample", lambda *a, **k: calls.append(1))
-    for options, words in [({"steps": 51}, "steps must be between 1 and 50"),
-                           ({"labels": "7,11"}, "label 11 is out of range"),
-                           ({"labels": [2, "x"]}, "got 'x'"),
-                           ({"guidance": float("nan")}, "guidance must be a number >= 0"),
-                           ({"batch_size": 0}, "batch size must be a positive integer")]:
+    for options, words in [
+        ({"steps": 51}, "steps must be between 1 and 50"),
+        ({"labels": "7,11"}, "label 11 is out of range"),
+        ({"labels": [2, "x"]}, "got 'x'"),
+        ({"guidance": float("nan")}, "guidance must be a number >= 0"),
+        ({"batch_size": 0}, "batch size must be a positive integer"),
+    ]:
         with pytest.raises(UserError, match=words):
             run.sample(4, **options)
     toy = Run.load(LEGACY / "moons_mlp_step3.pt", device="cpu")
@@ -125,9 +143,8 @@ def test_train_through_the_python_api(tmp_path):
     import copy
 
     from conftest import TINY_DIGITS
-
-    from ddpmkit.runs import train
     from ddpmkit.config import load_config
+    from ddpmkit.runs import train
 
     over = copy.deepcopy(TINY_DIGITS)
     over["train"].update(steps=2, checkpoint_every=0, device="cpu")

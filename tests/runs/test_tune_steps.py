@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from helpers import assert_user_error, run_cli
 
 import ddpmkit
 from ddpmkit import samplers as S
@@ -16,6 +15,7 @@ from ddpmkit.errors import UserError
 from ddpmkit.oracles import GaussianMixtureOracle
 from ddpmkit.runs import Run
 from ddpmkit.runs.tuning import load_tuned, search_timesteps, tune_steps, tuned_path
+from helpers import assert_user_error, run_cli
 
 T = 1000
 ABAR = torch.cumprod(1.0 - ddpmkit.linear_beta_schedule(T), 0)
@@ -71,13 +71,25 @@ def test_search_refuses_bad_requests(ring_problem):
 # =========================================================================== a tiny trained run
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
-    from ddpmkit.runs import train
     from ddpmkit.config import load_config
+    from ddpmkit.runs import train
 
-    over = {"data": {"num_samples": 2000}, "model": {"hidden": 32, "depth": 2}, "diffusion": {"timesteps": 200},
-            "train": {"steps": 40, "batch_size": 128, "log_every": 20, "sample_every": 0, "checkpoint_every": 0,
-                      "warmup_steps": 0, "num_grid_samples": 4, "device": "cpu"},
-            "sample": {"sampler": "dpm++2m", "steps": 6}}
+    over = {
+        "data": {"num_samples": 2000},
+        "model": {"hidden": 32, "depth": 2},
+        "diffusion": {"timesteps": 200},
+        "train": {
+            "steps": 40,
+            "batch_size": 128,
+            "log_every": 20,
+            "sample_every": 0,
+            "checkpoint_every": 0,
+            "warmup_steps": 0,
+            "num_grid_samples": 4,
+            "device": "cpu",
+        },
+        "sample": {"sampler": "dpm++2m", "steps": 6},
+    }
     path = tmp_path_factory.mktemp("toy") / "run"
     train(load_config("toy2d-8gaussians", overrides=copy.deepcopy(over)), path, progress=False, log=None)
     return path
@@ -110,20 +122,38 @@ def test_tuned_grid_is_saved_and_used_by_run_sample(toy_run):
     assert run.sample(5, seed=3, sampler="ddim").timesteps_file is None  # other sampler: none either
 
 
-@pytest.mark.parametrize("text, words", [
-    ("{not json", "unreadable"),
-    ('{"format": "something else"}', "not a ddpmkit tuned-timesteps file"),
-    ('{"format": "ddpmkit tuned timesteps", "sampler": "ddim", "steps": 4, "num_timesteps": 200, '
-     '"timesteps": [199, 100, 50, 0]}', "not for unipc-bh1 at 4 calls"),
-    ('{"format": "ddpmkit tuned timesteps", "sampler": "unipc-bh1", "steps": 4, "num_timesteps": 200, '
-     '"timesteps": [199, 100, 0]}', "list of 4 integers"),
-    ('{"format": "ddpmkit tuned timesteps", "sampler": "unipc-bh1", "steps": 4, "num_timesteps": 200, '
-     '"timesteps": [199, 50, 100, 0]}', "strictly decreasing"),
-    ('{"format": "ddpmkit tuned timesteps", "sampler": "unipc-bh1", "steps": 4, "num_timesteps": 200, '
-     '"timesteps": [250, 100, 50, 0]}', "strictly decreasing in [0, 199]"),
-    ('{"format": "ddpmkit tuned timesteps", "sampler": "unipc-bh1", "steps": 4, "num_timesteps": 200, '
-     '"timesteps": [199, 100, 50.5, 0]}', "list of 4 integers"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("{not json", "unreadable"),
+        ('{"format": "something else"}', "not a ddpmkit tuned-timesteps file"),
+        (
+            '{"format": "ddpmkit tuned timesteps", "sampler": "ddim", "steps": 4, "num_timesteps": 200, '
+            '"timesteps": [199, 100, 50, 0]}',
+            "not for unipc-bh1 at 4 calls",
+        ),
+        (
+            '{"format": "ddpmkit tuned timesteps", "sampler": "unipc-bh1", "steps": 4, "num_timesteps": 200, '
+            '"timesteps": [199, 100, 0]}',
+            "list of 4 integers",
+        ),
+        (
+            '{"format": "ddpmkit tuned timesteps", "sampler": "unipc-bh1", "steps": 4, "num_timesteps": 200, '
+            '"timesteps": [199, 50, 100, 0]}',
+            "strictly decreasing",
+        ),
+        (
+            '{"format": "ddpmkit tuned timesteps", "sampler": "unipc-bh1", "steps": 4, "num_timesteps": 200, '
+            '"timesteps": [250, 100, 50, 0]}',
+            "strictly decreasing in [0, 199]",
+        ),
+        (
+            '{"format": "ddpmkit tuned timesteps", "sampler": "unipc-bh1", "steps": 4, "num_timesteps": 200, '
+            '"timesteps": [199, 100, 50.5, 0]}',
+            "list of 4 integers",
+        ),
+    ],
+)
 def test_a_damaged_tuned_file_is_one_error_line(toy_run, tmp_path, capsys, text, words):
     path = tuned_path(toy_run, "unipc-bh1", 4)
     path.parent.mkdir(exist_ok=True)
@@ -132,8 +162,21 @@ def test_a_damaged_tuned_file_is_one_error_line(toy_run, tmp_path, capsys, text,
         with pytest.raises(UserError, match="tuned timesteps file"):
             Run.load(toy_run, device="cpu").sample(3, sampler="unipc-bh1", steps=4)
         capsys.readouterr()
-        code = main(["sample", str(toy_run), "--num", "3", "--sampler", "unipc-bh1", "--steps", "4",
-                     "--out", str(tmp_path / "s.npz"), "--no-progress"])
+        code = main(
+            [
+                "sample",
+                str(toy_run),
+                "--num",
+                "3",
+                "--sampler",
+                "unipc-bh1",
+                "--steps",
+                "4",
+                "--out",
+                str(tmp_path / "s.npz"),
+                "--no-progress",
+            ]
+        )
         assert_user_error(code, capsys.readouterr().err, str(path), words)
         assert not (tmp_path / "s.npz").exists()
     finally:
@@ -155,18 +198,55 @@ def test_tune_steps_command(toy_run, tmp_path, capsys):
     ckpt = next((toy_run / "checkpoints").iterdir())
     loose = tmp_path / "loose.pt"
     loose.write_bytes(ckpt.read_bytes())
-    for args, words in ((["--steps", "4", "--sampler", "ddpm"], "deterministic sampler"),
-                        (["--steps", "1"], "tuned steps must be an integer in [2, 199]"),
-                        (["--steps", "4", "--rounds", "0"], "rounds"), (["--steps", "4", "--seed", "-1"], "seed"),
-                        (["--steps", "4", "--draws", "0"], "draws")):
+    for args, words in (
+        (["--steps", "4", "--sampler", "ddpm"], "deterministic sampler"),
+        (["--steps", "1"], "tuned steps must be an integer in [2, 199]"),
+        (["--steps", "4", "--rounds", "0"], "rounds"),
+        (["--steps", "4", "--seed", "-1"], "seed"),
+        (["--steps", "4", "--draws", "0"], "draws"),
+    ):
         assert_user_error(main(["tune-steps", str(toy_run), *args]), capsys.readouterr().err, words)
     assert_user_error(main(["tune-steps", str(loose), "--steps", "4"]), capsys.readouterr().err, "run directory")
-    assert main(["tune-steps", str(toy_run), "--steps", "4", "--sampler", "unipc-bh2", "--draws", "32",
-                 "--heldout", "32", "--rounds", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "tune-steps",
+                str(toy_run),
+                "--steps",
+                "4",
+                "--sampler",
+                "unipc-bh2",
+                "--draws",
+                "32",
+                "--heldout",
+                "32",
+                "--rounds",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.startswith("tuned unipc-bh2 at 4 calls from ") and "unipc-bh2-4.json" in out
-    assert main(["sample", str(toy_run), "--num", "4", "--sampler", "unipc-bh2", "--steps", "4",
-                 "--out", str(tmp_path / "s.npz"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(toy_run),
+                "--num",
+                "4",
+                "--sampler",
+                "unipc-bh2",
+                "--steps",
+                "4",
+                "--out",
+                str(tmp_path / "s.npz"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "tuned timesteps" in out and "unipc-bh2-4.json" in out
     tuned_path(toy_run, "unipc-bh2", 4).unlink()

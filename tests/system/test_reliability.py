@@ -27,23 +27,53 @@ def tiny(tmp_path, **train) -> Path:
     from conftest import TINY_DIGITS
 
     over = copy.deepcopy(TINY_DIGITS)
-    over["train"].update({"device": "cpu", "log_every": 1, "checkpoint_every": 1000, "sample_every": 0,
-                          "lr_schedule": "constant", "deterministic": True, **train})
+    over["train"].update(
+        {
+            "device": "cpu",
+            "log_every": 1,
+            "checkpoint_every": 1000,
+            "sample_every": 0,
+            "lr_schedule": "constant",
+            "deterministic": True,
+            **train,
+        }
+    )
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(over))
     return path
 
 
 def start(config: Path, out: Path, *extra) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ddpmkit", "train", "--preset", "digits", "--config", str(config),
-                             "--out", str(out), "--no-progress", *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ddpmkit",
+            "train",
+            "--preset",
+            "digits",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--no-progress",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def resume(out: Path, *extra) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ddpmkit", "train", "--out", str(out), "--resume", "--no-progress",
-                           *extra], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "ddpmkit", "train", "--out", str(out), "--resume", "--no-progress", *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -80,9 +110,27 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resume_goes_on_bit_
     goal = step + 3
     done = resume(tmp_path / "run", "--steps", str(goal))
     assert done.returncode == 0, done.stderr
-    straight = subprocess.run([sys.executable, "-m", "ddpmkit", "train", "--preset", "digits", "--config", str(config),
-                               "--out", str(tmp_path / "straight"), "--steps", str(goal), "--no-progress"],
-                              capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    straight = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ddpmkit",
+            "train",
+            "--preset",
+            "digits",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "straight"),
+            "--steps",
+            str(goal),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert straight.returncode == 0, straight.stderr
     a = weights(tmp_path / "straight" / "checkpoints" / f"step_{goal:08d}.pt")
     b = weights(tmp_path / "run" / "checkpoints" / f"step_{goal:08d}.pt")
@@ -125,8 +173,11 @@ def test_temp_files_of_a_killed_writer_are_removed_at_the_next_start(tmp_path):
     code, err = run_cli("train", "--preset", "digits", "--config", cfg, "--out", tmp_path / "run", "--no-progress")
     assert code == 0, err
     ckpts = tmp_path / "run" / "checkpoints"
-    stray = [ckpts / ".step_00000003.pt.4242.0123abcd.tmp", tmp_path / "run" / ".config.yaml.4242.89abcdef.tmp",
-             tmp_path / "run" / "samples" / ".step_00000003.png.77.deadbeef.tmp"]
+    stray = [
+        ckpts / ".step_00000003.pt.4242.0123abcd.tmp",
+        tmp_path / "run" / ".config.yaml.4242.89abcdef.tmp",
+        tmp_path / "run" / "samples" / ".step_00000003.png.77.deadbeef.tmp",
+    ]
     for path in stray:
         path.write_bytes(b"half a checkpoint")
     (ckpts / "notes.tmp").write_text("not ours")
@@ -162,8 +213,10 @@ def test_divergence_stops_training_naming_the_step_and_writes_no_bad_checkpoint(
     trainer.train_step = poisoned
     with pytest.raises(UserError, match=r"training diverged at step 3: .*\(latest: step_00000002.pt\)"):
         trainer.train()
-    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == ["step_00000001.pt",
-                                                                                  "step_00000002.pt"]
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == [
+        "step_00000001.pt",
+        "step_00000002.pt",
+    ]
 
 
 def test_non_finite_weights_are_never_checkpointed_even_when_the_loss_looked_fine(tmp_path):
@@ -193,8 +246,16 @@ def tiny_disk(tmp_path):
 def test_a_full_disk_is_one_error_line_and_leaves_the_earlier_files(tiny_disk, tmp_path):
     from helpers import assert_user_error, run_cli
 
-    code, err = run_cli("train", "--preset", "digits", "--config", tiny(tmp_path, steps=2, checkpoint_every=1),
-                        "--out", tiny_disk / "run", "--no-progress")
+    code, err = run_cli(
+        "train",
+        "--preset",
+        "digits",
+        "--config",
+        tiny(tmp_path, steps=2, checkpoint_every=1),
+        "--out",
+        tiny_disk / "run",
+        "--no-progress",
+    )
     assert err.startswith("training ")  # the line saying what runs, then the error
     assert_user_error(code, err.split("\n", 1)[1], "cannot write", "step_00000001.pt", "No space left on device")
     ckpts = tiny_disk / "run" / "checkpoints"
@@ -224,8 +285,9 @@ def test_outputs_follow_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
         out = [tmp_path / "s.npz", tmp_path / "g.png"]
-        code, err = run_cli("sample", legacy, "--num", "4", "--out", out[0], "--out", out[1],
-                            "--trajectory", tmp_path / "t.png")
+        code, err = run_cli(
+            "sample", legacy, "--num", "4", "--out", out[0], "--out", out[1], "--trajectory", tmp_path / "t.png"
+        )
         assert code == 0, err
     finally:
         os.umask(old)
@@ -241,8 +303,9 @@ def test_a_read_only_file_system_is_one_error_line_before_any_work(tmp_path):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here")
     try:
-        code, err = run_cli("train", "--preset", "digits", "--config", tiny(tmp_path, steps=2), "--out", mnt / "run",
-                            "--no-progress")
+        code, err = run_cli(
+            "train", "--preset", "digits", "--config", tiny(tmp_path, steps=2), "--out", mnt / "run", "--no-progress"
+        )
         assert_user_error(code, err, "cannot write", "Read-only file system")
         legacy = Path(__file__).resolve().parents[1] / "fixtures" / "legacy" / "digits_unet_step3.pt"
         code, err = run_cli("sample", legacy, "--out", mnt / "s.npz", "--no-progress")

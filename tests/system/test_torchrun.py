@@ -28,11 +28,20 @@ from ddpmkit.runs.rundir import list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.system
 
-TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                 "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+TORCHRUN_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+)
 
 # Calls the real CLI in every rank, then saves that rank's final live weights and EMA.
-LAUNCHER = '''
+LAUNCHER = """
 import sys
 
 import torch
@@ -58,7 +67,7 @@ if seen:
     torch.save({"model": t.model.state_dict(), "ema": t.ema.state_dict(), "step": t.step},
                f"{dump_dir}/rank{t.dist.rank}.pt")
 exit_process(code)  # as the ddpmkit command ends
-'''
+"""
 
 
 def tiny_yaml(path: Path) -> Path:
@@ -77,8 +86,7 @@ def torchrun(*args, cwd: Path, timeout: float = 120) -> subprocess.CompletedProc
     """Two CPU processes under torchrun; the parent's own torchrun variables are not inherited."""
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           *map(str, args)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *map(str, args)]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -103,11 +111,29 @@ def runs(tmp_path_factory):
     launcher.write_text(LAUNCHER)
     dumps = root / "dumps"
     dumps.mkdir()
-    second = torchrun(launcher, dumps, "train", "--out", dist, "--resume", "--steps", "4", "--microbatch", "3",
-                      "--no-progress", cwd=root)
+    second = torchrun(
+        launcher,
+        dumps,
+        "train",
+        "--out",
+        dist,
+        "--resume",
+        "--steps",
+        "4",
+        "--microbatch",
+        "3",
+        "--no-progress",
+        cwd=root,
+    )
     assert second.returncode == 0, second.stdout + second.stderr
-    return {"ref": ref, "dist": dist, "first": first, "second": second, "after_first": after_first,
-            "dumps": [torch.load(dumps / f"rank{r}.pt", weights_only=True) for r in (0, 1)]}
+    return {
+        "ref": ref,
+        "dist": dist,
+        "first": first,
+        "second": second,
+        "after_first": after_first,
+        "dumps": [torch.load(dumps / f"rank{r}.pt", weights_only=True) for r in (0, 1)],
+    }
 
 
 def assert_states_close(a: dict, b: dict, what: str, **tol) -> None:
@@ -178,10 +204,33 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_rank_0_writes(t
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "ddpmkit", "train", "--preset", "digits", "--config", str(cfg), "--out", str(run),
-                             "--steps", "5000", "--no-progress"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "ddpmkit",
+            "train",
+            "--preset",
+            "digits",
+            "--config",
+            str(cfg),
+            "--out",
+            str(run),
+            "--steps",
+            "5000",
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     end = time.monotonic() + 240
     while not ((run / "metrics.jsonl").exists() and read_metrics(run / "metrics.jsonl")):
         assert proc.poll() is None and time.monotonic() < end, proc.communicate()
@@ -191,7 +240,8 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_rank_0_writes(t
     assert err.count("interrupted at step ") == 1, err  # rank 0 says it
     step = int(err.split("interrupted at step ")[1].split(":")[0])
     assert step % CHECK_EVERY == 0 and list_checkpoints(run)[-1].name == f"step_{step:08d}.pt"
-    again = torchrun("-m", "ddpmkit", "train", "--out", run, "--resume", "--steps", step + 3, "--no-progress",
-                     cwd=tmp_path)
+    again = torchrun(
+        "-m", "ddpmkit", "train", "--out", run, "--resume", "--steps", step + 3, "--no-progress", cwd=tmp_path
+    )
     assert again.returncode == 0, again.stderr
     assert list_checkpoints(run)[-1].name == f"step_{step + 3:08d}.pt"

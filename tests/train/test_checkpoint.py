@@ -50,9 +50,7 @@ def trained_state(seed: int = 0) -> tuple[nn.Module, EMA, torch.optim.Optimizer]
 
 def save_small(path: Path, step: int = 2) -> Path:
     model, ema, opt = trained_state()
-    return save_checkpoint(
-        path, step=step, config={"lr": 0.01}, model=model, ema=ema, optimizer=opt, rng=None
-    )
+    return save_checkpoint(path, step=step, config={"lr": 0.01}, model=model, ema=ema, optimizer=opt, rng=None)
 
 
 def assert_tree_equal(a, b) -> None:
@@ -78,8 +76,14 @@ def test_round_trip(tmp_path: Path) -> None:
     random.seed(5)
     np.random.seed(6)
     out = save_checkpoint(
-        path, step=2, config=Cfg(), model=model, ema=ema, optimizer=opt,
-        rng={"data": torch.tensor([7, 8])}, extra={"note": "hi", "best": 0.5},
+        path,
+        step=2,
+        config=Cfg(),
+        model=model,
+        ema=ema,
+        optimizer=opt,
+        rng={"data": torch.tensor([7, 8])},
+        extra={"note": "hi", "best": 0.5},
     )
     assert out == path and path.is_file()
     expected_next = (torch.rand(3), random.random(), np.random.rand())
@@ -118,8 +122,13 @@ def test_loads_with_plain_torch_weights_only(tmp_path: Path) -> None:
 def test_non_plain_config_refused(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="config.obj"):
         save_checkpoint(
-            tmp_path / "c.pt", step=0, config={"obj": object()}, model=nn.Linear(1, 1),
-            ema=None, optimizer=None, rng=None,
+            tmp_path / "c.pt",
+            step=0,
+            config={"obj": object()},
+            model=nn.Linear(1, 1),
+            ema=None,
+            optimizer=None,
+            rng=None,
         )
     assert list(tmp_path.iterdir()) == []
 
@@ -224,8 +233,13 @@ def test_latest_and_resolve(tmp_path: Path) -> None:
     assert latest_checkpoint(run) is None
     for step in (5, 100, 20):
         save_checkpoint(
-            checkpoint_path(run, step), step=step, config={}, model=nn.Linear(1, 1),
-            ema=None, optimizer=None, rng=None,
+            checkpoint_path(run, step),
+            step=step,
+            config={},
+            model=nn.Linear(1, 1),
+            ema=None,
+            optimizer=None,
+            rng=None,
         )
     (run / "checkpoints" / "step_00000999.pt.tmp").write_bytes(b"")  # not a checkpoint name
     (run / "checkpoints" / "notes.txt").write_text("x")

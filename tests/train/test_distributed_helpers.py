@@ -172,13 +172,21 @@ def test_two_process_gloo(tmp_path: Path) -> None:
     for rank in (0, 1):
         env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
         env.update(
-            RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
         )
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(script), str(tmp_path / f"rank{rank}.json")],
-                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
         )
     try:

@@ -22,8 +22,9 @@ def tiny_cfg(steps: int, loggers=("jsonl", "tensorboard"), **train):
     from conftest import TINY_DIGITS
 
     over = copy.deepcopy(TINY_DIGITS)
-    over["train"].update({"steps": steps, "loggers": list(loggers), "log_every": 1, "sample_every": 2, "batch_size": 32,
-                          **train})
+    over["train"].update(
+        {"steps": steps, "loggers": list(loggers), "log_every": 1, "sample_every": 2, "batch_size": 32, **train}
+    )
     return load_config("digits", overrides=over)
 
 
@@ -173,9 +174,19 @@ def test_a_run_started_over_drops_the_old_events(tmp_path, one_thread):
 
 def test_points_grid_reaches_tensorboard(tmp_path, one_thread):
     pytest.importorskip("tensorboard")
-    over = {"train": {"steps": 2, "batch_size": 16, "log_every": 1, "sample_every": 2, "num_grid_samples": 8,
-                      "loggers": ["jsonl", "tensorboard"]},
-            "model": {"hidden": 16}, "diffusion": {"timesteps": 20}, "sample": {"grid_steps": 3}}
+    over = {
+        "train": {
+            "steps": 2,
+            "batch_size": 16,
+            "log_every": 1,
+            "sample_every": 2,
+            "num_grid_samples": 8,
+            "loggers": ["jsonl", "tensorboard"],
+        },
+        "model": {"hidden": 16},
+        "diffusion": {"timesteps": 20},
+        "sample": {"grid_steps": 3},
+    }
     start_training(load_config("toy2d-moons", overrides=over), tmp_path / "r", progress=False).train()
     (image,) = read_events(tmp_path / "r").Images("samples")
     got = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("RGB"))

@@ -131,16 +131,36 @@ def test_config_is_strict_and_round_trips():
         load_config("imagenet")
 
 
-@pytest.mark.parametrize("section, key, value", [
-    ("train", "steps", 0), ("train", "batch_size", 0), ("train", "log_every", 0), ("train", "ema_every", 0),
-    ("train", "num_grid_samples", 0), ("train", "warmup_steps", -1), ("train", "checkpoint_every", -5),
-    ("train", "sample_every", -1), ("train", "keep_checkpoints", -1), ("train", "ema_start", -1),
-    ("train", "lr", -1e-4), ("train", "lr", 0.0), ("train", "lr", float("inf")), ("train", "lr", float("nan")),
-    ("train", "weight_decay", -0.1), ("train", "min_lr_ratio", 1.5), ("train", "ema_decay", 1.0),
-    ("train", "grad_clip", -1.0), ("train", "grad_clip", 0.0), ("train", "adam_betas", [0.9, 1.0]),
-    ("diffusion", "vlb_weight", -0.001), ("sample", "steps", 0), ("sample", "grid_steps", 0),
-    ("sample", "eta", 1.5), ("sample", "guidance", -1.0),
-])
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("train", "steps", 0),
+        ("train", "batch_size", 0),
+        ("train", "log_every", 0),
+        ("train", "ema_every", 0),
+        ("train", "num_grid_samples", 0),
+        ("train", "warmup_steps", -1),
+        ("train", "checkpoint_every", -5),
+        ("train", "sample_every", -1),
+        ("train", "keep_checkpoints", -1),
+        ("train", "ema_start", -1),
+        ("train", "lr", -1e-4),
+        ("train", "lr", 0.0),
+        ("train", "lr", float("inf")),
+        ("train", "lr", float("nan")),
+        ("train", "weight_decay", -0.1),
+        ("train", "min_lr_ratio", 1.5),
+        ("train", "ema_decay", 1.0),
+        ("train", "grad_clip", -1.0),
+        ("train", "grad_clip", 0.0),
+        ("train", "adam_betas", [0.9, 1.0]),
+        ("diffusion", "vlb_weight", -0.001),
+        ("sample", "steps", 0),
+        ("sample", "grid_steps", 0),
+        ("sample", "eta", 1.5),
+        ("sample", "guidance", -1.0),
+    ],
+)
 def test_config_values_out_of_range_are_refused_by_name(section, key, value):
     """Caught when the config is read, before any data or network: one UserError naming the key."""
     with pytest.raises(UserError, match=f"'{section}.{key}' must be"):
@@ -148,13 +168,26 @@ def test_config_values_out_of_range_are_refused_by_name(section, key, value):
 
 
 def test_config_range_limits_themselves_are_accepted():
-    cfg = load_config("digits", overrides={
-        "train": {"steps": 1, "log_every": 1, "warmup_steps": 0, "checkpoint_every": 0, "sample_every": 0,
-                  "keep_checkpoints": 0, "min_lr_ratio": 1.0, "ema_decay": 0.0, "grad_clip": None,
-                  "adam_betas": [0.0, 0.0], "weight_decay": 0.0},
-        "diffusion": {"vlb_weight": 0.0},
-        "sample": {"steps": 1, "eta": 1.0, "guidance": 0.0},
-    })
+    cfg = load_config(
+        "digits",
+        overrides={
+            "train": {
+                "steps": 1,
+                "log_every": 1,
+                "warmup_steps": 0,
+                "checkpoint_every": 0,
+                "sample_every": 0,
+                "keep_checkpoints": 0,
+                "min_lr_ratio": 1.0,
+                "ema_decay": 0.0,
+                "grad_clip": None,
+                "adam_betas": [0.0, 0.0],
+                "weight_decay": 0.0,
+            },
+            "diffusion": {"vlb_weight": 0.0},
+            "sample": {"steps": 1, "eta": 1.0, "guidance": 0.0},
+        },
+    )
     assert cfg.train.grad_clip is None and cfg.sample.guidance == 0.0
 
 
@@ -245,7 +278,9 @@ def test_microbatch_is_refused_with_cuda_graph_compile_modes(mode):
     """CUDA graphs replay into the buffers that hold the gradients being accumulated."""
     with pytest.raises(UserError, match="'train.microbatch' cannot be combined with compile_mode"):
         load_config("digits", overrides={"train": {"compile_mode": mode, "microbatch": 4}})
-    for fine in ({"compile_mode": "max-autotune-no-cudagraphs", "microbatch": 4},
-                 {"compile_mode": None, "microbatch": 4},
-                 {"compile_mode": mode, "microbatch": None}):
+    for fine in (
+        {"compile_mode": "max-autotune-no-cudagraphs", "microbatch": 4},
+        {"compile_mode": None, "microbatch": 4},
+        {"compile_mode": mode, "microbatch": None},
+    ):
         load_config("digits", overrides={"train": fine})

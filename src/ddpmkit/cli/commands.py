@@ -26,8 +26,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     # lazy: start-up (see the module docstring)
     from ..runs.training import train_or_resume
 
-    done = train_or_resume(args.preset, args.config, args.set, args.out, flags=_train_flags(args),
-                           resume=args.resume, force=args.force, progress=not args.no_progress)
+    done = train_or_resume(
+        args.preset,
+        args.config,
+        args.set,
+        args.out,
+        flags=_train_flags(args),
+        resume=args.resume,
+        force=args.force,
+        progress=not args.no_progress,
+    )
     if done.stopped:
         print(done.stopped, file=sys.stderr)
     if done.exit_code or done.last is None:  # stopped by a signal, or not the main process
@@ -36,8 +44,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "loss" not in last:
         print(f"{done.run_dir} is at step {last['step']} of {last['step']} already: nothing to train")
     else:
-        print(f"trained {done.run_dir} (" + ", ".join(f"{k} {last[k]:.4g}" for k in ("step", "loss", "images_per_s"))
-              + ")")
+        print(
+            f"trained {done.run_dir} ("
+            + ", ".join(f"{k} {last[k]:.4g}" for k in ("step", "loss", "images_per_s"))
+            + ")"
+        )
     return 0
 
 
@@ -60,10 +71,21 @@ def cmd_sample(args: argparse.Namespace) -> int:
     outs = [check_output(p, args.force, (".npz", ".png"), "--out") for p in (args.out or ["samples.npz"])]
     traj = args.trajectory and check_output(args.trajectory, args.force, (".png",), "--trajectory")
     run = Run.load(args.run, ema=not args.no_ema, device=args.device)
-    samples = run.sample(args.num, sampler=args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing,
-                         labels=args.labels, guidance=args.guidance, seed=args.seed, batch_size=args.batch_size,
-                         precision=args.precision, trajectory=bool(traj), progress=not args.no_progress,
-                         order=args.order)
+    samples = run.sample(
+        args.num,
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+        spacing=args.spacing,
+        labels=args.labels,
+        guidance=args.guidance,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        trajectory=bool(traj),
+        progress=not args.no_progress,
+        order=args.order,
+    )
     for path in outs:
         write_samples(path, samples, run.config.sample.levels)
     if traj:
@@ -80,8 +102,18 @@ def cmd_tune_steps(args: argparse.Namespace) -> int:
 
     run = Run.load(args.run, ema=not args.no_ema, device=args.device)
     log = None if args.no_progress else (lambda text: print(text, file=sys.stderr, flush=True))
-    record = tune_steps(run, args.steps, args.sampler, draws=args.draws, heldout=args.heldout, rounds=args.rounds,
-                        seed=args.seed, force=args.force, batch_size=args.batch_size, log=log)
+    record = tune_steps(
+        run,
+        args.steps,
+        args.sampler,
+        draws=args.draws,
+        heldout=args.heldout,
+        rounds=args.rounds,
+        seed=args.seed,
+        force=args.force,
+        batch_size=args.batch_size,
+        log=log,
+    )
     print(describe(record))
     return 0
 
@@ -92,10 +124,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..runs.evaluation import BPD, DIGITS, evaluate, keep_result
 
     out = args.out and check_output(args.out, args.force, (".json",), "--out")
-    result = evaluate(args.run, args.metric, ref=args.ref, split=args.split, data=args.data, num=args.num,
-                      seed=args.seed, batch_size=args.batch_size, ema=not args.no_ema, device=args.device,
-                      sampler=args.sampler, steps=args.steps, inception=args.inception, resize=args.resize,
-                      permutations=args.permutations, labels=not args.no_labels, progress=not args.no_progress)
+    result = evaluate(
+        args.run,
+        args.metric,
+        ref=args.ref,
+        split=args.split,
+        data=args.data,
+        num=args.num,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        ema=not args.no_ema,
+        device=args.device,
+        sampler=args.sampler,
+        steps=args.steps,
+        inception=args.inception,
+        resize=args.resize,
+        permutations=args.permutations,
+        labels=not args.no_labels,
+        progress=not args.no_progress,
+    )
     _report(result, out, indent=2 if DIGITS in args.metric else None)
     note = keep_result(args.run, result, args.metric, ref=args.ref, split=args.split, data=args.data)
     if note:
@@ -126,9 +173,21 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     out = check_output(args.out, args.force, (".npz",), "--out")
     size = None if args.image_size is None else parse_image_size(args.image_size)
-    _report(stats_of(args.source, out=out, split=args.split, data=args.data, image_size=size,
-                     features=args.features, network=args.inception, allow_unknown=bool(args.inception),
-                     resize=args.resize, progress=not args.no_progress), None)
+    _report(
+        stats_of(
+            args.source,
+            out=out,
+            split=args.split,
+            data=args.data,
+            image_size=size,
+            features=args.features,
+            network=args.inception,
+            allow_unknown=bool(args.inception),
+            resize=args.resize,
+            progress=not args.no_progress,
+        ),
+        None,
+    )
     return 0
 
 
@@ -140,10 +199,24 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     run = _load(args)
     images = read_images(args.image, run)
     mask = read_mask(args.mask, run, len(images))
-    result = inpaint(run, images, mask, num=args.num, resample=args.resample, jump=args.jump, sampler=args.sampler,
-                     steps=args.steps, eta=args.eta, spacing=args.spacing, labels=args.labels,
-                     guidance=args.guidance, seed=args.seed, batch_size=args.batch_size, precision=args.precision,
-                     progress=not args.no_progress)
+    result = inpaint(
+        run,
+        images,
+        mask,
+        num=args.num,
+        resample=args.resample,
+        jump=args.jump,
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+        spacing=args.spacing,
+        labels=args.labels,
+        guidance=args.guidance,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        progress=not args.no_progress,
+    )
     return _write_edited(run, result, outs, f"{len(result.x)} completions ({result.calls} network calls each)")
 
 
@@ -153,9 +226,22 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     outs = _edit_outputs(args)
     run = _load(args)
-    result = edit(run, read_images(args.image, run), args.strength, num=args.num, sampler=args.sampler,
-                  steps=args.steps, eta=args.eta, spacing=args.spacing, labels=args.labels, guidance=args.guidance,
-                  seed=args.seed, batch_size=args.batch_size, precision=args.precision, progress=not args.no_progress)
+    result = edit(
+        run,
+        read_images(args.image, run),
+        args.strength,
+        num=args.num,
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+        spacing=args.spacing,
+        labels=args.labels,
+        guidance=args.guidance,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        progress=not args.no_progress,
+    )
     return _write_edited(run, result, outs, f"{len(result.x)} edits ({result.calls} network calls each)")
 
 
@@ -168,8 +254,17 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     paths = None if seeds is not None else image_pair(args.images)
     run = _load(args)
     images = None if paths is None else read_image_pair(paths, run)
-    result = interpolate(run, seeds=seeds, images=images, frames=args.frames, steps=args.steps, spacing=args.spacing,
-                         labels=args.labels, guidance=args.guidance, precision=args.precision)
+    result = interpolate(
+        run,
+        seeds=seeds,
+        images=images,
+        frames=args.frames,
+        steps=args.steps,
+        spacing=args.spacing,
+        labels=args.labels,
+        guidance=args.guidance,
+        precision=args.precision,
+    )
     return _write_edited(run, result, outs, f"{len(result.x)} frames (DDIM, {result.calls} steps)")
 
 
@@ -240,9 +335,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "tune-steps": cmd_tune_steps, "eval": cmd_eval,
-            "stats": cmd_stats, "info": cmd_info, "inpaint": cmd_inpaint, "edit": cmd_edit,
-            "interpolate": cmd_interpolate, "config": cmd_config, "report": cmd_report, "export": cmd_export}
+COMMANDS = {
+    "train": cmd_train,
+    "sample": cmd_sample,
+    "tune-steps": cmd_tune_steps,
+    "eval": cmd_eval,
+    "stats": cmd_stats,
+    "info": cmd_info,
+    "inpaint": cmd_inpaint,
+    "edit": cmd_edit,
+    "interpolate": cmd_interpolate,
+    "config": cmd_config,
+    "report": cmd_report,
+    "export": cmd_export,
+}
 
 
 def execute(args: argparse.Namespace) -> int:

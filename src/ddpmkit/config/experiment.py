@@ -32,8 +32,12 @@ def experiment_from_dict(d: Any, version: int | None = None) -> ExperimentConfig
         if (model["kind"] == "mlp") == (data.kind == "toy2d"):
             for key, value in model_shape(data).items():
                 given = as_written(model.get(key))
-                require(given in (None, as_written(value)), f"model.{key}", f"{as_written(value)!r}, as the data "
-                        f"gives", given)
+                require(
+                    given in (None, as_written(value)),
+                    f"model.{key}",
+                    f"{as_written(value)!r}, as the data gives",
+                    given,
+                )
                 model[key] = value
     return from_dict(ExperimentConfig, {**d, "data": data, "model": model})
 

@@ -12,8 +12,16 @@ from ..files import write_text
 from .experiment import experiment_from_dict
 from .sections import ExperimentConfig
 
-__all__ = ["preset_names", "preset_path", "read_yaml", "deep_merge", "load_config", "config_yaml", "save_config",
-           "parse_assignments"]
+__all__ = [
+    "preset_names",
+    "preset_path",
+    "read_yaml",
+    "deep_merge",
+    "load_config",
+    "config_yaml",
+    "save_config",
+    "parse_assignments",
+]
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -69,7 +77,7 @@ def load_config(
     if preset is not None:
         data = read_yaml(preset_path(preset))
         if preset.startswith("toy2d-"):
-            data = deep_merge(data, {"name": preset, "data": {"distribution": preset[len("toy2d-"):]}})
+            data = deep_merge(data, {"name": preset, "data": {"distribution": preset[len("toy2d-") :]}})
     if config_file is not None:
         data = deep_merge(data, read_yaml(config_file))
     if overrides:

@@ -32,9 +32,20 @@ from ..options import (
 )
 
 __all__ = [
-    "DigitsData", "MNISTData", "CIFAR10Data", "FolderData", "Toy2DData", "DataConfig", "ModelConfig",
-    "DiffusionConfig", "TrainConfig", "SampleConfig", "ExperimentConfig", "CUDA_GRAPH_MODES",
-    "RESUMABLE_TRAIN_KEYS", "DATA_KINDS",
+    "DigitsData",
+    "MNISTData",
+    "CIFAR10Data",
+    "FolderData",
+    "Toy2DData",
+    "DataConfig",
+    "ModelConfig",
+    "DiffusionConfig",
+    "TrainConfig",
+    "SampleConfig",
+    "ExperimentConfig",
+    "CUDA_GRAPH_MODES",
+    "RESUMABLE_TRAIN_KEYS",
+    "DATA_KINDS",
 ]
 
 
@@ -61,8 +72,9 @@ class _ImageData(_Checked):
     hflip: bool = False  # random horizontal flips
 
     def check(self) -> None:
-        object.__setattr__(self, "image_size", check_image_size(self.image_size, "data.image_size",
-                                                                IMAGE_SIZE_WORDS + " or null"))
+        object.__setattr__(
+            self, "image_size", check_image_size(self.image_size, "data.image_size", IMAGE_SIZE_WORDS + " or null")
+        )
         require(self.channels in (None, 1, 3), "data.channels", "1, 3 or null", self.channels)
 
 
@@ -147,11 +159,19 @@ class DiffusionConfig(_Checked):
         require(0 < self.beta_end < 1, "diffusion.beta_end", "in (0, 1)", self.beta_end)
         require(self.cosine_s > 0, "diffusion.cosine_s", "positive", self.cosine_s)
         require(self.vlb_weight >= 0, "diffusion.vlb_weight", "at least 0", self.vlb_weight)
-        require(self.min_snr_gamma is None or self.min_snr_gamma > 0, "diffusion.min_snr_gamma",
-                "positive or null (off)", self.min_snr_gamma)
+        require(
+            self.min_snr_gamma is None or self.min_snr_gamma > 0,
+            "diffusion.min_snr_gamma",
+            "positive or null (off)",
+            self.min_snr_gamma,
+        )
         require(0 <= self.p_uncond < 1, "diffusion.p_uncond", "in [0, 1)", self.p_uncond)
-        require(self.loss != "hybrid" or self.variance == "learned_range", "diffusion.loss",
-                "'l2' or 'l1' unless diffusion.variance is 'learned_range' (hybrid trains the variance)", self.loss)
+        require(
+            self.loss != "hybrid" or self.variance == "learned_range",
+            "diffusion.loss",
+            "'l2' or 'l1' unless diffusion.variance is 'learned_range' (hybrid trains the variance)",
+            self.loss,
+        )
 
 
 # train keys a resumed run takes from the command line; every other key comes from its checkpoint
@@ -193,9 +213,20 @@ class TrainConfig(_Checked):
     deterministic: bool = False  # torch.use_deterministic_algorithms
 
     def check(self) -> None:
-        at_least = {"steps": 1, "batch_size": 1, "microbatch": 1, "log_every": 1, "ema_every": 1,
-                    "num_grid_samples": 1, "warmup_steps": 0, "ema_start": 0, "sample_every": 0,
-                    "checkpoint_every": 0, "keep_checkpoints": 0, "seed": 0}
+        at_least = {
+            "steps": 1,
+            "batch_size": 1,
+            "microbatch": 1,
+            "log_every": 1,
+            "ema_every": 1,
+            "num_grid_samples": 1,
+            "warmup_steps": 0,
+            "ema_start": 0,
+            "sample_every": 0,
+            "checkpoint_every": 0,
+            "keep_checkpoints": 0,
+            "seed": 0,
+        }
         for name, low in at_least.items():
             value = getattr(self, name)
             require(value is None or value >= low, f"train.{name}", f"at least {low}", value)
@@ -204,16 +235,24 @@ class TrainConfig(_Checked):
         require(self.weight_decay >= 0, "train.weight_decay", "at least 0", self.weight_decay)
         require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
         require(0 <= self.ema_decay < 1, "train.ema_decay", "in [0, 1)", self.ema_decay)
-        require(len(set(self.loggers)) == len(self.loggers), "train.loggers", "a list without repeats",
-                list(self.loggers))
-        require(self.grad_clip is None or self.grad_clip > 0, "train.grad_clip", "positive or null (no clipping)",
-                self.grad_clip)
-        require(all(0 <= b < 1 for b in self.adam_betas), "train.adam_betas", "two numbers in [0, 1)",
-                list(self.adam_betas))
+        require(
+            len(set(self.loggers)) == len(self.loggers), "train.loggers", "a list without repeats", list(self.loggers)
+        )
+        require(
+            self.grad_clip is None or self.grad_clip > 0,
+            "train.grad_clip",
+            "positive or null (no clipping)",
+            self.grad_clip,
+        )
+        require(
+            all(0 <= b < 1 for b in self.adam_betas), "train.adam_betas", "two numbers in [0, 1)", list(self.adam_betas)
+        )
         if self.microbatch is not None and self.compile_mode in CUDA_GRAPH_MODES:
-            raise UserError(f"config key 'train.microbatch' cannot be combined with compile_mode "
-                            f"{self.compile_mode!r}: its CUDA graphs replay into the buffers of the gradients "
-                            f"being accumulated (use compile_mode 'default' or 'max-autotune-no-cudagraphs')")
+            raise UserError(
+                f"config key 'train.microbatch' cannot be combined with compile_mode "
+                f"{self.compile_mode!r}: its CUDA graphs replay into the buffers of the gradients "
+                f"being accumulated (use compile_mode 'default' or 'max-autotune-no-cudagraphs')"
+            )
 
 
 @dataclass
@@ -236,8 +275,12 @@ class SampleConfig(_Checked):
         require(0 <= self.eta <= 1, "sample.eta", "in [0, 1]", self.eta)
         require(self.guidance >= 0, "sample.guidance", "a number >= 0 (1: no guidance)", self.guidance)
         require(self.order is None or 1 <= self.order <= 3, "sample.order", "1, 2, 3 or null", self.order)
-        require(self.order is None or self.sampler.startswith("unipc"), "sample.order",
-                "null unless sample.sampler is a unipc sampler", self.order)
+        require(
+            self.order is None or self.sampler.startswith("unipc"),
+            "sample.order",
+            "null unless sample.sampler is a unipc sampler",
+            self.order,
+        )
 
 
 # ---------------------------------------------------------------------- the whole experiment
@@ -256,8 +299,12 @@ class ExperimentConfig(_Checked):
             fail("model.kind", "'mlp' for 2-D point data and 'unet' for images", self.model.kind)
         for key in ("steps", "grid_steps"):
             steps = getattr(self.sample, key)
-            require(steps is None or steps <= self.diffusion.timesteps, f"sample.{key}",
-                    f"at most diffusion.timesteps = {self.diffusion.timesteps}", steps)
+            require(
+                steps is None or steps <= self.diffusion.timesteps,
+                f"sample.{key}",
+                f"at most diffusion.timesteps = {self.diffusion.timesteps}",
+                steps,
+            )
 
     def to_dict(self) -> dict:
         """A plain dict (YAML- and checkpoint-safe); the data and model sections lead with their kind."""

@@ -19,13 +19,22 @@ def _from_version_1(d: dict) -> dict:
     if isinstance(data, dict) and "name" in data and "kind" not in data:
         data = dict(data)
         kind = data.pop("name")
-        defaults = {"root": None, "toy2d": None, "num_samples": 20000, "class_labels": False, "channels": None,
-                    "image_size": None, "hflip": False}
+        defaults = {
+            "root": None,
+            "toy2d": None,
+            "num_samples": 20000,
+            "class_labels": False,
+            "channels": None,
+            "image_size": None,
+            "hflip": False,
+        }
         if kind == "toy2d":
             data["distribution"] = data.pop("toy2d", None)
         keep = {f.name for f in dataclasses.fields(DATA_KINDS.get(kind, DigitsData))} | {"kind"}
-        d["data"] = {"kind": kind, **{k: v for k, v in data.items()
-                                      if k in keep or (k in defaults and v != defaults[k])}}
+        d["data"] = {
+            "kind": kind,
+            **{k: v for k, v in data.items() if k in keep or (k in defaults and v != defaults[k])},
+        }
     train = d.get("train")
     if isinstance(train, dict) and "compile" in train:
         train = dict(train)

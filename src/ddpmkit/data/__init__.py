@@ -21,11 +21,27 @@ DATASET_NAMES = choices(DataKind)
 TOY2D_TEST_SEED_OFFSET = 1_000_003
 
 __all__ = [
-    "CIFAR10_CLASS_NAMES", "DATASET_NAMES", "DIGITS_TEST_SIZE",
-    "InMemoryDataset", "TOY2D_DEFAULT_SAMPLES", "TOY2D_NAMES", "TOY2D_TEST_SEED_OFFSET",
-    "batch_indices", "batches", "convert_channels", "digits_split_indices",
-    "epoch_permutation", "flip_mask", "load_cifar10", "load_dataset", "load_digits",
-    "load_image_folder", "load_mnist", "load_toy2d", "resize_images", "sample_toy2d",
+    "CIFAR10_CLASS_NAMES",
+    "DATASET_NAMES",
+    "DIGITS_TEST_SIZE",
+    "InMemoryDataset",
+    "TOY2D_DEFAULT_SAMPLES",
+    "TOY2D_NAMES",
+    "TOY2D_TEST_SEED_OFFSET",
+    "batch_indices",
+    "batches",
+    "convert_channels",
+    "digits_split_indices",
+    "epoch_permutation",
+    "flip_mask",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits",
+    "load_image_folder",
+    "load_mnist",
+    "load_toy2d",
+    "resize_images",
+    "sample_toy2d",
     "uint8_to_float",
 ]
 

@@ -50,12 +50,12 @@ def batch_indices(num_examples: int, batch_size: int, *, seed: int, step: int) -
         per_epoch = num_examples // batch_size
         epoch, offset = divmod(step, per_epoch)
         start = offset * batch_size
-        return epoch_permutation(num_examples, seed, epoch)[start:start + batch_size]
+        return epoch_permutation(num_examples, seed, epoch)[start : start + batch_size]
     start = step * batch_size  # wrap-around: read on through consecutive epochs
     first, last = start // num_examples, (start + batch_size - 1) // num_examples
     stream = torch.cat([epoch_permutation(num_examples, seed, e) for e in range(first, last + 1)])
     begin = start - first * num_examples
-    return stream[begin:begin + batch_size]
+    return stream[begin : begin + batch_size]
 
 
 def flip_mask(batch_size: int, *, seed: int, step: int) -> Tensor:
@@ -103,7 +103,7 @@ def batches(
             epoch, offset = divmod(step, per_epoch)
             if epoch != cached_epoch:
                 cached_epoch, cached_perm = epoch, epoch_permutation(n, seed, epoch)
-            idx = cached_perm[offset * batch_size:(offset + 1) * batch_size]
+            idx = cached_perm[offset * batch_size : (offset + 1) * batch_size]
         else:
             idx = batch_indices(n, batch_size, seed=seed, step=step)
         idx = idx[rank::world_size]

@@ -23,7 +23,16 @@ from .base import InMemoryDataset
 from .numpy_pickle import NumpyOnlyUnpickler
 
 CIFAR10_CLASS_NAMES = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 ]
 _RECORD = 1 + 3 * 32 * 32
 _TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
@@ -56,9 +65,7 @@ def _find_batches_dir(root: Path) -> tuple[Path, bool]:
     for d in (root / "cifar-10-batches-py", root):
         if (d / "test_batch").is_file() or (d / "data_batch_1").is_file():
             return d, False
-    raise UserError(
-        f"no CIFAR-10 files under {root} (expected cifar-10-batches-bin/ or cifar-10-batches-py/)"
-    )
+    raise UserError(f"no CIFAR-10 files under {root} (expected cifar-10-batches-bin/ or cifar-10-batches-py/)")
 
 
 def _read_binary(path: Path) -> tuple[np.ndarray, np.ndarray]:

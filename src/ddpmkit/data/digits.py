@@ -35,9 +35,7 @@ def digits_split_indices(split: DigitsSubset = "train") -> np.ndarray:
     if split == "all":
         return idx
     labels = sk_load_digits().target
-    train, test = train_test_split(
-        idx, test_size=DIGITS_TEST_SIZE, random_state=DIGITS_SPLIT_SEED, stratify=labels
-    )
+    train, test = train_test_split(idx, test_size=DIGITS_TEST_SIZE, random_state=DIGITS_SPLIT_SEED, stratify=labels)
     return np.sort(train if split == "train" else test)
 
 

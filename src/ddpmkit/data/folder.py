@@ -74,8 +74,10 @@ def _decode(path: Path, image_size: ImageSize, channels: int | None) -> tuple[np
         with Image.open(path) as img:
             w, h = img.size
             if w * h > MAX_PIXELS:
-                raise UserError(f"image {path} is {w}x{h} ({w * h / 2**20:.0f} MP), over the "
-                                f"{MAX_PIXELS // 2**20} MP ddpmkit decodes: shrink it first")
+                raise UserError(
+                    f"image {path} is {w}x{h} ({w * h / 2**20:.0f} MP), over the "
+                    f"{MAX_PIXELS // 2**20} MP ddpmkit decodes: shrink it first"
+                )
             converted = _conversion(img)
             if img.format == "JPEG":
                 height, width = image_hw(image_size)
@@ -173,8 +175,12 @@ def _note_conversions(counts: Counter, total: int, root: Path) -> None:
 def _note_skipped(root: Path, gifs: list[Path], unreadable: list[str]) -> None:
     """One line on stderr for what is left out: GIFs (ddpmkit reads still images) and unreadable folders."""
     if gifs:
-        print(f"note: skipped {len(gifs)} GIF file(s) under {root} (still images only: convert them to PNG)",
-              file=sys.stderr)
+        print(
+            f"note: skipped {len(gifs)} GIF file(s) under {root} (still images only: convert them to PNG)",
+            file=sys.stderr,
+        )
     if unreadable:
-        print(f"note: skipped {len(unreadable)} folder(s) under {root} that could not be read, "
-              f"first {unreadable[0]}", file=sys.stderr)
+        print(
+            f"note: skipped {len(unreadable)} folder(s) under {root} that could not be read, first {unreadable[0]}",
+            file=sys.stderr,
+        )

@@ -56,7 +56,7 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     found = int.from_bytes(raw[:4], "big")
     if found != magic:
         raise UserError(f"wrong magic number 0x{found:08x} (expected 0x{magic:08x}) in {path}")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     expected = header + int(np.prod(dims))
     if len(raw) != expected:
         raise UserError(f"wrong size for MNIST file ({len(raw)} bytes, expected {expected} for shape {dims}): {path}")
@@ -75,8 +75,9 @@ def load_mnist_any(root: str | Path | None, split: Split = "train") -> InMemoryD
     if split == "test":
         return splits["test"]
     train, valid = splits["train"], splits["valid"]
-    return InMemoryDataset(torch.cat([train.data, valid.data]), torch.cat([train.labels, valid.labels]),
-                           10, train.class_names, "image")
+    return InMemoryDataset(
+        torch.cat([train.data, valid.data]), torch.cat([train.labels, valid.labels]), 10, train.class_names, "image"
+    )
 
 
 def load_mnist(root: str | Path, split: Split = "train") -> InMemoryDataset:

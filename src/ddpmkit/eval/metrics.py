@@ -66,9 +66,7 @@ def trace_sqrt_product(cov_a: np.ndarray, cov_b: np.ndarray) -> float:
     return float(np.sqrt(np.clip(eig, 0.0, None)).sum())
 
 
-def gaussian_frechet_distance(
-    mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.ndarray
-) -> float:
+def gaussian_frechet_distance(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.ndarray) -> float:
     """Fréchet (2-Wasserstein^2) distance of two Gaussians: |mu_a-mu_b|^2 + Tr(Sa+Sb-2(Sa Sb)^{1/2}).
 
     This is FID (Heusel et al. 2017) when the Gaussians are fitted to Inception pool features;
@@ -85,9 +83,7 @@ def gaussian_frechet_distance(
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     """Fréchet distance (FID formula) between Gaussians fitted to two feature sets [N, D]."""
     a, b = _pair(feats_a, feats_b, min_rows=2)
-    return gaussian_frechet_distance(
-        a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
-    )
+    return gaussian_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
 
 
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -163,8 +159,7 @@ def mmd_permutation_test(
     return observed, p_value
 
 
-def kid(a: np.ndarray, b: np.ndarray, subset_size: int | None = None, num_subsets: int = 10,
-        seed: int = 0) -> float:
+def kid(a: np.ndarray, b: np.ndarray, subset_size: int | None = None, num_subsets: int = 10, seed: int = 0) -> float:
     """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2, k(x,y)=(x.y/D + 1)^3.
 
     subset_size=None uses the full sets once; otherwise the mean over `num_subsets` random
@@ -186,8 +181,7 @@ def kid(a: np.ndarray, b: np.ndarray, subset_size: int | None = None, num_subset
         raise UserError(f"subset_size must be in [2, {min(len(a), len(b))}], got {subset_size}")
     rng = np.random.default_rng(seed)
     vals = [
-        one(a[rng.choice(len(a), subset_size, replace=False)],
-            b[rng.choice(len(b), subset_size, replace=False)])
+        one(a[rng.choice(len(a), subset_size, replace=False)], b[rng.choice(len(b), subset_size, replace=False)])
         for _ in range(num_subsets)
     ]
     return float(np.mean(vals))
@@ -212,8 +206,9 @@ def _mmd2_jackknife(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray) -> tuple[
     return float(value), var_x, var_y
 
 
-def kid_with_stderr(a: np.ndarray, b: np.ndarray, num_subsets: int = 100, subset_size: int = 1000,
-                    seed: int = 0) -> tuple[float, float]:
+def kid_with_stderr(
+    a: np.ndarray, b: np.ndarray, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """KID (Binkowski et al. 2018, "Demystifying MMD GANs") as published, and its standard error.
 
     KID is the mean of the unbiased MMD^2 with k(x, y) = (x.y/D + 1)^3 over `num_subsets`
@@ -246,20 +241,19 @@ def _kth_neighbour_sq_radii(feats: np.ndarray, k: int, chunk_size: int) -> np.nd
     """Squared distance from each row to its k-th nearest other row (itself excluded)."""
     radii = np.empty(len(feats))
     for start in range(0, len(feats), chunk_size):
-        d = _sq_dists(feats[start:start + chunk_size], feats)
+        d = _sq_dists(feats[start : start + chunk_size], feats)
         rows = np.arange(len(d))
         d[rows, rows + start] = np.inf
-        radii[start:start + len(d)] = np.partition(d, k - 1, axis=1)[:, k - 1]
+        radii[start : start + len(d)] = np.partition(d, k - 1, axis=1)[:, k - 1]
     return radii
 
 
-def _fraction_inside_balls(queries: np.ndarray, centres: np.ndarray, sq_radii: np.ndarray,
-                           chunk_size: int) -> float:
+def _fraction_inside_balls(queries: np.ndarray, centres: np.ndarray, sq_radii: np.ndarray, chunk_size: int) -> float:
     """Fraction of queries within some centre's ball |q - c|^2 <= r_c^2 (up to float64 rounding)."""
     norms_c = (centres * centres).sum(1)
     inside = 0
     for start in range(0, len(queries), chunk_size):
-        q = queries[start:start + chunk_size]
+        q = queries[start : start + chunk_size]
         # The |q|^2 + |c|^2 - 2 q.c expansion loses ~1e-16 of the norms: a point equal to a
         # centre of radius 0 (k duplicates) must still count as inside.
         slack = 1e-12 * ((q * q).sum(1)[:, None] + norms_c[None, :])
@@ -267,8 +261,9 @@ def _fraction_inside_balls(queries: np.ndarray, centres: np.ndarray, sq_radii: n
     return inside / len(queries)
 
 
-def precision_recall(real: np.ndarray, generated: np.ndarray, k: int = 3,
-                     chunk_size: int = 1000) -> tuple[float, float]:
+def precision_recall(
+    real: np.ndarray, generated: np.ndarray, k: int = 3, chunk_size: int = 1000
+) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019) of generated vs real features.
 
     Each feature's ball reaches its k-th nearest neighbour within its own set. Precision is
@@ -311,14 +306,12 @@ def nearest_neighbour_distances(
         raise UserError(f"chunk_size must be >= 1, got {chunk_size}")
     idx = np.empty(len(q), dtype=np.int64)
     for start in range(0, len(q), chunk_size):
-        idx[start:start + chunk_size] = _sq_dists(q[start:start + chunk_size], r).argmin(1)
+        idx[start : start + chunk_size] = _sq_dists(q[start : start + chunk_size], r).argmin(1)
     dist = np.sqrt(((q - r[idx]) ** 2).sum(1))
     return (dist, idx) if return_index else dist
 
 
-def copy_rate(
-    samples: np.ndarray, train: np.ndarray, test: np.ndarray, quantile: float = 0.01
-) -> dict:
+def copy_rate(samples: np.ndarray, train: np.ndarray, test: np.ndarray, quantile: float = 0.01) -> dict:
     """Memorisation check: fraction of samples whose nearest-training-image distance is below
     the `quantile` of held-out test-to-train nearest-neighbour distances, plus exact copies."""
     if not 0.0 < quantile < 1.0:
@@ -343,8 +336,9 @@ def _binomial_sf(k: int, n: int) -> float:
     """P(X >= k) for X ~ Binomial(n, 1/2), summed in log space."""
     if k <= 0:
         return 1.0
-    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2.0)
-            for i in range(k, n + 1)]
+    logs = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2.0) for i in range(k, n + 1)
+    ]
     top = max(logs)
     return float(min(1.0, math.exp(top) * sum(math.exp(x - top) for x in logs)))
 
@@ -365,8 +359,7 @@ def classifier_two_sample_test(
     a, b = _pair(a, b, min_rows=folds)
     rng = np.random.default_rng(seed)
     n = min(len(a), len(b))
-    x = np.concatenate([a[rng.choice(len(a), n, replace=False)],
-                        b[rng.choice(len(b), n, replace=False)]])
+    x = np.concatenate([a[rng.choice(len(a), n, replace=False)], b[rng.choice(len(b), n, replace=False)]])
     y = np.repeat([0, 1], n)
     correct = 0
     for fit_idx, val_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):

@@ -20,8 +20,8 @@ mode, or from images of another shape, is refused with a UserError. The network 
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -53,16 +53,25 @@ def _stats_of(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(0), np.cov(f, rowvar=False)
 
 
-def _extractor(extractor: InceptionFeatures | None, network: str | Path | None,
-               allow_unknown: bool, device: str) -> InceptionFeatures:
+def _extractor(
+    extractor: InceptionFeatures | None, network: str | Path | None, allow_unknown: bool, device: str
+) -> InceptionFeatures:
     """The given extractor, or one loaded from `network` (None: the installed wheel's file)."""
     return extractor if extractor is not None else InceptionFeatures(network, allow_unknown, device)
 
 
-def reference_stats(images: np.ndarray | torch.Tensor, *, extractor: InceptionFeatures | None = None,
-                    network: str | Path | None = None, allow_unknown: bool = False,
-                    resize: str = "pytorch-fid", batch_size: int = 50, layout: Layout = "NCHW",
-                    device: str = "cpu", progress: bool = False) -> dict:
+def reference_stats(
+    images: np.ndarray | torch.Tensor,
+    *,
+    extractor: InceptionFeatures | None = None,
+    network: str | Path | None = None,
+    allow_unknown: bool = False,
+    resize: str = "pytorch-fid",
+    batch_size: int = 50,
+    layout: Layout = "NCHW",
+    device: str = "cpu",
+    progress: bool = False,
+) -> dict:
     """Features, mu, sigma and metadata of uint8 images: what :func:`save_stats` and
     :func:`save_features` write and what :func:`score` takes as ``reference``."""
     batch = as_uint8_nchw(images, layout)
@@ -71,9 +80,16 @@ def reference_stats(images: np.ndarray | torch.Tensor, *, extractor: InceptionFe
     net = _extractor(extractor, network, allow_unknown, device)
     feats = net.features(batch, batch_size=batch_size, resize=resize, progress=progress)
     mu, sigma = _stats_of(feats)
-    return {"features": feats, "mu": mu, "sigma": sigma, "num": len(feats), "sha1": net.sha1,
-            "resize": resize, "image_shape": tuple(int(s) for s in batch.shape[1:]),
-            "images_per_s": net.last_images_per_s}
+    return {
+        "features": feats,
+        "mu": mu,
+        "sigma": sigma,
+        "num": len(feats),
+        "sha1": net.sha1,
+        "resize": resize,
+        "image_shape": tuple(int(s) for s in batch.shape[1:]),
+        "images_per_s": net.last_images_per_s,
+    }
 
 
 def _meta_arrays(stats: dict) -> dict:
@@ -94,8 +110,14 @@ def save_stats(path: str | Path, stats: dict) -> Path:
     """Write ``mu``, ``sigma`` (pytorch-fid's .npz layout) and our metadata to `path`."""
     if stats.get("mu") is None or stats.get("sigma") is None:
         raise UserError("stats to save need mu and sigma")
-    return _write_npz(path, {"mu": np.asarray(stats["mu"], np.float64),
-                             "sigma": np.asarray(stats["sigma"], np.float64), **_meta_arrays(stats)})
+    return _write_npz(
+        path,
+        {
+            "mu": np.asarray(stats["mu"], np.float64),
+            "sigma": np.asarray(stats["sigma"], np.float64),
+            **_meta_arrays(stats),
+        },
+    )
 
 
 def save_features(path: str | Path, stats: dict) -> Path:
@@ -168,13 +190,11 @@ def _check_reference(ref: dict, net: InceptionFeatures, resize: str, image_shape
     if ref.get("resize") is not None and ref["resize"] != resize:
         raise UserError(f"{where} was made with resize {ref['resize']!r}, not {resize!r}: recompute it")
     if ref.get("image_shape") is not None and tuple(ref["image_shape"]) != image_shape:
-        raise UserError(f"images are {image_shape} (C, H, W) but {where} was made from "
-                        f"{tuple(ref['image_shape'])}")
+        raise UserError(f"images are {image_shape} (C, H, W) but {where} was made from {tuple(ref['image_shape'])}")
     return notes
 
 
-def _reference(reference, net: InceptionFeatures, resize: str, batch_size: int,
-               layout: Layout, progress: bool) -> dict:
+def _reference(reference, net: InceptionFeatures, resize: str, batch_size: int, layout: Layout, progress: bool) -> dict:
     """A reference dict from a path, a dict, or uint8 images."""
     if isinstance(reference, (str, Path)):
         return load_stats(reference)
@@ -184,12 +204,14 @@ def _reference(reference, net: InceptionFeatures, resize: str, batch_size: int,
         if reference.get("mu") is None:
             reference = {**reference, **dict(zip(("mu", "sigma"), _stats_of(reference["features"])))}
         return reference
-    return reference_stats(reference, extractor=net, resize=resize, batch_size=batch_size,
-                           layout=layout, progress=progress)
+    return reference_stats(
+        reference, extractor=net, resize=resize, batch_size=batch_size, layout=layout, progress=progress
+    )
 
 
-def _check_request(wanted: list[str], metrics: Sequence[str], resize: str, num: int,
-                   kid_subsets: int, kid_subset_size: int, k: int) -> None:
+def _check_request(
+    wanted: list[str], metrics: Sequence[str], resize: str, num: int, kid_subsets: int, kid_subset_size: int, k: int
+) -> None:
     """Refuse a bad request before any feature is computed (that takes minutes on a CPU)."""
     if not wanted or any(m not in METRICS for m in wanted):
         raise UserError(f"metrics must be some of {', '.join(METRICS)}, got {list(metrics)}")
@@ -203,15 +225,15 @@ def _check_request(wanted: list[str], metrics: Sequence[str], resize: str, num: 
         raise UserError(f"{', '.join(wanted)} need at least {least} images, got {num}")
 
 
-def _metrics(wanted: list[str], feats: np.ndarray, ref: dict, kid_subsets: int,
-             kid_subset_size: int, k: int, seed: int) -> dict:
+def _metrics(
+    wanted: list[str], feats: np.ndarray, ref: dict, kid_subsets: int, kid_subset_size: int, k: int, seed: int
+) -> dict:
     """The requested metrics of generated features against the reference."""
     out: dict = {}
     if "fid" in wanted:
         out["fid"] = gaussian_frechet_distance(*_stats_of(feats), ref["mu"], ref["sigma"])
     if "kid" in wanted:
-        out["kid"], out["kid_stderr"] = kid_with_stderr(feats, ref["features"], kid_subsets,
-                                                        kid_subset_size, seed)
+        out["kid"], out["kid_stderr"] = kid_with_stderr(feats, ref["features"], kid_subsets, kid_subset_size, seed)
         out["kid_subset_size"] = min(kid_subset_size, len(feats), len(ref["features"]))
         out["kid_subsets"] = kid_subsets
     if "pr" in wanted:
@@ -220,11 +242,24 @@ def _metrics(wanted: list[str], feats: np.ndarray, ref: dict, kid_subsets: int,
     return out
 
 
-def score(images: np.ndarray | torch.Tensor, reference, metrics: Sequence[str] = ("fid",), *,
-          extractor: InceptionFeatures | None = None, network: str | Path | None = None,
-          allow_unknown: bool = False, resize: str = "pytorch-fid", batch_size: int = 50,
-          layout: Layout = "NCHW", kid_subsets: int = 100, kid_subset_size: int = 1000,
-          k: int = 3, seed: int = 0, device: str = "cpu", progress: bool = False) -> dict:
+def score(
+    images: np.ndarray | torch.Tensor,
+    reference,
+    metrics: Sequence[str] = ("fid",),
+    *,
+    extractor: InceptionFeatures | None = None,
+    network: str | Path | None = None,
+    allow_unknown: bool = False,
+    resize: str = "pytorch-fid",
+    batch_size: int = 50,
+    layout: Layout = "NCHW",
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    k: int = 3,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+) -> dict:
     """Scores of uint8 images against `reference`, as a JSON-ready dict.
 
     ``metrics``: any of "fid", "kid" (adds kid_stderr), "pr" (precision and recall with
@@ -239,15 +274,23 @@ def score(images: np.ndarray | torch.Tensor, reference, metrics: Sequence[str] =
     ref = _reference(reference, net, resize, batch_size, layout, progress)
     needs_features = [m for m in wanted if m != "fid"]
     if needs_features and ref.get("features") is None:
-        raise UserError(f"{', '.join(needs_features)} need reference features (a features cache "
-                        "or images); a stats file has only mu and sigma")
+        raise UserError(
+            f"{', '.join(needs_features)} need reference features (a features cache "
+            "or images); a stats file has only mu and sigma"
+        )
     notes = _check_reference(ref, net, resize, tuple(int(s) for s in batch.shape[1:]))
     feats = net.features(batch, batch_size=batch_size, resize=resize, progress=progress)
     if ref["mu"].shape[0] != feats.shape[1]:
         raise UserError(f"the reference has {ref['mu'].shape[0]}-d features, the network gives {feats.shape[1]}")
-    out = {"num": len(feats), "num_reference": ref.get("num"), "network_sha1": net.sha1,
-           "network_known": net.known, "resize": resize, "images_per_s": net.last_images_per_s,
-           **_metrics(wanted, feats, ref, kid_subsets, kid_subset_size, k, seed)}
+    out = {
+        "num": len(feats),
+        "num_reference": ref.get("num"),
+        "network_sha1": net.sha1,
+        "network_known": net.known,
+        "resize": resize,
+        "images_per_s": net.last_images_per_s,
+        **_metrics(wanted, feats, ref, kid_subsets, kid_subset_size, k, seed),
+    }
     notes += [] if net.known else [net.note]
     if notes:
         out["notes"] = notes

@@ -6,8 +6,7 @@ from .embeddings import SinusoidalEmbedding, TimeEmbedding
 from .mlp import MLPConfig, MLPDenoiser
 from .unet import UNet, UNetConfig
 
-__all__ = ["UNet", "UNetConfig", "MLPDenoiser", "MLPConfig", "SinusoidalEmbedding", "TimeEmbedding",
-           "num_parameters"]
+__all__ = ["UNet", "UNetConfig", "MLPDenoiser", "MLPConfig", "SinusoidalEmbedding", "TimeEmbedding", "num_parameters"]
 
 
 def num_parameters(module: nn.Module, trainable_only: bool = False) -> int:

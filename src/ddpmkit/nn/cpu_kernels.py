@@ -56,8 +56,14 @@ class Dropout(nn.Dropout):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Dropout of ``x`` in training mode, ``x`` itself in evaluation mode."""
-        if (self.training and not self.inplace and x.device.type == "cpu" and _dense(x)
-                and 0 < round(self.p * DROP_LEVELS) < DROP_LEVELS and not torch.compiler.is_compiling()):
+        if (
+            self.training
+            and not self.inplace
+            and x.device.type == "cpu"
+            and _dense(x)
+            and 0 < round(self.p * DROP_LEVELS) < DROP_LEVELS
+            and not torch.compiler.is_compiling()
+        ):
             return cpu_dropout(x, self.p)
         return super().forward(x)
 
@@ -126,8 +132,12 @@ class GroupNorm(nn.GroupNorm):
         """Same result and memory format as nn.GroupNorm."""
         if torch.compiler.is_compiling():  # the compiler fuses the plain op; the detours only break graphs
             return super().forward(x)
-        if (x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous()
-                and x.is_contiguous(memory_format=torch.channels_last)):
+        if (
+            x.device.type == "cpu"
+            and x.dim() == 4
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+        ):
             pixel_split = x.shape[2] * x.shape[3] >= _CPU_CL_NORM_PIXEL_SPLIT
             if x.dtype in (torch.bfloat16, torch.float16):
                 if pixel_split and not self._differentiable(x):  # a forward only: PyTorch's kernel wins
@@ -136,8 +146,14 @@ class GroupNorm(nn.GroupNorm):
                 weight = None if self.weight is None else self.weight.float()  # no copy unless cast to half
                 bias = None if self.bias is None else self.bias.float()
                 return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
-            if (x.dtype == torch.float32 and self.affine and torch.is_grad_enabled() and pixel_split
-                    and self.weight.dtype == torch.float32 and _native_cl_norm_backward_is_slow()):
+            if (
+                x.dtype == torch.float32
+                and self.affine
+                and torch.is_grad_enabled()
+                and pixel_split
+                and self.weight.dtype == torch.float32
+                and _native_cl_norm_backward_is_slow()
+            ):
                 return _ChannelsLastGroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps)
         return super().forward(x)
 
@@ -160,7 +176,10 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Multi-head attention [B, heads, L, d] by the fastest kernel for the device and length."""
-    if (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
-            and q.shape[-2] <= _CPU_MATH_ATTENTION_MAX_TOKENS):
+    if (
+        q.device.type == "cpu"
+        and q.dtype in (torch.bfloat16, torch.float16)
+        and q.shape[-2] <= _CPU_MATH_ATTENTION_MAX_TOKENS
+    ):
         return math_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)

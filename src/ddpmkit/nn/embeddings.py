@@ -80,8 +80,10 @@ def check_conditioning(x: torch.Tensor, t, y, null_class: int | None) -> torch.T
             raise ValueError(f"y must be one integer label per example, shape ({x.shape[0]},), got {got}")
         checkable = y.device.type == "cpu" and y.numel() and not torch.compiler.is_compiling()
         if checkable and not (0 <= int(y.min()) and int(y.max()) <= null_class):
-            raise ValueError(f"labels y must lie in [0, {null_class}] ({null_class}: the null label), "
-                             f"got values from {int(y.min())} to {int(y.max())}")
+            raise ValueError(
+                f"labels y must lie in [0, {null_class}] ({null_class}: the null label), "
+                f"got values from {int(y.min())} to {int(y.max())}"
+            )
     if not isinstance(t, torch.Tensor):
         return torch.full((x.shape[0],), t, device=x.device)
     return t.expand(x.shape[0]) if t.ndim == 0 else t

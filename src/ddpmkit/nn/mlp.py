@@ -50,7 +50,7 @@ class MLPConfig:
         return to_dict(self, with_kind=False)
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "MLPConfig":
+    def from_dict(cls, d: Mapping) -> MLPConfig:
         """Build from a dict; unknown keys and wrong types raise UserError."""
         return from_dict(cls, d)
 
@@ -83,8 +83,7 @@ class MLPDenoiser(nn.Module):
         # label num_classes is the null ("no class") label of classifier-free guidance
         self.null_class: int | None = cfg.num_classes
         self.time_embedding = TimeEmbedding(cfg.time_emb_dim, cfg.hidden, cfg.time_emb_scale)
-        self.class_embedding = (nn.Embedding(cfg.num_classes + 1, cfg.hidden)
-                                if cfg.num_classes is not None else None)
+        self.class_embedding = nn.Embedding(cfg.num_classes + 1, cfg.hidden) if cfg.num_classes is not None else None
         self.in_proj = nn.Linear(cfg.dim, cfg.hidden)
         self.blocks = nn.ModuleList([_Block(cfg.hidden) for _ in range(cfg.depth)])
         self.out_norm = nn.LayerNorm(cfg.hidden)

@@ -52,26 +52,47 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        for name in ("in_channels", "base_channels", "num_res_blocks", "num_groups",
-                     "head_channels", "out_channels", "time_emb_dim", "num_classes"):
+        for name in (
+            "in_channels",
+            "base_channels",
+            "num_res_blocks",
+            "num_groups",
+            "head_channels",
+            "out_channels",
+            "time_emb_dim",
+            "num_classes",
+        ):
             value = getattr(self, name)
             require(value is None or value >= 1, f"model.{name}", "a positive integer", value)
         object.__setattr__(self, "image_size", check_image_size(self.image_size, "model.image_size"))
-        require(len(self.channel_mults) > 0 and min(self.channel_mults) > 0, "model.channel_mults",
-                "a non-empty list of positive integers", list(self.channel_mults))
-        require(all(r > 0 for r in self.attention_resolutions), "model.attention_resolutions",
-                "a list of positive sizes", list(self.attention_resolutions))
+        require(
+            len(self.channel_mults) > 0 and min(self.channel_mults) > 0,
+            "model.channel_mults",
+            "a non-empty list of positive integers",
+            list(self.channel_mults),
+        )
+        require(
+            all(r > 0 for r in self.attention_resolutions),
+            "model.attention_resolutions",
+            "a list of positive sizes",
+            list(self.attention_resolutions),
+        )
         require(0.0 <= self.dropout < 1.0, "model.dropout", "in [0, 1)", self.dropout)
         require(self.time_emb_scale > 0, "model.time_emb_scale", "positive", self.time_emb_scale)
         require(self.initial_pad >= 0, "model.initial_pad", "at least 0", self.initial_pad)
         require(self.base_channels % 2 == 0, "model.base_channels", "even (sinusoidal table)", self.base_channels)
-        require(0 <= self.time_freq_shift < self.base_channels // 2, "model.time_freq_shift",
-                f"in [0, {self.base_channels // 2}) (half the sinusoidal table)", self.time_freq_shift)
+        require(
+            0 <= self.time_freq_shift < self.base_channels // 2,
+            "model.time_freq_shift",
+            f"in [0, {self.base_channels // 2}) (half the sinusoidal table)",
+            self.time_freq_shift,
+        )
         require(self.downsample_padding in (0, 1), "model.downsample_padding", "0 or 1", self.downsample_padding)
         require(0 < self.norm_eps < 1, "model.norm_eps", "in (0, 1)", self.norm_eps)
         for ch in [self.base_channels, *self.level_channels()]:
-            require(ch % self.num_groups == 0, "model.num_groups", f"a divisor of the channel count {ch}",
-                    self.num_groups)
+            require(
+                ch % self.num_groups == 0, "model.num_groups", f"a divisor of the channel count {ch}", self.num_groups
+            )
         self._check_levels()
 
     def _check_levels(self) -> None:
@@ -79,23 +100,38 @@ class UNetConfig:
         factor = 2 ** (len(self.channel_mults) - 1)
         size = self.resolved_image_size if self.square else list(self.resolved_image_size)  # as the user writes it
         if self.square:
-            require(self.padded_hw[0] % factor == 0, "model.image_size", f"such that image_size + 2*initial_pad is "
-                    f"divisible by {factor} (2 ** (len(channel_mults) - 1))", size)
+            require(
+                self.padded_hw[0] % factor == 0,
+                "model.image_size",
+                f"such that image_size + 2*initial_pad is divisible by {factor} (2 ** (len(channel_mults) - 1))",
+                size,
+            )
         else:
-            require(all(s % factor == 0 for s in self.padded_hw), "model.image_size", f"[H, W] such that H + "
-                    f"2*initial_pad and W + 2*initial_pad are divisible by {factor} (2 ** (len(channel_mults) - 1))",
-                    size)
+            require(
+                all(s % factor == 0 for s in self.padded_hw),
+                "model.image_size",
+                f"[H, W] such that H + "
+                f"2*initial_pad and W + 2*initial_pad are divisible by {factor} (2 ** (len(channel_mults) - 1))",
+                size,
+            )
         levels = self.level_resolutions()
         named = "sizes of levels" if self.square else "sizes of levels, each the smaller side of its feature map"
         for r in self.attention_resolutions:
-            require(r in levels, "model.attention_resolutions", f"{named} ({', '.join(map(str, levels))} "
-                    f"for image_size {size})",
-                    list(self.attention_resolutions))
+            require(
+                r in levels,
+                "model.attention_resolutions",
+                f"{named} ({', '.join(map(str, levels))} for image_size {size})",
+                list(self.attention_resolutions),
+            )
         attn_channels = [ch for ch, r in zip(self.level_channels(), levels) if r in self.attention_resolutions]
         for ch in [*attn_channels, self.level_channels()[-1]]:  # the middle always has attention
             heads = max(1, ch // self.head_channels)
-            require(ch % heads == 0, "model.head_channels", f"such that {ch} channels split into {heads} "
-                    f"attention heads", self.head_channels)
+            require(
+                ch % heads == 0,
+                "model.head_channels",
+                f"such that {ch} channels split into {heads} attention heads",
+                self.head_channels,
+            )
 
     def level_channels(self) -> list[int]:
         """Channel count of each level."""
@@ -153,7 +189,7 @@ class UNetConfig:
         return to_dict(self, with_kind=False)
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "UNetConfig":
+    def from_dict(cls, d: Mapping) -> UNetConfig:
         """Build from a dict; unknown keys and wrong types raise UserError."""
         return from_dict(cls, d)
 
@@ -188,8 +224,17 @@ class AttentionBlock(nn.Module):
 class ResidualBlock(nn.Module):
     """GroupNorm-SiLU-conv, + time (and class) bias, GroupNorm-SiLU-dropout-conv, + skip; then attention."""
 
-    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, class_rows: int | None,
-                 dropout: float, num_groups: int, attention: nn.Module | None = None, eps: float = 1e-5):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_dim: int,
+        class_rows: int | None,
+        dropout: float,
+        num_groups: int,
+        attention: nn.Module | None = None,
+        eps: float = 1e-5,
+    ):
         super().__init__()
         self.norm1 = GroupNorm(num_groups, in_channels, eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
@@ -305,8 +350,10 @@ class UNet(nn.Module):
         t = check_conditioning(x, t, y, self.null_class)
         factor = 2 ** (len(self.config.channel_mults) - 1)
         if x.dim() != 4 or any((s + 2 * self.config.initial_pad) % factor for s in x.shape[2:]):
-            raise ValueError(f"the UNet needs [B, C, H, W] input with H and W (+ 2 * initial_pad) divisible by "
-                             f"{factor}, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"the UNet needs [B, C, H, W] input with H and W (+ 2 * initial_pad) divisible by "
+                f"{factor}, got shape {tuple(x.shape)}"
+            )
         ip = self.config.initial_pad
         if ip:
             x = F.pad(x, (ip, ip, ip, ip))

@@ -28,7 +28,20 @@ _MODULES = {
     "outputs": ("check_output", "write_samples", "write_trajectory"),
 }
 
-__all__ = ["Run", "Samples", "train", "start_training", "prepare", "resumed_config", "evaluate_bpd",
-           "eval_dataset", "parse_labels", "class_names_of", "check_output", "write_samples", "write_trajectory"]
+__all__ = [
+    "Run",
+    "Samples",
+    "train",
+    "start_training",
+    "prepare",
+    "resumed_config",
+    "evaluate_bpd",
+    "eval_dataset",
+    "parse_labels",
+    "class_names_of",
+    "check_output",
+    "write_samples",
+    "write_trajectory",
+]
 
 __getattr__, __dir__ = lazy_names(__name__, _MODULES)

@@ -19,8 +19,16 @@ from .build import build_dataset
 __all__ = ["evaluate_bpd", "eval_dataset"]
 
 
-def evaluate_bpd(run, *, split: Split = "test", data: str | None = None, num: int | None = None,
-                 batch_size: int = 256, seed: int = 0, progress: bool = False) -> dict:
+def evaluate_bpd(
+    run,
+    *,
+    split: Split = "test",
+    data: str | None = None,
+    num: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
     """The bound in bits/dim (mean and standard error) with its prior and decoder parts, as a JSON-ready dict.
 
     ``data``: a directory of other images to measure (a folder of held-out images for a folder run,
@@ -83,8 +91,9 @@ def eval_dataset(run, split: Split, root: str | None):
     folder = cfg.data.kind == "folder"
     if root is None:
         if folder and split != "train":
-            raise UserError("a folder run has no test split: pass --data DIR (a folder of held-out images) "
-                            "or --split train")
+            raise UserError(
+                "a folder run has no test split: pass --data DIR (a folder of held-out images) or --split train"
+            )
         return build_dataset(cfg.data, split), f"{split} split"
     if cfg.data.kind not in ("folder", "cifar10", "mnist"):
         raise UserError(f"--data applies to folder, cifar10 and mnist runs; the {cfg.data.kind} data has no directory")
@@ -102,12 +111,15 @@ def eval_dataset(run, split: Split, root: str | None):
 def _relabel(data, names: list[str] | None, root: str):
     """A folder's labels renumbered to the run's: sub-folder ``name`` gets the label the run gave it."""
     if names is None:
-        raise UserError("this checkpoint does not record its class names (it predates them), so the class "
-                        f"sub-folders under {root} cannot be matched to its labels")
+        raise UserError(
+            "this checkpoint does not record its class names (it predates them), so the class "
+            f"sub-folders under {root} cannot be matched to its labels"
+        )
     index = {name: i for i, name in enumerate(names)}
     for name in data.class_names:
         if name not in index:
-            raise UserError(f"class sub-folder {name!r} under {root} is not a class of this run "
-                            f"(its classes: {', '.join(names)})")
+            raise UserError(
+                f"class sub-folder {name!r} under {root} is not a class of this run (its classes: {', '.join(names)})"
+            )
     relabel = torch.tensor([index[name] for name in data.class_names])
     return dataclasses.replace(data, labels=relabel[data.labels], num_classes=len(names), class_names=names)

@@ -22,8 +22,14 @@ def build_dataset(cfg: DataConfig, split: str = "train", seed: int = 0):
 
     if isinstance(cfg, Toy2DData):
         return load_dataset("toy2d", split=split, toy2d=cfg.distribution, num_samples=cfg.num_samples, seed=seed)
-    return load_dataset(cfg.kind, root=getattr(cfg, "root", None), image_size=cfg.image_size, split=split,
-                        class_labels=getattr(cfg, "class_labels", False), channels=cfg.channels)
+    return load_dataset(
+        cfg.kind,
+        root=getattr(cfg, "root", None),
+        image_size=cfg.image_size,
+        split=split,
+        class_labels=getattr(cfg, "class_labels", False),
+        channels=cfg.channels,
+    )
 
 
 def resolve_model_config(cfg: ExperimentConfig, dataset) -> ExperimentConfig:
@@ -61,8 +67,10 @@ def check_state_dict(cfg: ModelConfig, state: dict, where: str) -> None:
         if key not in expected:
             raise UserError(f"{where} has a tensor {key!r} that the network of its config does not have")
         if tuple(state[key].shape) != expected[key]:
-            raise UserError(f"{where}: tensor {key!r} has shape {tuple(state[key].shape)}, the network of its "
-                            f"config needs {expected[key]}")
+            raise UserError(
+                f"{where}: tensor {key!r} has shape {tuple(state[key].shape)}, the network of its "
+                f"config needs {expected[key]}"
+            )
 
 
 def build_betas(cfg: DiffusionConfig) -> torch.Tensor:

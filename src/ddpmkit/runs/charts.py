@@ -43,11 +43,22 @@ def _label(v: float) -> str:
     return f"{v:.3g}" if v != 0 else "0"
 
 
-def line_chart(xs: list[float], series: list[tuple[str, list[float], str, float]], *, log_y: bool = False,
-               x_label: str = "step", y_label: str = "", title: str = "") -> str:
+def line_chart(
+    xs: list[float],
+    series: list[tuple[str, list[float], str, float]],
+    *,
+    log_y: bool = False,
+    x_label: str = "step",
+    y_label: str = "",
+    title: str = "",
+) -> str:
     """An <svg> element: ``series`` is (name, ys, colour, stroke width); non-positive ys are dropped on a log axis."""
-    points = [(x, y) for _, ys, _, _ in series for x, y in zip(xs, ys)
-              if y is not None and math.isfinite(y) and (y > 0 or not log_y)]
+    points = [
+        (x, y)
+        for _, ys, _, _ in series
+        for x, y in zip(xs, ys)
+        if y is not None and math.isfinite(y) and (y > 0 or not log_y)
+    ]
     if not points:
         return f'<p class="empty">no values to plot for {escape(title or y_label)}</p>'
     x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
@@ -59,27 +70,42 @@ def line_chart(xs: list[float], series: list[tuple[str, list[float], str, float]
     fy = math.log10 if log_y else float
     sx = lambda x: _LEFT + (x - x0) / (x1 - x0) * (_W - _LEFT - _RIGHT)  # noqa: E731
     sy = lambda y: _H - _BOTTOM - (fy(y) - fy(y0)) / (fy(y1) - fy(y0)) * (_H - _TOP - _BOTTOM)  # noqa: E731
-    parts = [f'<svg class="chart" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" '
-             f'aria-label="{escape(title)}">',
-             f'<rect x="{_LEFT}" y="{_TOP}" width="{_W - _LEFT - _RIGHT}" height="{_H - _TOP - _BOTTOM}" '
-             'fill="#fff" stroke="#999"/>']
-    for t in (_log_ticks(y0, y1) if log_y else nice_ticks(y0, y1)):
+    parts = [
+        f'<svg class="chart" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" '
+        f'aria-label="{escape(title)}">',
+        f'<rect x="{_LEFT}" y="{_TOP}" width="{_W - _LEFT - _RIGHT}" height="{_H - _TOP - _BOTTOM}" '
+        'fill="#fff" stroke="#999"/>',
+    ]
+    for t in _log_ticks(y0, y1) if log_y else nice_ticks(y0, y1):
         y = sy(t)
-        parts.append(f'<line x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e4e4"/>'
-                     f'<text x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_label(t)}</text>')
+        parts.append(
+            f'<line x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e4e4"/>'
+            f'<text x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_label(t)}</text>'
+        )
     for t in nice_ticks(x0, x1):
         x = sx(t)
-        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{_TOP}" y2="{_H - _BOTTOM}" stroke="#e4e4e4"/>'
-                     f'<text x="{x:.1f}" y="{_H - _BOTTOM + 16}" text-anchor="middle">{_label(t)}</text>')
+        parts.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{_TOP}" y2="{_H - _BOTTOM}" stroke="#e4e4e4"/>'
+            f'<text x="{x:.1f}" y="{_H - _BOTTOM + 16}" text-anchor="middle">{_label(t)}</text>'
+        )
     parts.append(f'<text x="{(_LEFT + _W - _RIGHT) / 2}" y="{_H - 6}" text-anchor="middle">{escape(x_label)}</text>')
-    parts.append(f'<text x="14" y="{(_TOP + _H - _BOTTOM) / 2}" text-anchor="middle" '
-                 f'transform="rotate(-90 14 {(_TOP + _H - _BOTTOM) / 2})">{escape(y_label)}</text>')
+    parts.append(
+        f'<text x="14" y="{(_TOP + _H - _BOTTOM) / 2}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {(_TOP + _H - _BOTTOM) / 2})">{escape(y_label)}</text>'
+    )
     for k, (name, ys, colour, width) in enumerate(series):
-        pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(xs, ys)
-                       if y is not None and math.isfinite(y) and (y > 0 or not log_y))
-        parts.append(f'<polyline class="series" points="{pts}" fill="none" stroke="{colour}" '
-                     f'stroke-width="{width}"><title>{escape(name)}</title></polyline>')
-        parts.append(f'<text x="{_W - _RIGHT - 8}" y="{_TOP + 16 + 16 * k}" text-anchor="end" '
-                     f'fill="{colour}">{escape(name)}</text>')
+        pts = " ".join(
+            f"{sx(x):.1f},{sy(y):.1f}"
+            for x, y in zip(xs, ys)
+            if y is not None and math.isfinite(y) and (y > 0 or not log_y)
+        )
+        parts.append(
+            f'<polyline class="series" points="{pts}" fill="none" stroke="{colour}" '
+            f'stroke-width="{width}"><title>{escape(name)}</title></polyline>'
+        )
+        parts.append(
+            f'<text x="{_W - _RIGHT - 8}" y="{_TOP + 16 + 16 * k}" text-anchor="end" '
+            f'fill="{colour}">{escape(name)}</text>'
+        )
     parts.append("</svg>")
     return "\n".join(parts)

@@ -69,8 +69,10 @@ def read_images(path: str | Path, run: Run) -> Tensor:
         arr = _read_png(path, "L" if C == 1 else "RGB", "image")[None]
         arr = arr[..., None] if arr.ndim == 3 else arr
     if arr.shape[1:3] != (H, W) or arr.shape[3] != C:
-        raise UserError(f"image {str(path)!r} is {arr.shape[2]}x{arr.shape[1]} with {arr.shape[3]} channel(s); "
-                        f"this run makes {W}x{H} images with {C}")
+        raise UserError(
+            f"image {str(path)!r} is {arr.shape[2]}x{arr.shape[1]} with {arr.shape[3]} channel(s); "
+            f"this run makes {W}x{H} images with {C}"
+        )
     return uint8_to_float(torch.from_numpy(np.array(arr)).permute(0, 3, 1, 2))
 
 
@@ -89,13 +91,17 @@ def read_mask(path: str | Path, run: Run, count: int) -> Tensor:
         arr = _read_png(path, "L", "mask").astype(np.int64)
         bad = arr[(arr != 0) & (arr != 255)]
         if bad.size:
-            raise UserError(f"mask {str(path)!r} must be black (0: generate) and white (255: keep) only, "
-                            f"found the grey value {int(bad[0])}")
+            raise UserError(
+                f"mask {str(path)!r} must be black (0: generate) and white (255: keep) only, "
+                f"found the grey value {int(bad[0])}"
+            )
         m = arr // 255
     m = m[None] if m.ndim == 2 else m
     if m.shape[1:] != (H, W) or m.shape[0] not in (1, count):
-        raise UserError(f"mask {str(path)!r} has shape {tuple(m.shape)}; need [{H}, {W}] (this run's images)"
-                        + (f" or [{count}, {H}, {W}]" if count > 1 else ""))
+        raise UserError(
+            f"mask {str(path)!r} has shape {tuple(m.shape)}; need [{H}, {W}] (this run's images)"
+            + (f" or [{count}, {H}, {W}]" if count > 1 else "")
+        )
     return torch.from_numpy(m.astype(np.float32))[:, None]
 
 
@@ -156,8 +162,9 @@ def _common(num: int, seed: int, batch_size: int, inputs: int) -> None:
 
 
 def _steps(run: Run, sampler: str, steps: int | None) -> int | None:
-    return check_steps(default_steps(sampler, run.config.sample) if steps is None else steps,
-                       run.diffusion.num_timesteps)
+    return check_steps(
+        default_steps(sampler, run.config.sample) if steps is None else steps, run.diffusion.num_timesteps
+    )
 
 
 def _batches(run: Run, inputs: Tensor, num: int, y: Tensor | None, seed: int, batch_size: int, precision):
@@ -177,14 +184,29 @@ def _shown_labels(run: Run, y: Tensor | None) -> Tensor | None:
 
 
 def _rows(shown: Tensor, x: Tensor, num: int) -> list[Tensor]:
-    return [torch.cat([shown[i:i + 1], x[i * num:(i + 1) * num]]) for i in range(len(shown))]
+    return [torch.cat([shown[i : i + 1], x[i * num : (i + 1) * num]]) for i in range(len(shown))]
 
 
 # --------------------------------------------------------------------------- edits
-def inpaint(run: Run, images: Tensor, mask: Tensor, *, num: int = 1, resample: int = 1, jump: int = 1,
-            sampler: SamplerName = "ddpm", steps: int | None = None, eta: float | None = None,
-            spacing: Spacing | None = None, labels: Labels = None, guidance: float | None = None, seed: int = 0,
-            batch_size: int = 256, precision: Precision | None = None, progress: bool = False) -> Edited:
+def inpaint(
+    run: Run,
+    images: Tensor,
+    mask: Tensor,
+    *,
+    num: int = 1,
+    resample: int = 1,
+    jump: int = 1,
+    sampler: SamplerName = "ddpm",
+    steps: int | None = None,
+    eta: float | None = None,
+    spacing: Spacing | None = None,
+    labels: Labels = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    precision: Precision | None = None,
+    progress: bool = False,
+) -> Edited:
     """``num`` RePaint completions of each image where ``mask`` is 0 (see GaussianDiffusion.inpaint)."""
     _image_run(run, "inpainting")
     _common(num, seed, batch_size, len(images))
@@ -199,9 +221,21 @@ def inpaint(run: Run, images: Tensor, mask: Tensor, *, num: int = 1, resample: i
     out = []
     for part, x, yb, gens, amp in _batches(run, images, num, y, seed, batch_size, precision):
         with amp:
-            out.append(run.diffusion.inpaint(run.model, x, masks[part].to(x.device), resample=resample,
-                                             jump_length=jump, y=yb, generator=gens, progress=progress,
-                                             options=opts).float().cpu())
+            out.append(
+                run.diffusion.inpaint(
+                    run.model,
+                    x,
+                    masks[part].to(x.device),
+                    resample=resample,
+                    jump_length=jump,
+                    y=yb,
+                    generator=gens,
+                    progress=progress,
+                    options=opts,
+                )
+                .float()
+                .cpu()
+            )
     x = torch.cat(out)
     m = mask.expand(len(images), *mask.shape[1:])
     sched = repaint_schedule(opts.calls(run.diffusion.num_timesteps), jump, resample)
@@ -209,10 +243,23 @@ def inpaint(run: Run, images: Tensor, mask: Tensor, *, num: int = 1, resample: i
     return Edited(x, _shown_labels(run, y), _rows(images * m, x, num), calls)
 
 
-def edit(run: Run, images: Tensor, strength: float, *, num: int = 1, sampler: SamplerName | None = None,
-         steps: int | None = None, eta: float | None = None, spacing: Spacing | None = None, labels: Labels = None,
-         guidance: float | None = None, seed: int = 0, batch_size: int = 256, precision: Precision | None = None,
-         progress: bool = False) -> Edited:
+def edit(
+    run: Run,
+    images: Tensor,
+    strength: float,
+    *,
+    num: int = 1,
+    sampler: SamplerName | None = None,
+    steps: int | None = None,
+    eta: float | None = None,
+    spacing: Spacing | None = None,
+    labels: Labels = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    precision: Precision | None = None,
+    progress: bool = False,
+) -> Edited:
     """SDEdit: ``num`` edits of each image at ``strength`` in [0, 1] (0: the image, 1: a new sample), any sampler."""
     _image_run(run, "image-to-image editing")
     _common(num, seed, batch_size, len(images))
@@ -229,15 +276,27 @@ def edit(run: Run, images: Tensor, strength: float, *, num: int = 1, sampler: Sa
     out = []
     for _, x, yb, gens, amp in _batches(run, images, num, y, seed, batch_size, precision):
         with amp:
-            out.append(run.diffusion.edit(run.model, x, strength, y=yb, generator=gens, progress=progress,
-                                          options=opts).float().cpu())
+            out.append(
+                run.diffusion.edit(run.model, x, strength, y=yb, generator=gens, progress=progress, options=opts)
+                .float()
+                .cpu()
+            )
     x = torch.cat(out)
     return Edited(x, _shown_labels(run, y), _rows(images, x, num), 0 if kept is None else len(kept))
 
 
-def interpolate(run: Run, *, seeds: Sequence[int] | None = None, images: Tensor | None = None, frames: int = 8,
-                steps: int | None = None, spacing: Spacing | None = None, labels: Labels = None,
-                guidance: float | None = None, precision: Precision | None = None) -> Edited:
+def interpolate(
+    run: Run,
+    *,
+    seeds: Sequence[int] | None = None,
+    images: Tensor | None = None,
+    frames: int = 8,
+    steps: int | None = None,
+    spacing: Spacing | None = None,
+    labels: Labels = None,
+    guidance: float | None = None,
+    precision: Precision | None = None,
+) -> Edited:
     """``frames`` DDIM decodings of slerp between two x_T: the noises of two seeds, or two images' DDIM inversions."""
     _image_run(run, "interpolation")
     if (seeds is None) == (images is None):
@@ -267,8 +326,12 @@ def interpolate(run: Run, *, seeds: Sequence[int] | None = None, images: Tensor 
         yf = None if y is None else y[:1].expand(frames).to(device)
         x = run.diffusion.sample(run.model, tuple(z.shape), y=yf, x_T=z, options=opts).float().cpu()
     row = x if images is None else torch.cat([images[:1], x, images[1:]])
-    return Edited(x, _shown_labels(run, None if y is None else y[:1].expand(frames)), [row],
-                  opts.calls(run.diffusion.num_timesteps))
+    return Edited(
+        x,
+        _shown_labels(run, None if y is None else y[:1].expand(frames)),
+        [row],
+        opts.calls(run.diffusion.num_timesteps),
+    )
 
 
 # --------------------------------------------------------------------------- outputs

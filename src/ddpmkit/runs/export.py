@@ -20,8 +20,16 @@ from ..files import write_bytes, write_text
 from ..options import ExportFormat, check_choice, choices
 from .outputs import check_output
 
-__all__ = ["export_run", "diffusers_refusal", "diffusers_unet_config", "diffusers_state_dict", "diffusers_names",
-           "scheduler_config", "load_safetensors", "FORMATS"]
+__all__ = [
+    "export_run",
+    "diffusers_refusal",
+    "diffusers_unet_config",
+    "diffusers_state_dict",
+    "diffusers_names",
+    "scheduler_config",
+    "load_safetensors",
+    "FORMATS",
+]
 
 FORMATS = choices(ExportFormat)
 _DIFFUSERS_VERSION = "0.42.1"  # the diffusers whose source this mapping was checked against (recorded in the configs)
@@ -34,8 +42,9 @@ def export_run(run_path: str | Path, fmt: ExportFormat, out: str | Path | None =
 
     check_choice("export format", fmt, ExportFormat)
     safetensors = _safetensors()
-    out = check_output(Path(out) if out else _default_out(resolve_checkpoint(run_path), Path(run_path), fmt), force,
-                       folder=True)
+    out = check_output(
+        Path(out) if out else _default_out(resolve_checkpoint(run_path), Path(run_path), fmt), force, folder=True
+    )
     run = Run.load(run_path, device="cpu")
     if fmt == "diffusers":
         reason = diffusers_refusal(run.config)
@@ -48,10 +57,17 @@ def export_run(run_path: str | Path, fmt: ExportFormat, out: str | Path | None =
         write_text(out / "config.json", json.dumps(about, indent=2) + "\n")
         return out
     unet = {"_class_name": "UNet2DModel", "_diffusers_version": _DIFFUSERS_VERSION, **diffusers_unet_config(run.config)}
-    scheduler = {"_class_name": "DDPMScheduler", "_diffusers_version": _DIFFUSERS_VERSION,
-                 **scheduler_config(run.config.diffusion)}
-    index = {"_class_name": "DDPMPipeline", "_diffusers_version": _DIFFUSERS_VERSION,
-             "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDPMScheduler"]}
+    scheduler = {
+        "_class_name": "DDPMScheduler",
+        "_diffusers_version": _DIFFUSERS_VERSION,
+        **scheduler_config(run.config.diffusion),
+    }
+    index = {
+        "_class_name": "DDPMPipeline",
+        "_diffusers_version": _DIFFUSERS_VERSION,
+        "unet": ["diffusers", "UNet2DModel"],
+        "scheduler": ["diffusers", "DDPMScheduler"],
+    }
     weights = safetensors.save(diffusers_state_dict(state, run.config.model), metadata={"format": "pt"})
     write_bytes(out / "unet" / "diffusion_pytorch_model.safetensors", weights)
     write_text(out / "unet" / "config.json", json.dumps(unet, indent=2) + "\n")
@@ -79,14 +95,20 @@ def _about(run) -> dict:
     """What the weights are: ddpmkit's full config, the step, EMA or not, the class names."""
     from ..version import __version__
 
-    return {"ddpmkit_version": __version__, "config": run.config.to_dict(), "step": run.step, "ema": run.ema,
-            "class_names": run.class_names, "checkpoint": str(run.checkpoint)}
+    return {
+        "ddpmkit_version": __version__,
+        "config": run.config.to_dict(),
+        "step": run.step,
+        "ema": run.ema,
+        "class_names": run.class_names,
+        "checkpoint": str(run.checkpoint),
+    }
 
 
 def load_safetensors(folder: str | Path):
     """(network, experiment config) from a ``--format safetensors`` folder; the network in eval mode."""
-    from .build import build_model
     from ..config import config_from_checkpoint
+    from .build import build_model
 
     folder = Path(folder)
     about = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -105,19 +127,26 @@ def diffusers_refusal(cfg) -> str | None:
     if m.kind != "unet":
         return "this run's network is an MLP over 2-D points; diffusers' UNet2DModel models images"
     if m.num_classes is not None:
-        return ("the class label enters every residual block as that block's own learned class bias; "
-                "UNet2DModel adds one class embedding to the time embedding before the blocks' "
-                "SiLU, which cannot express it (an unconditional run, data.conditional: false, exports)")
+        return (
+            "the class label enters every residual block as that block's own learned class bias; "
+            "UNet2DModel adds one class embedding to the time embedding before the blocks' "
+            "SiLU, which cannot express it (an unconditional run, data.conditional: false, exports)"
+        )
     if m.initial_pad:
         return f"model.initial_pad is {m.initial_pad}: UNet2DModel has no pad-and-crop around the network"
     if m.channel_mults[0] != 1:
-        return (f"model.channel_mults starts with {m.channel_mults[0]}: UNet2DModel's first level has the width "
-                "of its input convolution and time table (channel_mults[0] must be 1)")
+        return (
+            f"model.channel_mults starts with {m.channel_mults[0]}: UNet2DModel's first level has the width "
+            "of its input convolution and time table (channel_mults[0] must be 1)"
+        )
     if m.time_emb_scale != 1.0:
         return f"model.time_emb_scale is {m.time_emb_scale}: UNet2DModel's sinusoidal table has no scale"
     if len(_head_dims(m)) != 1:
-        return ("the attention layers have heads of different widths " + str(sorted(_head_dims(m)))
-                + "; UNet2DModel has one attention_head_dim")
+        return (
+            "the attention layers have heads of different widths "
+            + str(sorted(_head_dims(m)))
+            + "; UNet2DModel has one attention_head_dim"
+        )
     return None
 
 
@@ -137,20 +166,33 @@ def diffusers_unet_config(cfg) -> dict:
     m = cfg.model
     attends = _attends(m)
     return {
-        "sample_size": m.resolved_image_size, "in_channels": m.resolved_in_channels,
-        "out_channels": m.resolved_out_channels, "center_input_sample": False,
-        "time_embedding_type": "positional", "time_embedding_dim": m.resolved_time_emb_dim,
-        "freq_shift": m.time_freq_shift, "flip_sin_to_cos": False,  # cat(sin, cos), frequencies 10000^(-k/half)
+        "sample_size": m.resolved_image_size,
+        "in_channels": m.resolved_in_channels,
+        "out_channels": m.resolved_out_channels,
+        "center_input_sample": False,
+        "time_embedding_type": "positional",
+        "time_embedding_dim": m.resolved_time_emb_dim,
+        "freq_shift": m.time_freq_shift,
+        "flip_sin_to_cos": False,  # cat(sin, cos), frequencies 10000^(-k/half)
         "down_block_types": ["AttnDownBlock2D" if a else "DownBlock2D" for a in attends],
         "mid_block_type": "UNetMidBlock2D",
         "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attends)],
-        "block_out_channels": m.level_channels(), "layers_per_block": m.num_res_blocks,
-        "mid_block_scale_factor": 1, "downsample_padding": m.downsample_padding, "downsample_type": "conv",
+        "block_out_channels": m.level_channels(),
+        "layers_per_block": m.num_res_blocks,
+        "mid_block_scale_factor": 1,
+        "downsample_padding": m.downsample_padding,
+        "downsample_type": "conv",
         "upsample_type": "conv",
-        "dropout": m.dropout, "act_fn": "silu", "attention_head_dim": next(iter(_head_dims(m))),
-        "norm_num_groups": m.num_groups, "attn_norm_num_groups": None, "norm_eps": m.norm_eps,
-        "resnet_time_scale_shift": "default", "add_attention": True,
-        "class_embed_type": None, "num_class_embeds": None,
+        "dropout": m.dropout,
+        "act_fn": "silu",
+        "attention_head_dim": next(iter(_head_dims(m))),
+        "norm_num_groups": m.num_groups,
+        "attn_norm_num_groups": None,
+        "norm_eps": m.norm_eps,
+        "resnet_time_scale_shift": "default",
+        "add_attention": True,
+        "class_embed_type": None,
+        "num_class_embeds": None,
     }
 
 
@@ -161,12 +203,17 @@ def scheduler_config(d) -> dict:
     return {
         "num_train_timesteps": d.timesteps,
         "beta_schedule": "linear" if d.schedule == "linear" else "squaredcos_cap_v2",  # informative: trained_betas rule
-        "beta_start": d.beta_start, "beta_end": d.beta_end,
+        "beta_start": d.beta_start,
+        "beta_end": d.beta_end,
         "trained_betas": build_betas(d).tolist(),
         "variance_type": d.variance,  # fixed_large, fixed_small and learned_range mean the same there
-        "clip_sample": d.clip_denoised, "clip_sample_range": 1.0,
+        "clip_sample": d.clip_denoised,
+        "clip_sample_range": 1.0,
         "prediction_type": {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}[d.prediction],
-        "thresholding": False, "timestep_spacing": "leading", "steps_offset": 0, "rescale_betas_zero_snr": False,
+        "thresholding": False,
+        "timestep_spacing": "leading",
+        "steps_offset": 0,
+        "rescale_betas_zero_snr": False,
     }
 
 
@@ -191,14 +238,25 @@ def diffusers_names(m) -> dict[str, str]:
 
     An attention's ``qkv`` is UNet2DModel's ``to_q``, ``to_k`` and ``to_v`` stacked (q rows, k rows, v rows).
     """
-    names = {"init_conv": "conv_in", "time_embedding.1": "time_embedding.linear_1",
-             "time_embedding.3": "time_embedding.linear_2", "out_norm": "conv_norm_out", "out_conv": "conv_out"}
+    names = {
+        "init_conv": "conv_in",
+        "time_embedding.1": "time_embedding.linear_1",
+        "time_embedding.3": "time_embedding.linear_2",
+        "out_norm": "conv_norm_out",
+        "out_conv": "conv_out",
+    }
     names.update(_block_names(m))
     return names
 
 
-_RESNET = {"norm1": "norm1", "conv1": "conv1", "time_bias": "time_emb_proj", "norm2": "norm2", "conv2": "conv2",
-           "skip": "conv_shortcut"}
+_RESNET = {
+    "norm1": "norm1",
+    "conv1": "conv1",
+    "time_bias": "time_emb_proj",
+    "norm2": "norm2",
+    "conv2": "conv2",
+    "skip": "conv_shortcut",
+}
 
 
 def _block_names(m) -> dict[str, str]:

@@ -27,8 +27,15 @@ if TYPE_CHECKING:  # only an annotation: writing files needs no run
 __all__ = ["check_output", "write_samples", "write_trajectory"]
 
 
-def check_output(path: str | Path, force: bool, suffixes: tuple[str, ...] = (), flag: str = "--out", *,
-                 asks: str | None = None, folder: bool = False) -> Path:
+def check_output(
+    path: str | Path,
+    force: bool,
+    suffixes: tuple[str, ...] = (),
+    flag: str = "--out",
+    *,
+    asks: str | None = None,
+    folder: bool = False,
+) -> Path:
     """The output path, a file of one of ``suffixes`` (``asks`` names them in the message, when given) or a
     ``folder``, refused before any work when its type, its directory or what is already there is wrong."""
     path = Path(path)
@@ -71,7 +78,10 @@ def write_trajectory(path: str | Path, samples: Samples) -> Path:
     rows = samples.trajectory
     if not rows:
         raise UserError("these samples were drawn without trajectory=True")
-    strips = [to_uint8(torch.stack([r[part][k].clamp(-1, 1) for r in rows]))
-              for k in range(min(rows[0][1].shape[0], 4)) for part in (1, 2)]
+    strips = [
+        to_uint8(torch.stack([r[part][k].clamp(-1, 1) for r in rows]))
+        for k in range(min(rows[0][1].shape[0], 4))
+        for part in (1, 2)
+    ]
     grid = make_trajectory_grid(strips, padding=1, scale=tile_scale(samples.x.shape[-1]))
     return save_png(path, grid)

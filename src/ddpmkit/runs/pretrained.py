@@ -34,28 +34,68 @@ from .export import diffusers_names
 from .outputs import check_output
 from .rundir import RunDir
 
-__all__ = ["Pretrained", "import_diffusers", "read_diffusers", "run_fields_from_diffusers", "find_diffusers_folder",
-           "is_diffusers_folder", "is_diffusers_source", "unet_config_from_diffusers", "state_from_diffusers",
-           "diffusion_from_scheduler", "UNET_DEFAULTS", "SCHEDULER_DEFAULTS"]
+__all__ = [
+    "Pretrained",
+    "import_diffusers",
+    "read_diffusers",
+    "run_fields_from_diffusers",
+    "find_diffusers_folder",
+    "is_diffusers_folder",
+    "is_diffusers_source",
+    "unet_config_from_diffusers",
+    "state_from_diffusers",
+    "diffusion_from_scheduler",
+    "UNET_DEFAULTS",
+    "SCHEDULER_DEFAULTS",
+]
 
 # UNet2DModel's and DDPMScheduler's constructor defaults (diffusers 0.42.1): a key a config leaves out has these
 UNET_DEFAULTS: dict[str, Any] = {
-    "sample_size": None, "in_channels": 3, "out_channels": 3, "center_input_sample": False,
-    "time_embedding_type": "positional", "time_embedding_dim": None, "freq_shift": 0, "flip_sin_to_cos": True,
+    "sample_size": None,
+    "in_channels": 3,
+    "out_channels": 3,
+    "center_input_sample": False,
+    "time_embedding_type": "positional",
+    "time_embedding_dim": None,
+    "freq_shift": 0,
+    "flip_sin_to_cos": True,
     "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"],
     "mid_block_type": "UNetMidBlock2D",
     "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
-    "block_out_channels": [224, 448, 672, 896], "layers_per_block": 2, "mid_block_scale_factor": 1,
-    "downsample_padding": 1, "downsample_type": "conv", "upsample_type": "conv", "dropout": 0.0, "act_fn": "silu",
-    "attention_head_dim": 8, "norm_num_groups": 32, "attn_norm_num_groups": None, "norm_eps": 1e-5,
-    "resnet_time_scale_shift": "default", "add_attention": True, "class_embed_type": None, "num_class_embeds": None,
+    "block_out_channels": [224, 448, 672, 896],
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "downsample_padding": 1,
+    "downsample_type": "conv",
+    "upsample_type": "conv",
+    "dropout": 0.0,
+    "act_fn": "silu",
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+    "attn_norm_num_groups": None,
+    "norm_eps": 1e-5,
+    "resnet_time_scale_shift": "default",
+    "add_attention": True,
+    "class_embed_type": None,
+    "num_class_embeds": None,
     "num_train_timesteps": None,
 }
 SCHEDULER_DEFAULTS: dict[str, Any] = {
-    "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
-    "trained_betas": None, "variance_type": "fixed_small", "clip_sample": True, "prediction_type": "epsilon",
-    "thresholding": False, "dynamic_thresholding_ratio": 0.995, "clip_sample_range": 1.0, "sample_max_value": 1.0,
-    "timestep_spacing": "leading", "steps_offset": 0, "rescale_betas_zero_snr": False,
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "variance_type": "fixed_small",
+    "clip_sample": True,
+    "prediction_type": "epsilon",
+    "thresholding": False,
+    "dynamic_thresholding_ratio": 0.995,
+    "clip_sample_range": 1.0,
+    "sample_max_value": 1.0,
+    "timestep_spacing": "leading",
+    "steps_offset": 0,
+    "rescale_betas_zero_snr": False,
 }
 _WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
@@ -121,9 +161,11 @@ def find_diffusers_folder(src: str | Path) -> Path:
             snap = _snapshot(cache / f"models--{name.replace('/', '--')}") if cache.is_dir() else None
             if snap is not None and is_diffusers_folder(snap):
                 return snap
-        raise UserError(f"{name!r} is not a folder and not in the local Hugging Face cache ({_cache_dirs()[-1]}); "
-                        f"ddpmkit never downloads: put the DDPMPipeline folder (model_index.json, unet/, "
-                        f"scheduler/) on this machine and pass its path")
+        raise UserError(
+            f"{name!r} is not a folder and not in the local Hugging Face cache ({_cache_dirs()[-1]}); "
+            f"ddpmkit never downloads: put the DDPMPipeline folder (model_index.json, unet/, "
+            f"scheduler/) on this machine and pass its path"
+        )
     raise UserError(f"no such folder: {str(src)!r}")
 
 
@@ -199,8 +241,12 @@ def _files(folder: Path) -> tuple[Path, dict[str, str]]:
         sharded = any((folder / "unet").glob("*.index.json"))
         what = "sharded weights, which ddpmkit does not read" if sharded else "no " + " or ".join(_WEIGHTS)
         raise UserError(f"{folder / 'unet'} has {what}")
-    paths = [folder / "model_index.json", folder / "unet" / "config.json", weights,
-             folder / "scheduler" / "scheduler_config.json"]
+    paths = [
+        folder / "model_index.json",
+        folder / "unet" / "config.json",
+        weights,
+        folder / "scheduler" / "scheduler_config.json",
+    ]
     sums = {}
     for path in paths:
         if path.is_file():
@@ -220,10 +266,15 @@ _UNET_FIXED = {  # settings that must have this value, and why
     "time_embedding_type": ("positional", "ddpmkit's time embedding is the sinusoidal table"),
     "center_input_sample": (False, "ddpmkit's network takes x_t as it is"),
     "class_embed_type": (None, "ddpmkit has no class embedding added to the time embedding"),
-    "num_class_embeds": (None, "UNet2DModel adds the class embedding to the time embedding before the blocks' SiLU; "
-                               "ddpmkit's class label is each residual block's own bias, which cannot express it"),
-    "resnet_time_scale_shift": ("default", "ddpmkit's residual blocks add the time embedding as a bias (no "
-                                           "scale-shift normalisation)"),
+    "num_class_embeds": (
+        None,
+        "UNet2DModel adds the class embedding to the time embedding before the blocks' SiLU; "
+        "ddpmkit's class label is each residual block's own bias, which cannot express it",
+    ),
+    "resnet_time_scale_shift": (
+        "default",
+        "ddpmkit's residual blocks add the time embedding as a bias (no scale-shift normalisation)",
+    ),
     "mid_block_type": ("UNetMidBlock2D", "ddpmkit's middle is residual block, attention, residual block"),
     "add_attention": (True, "ddpmkit's middle always has attention"),
     "mid_block_scale_factor": (1, "ddpmkit's middle blocks do not rescale their output"),
@@ -236,8 +287,11 @@ def _check_unet(c: dict) -> None:
     """Refuse, with one line naming it, every setting whose computation ddpmkit's UNet does not have."""
     unknown = [k for k in c if not k.startswith("_") and k not in UNET_DEFAULTS]
     if unknown:
-        raise _refuse(f"unet setting {unknown[0]!r}", c[unknown[0]], "this ddpmkit does not know it (its mapping "
-                      "was checked against diffusers 0.42.1)")
+        raise _refuse(
+            f"unet setting {unknown[0]!r}",
+            c[unknown[0]],
+            "this ddpmkit does not know it (its mapping was checked against diffusers 0.42.1)",
+        )
     if c.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise _refuse("unet _class_name", c["_class_name"], "ddpmkit maps UNet2DModel only")
     for key, (value, why) in _UNET_FIXED.items():
@@ -246,8 +300,11 @@ def _check_unet(c: dict) -> None:
     if c["act_fn"] not in ("silu", "swish"):
         raise _refuse("act_fn", c["act_fn"], "ddpmkit's blocks use SiLU")
     if c["attn_norm_num_groups"] not in (None, c["norm_num_groups"]):
-        raise _refuse("attn_norm_num_groups", c["attn_norm_num_groups"], "ddpmkit's attention normalises with "
-                      "norm_num_groups groups")
+        raise _refuse(
+            "attn_norm_num_groups",
+            c["attn_norm_num_groups"],
+            "ddpmkit's attention normalises with norm_num_groups groups",
+        )
     if c["downsample_padding"] not in (0, 1):
         raise _refuse("downsample_padding", c["downsample_padding"], "ddpmkit pads by 1, or (0) right and below")
     down, up, widths = list(c["down_block_types"]), list(c["up_block_types"]), list(c["block_out_channels"])
@@ -293,12 +350,21 @@ def unet_config_from_diffusers(config: dict, out_channels: int | None = None) ->
     if isinstance(shift, bool) or not float(shift).is_integer() or not 0 <= shift < widths[0] // 2:
         raise _refuse("freq_shift", shift, f"ddpmkit's shift is a whole number in [0, {widths[0] // 2})")
     return UNetConfig(
-        in_channels=c["in_channels"], base_channels=widths[0], channel_mults=tuple(x // widths[0] for x in widths),
-        num_res_blocks=c["layers_per_block"], dropout=float(c["dropout"]), num_groups=c["norm_num_groups"],
+        in_channels=c["in_channels"],
+        base_channels=widths[0],
+        channel_mults=tuple(x // widths[0] for x in widths),
+        num_res_blocks=c["layers_per_block"],
+        dropout=float(c["dropout"]),
+        num_groups=c["norm_num_groups"],
         attention_resolutions=tuple(min(h, w) // 2**i for i, a in enumerate(attends) if a),
-        image_size=size, out_channels=out_channels if out_channels is not None else c["out_channels"],
-        time_emb_dim=c["time_embedding_dim"], head_channels=_head_channels(c, widths, attends),
-        time_freq_shift=int(shift), downsample_padding=c["downsample_padding"], norm_eps=float(c["norm_eps"]))
+        image_size=size,
+        out_channels=out_channels if out_channels is not None else c["out_channels"],
+        time_emb_dim=c["time_embedding_dim"],
+        head_channels=_head_channels(c, widths, attends),
+        time_freq_shift=int(shift),
+        downsample_padding=c["downsample_padding"],
+        norm_eps=float(c["norm_eps"]),
+    )
 
 
 def _renamed(key: str) -> str:
@@ -309,8 +375,9 @@ def _renamed(key: str) -> str:
     return key
 
 
-def state_from_diffusers(theirs: dict[str, Tensor], m: UNetConfig, flip_sin_to_cos: bool,
-                         where: str) -> dict[str, Tensor]:
+def state_from_diffusers(
+    theirs: dict[str, Tensor], m: UNetConfig, flip_sin_to_cos: bool, where: str
+) -> dict[str, Tensor]:
     """Our UNet's state dict from UNet2DModel's, through ``export.diffusers_names``; every tensor used once."""
     theirs = {_renamed(k): v for k, v in theirs.items()}
     names = diffusers_names(m)
@@ -323,8 +390,10 @@ def state_from_diffusers(theirs: dict[str, Tensor], m: UNetConfig, flip_sin_to_c
         if key not in theirs:
             raise UserError(f"{where} lacks the tensor {key!r} of the UNet its config describes")
         if tuple(theirs[key].shape) != shape:
-            raise UserError(f"{where}: tensor {key!r} has shape {tuple(theirs[key].shape)}, the UNet its config "
-                            f"describes needs {shape}")
+            raise UserError(
+                f"{where}: tensor {key!r} has shape {tuple(theirs[key].shape)}, the UNet its config "
+                f"describes needs {shape}"
+            )
         used.add(key)
         return theirs[key].to(torch.float32)
 
@@ -360,8 +429,11 @@ def _betas_schedule(s: dict) -> dict:
             return {"schedule": "linear", "beta_start": start, "beta_end": end}
         if torch.allclose(cosine_beta_schedule(T, 0.008), betas, rtol=1e-12, atol=0.0):
             return {"schedule": "cosine", "cosine_s": 0.008}
-        raise _refuse("trained_betas", "a list", "they are neither linear nor the cosine schedule, the two ddpmkit's "
-                      "diffusion config can name")
+        raise _refuse(
+            "trained_betas",
+            "a list",
+            "they are neither linear nor the cosine schedule, the two ddpmkit's diffusion config can name",
+        )
     if name == "linear":
         return {"schedule": "linear", "beta_start": float(s["beta_start"]), "beta_end": float(s["beta_end"])}
     if name == "squaredcos_cap_v2":  # Nichol & Dhariwal's cosine with s = 0.008, betas capped at 0.999, as ours
@@ -387,8 +459,13 @@ def diffusion_from_scheduler(config: dict) -> dict:
     T = s["num_train_timesteps"]
     if isinstance(T, bool) or not isinstance(T, int) or T < 2:
         raise _refuse("num_train_timesteps", T, "it must be a whole number, at least 2")
-    return {"timesteps": T, **_betas_schedule(s), "prediction": _PREDICTIONS[s["prediction_type"]],
-            "variance": s["variance_type"], "clip_denoised": bool(s["clip_sample"])}
+    return {
+        "timesteps": T,
+        **_betas_schedule(s),
+        "prediction": _PREDICTIONS[s["prediction_type"]],
+        "variance": s["variance_type"],
+        "clip_denoised": bool(s["clip_sample"]),
+    }
 
 
 # ----------------------------------------------------------------------------- reading, writing, loading
@@ -438,21 +515,28 @@ def read_diffusers(src: str | Path, dataset: str | None = None) -> Pretrained:
     m = unet_config_from_diffusers(unet)
     width = 2 if diffusion["variance"] == "learned_range" else 1
     if m.resolved_out_channels != width * m.resolved_in_channels:
-        raise _refuse("out_channels", m.out_channels, f"with variance_type {diffusion['variance']!r} ddpmkit's "
-                      f"network outputs {'2 x ' if width == 2 else ''}in_channels = {width * m.resolved_in_channels}")
+        raise _refuse(
+            "out_channels",
+            m.out_channels,
+            f"with variance_type {diffusion['variance']!r} ddpmkit's "
+            f"network outputs {'2 x ' if width == 2 else ''}in_channels = {width * m.resolved_in_channels}",
+        )
     model = {"kind": "unet", **m.to_dict()}
     for key in ("in_channels", "image_size", "num_classes"):  # the data section gives these
         model.pop(key)
-    cfg = experiment_from_dict({"name": _name(folder), "data": _data_section(dataset, m), "model": model,
-                                "diffusion": diffusion})
-    state = state_from_diffusers(_load_weights(weights), m, bool({**UNET_DEFAULTS, **unet}["flip_sin_to_cos"]),
-                                 f"the weights {weights}")
+    cfg = experiment_from_dict(
+        {"name": _name(folder), "data": _data_section(dataset, m), "model": model, "diffusion": diffusion}
+    )
+    state = state_from_diffusers(
+        _load_weights(weights), m, bool({**UNET_DEFAULTS, **unet}["flip_sin_to_cos"]), f"the weights {weights}"
+    )
     source = {"format": "diffusers", "folder": str(folder.resolve()), "files": sums}
     return Pretrained(cfg, state, source, weights)
 
 
-def import_diffusers(src: str | Path, out: str | Path | None = None, *, dataset: str | None = None,
-                     force: bool = False) -> Path:
+def import_diffusers(
+    src: str | Path, out: str | Path | None = None, *, dataset: str | None = None, force: bool = False
+) -> Path:
     """Write a diffusers DDPM folder as a ddpmkit run directory (config.yaml, checkpoints/step_00000000.pt with
     the weights as model and EMA weights, the source folder and its files' sha256 in the checkpoint's extra);
     return the run directory. ``out`` defaults to runs/NAME."""
@@ -464,9 +548,16 @@ def import_diffusers(src: str | Path, out: str | Path | None = None, *, dataset:
     if run.list_checkpoints():  # a newer step would hide the imported weights
         raise UserError(f"output {str(out)!r} holds a run's checkpoints; import into another directory")
     run.lay_out(pretrained.config)
-    save_checkpoint(run.checkpoint(0), step=0, config=pretrained.config.to_dict(), model=pretrained.state,
-                    ema=pretrained.state, optimizer=None, rng=None,
-                    extra={"class_names": None, "source": pretrained.source})
+    save_checkpoint(
+        run.checkpoint(0),
+        step=0,
+        config=pretrained.config.to_dict(),
+        model=pretrained.state,
+        ema=pretrained.state,
+        optimizer=None,
+        rng=None,
+        extra={"class_names": None, "source": pretrained.source},
+    )
     return run.path
 
 
@@ -477,5 +568,12 @@ def run_fields_from_diffusers(src: str | Path, device: Device = "auto", dataset:
     model = build_model(cfg.model)
     model.load_state_dict(pretrained.state)
     model = model.to(device_for(DistInfo(), device)).eval().to(memory_format=torch.channels_last)  # as Run.load
-    return {"config": cfg, "model": model, "diffusion": build_diffusion(cfg.diffusion, images=True),
-            "class_names": None, "step": 0, "checkpoint": pretrained.weights, "ema": True}
+    return {
+        "config": cfg,
+        "model": model,
+        "diffusion": build_diffusion(cfg.diffusion, images=True),
+        "class_names": None,
+        "step": 0,
+        "checkpoint": pretrained.weights,
+        "ema": True,
+    }

@@ -42,8 +42,15 @@ def reference_images(ref: str, run: Run | None, size: int, channels: int):
     raise UserError(f"--ref must be train, test, a directory of images or a stats .npz, got {ref!r}")
 
 
-def evaluate_quality(source: Run | str | Path, metrics: list[str], ref: str, *, num: int = 10000,
-                     sample_options: dict | None = None, **score_options) -> dict:
+def evaluate_quality(
+    source: Run | str | Path,
+    metrics: list[str],
+    ref: str,
+    *,
+    num: int = 10000,
+    sample_options: dict | None = None,
+    **score_options,
+) -> dict:
     """Score ``num`` samples of a run (drawn with ``sample_options``), or the images of a sample ``.npz``,
     against ``ref``; ``score_options`` go to :func:`ddpmkit.eval.quality.score`."""
     if isinstance(source, Run):
@@ -58,12 +65,24 @@ def evaluate_quality(source: Run | str | Path, metrics: list[str], ref: str, *, 
     c, h, w = images.shape[1:]
     reference = reference_images(ref, run, h, c)
     result = quality.score(images.contiguous(), reference, metrics, **score_options)
-    return {**result, "ref": ref, "source": str(source.checkpoint if run else source),
-            **({"step": run.step, "ema": run.ema} if run else {})}
+    return {
+        **result,
+        "ref": ref,
+        "source": str(source.checkpoint if run else source),
+        **({"step": run.step, "ema": run.ema} if run else {}),
+    }
 
 
-def stats_of(source: str, *, out: str | Path, split: Split = "train", data: str | None = None,
-             image_size: int | None = None, features: bool = False, **options) -> dict:
+def stats_of(
+    source: str,
+    *,
+    out: str | Path,
+    split: Split = "train",
+    data: str | None = None,
+    image_size: int | None = None,
+    features: bool = False,
+    **options,
+) -> dict:
     """Reference statistics of a directory of images or a preset's dataset, written to ``out``."""
     path = Path(source)
     if path.is_dir():
@@ -78,5 +97,10 @@ def stats_of(source: str, *, out: str | Path, split: Split = "train", data: str 
         images = build_dataset(load_config(source, overrides=over).data, split).data
     stats = quality.reference_stats(images, **options)
     (quality.save_features if features else quality.save_stats)(out, stats)
-    return {"num": int(stats["num"]), "out": str(out), "image_shape": list(images.shape[1:]),
-            "network_sha1": stats.get("sha1"), "resize": stats.get("resize")}
+    return {
+        "num": int(stats["num"]),
+        "out": str(out),
+        "image_shape": list(images.shape[1:]),
+        "network_sha1": stats.get("sha1"),
+        "resize": stats.get("resize"),
+    }

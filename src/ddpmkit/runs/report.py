@@ -41,8 +41,14 @@ img.px { image-rendering: pixelated; } .chart text { font-size: 12px; fill: #444
 """
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None, *, trajectory: bool = True,
-                 device: str = "auto", force: bool = False) -> Path:
+def write_report(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    trajectory: bool = True,
+    device: str = "auto",
+    force: bool = False,
+) -> Path:
     """Write the report of ``run_dir`` to ``out`` (default RUN/report.html); everything is checked first."""
     run_dir = _check_run_dir(Path(run_dir))
     out = check_output(Path(out) if out else RunDir(run_dir).report, force, (".html", ".htm"), asks="an .html")
@@ -70,16 +76,21 @@ def build_report(run_dir: Path, *, trajectory: bool = True, device: str = "auto"
         _section("summary", "Summary", _summary(run_dir, config, records)),
         _section("loss", "Training curves", _curves(records)),
         _section("samples", "Samples during training", _grids(run_dir)),
-        _section("trajectory", "Trajectory", _trajectory(run_dir, device) if trajectory
-                 else '<p class="note">not drawn (--no-trajectory)</p>'),
+        _section(
+            "trajectory",
+            "Trajectory",
+            _trajectory(run_dir, device) if trajectory else '<p class="note">not drawn (--no-trajectory)</p>',
+        ),
         _section("evaluation", "Evaluation", _evaluation(run_dir)),
         _section("config", "Config", f"<pre>{escape(config_text)}</pre>"),
         _section("environment", "Environment", _table(_environment(device))),
     ]
     title = f"ddpmkit report: {name or run_dir.name}"
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{escape(title)}</title>\n'
-            f"<style>{_CSS}</style>\n</head>\n<body>\n<h1>{escape(title)}</h1>\n"
-            f'<p class="note">{escape(str(run_dir))}</p>\n' + "\n".join(sections) + "\n</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{escape(title)}</title>\n'
+        f"<style>{_CSS}</style>\n</head>\n<body>\n<h1>{escape(title)}</h1>\n"
+        f'<p class="note">{escape(str(run_dir))}</p>\n' + "\n".join(sections) + "\n</body>\n</html>\n"
+    )
 
 
 def _section(ident: str, heading: str, body: str) -> str:
@@ -140,8 +151,13 @@ def _curves(records: list[dict]) -> str:
     if not rows:
         return '<p class="note">no metrics.jsonl records with a loss</p>'
     steps, losses = [r["step"] for r in rows], [r["loss"] for r in rows]
-    loss = line_chart(steps, [("raw", losses, "#9ecae1", 1), ("smoothed", _smoothed(losses), "#08519c", 2.5)],
-                      log_y=True, y_label="loss (log scale)", title="training loss")
+    loss = line_chart(
+        steps,
+        [("raw", losses, "#9ecae1", 1), ("smoothed", _smoothed(losses), "#08519c", 2.5)],
+        log_y=True,
+        y_label="loss (log scale)",
+        title="training loss",
+    )
     lrs = [r.get("lr") if isinstance(r.get("lr"), (int, float)) else None for r in rows]
     lr = line_chart(steps, [("learning rate", lrs, "#d94801", 2)], y_label="learning rate", title="learning rate")
     return f"{loss}\n{lr}"
@@ -156,8 +172,10 @@ def _grids(run_dir: Path) -> str:
     figures = []
     for f in files:
         step = int(f.stem.split("_")[-1]) if f.stem.split("_")[-1].isdigit() else f.stem
-        figures.append(f"<figure>{_png(f.read_bytes(), f'samples at step {step}', 220)}"
-                       f"<figcaption>step {step}</figcaption></figure>")
+        figures.append(
+            f"<figure>{_png(f.read_bytes(), f'samples at step {step}', 220)}"
+            f"<figcaption>step {step}</figcaption></figure>"
+        )
     return '<div class="grids">' + "".join(figures) + "</div>"
 
 
@@ -176,9 +194,11 @@ def _trajectory(run_dir: Path, device: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         data = write_trajectory(Path(tmp) / "t.png", samples).read_bytes()
     steps = ", ".join(str(t) for t, _, _ in samples.trajectory)
-    return (f"<p>4 samples (seeds 0-3), {escape(samples.sampler)} with {samples.steps} network calls, EMA "
-            f"weights of step {run.step}. Per sample: x_t (upper row) and the predicted x0 (lower row) at t = "
-            f"{steps}.</p>\n{_png(data, 'trajectory strip')}")
+    return (
+        f"<p>4 samples (seeds 0-3), {escape(samples.sampler)} with {samples.steps} network calls, EMA "
+        f"weights of step {run.step}. Per sample: x_t (upper row) and the predicted x0 (lower row) at t = "
+        f"{steps}.</p>\n{_png(data, 'trajectory strip')}"
+    )
 
 
 def record_eval(run_dir: str | Path, result: dict, metrics: list[str], against: str) -> Path:
@@ -198,8 +218,10 @@ def record_eval(run_dir: str | Path, result: dict, metrics: list[str], against: 
 def _evaluation(run_dir: Path) -> str:
     files = sorted(RunDir(run_dir).eval.glob("*.json"))
     if not files:
-        return ('<p class="note">no results in eval/ yet: <code>ddpmkit eval RUN</code> (bits/dim) and '
-                "<code>ddpmkit eval RUN --metric fid kid pr</code> record theirs there</p>")
+        return (
+            '<p class="note">no results in eval/ yet: <code>ddpmkit eval RUN</code> (bits/dim) and '
+            "<code>ddpmkit eval RUN --metric fid kid pr</code> record theirs there</p>"
+        )
     parts = []
     for f in files:
         try:
@@ -210,8 +232,11 @@ def _evaluation(run_dir: Path) -> str:
         if not isinstance(result, dict):
             parts.append(f'<h3>{escape(f.name)}</h3><p class="note">not a JSON object</p>')
             continue
-        shown = {k: (f"{v:.5g}" if isinstance(v, float) else v) for k, v in result.items()
-                 if v is None or isinstance(v, (str, int, float, bool))}
+        shown = {
+            k: (f"{v:.5g}" if isinstance(v, float) else v)
+            for k, v in result.items()
+            if v is None or isinstance(v, (str, int, float, bool))
+        }
         parts.append(f"<h3>{escape(f.name)}</h3>{_table(shown)}")
     return "\n".join(parts)
 
@@ -224,6 +249,12 @@ def _environment(device: str) -> dict:
 
     cuda = torch.cuda.is_available() and device != "cpu"
     where = f"cuda ({torch.cuda.get_device_name(0)})" if cuda else f"cpu ({torch.get_num_threads()} threads)"
-    return {"ddpmkit": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "device (trajectory)": where,
-            "written": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    return {
+        "ddpmkit": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device (trajectory)": where,
+        "written": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -83,8 +84,15 @@ class Run:
         images = cfg.model.kind == "unet"
         if images:  # channels-last convolutions are faster on CPU and GPU
             model = model.to(memory_format=torch.channels_last)
-        return cls(cfg, model, build_diffusion(cfg.diffusion, images=images), class_names_of(ckpt),
-                   int(ckpt["step"]), file, use_ema)
+        return cls(
+            cfg,
+            model,
+            build_diffusion(cfg.diffusion, images=images),
+            class_names_of(ckpt),
+            int(ckpt["step"]),
+            file,
+            use_ema,
+        )
 
     def evaluate_bpd(self, **options) -> dict:
         """The variational bound in bits/dim on held-out data (see ``runs.bpd.evaluate_bpd``)."""
@@ -116,11 +124,23 @@ class Run:
         """Where the network's weights live."""
         return next(self.model.parameters()).device
 
-    def sample(self, num: int, *, sampler: SamplerName | None = None, steps: int | None = None,
-               eta: float | None = None, spacing: Spacing | None = None, labels: Labels = None,
-               guidance: float | None = None, seed: int = 0, batch_size: int = 256,
-               precision: Precision | None = None, trajectory: bool = False, progress: bool = False,
-               order: int | None = None) -> Samples:
+    def sample(
+        self,
+        num: int,
+        *,
+        sampler: SamplerName | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+        spacing: Spacing | None = None,
+        labels: Labels = None,
+        guidance: float | None = None,
+        seed: int = 0,
+        batch_size: int = 256,
+        precision: Precision | None = None,
+        trajectory: bool = False,
+        progress: bool = False,
+        order: int | None = None,
+    ) -> Samples:
         """Draw ``num`` samples; sample i uses seed + i, whatever the batch size.
 
         Options left None take the run's ``sample`` config (sampler, steps, eta, spacing, guidance, order), except
@@ -130,8 +150,19 @@ class Run:
         name, a comma list "0,1" or "cat,dog", or a sequence; ``precision``: autocast dtype (default
         "auto" for images, "fp32" for points). Everything is checked before the first network call.
         """
-        plan = self._plan(num, seed, batch_size, trajectory, labels, sampler=sampler, steps=steps, eta=eta,
-                          spacing=spacing, order=order, guidance=guidance)
+        plan = self._plan(
+            num,
+            seed,
+            batch_size,
+            trajectory,
+            labels,
+            sampler=sampler,
+            steps=steps,
+            eta=eta,
+            spacing=spacing,
+            order=order,
+            guidance=guidance,
+        )
         amp = autocast_dtype(precision or ("auto" if self.is_image else "fp32"), self.device)
         # deferred: tqdm costs start-up and only a shown progress bar needs it
         from tqdm.auto import tqdm
@@ -140,13 +171,13 @@ class Run:
         sampler_name = plan.options.sampler
         with tqdm(total=num, desc=f"sampling {sampler_name}", disable=not progress, leave=False) as bar:
             for start in range(0, num, batch_size):
-                chunks.append(self._draw(plan, start, min(batch_size, num - start), seed, amp,
-                                         rows if start == 0 else None))
+                chunks.append(
+                    self._draw(plan, start, min(batch_size, num - start), seed, amp, rows if start == 0 else None)
+                )
                 bar.update(chunks[-1].shape[0])
         return Samples(torch.cat(chunks), plan.labels, sampler_name, plan.calls, rows, plan.tuned_file)
 
-    def _plan(self, num: int, seed: int, batch_size: int, trajectory: bool, labels: Labels,
-              **options) -> SamplingPlan:
+    def _plan(self, num: int, seed: int, batch_size: int, trajectory: bool, labels: Labels, **options) -> SamplingPlan:
         """Every option resolved against the run's config and checked."""
         positive_int("the number of samples", num)
         check_seed(seed, num)
@@ -168,11 +199,18 @@ class Run:
     def _draw(self, plan: SamplingPlan, start: int, n: int, seed: int, amp, rows: list | None) -> Tensor:
         device = self.device
         gens = [torch.Generator(device=device).manual_seed(seed + start + i) for i in range(n)]
-        y = None if plan.labels is None else plan.labels[start:start + n].to(device)
+        y = None if plan.labels is None else plan.labels[start : start + n].to(device)
         callback = None if rows is None else _trajectory_callback(rows, plan.calls)
         with autocast_context(device, amp):
-            x = self.diffusion.sample(self.model, (n, *self.sample_shape), y=y, generator=gens, device=device,
-                                      callback=callback, options=plan.options)
+            x = self.diffusion.sample(
+                self.model,
+                (n, *self.sample_shape),
+                y=y,
+                generator=gens,
+                device=device,
+                callback=callback,
+                options=plan.options,
+            )
         return x.float().cpu()
 
 
@@ -192,7 +230,8 @@ def describe_checkpoint(path: str | Path) -> dict[str, str]:
         "data": data,
         "model": f"{cfg.model.kind}, {_count(ckpt['model']) / 1e6:.3f} M parameters",
         "diffusion": f"T={d.timesteps} {d.schedule}, prediction={d.prediction}, variance={d.variance}, loss={d.loss}",
-        "classes": f"{classes if classes else 'unconditional'}{named}" + (f", p_uncond={d.p_uncond}" if classes else ""),
+        "classes": f"{classes if classes else 'unconditional'}{named}"
+        + (f", p_uncond={d.p_uncond}" if classes else ""),
         "ema": f"{'yes' if ckpt.get('ema') is not None else 'no'} (decay {cfg.train.ema_decay})",
     }
 

@@ -1,14 +1,14 @@
 """The run directory: the one owner of every path in it, its lock, its tidying and its checkpoints' names.
 
-    RUN/config.yaml                      the resolved config
-    RUN/checkpoints/step_XXXXXXXX.pt     checkpoints (train/checkpoint.py writes and reads the files)
-    RUN/metrics.jsonl                    one JSON object per log interval
-    RUN/samples/step_XXXXXXXX.png        sample grids drawn while training
-    RUN/tb/                              TensorBoard event files (train.loggers: [jsonl, tensorboard])
-    RUN/eval/<...>.json                  evaluations recorded by ``ddpmkit eval RUN``
-    RUN/timesteps/<sampler>-<K>.json     grids tuned by ``ddpmkit tune-steps``
-    RUN/report.html                      ``ddpmkit report``'s default page
-    RUN/.lock                            held while a process trains the run
+RUN/config.yaml                      the resolved config
+RUN/checkpoints/step_XXXXXXXX.pt     checkpoints (train/checkpoint.py writes and reads the files)
+RUN/metrics.jsonl                    one JSON object per log interval
+RUN/samples/step_XXXXXXXX.png        sample grids drawn while training
+RUN/tb/                              TensorBoard event files (train.loggers: [jsonl, tensorboard])
+RUN/eval/<...>.json                  evaluations recorded by ``ddpmkit eval RUN``
+RUN/timesteps/<sampler>-<K>.json     grids tuned by ``ddpmkit tune-steps``
+RUN/report.html                      ``ddpmkit report``'s default page
+RUN/.lock                            held while a process trains the run
 """
 
 from __future__ import annotations
@@ -24,8 +24,20 @@ from ..files import TEMP_FILE, WriteError
 from ..train.checkpoint import read_checkpoint
 from ..train.metrics import truncate_metrics
 
-__all__ = ["RunDir", "checkpoint_path", "list_checkpoints", "latest_checkpoint", "resolve_checkpoint",
-           "prune_checkpoints", "load_checkpoint", "run_dir_of", "run_lock", "tidy_run_dir", "CHECKPOINTS", "EVAL"]
+__all__ = [
+    "RunDir",
+    "checkpoint_path",
+    "list_checkpoints",
+    "latest_checkpoint",
+    "resolve_checkpoint",
+    "prune_checkpoints",
+    "load_checkpoint",
+    "run_dir_of",
+    "run_lock",
+    "tidy_run_dir",
+    "CHECKPOINTS",
+    "EVAL",
+]
 
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -137,8 +149,10 @@ class RunDir:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                raise UserError(f"run directory {str(self.path)!r} is in use by another training process (pid "
-                                f"{holder}): wait for it to end or stop it") from None
+                raise UserError(
+                    f"run directory {str(self.path)!r} is in use by another training process (pid "
+                    f"{holder}): wait for it to end or stop it"
+                ) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             yield

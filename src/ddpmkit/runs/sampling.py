@@ -32,9 +32,17 @@ def check_steps(steps: int | None, num_timesteps: int) -> int | None:
     return steps
 
 
-def run_sampling_options(sc, num_timesteps: int, *, sampler: SamplerName | None = None, steps: int | None = None,
-                         eta: float | None = None, spacing: Spacing | None = None, order: int | None = None,
-                         guidance: float | None = None) -> SamplingOptions:
+def run_sampling_options(
+    sc,
+    num_timesteps: int,
+    *,
+    sampler: SamplerName | None = None,
+    steps: int | None = None,
+    eta: float | None = None,
+    spacing: Spacing | None = None,
+    order: int | None = None,
+    guidance: float | None = None,
+) -> SamplingOptions:
     """The options ``Run.sample`` uses: each one left None takes the run's ``sample`` config ``sc``
     (eta for ddim; spacing and order where the sampler is the config's own)."""
     chosen = sampler or sc.sampler

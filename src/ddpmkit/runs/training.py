@@ -41,9 +41,16 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def train(cfg: ExperimentConfig | None, run_dir: str | Path, *, resume: bool = False, force: bool = False,
-          overrides: dict | None = None, progress: bool = True,
-          log: Callable[[str], None] | None = _stderr) -> dict | None:
+def train(
+    cfg: ExperimentConfig | None,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    overrides: dict | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = _stderr,
+) -> dict | None:
     """Train ``cfg`` into ``run_dir``, or go on with the run there (``resume``); returns the last metrics.
 
     ``overrides`` ({"train": {...}, "data": {...}}) go on top of ``cfg``; on resume they go on top of
@@ -71,16 +78,29 @@ def train(cfg: ExperimentConfig | None, run_dir: str | Path, *, resume: bool = F
         cleanup_distributed()
 
 
-def start_training(cfg: ExperimentConfig | None, run_dir: str | Path, *, resume: bool = False,
-                   force: bool = False, overrides: dict | None = None, dist: DistInfo | None = None,
-                   progress: bool = True) -> Trainer:
+def start_training(
+    cfg: ExperimentConfig | None,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    overrides: dict | None = None,
+    dist: DistInfo | None = None,
+    progress: bool = True,
+) -> Trainer:
     """The Trainer that ``train`` would run (for callers that step it themselves), in this process."""
     cfg, ckpt = prepare(cfg, Path(run_dir), resume=resume, force=force, overrides=overrides)
     return make_trainer(cfg, RunDir(run_dir), checkpoint=ckpt, dist=dist, progress=progress)
 
 
-def make_trainer(cfg: ExperimentConfig, files: RunDir, *, checkpoint: dict | None = None,
-                 dist: DistInfo | None = None, progress: bool = True) -> Trainer:
+def make_trainer(
+    cfg: ExperimentConfig,
+    files: RunDir,
+    *,
+    checkpoint: dict | None = None,
+    dist: DistInfo | None = None,
+    progress: bool = True,
+) -> Trainer:
     """The trainer of ``cfg``: its data read, the network shaped by it and seeded, the diffusion objective."""
     # the loop, its loggers and objective load only when a run trains, not with Run.load: start-up
     from ..train.objective import DiffusionObjective
@@ -101,10 +121,21 @@ def make_trainer(cfg: ExperimentConfig, files: RunDir, *, checkpoint: dict | Non
         model = model.to(memory_format=torch.channels_last)
     diffusion = build_diffusion(cfg.diffusion, images=images)
     timesteps = make_timestep_sampler(cfg.diffusion.timestep_sampler, diffusion.num_timesteps)
-    objective = DiffusionObjective(diffusion, timesteps, cfg.diffusion.p_uncond, getattr(model, "null_class", None),
-                                   dist)
-    return Trainer(cfg, model, dataset, objective, files, device=device, checkpoint=checkpoint, dist=dist,
-                   progress=progress, grid=_grid_drawer(files))
+    objective = DiffusionObjective(
+        diffusion, timesteps, cfg.diffusion.p_uncond, getattr(model, "null_class", None), dist
+    )
+    return Trainer(
+        cfg,
+        model,
+        dataset,
+        objective,
+        files,
+        device=device,
+        checkpoint=checkpoint,
+        dist=dist,
+        progress=progress,
+        grid=_grid_drawer(files),
+    )
 
 
 def _grid_drawer(files: RunDir) -> Callable[[Trainer, int], Path]:
@@ -125,8 +156,15 @@ def _grid_drawer(files: RunDir) -> Callable[[Trainer, int], Path]:
         y = None if null is None else torch.arange(n, device=device) % null
         gen = torch.Generator(device=device).manual_seed(1234)
         with autocast_context(device, trainer.amp):
-            x = trainer.objective.diffusion.sample(model, (n, *trainer.dataset.shape), sampler=sc.grid_sampler,
-                                                   steps=sc.grid_steps, y=y, generator=gen, device=device)
+            x = trainer.objective.diffusion.sample(
+                model,
+                (n, *trainer.dataset.shape),
+                sampler=sc.grid_sampler,
+                steps=sc.grid_steps,
+                y=y,
+                generator=gen,
+                device=device,
+            )
         path = files.grid(step)
         grid: np.ndarray | None
         if trainer.images:
@@ -142,8 +180,9 @@ def _grid_drawer(files: RunDir) -> Callable[[Trainer, int], Path]:
     return draw
 
 
-def prepare(cfg: ExperimentConfig | None, run_dir: Path, *, resume: bool, force: bool,
-            overrides: dict | None) -> tuple[ExperimentConfig, dict | None]:
+def prepare(
+    cfg: ExperimentConfig | None, run_dir: Path, *, resume: bool, force: bool, overrides: dict | None
+) -> tuple[ExperimentConfig, dict | None]:
     """(the config the run trains with, the checkpoint it goes on from or None); checks the directory and
     writes nothing (``train`` clears a forced run's old files once it holds the run's lock)."""
     if resume and force:
@@ -162,8 +201,10 @@ def prepare(cfg: ExperimentConfig | None, run_dir: Path, *, resume: bool, force:
     if cfg is None:
         raise UserError("give a config (a --preset or a --config file) to start a run")
     if latest is not None and not force:
-        raise UserError(f"run directory {str(run_dir)!r} already has checkpoints: pass --resume to continue "
-                        f"or --force to start over")
+        raise UserError(
+            f"run directory {str(run_dir)!r} already has checkpoints: pass --resume to continue "
+            f"or --force to start over"
+        )
     return (experiment_from_dict(deep_merge(without_shape(cfg), overrides)) if overrides else cfg), None
 
 
@@ -188,22 +229,28 @@ def resumed_config(ckpt: dict, run_dir: Path, given: ExperimentConfig | None, ov
     must agree with it, and a config ``given`` must be on the same dataset."""
     saved = config_from_checkpoint(ckpt["config"], ckpt.get("version"))
     if given is not None and given.data.kind != saved.data.kind:
-        raise UserError(f"{str(run_dir)!r} is a run on {saved.data.kind} data, not on {given.data.kind} (the config "
-                        f"given): resume it with --out {run_dir} --resume")
+        raise UserError(
+            f"{str(run_dir)!r} is a run on {saved.data.kind} data, not on {given.data.kind} (the config "
+            f"given): resume it with --out {run_dir} --resume"
+        )
     changeable = {("train", key) for key in RESUMABLE_TRAIN_KEYS} | {("data", "root")}
     current = saved.to_dict()
     for section, values in overrides.items():
         for key, value in values.items():
             if (section, key) not in changeable and value != current[section].get(key):
                 may = ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE_TRAIN_KEYS)
-                raise UserError(f"--{key.replace('_', '-')} {value} differs from the run's {section}.{key} = "
-                                f"{current[section].get(key)}: a resumed run keeps its config (only {may} and "
-                                f"--data may change)")
+                raise UserError(
+                    f"--{key.replace('_', '-')} {value} differs from the run's {section}.{key} = "
+                    f"{current[section].get(key)}: a resumed run keeps its config (only {may} and "
+                    f"--data may change)"
+                )
     cfg = experiment_from_dict(deep_merge(current, overrides))  # checked like any config
     step = int(ckpt["step"])
     if cfg.train.steps < step:
-        raise UserError(f"{str(run_dir)!r} is at step {step} already: train.steps = {cfg.train.steps} would go "
-                        f"back (give a larger --steps)")
+        raise UserError(
+            f"{str(run_dir)!r} is at step {step} already: train.steps = {cfg.train.steps} would go "
+            f"back (give a larger --steps)"
+        )
     return cfg
 
 
@@ -217,9 +264,17 @@ class Trained(NamedTuple):
     stopped: str | None = None
 
 
-def train_or_resume(preset: str | None, config_file: str | None, assignments: list[str] | None,
-                    run_dir: str | Path | None, *, flags: dict, resume: bool = False, force: bool = False,
-                    progress: bool = True) -> Trained:
+def train_or_resume(
+    preset: str | None,
+    config_file: str | None,
+    assignments: list[str] | None,
+    run_dir: str | Path | None,
+    *,
+    flags: dict,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> Trained:
     """``ddpmkit train``: a preset, a config file and ``--set`` assignments into ``run_dir`` (default
     runs/<config name>), with ``flags`` ({"train": {...}, "data": {...}}) on top; a resume given only the run
     directory goes on with the run's own config."""

@@ -16,8 +16,9 @@ sample``) uses it whenever the sampler and the number of calls match and no spac
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -50,8 +51,13 @@ class Tuned(NamedTuple):
     evaluations: int  # objective evaluations (each is K network calls per draw)
 
 
-def search_timesteps(objective: Callable[[list[int]], float], alphas_cumprod: Tensor, steps: int,
-                     rounds: int = 4, spacings: Sequence[Spacing] = choices(Spacing)) -> Tuned:
+def search_timesteps(
+    objective: Callable[[list[int]], float],
+    alphas_cumprod: Tensor,
+    steps: int,
+    rounds: int = 4,
+    spacings: Sequence[Spacing] = choices(Spacing),
+) -> Tuned:
     """Coordinate descent over the kept timesteps (the first stays where its spacing put it)."""
     abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu()
     T = abar.numel()
@@ -71,7 +77,7 @@ def search_timesteps(objective: Callable[[list[int]], float], alphas_cumprod: Te
     for r in range(rounds):
         for j in range(1, steps):
             for t in _moves(ts, j, 0.5 ** (r + 1), lam):
-                trial = ts[:j] + [t] + ts[j + 1:]
+                trial = ts[:j] + [t] + ts[j + 1 :]
                 if cost(trial) < best:
                     ts, best = trial, cost(trial)
     return Tuned(ts, start_spacing, cost(starts[start_spacing]), best, len(seen))
@@ -93,9 +99,19 @@ def _moves(ts: list[int], j: int, fraction: float, lam: Tensor) -> list[int]:
 
 
 # --------------------------------------------------------------------------- a trained run
-def tune_steps(run, steps: int, sampler: SamplerName | None = None, *, draws: int = 256, heldout: int = 256,
-               rounds: int = 4, seed: int = 0, force: bool = False, batch_size: int = 256,
-               log: Callable[[str], None] | None = None) -> dict:
+def tune_steps(
+    run,
+    steps: int,
+    sampler: SamplerName | None = None,
+    *,
+    draws: int = 256,
+    heldout: int = 256,
+    rounds: int = 4,
+    seed: int = 0,
+    force: bool = False,
+    batch_size: int = 256,
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """Tune the ``steps``-call grid of ``sampler`` (default: the run's) for ``run`` and save it; returns the record."""
     sampler = sampler or run.config.sample.sampler
     check_choice("sampler", sampler, SamplerName)
@@ -121,17 +137,35 @@ def tune_steps(run, steps: int, sampler: SamplerName | None = None, *, draws: in
 
     say(f"tuning {sampler} at {steps} calls on {draws} draws against {REFERENCE['steps']}-call {REFERENCE['sampler']}")
     found = search_timesteps(objective, run.diffusion.alphas_cumprod, steps, rounds)
-    start_ts = sampling_timesteps(run.diffusion.num_timesteps, steps, found.start_spacing,
-                                  run.diffusion.alphas_cumprod).tolist()
+    start_ts = sampling_timesteps(
+        run.diffusion.num_timesteps, steps, found.start_spacing, run.diffusion.alphas_cumprod
+    ).tolist()
     held_start, held_tuned = (_mse(draw(sampler, ts, *held), ref_held) for ts in (start_ts, found.timesteps))
     kept = held_tuned > held_start  # no better on fresh draws: keep the standard grid
-    record = {"format": FORMAT, "version": 1, "sampler": sampler, "steps": steps,
-              "num_timesteps": run.diffusion.num_timesteps, "timesteps": start_ts if kept else found.timesteps,
-              "start_spacing": found.start_spacing, "kept_start": kept, "checkpoint_step": run.step,
-              "guidance": run.config.sample.guidance, "reference": REFERENCE, "draws": draws, "heldout": heldout,
-              "seed": seed, "rounds": rounds, "evaluations": found.evaluations,
-              "objective": {"start": found.start, "tuned": found.tuned, "heldout_start": held_start,
-                            "heldout_tuned": held_tuned}}
+    record = {
+        "format": FORMAT,
+        "version": 1,
+        "sampler": sampler,
+        "steps": steps,
+        "num_timesteps": run.diffusion.num_timesteps,
+        "timesteps": start_ts if kept else found.timesteps,
+        "start_spacing": found.start_spacing,
+        "kept_start": kept,
+        "checkpoint_step": run.step,
+        "guidance": run.config.sample.guidance,
+        "reference": REFERENCE,
+        "draws": draws,
+        "heldout": heldout,
+        "seed": seed,
+        "rounds": rounds,
+        "evaluations": found.evaluations,
+        "objective": {
+            "start": found.start,
+            "tuned": found.tuned,
+            "heldout_start": held_start,
+            "heldout_tuned": held_tuned,
+        },
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps(record, indent=2) + "\n")
     record["path"] = str(path)
@@ -152,13 +186,17 @@ def _drawer(run, batch_size: int) -> Callable:
     def draw(sampler, ts, x_T, y):
         out = []
         for s in range(0, x_T.shape[0], batch_size):
-            yb = None if y is None else y[s:s + batch_size].to(run.device)
+            yb = None if y is None else y[s : s + batch_size].to(run.device)
             ref_steps = min(REFERENCE["steps"], run.diffusion.num_timesteps)  # a short chain: all of it
-            opts = SamplingOptions(sampler, ref_steps, REFERENCE["spacing"], guidance=guidance) if ts is None else \
-                SamplingOptions(sampler, timesteps=torch.tensor(ts), guidance=guidance)
+            opts = (
+                SamplingOptions(sampler, ref_steps, REFERENCE["spacing"], guidance=guidance)
+                if ts is None
+                else SamplingOptions(sampler, timesteps=torch.tensor(ts), guidance=guidance)
+            )
             with torch.inference_mode():
-                x = run.diffusion.sample(run.model, tuple(x_T[s:s + batch_size].shape), y=yb,
-                                         x_T=x_T[s:s + batch_size], options=opts)
+                x = run.diffusion.sample(
+                    run.model, tuple(x_T[s : s + batch_size].shape), y=yb, x_T=x_T[s : s + batch_size], options=opts
+                )
             out.append(x.double().cpu())
         return torch.cat(out)
 
@@ -207,8 +245,10 @@ def _problem(record, ts, sampler: str, steps: int, T: int) -> str | None:
 def describe(record: dict) -> str:
     """One line for the command line: the objective before and after, and the file."""
     o = record["objective"]
-    gain = (f"held-out {o['heldout_start']:.3g} -> {o['heldout_tuned']:.3g}"
-            + (" (no better: kept the start grid)" if record["kept_start"] else ""))
-    return (f"tuned {record['sampler']} at {record['steps']} calls from {record['start_spacing']}: "
-            f"objective {o['start']:.3g} -> {o['tuned']:.3g}, {gain}; wrote {record['path']}")
-
+    gain = f"held-out {o['heldout_start']:.3g} -> {o['heldout_tuned']:.3g}" + (
+        " (no better: kept the start grid)" if record["kept_start"] else ""
+    )
+    return (
+        f"tuned {record['sampler']} at {record['steps']} calls from {record['start_spacing']}: "
+        f"objective {o['start']:.3g} -> {o['tuned']:.3g}, {gain}; wrote {record['path']}"
+    )

@@ -97,10 +97,7 @@ def _to_plain(value: Any, where: str) -> Any:
     if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
         return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            f.name: _to_plain(getattr(value, f.name), f"{where}.{f.name}")
-            for f in dataclasses.fields(value)
-        }
+        return {f.name: _to_plain(getattr(value, f.name), f"{where}.{f.name}") for f in dataclasses.fields(value)}
     if isinstance(value, enum.Enum):
         return _to_plain(value.value, where)
     if isinstance(value, os.PathLike):
@@ -176,8 +173,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     except pickle.UnpicklingError as exc:
         if "GLOBAL" in str(exc):
             raise UserError(
-                f"refused to load unsafe content: {path} is not a ddpmkit checkpoint "
-                "(it asks to import or run code)"
+                f"refused to load unsafe content: {path} is not a ddpmkit checkpoint (it asks to import or run code)"
             ) from None
         raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt)") from None
     except (PermissionError, IsADirectoryError) as exc:
@@ -189,8 +185,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     version = ckpt.get("version")
     if version not in READABLE:
         raise UserError(
-            f"{path} has checkpoint version {version!r}; this ddpmkit reads versions "
-            f"{', '.join(map(str, READABLE))}"
+            f"{path} has checkpoint version {version!r}; this ddpmkit reads versions {', '.join(map(str, READABLE))}"
         )
     missing = [key for key in REQUIRED_KEYS if key not in ckpt]
     if missing:

@@ -53,9 +53,7 @@ def _env_int(name: str, default: int | None = None) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         if default is None:
-            raise UserError(
-                f"environment variable {name} is not set; launch multi-process runs with torchrun"
-            )
+            raise UserError(f"environment variable {name} is not set; launch multi-process runs with torchrun")
         return default
     try:
         return int(raw)
@@ -94,8 +92,7 @@ def init_distributed(device_type: str = "cpu") -> DistInfo:
             raise UserError("distributed training on cuda was asked for, but CUDA is not available")
         if info.local_rank >= torch.cuda.device_count():
             raise UserError(
-                f"LOCAL_RANK={info.local_rank} but only {torch.cuda.device_count()} CUDA devices"
-                " are visible"
+                f"LOCAL_RANK={info.local_rank} but only {torch.cuda.device_count()} CUDA devices are visible"
             )
         torch.cuda.set_device(info.local_rank)
     if not dist.is_initialized():
@@ -201,7 +198,5 @@ def device_for(info: DistInfo, prefer: Device = "auto") -> torch.device:
 def per_rank_batch_size(global_batch_size: int, info: DistInfo) -> int:
     """This rank's share of the global batch (UserError unless it divides evenly)."""
     if global_batch_size % info.world_size != 0:
-        raise UserError(
-            f"batch_size {global_batch_size} does not divide evenly across {info.world_size} processes"
-        )
+        raise UserError(f"batch_size {global_batch_size} does not divide evenly across {info.world_size} processes")
     return global_batch_size // info.world_size

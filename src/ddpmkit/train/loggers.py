@@ -30,8 +30,10 @@ def summary_writer_class():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise UserError("train.loggers has 'tensorboard' but the tensorboard package is not installed: "
-                        "pip install tensorboard (or pip install 'ddpmkit[tensorboard]')") from None
+        raise UserError(
+            "train.loggers has 'tensorboard' but the tensorboard package is not installed: "
+            "pip install tensorboard (or pip install 'ddpmkit[tensorboard]')"
+        ) from None
     return SummaryWriter
 
 
@@ -80,8 +82,9 @@ class RunLoggers:
     The TensorBoard writer opens at ``open()`` (once the run directory is laid out and locked).
     """
 
-    def __init__(self, metrics: str | Path, tensorboard: str | Path, names: Sequence[str],
-                 enabled: bool = True) -> None:
+    def __init__(
+        self, metrics: str | Path, tensorboard: str | Path, names: Sequence[str], enabled: bool = True
+    ) -> None:
         self.tb_dir = Path(tensorboard)  # the event files' folder (RUN/tb)
         self.names = tuple(names)
         self.enabled = bool(enabled)

@@ -30,8 +30,14 @@ class DiffusionObjective:
 
     num_bins = 4  # the metrics' loss_q0 .. loss_q3: the loss of each quarter of the timesteps (improved DDPM's)
 
-    def __init__(self, diffusion: GaussianDiffusion, timesteps: UniformTimesteps, p_uncond: float = 0.0,
-                 null_class: int | None = None, dist: DistInfo | None = None):
+    def __init__(
+        self,
+        diffusion: GaussianDiffusion,
+        timesteps: UniformTimesteps,
+        p_uncond: float = 0.0,
+        null_class: int | None = None,
+        dist: DistInfo | None = None,
+    ):
         self.diffusion = diffusion
         self.timesteps = timesteps
         self.p_uncond = p_uncond
@@ -49,8 +55,9 @@ class DiffusionObjective:
         drop = torch.rand(batch_size, device=device, generator=generator) < self.p_uncond
         return t, w, noise, drop
 
-    def __call__(self, model, x0: Tensor, y: Tensor | None, t: Tensor, weights: Tensor, noise: Tensor,
-                 drop: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(
+        self, model, x0: Tensor, y: Tensor | None, t: Tensor, weights: Tensor, noise: Tensor, drop: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """(scalar loss to back-propagate, per-example losses detached)."""
         if y is not None and self.p_uncond > 0 and self.null_class is not None:
             y = torch.where(drop, torch.full_like(y, self.null_class), y)

@@ -13,8 +13,16 @@ import torch
 
 from ..errors import UserError
 
-__all__ = ["compute_device", "cpu_has_bf16_matmul", "cuda_has_bf16_matmul", "use_bf16", "autocast_dtype",
-           "autocast_context", "use_deterministic_algorithms", "keep_freed_memory"]
+__all__ = [
+    "compute_device",
+    "cpu_has_bf16_matmul",
+    "cuda_has_bf16_matmul",
+    "use_bf16",
+    "autocast_dtype",
+    "autocast_context",
+    "use_deterministic_algorithms",
+    "keep_freed_memory",
+]
 
 
 def compute_device(prefer: str = "auto", local_rank: int | None = None) -> torch.device:

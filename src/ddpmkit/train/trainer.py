@@ -92,10 +92,20 @@ class Trainer:
         grid: ``grid(trainer, step)`` draws the sample grid due after ``step`` steps (main process only).
     """
 
-    def __init__(self, cfg: ExperimentConfig, model: nn.Module, dataset: Any, objective: DiffusionObjective,
-                 files: RunFiles, *, device: torch.device, checkpoint: dict | None = None,
-                 dist: DistInfo | None = None, progress: bool = True,
-                 grid: Callable[[Trainer, int], Path | None] | None = None):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        model: nn.Module,
+        dataset: Any,
+        objective: DiffusionObjective,
+        files: RunFiles,
+        *,
+        device: torch.device,
+        checkpoint: dict | None = None,
+        dist: DistInfo | None = None,
+        progress: bool = True,
+        grid: Callable[[Trainer, int], Path | None] | None = None,
+    ):
         tc = cfg.train
         self.cfg, self.model, self.dataset, self.objective, self.files = cfg, model, dataset, objective, files
         self.dist = dist or DistInfo()
@@ -136,8 +146,14 @@ class Trainer:
             batch += f" in chunks of {tc.microbatch}"
         where = f"{self.device}" + (f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else "")
         precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + loss scaling"}
-        extras = [x for x, on in (("channels-last", self.images and tc.channels_last),
-                                  (f"compiled ({tc.compile_mode})", tc.compile_mode is not None)) if on]
+        extras = [
+            x
+            for x, on in (
+                ("channels-last", self.images and tc.channels_last),
+                (f"compiled ({tc.compile_mode})", tc.compile_mode is not None),
+            )
+            if on
+        ]
         network = f"{self.cfg.model.kind} {num_parameters(self.model) / 1e6:.2f}M parameters"
         steps = f"steps {self.start_step} -> {tc.steps}"
         return ", ".join([steps, network, batch, where, precision[self.amp], *extras])
@@ -147,11 +163,19 @@ class Trainer:
         CUDA graphs to pay back its compile time (measured: docs/performance.md, "Compiling"), else None."""
         tc = self.cfg.train
         images = (tc.steps - self.start_step) * tc.batch_size
-        if (self.device.type != "cuda" or not self.images or tc.compile_mode or tc.microbatch is not None
-                or self.dist.world_size > 1 or images < 500_000):
+        if (
+            self.device.type != "cuda"
+            or not self.images
+            or tc.compile_mode
+            or tc.microbatch is not None
+            or self.dist.world_size > 1
+            or images < 500_000
+        ):
             return None
-        return ("hint: on a GPU, --compile-mode reduce-overhead (torch.compile with CUDA graphs) pays back its "
-                "compile time on a run this long (docs/performance.md#compiling)")
+        return (
+            "hint: on a GPU, --compile-mode reduce-overhead (torch.compile with CUDA graphs) pays back its "
+            "compile time on a run this long (docs/performance.md#compiling)"
+        )
 
     # ------------------------------------------------------------------ state
     def _load(self, ckpt: dict) -> None:
@@ -164,8 +188,11 @@ class Trainer:
             self.generator.set_state(saved.cpu())
         elif saved is not None:  # saved on another kind of device (a CUDA Philox state is 16 bytes, a CPU one 5 KB)
             self.generator.manual_seed(self.cfg.train.seed + 1 + int(ckpt["step"]))
-            print(f"note: {self.files} was trained on another kind of device: its noise stream goes on from "
-                  f"a fresh seed, so the run continues, but not bit for bit as it would have", file=sys.stderr)
+            print(
+                f"note: {self.files} was trained on another kind of device: its noise stream goes on from "
+                f"a fresh seed, so the run continues, but not bit for bit as it would have",
+                file=sys.stderr,
+            )
         self.objective.load_state_dict(extra)
         if extra.get("grad_scaler") and self.scaler.is_enabled():  # an fp16 run goes on with its loss scale
             self.scaler.load_state_dict(extra["grad_scaler"])
@@ -185,9 +212,12 @@ class Trainer:
             ema=self.ema.state_dict(),
             optimizer=self.optimizer.state_dict(),
             rng=capture_rng_state(),
-            extra={"generator": self.generator.get_state(), **self.objective.state_dict(),
-                   "class_names": self.dataset.class_names,  # label i is class_names[i]; None when unnamed
-                   "grad_scaler": self.scaler.state_dict()},  # {} unless fp16
+            extra={
+                "generator": self.generator.get_state(),
+                **self.objective.state_dict(),
+                "class_names": self.dataset.class_names,  # label i is class_names[i]; None when unnamed
+                "grad_scaler": self.scaler.state_dict(),
+            },  # {} unless fp16
         )
         if self.cfg.train.keep_checkpoints > 0:
             self.files.prune_checkpoints(self.cfg.train.keep_checkpoints)
@@ -263,9 +293,16 @@ class Trainer:
             self.files.lay_out(self.cfg)
             self.logger.open(self.start_step)
         barrier(self.dist)
-        return batches(self.dataset, tc.batch_size, seed=tc.seed, start_step=self.start_step, rank=self.dist.rank,
-                       world_size=self.dist.world_size, hflip=getattr(self.cfg.data, "hflip", False),
-                       device=self.device)
+        return batches(
+            self.dataset,
+            tc.batch_size,
+            seed=tc.seed,
+            start_step=self.start_step,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            hflip=getattr(self.cfg.data, "hflip", False),
+            device=self.device,
+        )
 
     def _log(self, interval: _Interval, done: int, bar) -> dict:
         """One metrics line for the steps since the last one (averaged over every process): the loss, the loss
@@ -279,12 +316,14 @@ class Trainer:
         for q in range(bins):
             if sums[2 + bins + q] > 0:  # a bin no example fell in (tiny batches) has no line
                 record[f"loss_q{q}"] = sums[2 + q] / sums[2 + bins + q]
-        record.update({
-            "lr": lr_at(done - 1, self.cfg.train),
-            "grad_norm": sums[1] / interval.count,
-            "images_per_s": (done - interval.start) * self.cfg.train.batch_size / max(elapsed, 1e-9),
-            "time": time.time(),
-        })
+        record.update(
+            {
+                "lr": lr_at(done - 1, self.cfg.train),
+                "grad_norm": sums[1] / interval.count,
+                "images_per_s": (done - interval.start) * self.cfg.train.batch_size / max(elapsed, 1e-9),
+                "time": time.time(),
+            }
+        )
         self.logger.log(record)
         if bar is not None:
             bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
@@ -322,8 +361,9 @@ class Trainer:
                 torch.compiler.cudagraph_mark_step_begin()
             with self._no_sync(last=start + size >= share):
                 with autocast_context(self.device, self.amp):
-                    part_loss, part_losses = self.objective(self.net, x0[chunk], None if y is None else y[chunk],
-                                                            *(d[chunk] for d in draws))
+                    part_loss, part_losses = self.objective(
+                        self.net, x0[chunk], None if y is None else y[chunk], *(d[chunk] for d in draws)
+                    )
                 self.scaler.scale(part_loss * weight).backward()
             loss += part_loss.detach() * weight
             parts.append(part_losses)
@@ -352,9 +392,11 @@ class Trainer:
             return
         at = f"at step {first}" if first >= 0 else f"by step {self.step}"
         latest = self.files.latest_checkpoint()
-        raise UserError(f"training diverged {at}: the loss, its gradient or the weights are not finite; no "
-                        f"checkpoint is written after it (latest: {latest.name if latest else 'none'}); lower "
-                        f"train.lr or set train.grad_clip")
+        raise UserError(
+            f"training diverged {at}: the loss, its gradient or the weights are not finite; no "
+            f"checkpoint is written after it (latest: {latest.name if latest else 'none'}); lower "
+            f"train.lr or set train.grad_clip"
+        )
 
     def _no_sync(self, last: bool):
         """DDP's no_sync() for all but the last chunk of a step: gradients are all-reduced once."""
