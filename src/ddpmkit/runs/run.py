@@ -17,12 +17,11 @@ from ..errors import UserError
 from ..fields import image_hw
 from ..options import Device, Precision, SamplerName, Spacing
 from ..sampling_options import SamplingOptions
-from ..train.checkpoint import read_checkpoint
 from ..train.runtime import autocast_context, autocast_dtype, compute_device
 from ..validate import check_seed, positive_int
 from .bpd import evaluate_bpd
 from .build import build_diffusion, build_model, check_state_dict
-from .rundir import resolve_checkpoint, run_dir_of
+from .rundir import read_named_checkpoint, resolve_checkpoint, run_dir_of
 from .sampling import Labels, default_steps, parse_labels, run_sampling_options
 from .tuning import load_tuned
 
@@ -70,7 +69,7 @@ class Run:
     def load(cls, path: str | Path, ema: bool = True, device: Device = "auto") -> Run:
         """Load a run directory (its latest checkpoint) or a checkpoint file."""
         file = resolve_checkpoint(path)
-        ckpt = read_checkpoint(file)
+        ckpt = read_named_checkpoint(file)
         use_ema = ema and ckpt.get("ema") is not None
         try:
             cfg = config_from_checkpoint(ckpt["config"], ckpt["version"])
@@ -217,7 +216,7 @@ class Run:
 def describe_checkpoint(path: str | Path) -> dict[str, str]:
     """What ``ddpmkit info`` prints: the checkpoint, its step, data, network, diffusion, classes and EMA."""
     file = resolve_checkpoint(path)
-    ckpt = read_checkpoint(file)
+    ckpt = read_named_checkpoint(file)
     cfg = config_from_checkpoint(ckpt["config"], ckpt["version"])
     d, classes, names = cfg.diffusion, cfg.model.num_classes, class_names_of(ckpt)
     named = f" (labels 0..{classes - 1}: {', '.join(names)})" if classes and names else ""

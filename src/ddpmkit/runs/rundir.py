@@ -7,6 +7,8 @@ RUN/samples/step_XXXXXXXX.png        sample grids drawn while training
 RUN/tb/                              TensorBoard event files (train.loggers: [jsonl, tensorboard])
 RUN/eval/<...>.json                  evaluations recorded by ``ddpmkit eval RUN``
 RUN/timesteps/<sampler>-<K>.json     grids tuned by ``ddpmkit tune-steps``
+RUN/ema_snapshots/step_XXXXXXXX.pt   power EMA snapshots (train.ema_kind power), named by their last update
+RUN/ema_snapshots/sweep-<metric>.json  ``ddpmkit ema RUN --sweep``'s table
 RUN/report.html                      ``ddpmkit report``'s default page
 RUN/.lock                            held while a process trains the run
 """
@@ -32,6 +34,8 @@ __all__ = [
     "resolve_checkpoint",
     "prune_checkpoints",
     "load_checkpoint",
+    "read_named_checkpoint",
+    "check_checkpoint_name",
     "run_dir_of",
     "run_lock",
     "tidy_run_dir",
@@ -46,6 +50,7 @@ SAMPLES = "samples"
 TENSORBOARD = "tb"
 EVAL = "eval"
 TIMESTEPS = "timesteps"
+EMA_SNAPSHOTS = "ema_snapshots"
 REPORT = "report.html"
 LOCK = ".lock"
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
@@ -67,6 +72,7 @@ class RunDir:
         self.tensorboard = self.path / TENSORBOARD
         self.eval = self.path / EVAL
         self.timesteps = self.path / TIMESTEPS
+        self.ema_snapshots = self.path / EMA_SNAPSHOTS
         self.report = self.path / REPORT
         self.lock = self.path / LOCK
 
@@ -88,6 +94,18 @@ class RunDir:
     def tuned(self, sampler: str, steps: int) -> Path:
         """Where the run keeps its tuned grid for ``sampler`` at ``steps`` network calls."""
         return self.timesteps / f"{sampler}-{steps}.json"
+
+    def ema_snapshot(self, step: int) -> Path:
+        """The power EMA snapshot whose averages were last updated after ``step`` optimizer steps."""
+        return self.ema_snapshots / _step_name(step, ".pt")
+
+    def list_ema_snapshots(self) -> list[tuple[int, Path]]:
+        """(step, path) of the run's power EMA snapshots, oldest first."""
+        return _step_files(self.ema_snapshots)
+
+    def ema_sweep(self, metric: str) -> Path:
+        """Where ``ddpmkit ema --sweep`` keeps its table for ``metric``."""
+        return self.ema_snapshots / f"sweep-{metric}.json"
 
     def list_checkpoints(self) -> list[Path]:
         """The run's checkpoints, oldest (lowest step) first."""
@@ -123,7 +141,10 @@ class RunDir:
             for f in self.checkpoints.glob("step_*.pt"):
                 f.unlink()
             self.metrics.unlink(missing_ok=True)
-        for folder in (self.path, self.checkpoints, self.samples):
+        for done, f in self.list_ema_snapshots():  # snapshots past ``step`` are written again (all when forced)
+            if force or done > step:
+                f.unlink()
+        for folder in (self.path, self.checkpoints, self.samples, self.ema_snapshots):
             if folder.is_dir():
                 for f in folder.iterdir():
                     if TEMP_FILE.match(f.name) and f.is_file():
@@ -212,7 +233,25 @@ def resolve_checkpoint(run_or_checkpoint: str | Path) -> Path:
 
 def load_checkpoint(run_or_checkpoint: str | Path) -> dict:
     """A checkpoint file, or a run directory's latest, loaded and checked (``train.checkpoint.read_checkpoint``)."""
-    return read_checkpoint(resolve_checkpoint(run_or_checkpoint))
+    return read_named_checkpoint(resolve_checkpoint(run_or_checkpoint))
+
+
+def check_checkpoint_name(path: Path, ckpt: dict) -> None:
+    """A file named step_N.pt must hold step N: the latest checkpoint is picked by name, so a renamed or
+    copied-in file would otherwise stand for a step it does not hold."""
+    match = _STEP_FILE.match(path.name)
+    if match and int(match.group(1)) != ckpt["step"]:
+        raise UserError(
+            f"checkpoint {str(path)!r} holds step {ckpt['step']}, not the {int(match.group(1))} its name says: "
+            f"rename it to {_step_name(ckpt['step'], '.pt')} or remove it"
+        )
+
+
+def read_named_checkpoint(path: Path) -> dict:
+    """A checkpoint file read and checked, its name agreeing with its step (``check_checkpoint_name``)."""
+    ckpt = read_checkpoint(path)
+    check_checkpoint_name(path, ckpt)
+    return ckpt
 
 
 def run_dir_of(checkpoint: Path) -> Path | None:

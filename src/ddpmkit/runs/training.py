@@ -20,6 +20,7 @@ from ..config import (
     experiment_from_dict,
     load_config,
     parse_assignments,
+    read_yaml,
     without_shape,
 )
 from ..errors import UserError
@@ -29,7 +30,7 @@ from ..train.distributed import DistInfo, cleanup_distributed, device_for, dist_
 from ..train.runtime import autocast_context, use_deterministic_algorithms
 from ..train.signals import TrainingInterrupted
 from .build import build_dataset, build_diffusion, build_model, check_state_dict, resolve_model_config
-from .rundir import RunDir
+from .rundir import RunDir, check_checkpoint_name
 
 if TYPE_CHECKING:
     from ..train.trainer import Trainer
@@ -39,6 +40,10 @@ __all__ = ["train", "start_training", "make_trainer", "prepare", "resumed_config
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def _silent(line: str) -> None:
+    """Where the notes of a process that does not log go."""
 
 
 def train(
@@ -61,13 +66,14 @@ def train(
     at its last step.
     """
     files = RunDir(run_dir)
-    cfg, ckpt = prepare(cfg, files.path, resume=resume, force=force, overrides=overrides)
+    note = log if log is not None and dist_info_from_env().is_main else _silent
+    cfg, ckpt = prepare(cfg, files.path, resume=resume, force=force, overrides=overrides, note=note)
     dist = init_distributed("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
         trainer = make_trainer(cfg, files, checkpoint=ckpt, dist=dist, progress=progress)
         with files.locked() if dist.is_main else contextlib.nullcontext():
             if dist.is_main:
-                files.tidy(trainer.start_step, force)
+                files.tidy(trainer.start_step, force and not resume)
                 if log is not None:
                     log(f"training {files.path}: {trainer.describe()}")
                     if hint := trainer.speed_hint():
@@ -181,19 +187,25 @@ def _grid_drawer(files: RunDir) -> Callable[[Trainer, int], Path]:
 
 
 def prepare(
-    cfg: ExperimentConfig | None, run_dir: Path, *, resume: bool, force: bool, overrides: dict | None
+    cfg: ExperimentConfig | None,
+    run_dir: Path,
+    *,
+    resume: bool,
+    force: bool,
+    overrides: dict | None,
+    note: Callable[[str], None] | None = None,
 ) -> tuple[ExperimentConfig, dict | None]:
     """(the config the run trains with, the checkpoint it goes on from or None); checks the directory and
-    writes nothing (``train`` clears a forced run's old files once it holds the run's lock)."""
-    if resume and force:
-        raise UserError("resume and force exclude each other")
+    writes nothing (``train`` clears a forced run's old files once it holds the run's lock). With ``resume``,
+    ``force`` goes on from a checkpoint whose config is not the run's; ``note`` hears what was passed over."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"run directory {str(run_dir)!r} exists and is not a directory")
     latest = RunDir(run_dir).latest_checkpoint()
     if resume:
         if latest is None:
             raise UserError(f"nothing to resume: {str(run_dir)!r} has no checkpoints")
-        ckpt = _readable_checkpoint(run_dir)
+        ckpt = _readable_checkpoint(run_dir, note)
+        check_run_config(ckpt, RunDir(run_dir), overrides or {}, force=force, note=note)
         cfg = resumed_config(ckpt, run_dir, cfg, overrides or {})
         for part in ("model", "ema"):
             check_state_dict(cfg.model, ckpt[part], f"the {part} weights of {str(run_dir)!r}'s step {ckpt['step']}")
@@ -208,9 +220,9 @@ def prepare(
     return (experiment_from_dict(deep_merge(without_shape(cfg), overrides)) if overrides else cfg), None
 
 
-def _readable_checkpoint(run_dir: Path) -> dict:
+def _readable_checkpoint(run_dir: Path, note: Callable[[str], None] | None) -> dict:
     """The newest checkpoint of the run that reads; a damaged newer one (a crash mid-copy, a full disk
-    outside ddpmkit) is passed over with a note."""
+    outside ddpmkit) is passed over with a note. One whose name is not its step is refused."""
     found = RunDir(run_dir).list_checkpoints()
     for path in reversed(found):
         try:
@@ -218,10 +230,57 @@ def _readable_checkpoint(run_dir: Path) -> dict:
         except UserError as e:
             if path == found[0]:
                 raise
-            print(f"note: {e}; resuming from the checkpoint before it", file=sys.stderr)
+            (note or _stderr)(f"note: {e}; resuming from the checkpoint before it")
             continue
+        check_checkpoint_name(path, ckpt)
         return ckpt
     raise AssertionError("unreachable")
+
+
+# what makes two configs two runs: a checkpoint of another network, data kind or diffusion is another run's
+_IDENTITY = ("model.", "data.kind", "diffusion.")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_run_config(
+    ckpt: dict, files: RunDir, overrides: dict, *, force: bool, note: Callable[[str], None] | None
+) -> None:
+    """The checkpoint a resume goes on from must be the run's: its network, data kind and diffusion those of
+    RUN/config.yaml (unless ``force``). Other differences get a note: config.yaml is a record of the run,
+    rewritten on resume, not an input (changes go in as flags or --set)."""
+    if not files.config.is_file():
+        return
+    say = note or _stderr
+    try:
+        recorded = _flat(experiment_from_dict(read_yaml(files.config)).to_dict())
+    except UserError as e:
+        say(f"note: {files.config} is not a config ({e}); it is rewritten from the checkpoint's config")
+        return
+    saved = _flat(config_from_checkpoint(ckpt["config"], ckpt.get("version")).to_dict())
+    given = _flat(overrides)
+    differ = [k for k in sorted(saved.keys() | recorded.keys()) if saved.get(k) != recorded.get(k) and k not in given]
+    foreign = [k for k in differ if k.startswith(_IDENTITY)]
+    if foreign and not force:
+        raise UserError(
+            f"the latest checkpoint of {str(files.path)!r} (step {ckpt['step']}) is not this run's: its "
+            f"{', '.join(foreign[:4])} differ from {files.config.name}; move it out of {files.checkpoints}, "
+            f"or pass --force with --resume to go on from it with its own config"
+        )
+    if differ:
+        say(
+            f"note: {files.config} differs from the checkpoint's config in {', '.join(differ[:6])}"
+            f"{' ...' if len(differ) > 6 else ''}; the file is a record of the run, rewritten now: give changes "
+            f"as flags or --set"
+        )
 
 
 def resumed_config(ckpt: dict, run_dir: Path, given: ExperimentConfig | None, overrides: dict) -> ExperimentConfig:
