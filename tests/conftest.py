@@ -3,7 +3,6 @@
 import contextlib
 import importlib.util
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -50,7 +49,7 @@ def tiny_config(tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """A digits run trained once per session with TINY_DIGITS (4 steps); read it, or copy it with ``tiny_run_copy``."""
+    """A digits run trained once per session with TINY_DIGITS (4 steps): a test that changes it copies it first."""
     from ddpmkit.cli import main
 
     root = tmp_path_factory.mktemp("tiny_run")
@@ -61,12 +60,6 @@ def tiny_run(tmp_path_factory):
         == 0
     )
     return out
-
-
-@pytest.fixture
-def tiny_run_copy(tiny_run, tmp_path):
-    """A private copy of ``tiny_run`` for a test that changes the run (resumes it, rewrites a checkpoint)."""
-    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
 
 
 @pytest.fixture(scope="module")
