@@ -36,6 +36,7 @@ class DigitsSplit:
 
 def load_digits_split() -> DigitsSplit:
     """Load scikit-learn's digits, grey v in 0..16 -> uint8 round(v * 255 / 16), stratified split."""
+    # lazy: scikit-learn costs start-up and only the digits judge needs it
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -81,6 +82,7 @@ class DigitsJudge:
     @classmethod
     def fit(cls, seed: int = 0) -> DigitsJudge:
         """Fit both models deterministically on the train split (about a second on one CPU)."""
+        # lazy: scikit-learn costs start-up and only the digits judge needs it
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.neural_network import MLPClassifier
         from sklearn.svm import SVC

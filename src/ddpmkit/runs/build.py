@@ -11,13 +11,15 @@ from ..config import DataConfig, DiffusionConfig, ExperimentConfig, ModelConfig,
 from ..diffusion import GaussianDiffusion
 from ..errors import UserError
 from ..fields import require
-from ..schedules import cosine_beta_schedule, linear_beta_schedule
+from ..nn import MLPDenoiser, UNet, UNetConfig
+from ..schedules import cosine_beta_schedule, linear_beta_schedule, scaled_linear_beta_schedule
 
 __all__ = ["build_dataset", "resolve_model_config", "build_model", "check_state_dict", "build_diffusion"]
 
 
 def build_dataset(cfg: DataConfig, split: str = "train", seed: int = 0):
     """Load the dataset a data config names (in memory)."""
+    # lazy: the data package imports PIL, which loading a run to sample does not need (start-up)
     from ..data import load_dataset
 
     if isinstance(cfg, Toy2DData):
@@ -43,8 +45,6 @@ def resolve_model_config(cfg: ExperimentConfig, dataset) -> ExperimentConfig:
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The network of a resolved model config."""
-    from ..nn import MLPDenoiser, UNet, UNetConfig
-
     return UNet(cfg) if isinstance(cfg, UNetConfig) else MLPDenoiser(cfg)
 
 
@@ -77,6 +77,8 @@ def build_betas(cfg: DiffusionConfig) -> torch.Tensor:
     """The beta schedule of a diffusion config, float64."""
     if cfg.schedule == "linear":
         return linear_beta_schedule(cfg.timesteps, cfg.beta_start, cfg.beta_end)
+    if cfg.schedule == "scaled_linear":
+        return scaled_linear_beta_schedule(cfg.timesteps, cfg.beta_start, cfg.beta_end)
     return cosine_beta_schedule(cfg.timesteps, cfg.cosine_s)
 
 

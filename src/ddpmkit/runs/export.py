@@ -15,10 +15,15 @@ from pathlib import Path
 
 from torch import Tensor
 
+from ..config import config_from_checkpoint
 from ..errors import UserError
 from ..files import write_bytes, write_text
 from ..options import ExportFormat, check_choice, choices
+from ..version import __version__
+from .build import build_betas, build_model
 from .outputs import check_output
+from .run import Run
+from .rundir import resolve_checkpoint
 
 __all__ = [
     "export_run",
@@ -37,9 +42,6 @@ _DIFFUSERS_VERSION = "0.42.1"  # the diffusers whose source this mapping was che
 
 def export_run(run_path: str | Path, fmt: ExportFormat, out: str | Path | None = None, force: bool = False) -> Path:
     """Write the run's EMA weights (its raw weights if it kept no EMA) in ``fmt``; return the folder."""
-    from .run import Run
-    from .rundir import resolve_checkpoint
-
     check_choice("export format", fmt, ExportFormat)
     safetensors = _safetensors()
     out = check_output(
@@ -79,7 +81,7 @@ def export_run(run_path: str | Path, fmt: ExportFormat, out: str | Path | None =
 
 def _safetensors():
     try:
-        import safetensors.torch
+        import safetensors.torch  # optional: safetensors (the export extra)
     except ImportError:
         raise UserError("export needs the safetensors package: pip install 'ddpmkit[export]'") from None
     return safetensors.torch
@@ -93,8 +95,6 @@ def _default_out(checkpoint: Path, given: Path, fmt: str) -> Path:
 
 def _about(run) -> dict:
     """What the weights are: ddpmkit's full config, the step, EMA or not, the class names."""
-    from ..version import __version__
-
     return {
         "ddpmkit_version": __version__,
         "config": run.config.to_dict(),
@@ -107,9 +107,6 @@ def _about(run) -> dict:
 
 def load_safetensors(folder: str | Path):
     """(network, experiment config) from a ``--format safetensors`` folder; the network in eval mode."""
-    from ..config import config_from_checkpoint
-    from .build import build_model
-
     folder = Path(folder)
     about = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     cfg = config_from_checkpoint(about["config"])
@@ -198,8 +195,6 @@ def diffusers_unet_config(cfg) -> dict:
 
 def scheduler_config(d) -> dict:
     """DDPMScheduler's arguments for a diffusion config; the betas are given exactly (``trained_betas``)."""
-    from .build import build_betas
-
     return {
         "num_train_timesteps": d.timesteps,
         "beta_schedule": "linear" if d.schedule == "linear" else "squaredcos_cap_v2",  # informative: trained_betas rule

@@ -18,13 +18,19 @@ import tempfile
 from html import escape
 from pathlib import Path
 
+import numpy
+import torch
 import yaml
 
 from ..errors import UserError
 from ..files import write_text
+from ..train.metrics import read_metrics
+from ..version import __version__
 from .charts import line_chart, smooth
-from .outputs import check_output
+from .outputs import check_output, write_trajectory
+from .run import Run, describe_checkpoint
 from .rundir import RunDir
+from .sampling import default_steps
 
 __all__ = ["write_report", "build_report", "record_eval", "MAX_GRIDS", "TRAJECTORY_CALLS"]
 
@@ -110,8 +116,6 @@ def _read_text(path: Path) -> str:
 
 
 def _records(run_dir: Path) -> list[dict]:
-    from ..train.metrics import read_metrics
-
     path = RunDir(run_dir).metrics
     return read_metrics(path) if path.exists() else []
 
@@ -122,8 +126,6 @@ def _png(data: bytes, alt: str, width: int | None = None) -> str:
 
 
 def _summary(run_dir: Path, config: dict, records: list[dict]) -> str:
-    from .run import describe_checkpoint
-
     rows: dict = {}
     try:
         rows.update(describe_checkpoint(run_dir))
@@ -180,9 +182,6 @@ def _grids(run_dir: Path) -> str:
 
 
 def _trajectory(run_dir: Path, device: str) -> str:
-    from . import Run, write_trajectory
-    from .run import default_steps
-
     if not any(RunDir(run_dir).checkpoints.glob("*.pt")):
         return '<p class="note">no checkpoint to draw from</p>'
     run = Run.load(run_dir, device=device)
@@ -242,11 +241,6 @@ def _evaluation(run_dir: Path) -> str:
 
 
 def _environment(device: str) -> dict:
-    import numpy
-    import torch
-
-    from .. import __version__
-
     cuda = torch.cuda.is_available() and device != "cpu"
     where = f"cuda ({torch.cuda.get_device_name(0)})" if cuda else f"cpu ({torch.get_num_threads()} threads)"
     return {

@@ -153,7 +153,7 @@ def _grid_drawer(files: RunDir) -> Callable[[Trainer, int], Path]:
         # PIL (and the image helpers that import it) only when a grid is drawn: start-up
         from PIL import Image
 
-        from ..images import sample_grid, save_png, save_points_png, to_uint8
+        from ..images import sample_grid, save_png, save_points_png, to_uint8  # lazy: imports PIL (start-up)
 
         sc, device = trainer.cfg.sample, trainer.device
         n = trainer.cfg.train.num_grid_samples

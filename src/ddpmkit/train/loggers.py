@@ -28,7 +28,7 @@ NOT_SCALARS = ("step", "time")  # record keys that are no curve
 def summary_writer_class():
     """torch's SummaryWriter; a UserError naming the pip command when tensorboard is not installed."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional: tensorboard
     except ImportError:
         raise UserError(
             "train.loggers has 'tensorboard' but the tensorboard package is not installed: "

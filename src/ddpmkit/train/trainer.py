@@ -230,7 +230,7 @@ class Trainer:
         stream = self._begin()
         bar = None
         if self.progress:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # lazy: only a progress bar needs it (start-up)
 
             bar = tqdm(total=tc.steps, initial=self.start_step, desc="train", dynamic_ncols=True)
         self.interval.reset(self.start_step)
