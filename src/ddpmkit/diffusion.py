@@ -355,9 +355,23 @@ class GaussianDiffusion:
             timesteps=timesteps,
             guidance=guidance_scale,
         )
-        timesteps = opts.grid(self.num_timesteps, self.alphas_cumprod)
         if x_T is None:
             x_T = randn(tuple(shape), generator, _model_device(model) if device is None else device, dtype)
+        return self._run_sampler(model, opts, x_T, y, generator, progress, clip_denoised, callback)
+
+    def _run_sampler(
+        self,
+        model: Model,
+        opts: SamplingOptions,
+        x_T: Tensor,
+        y: Tensor | None,
+        generator: torch.Generator | list[torch.Generator] | None,
+        progress: bool,
+        clip_denoised: bool | None,
+        callback: Callable | None,
+    ) -> Tensor:
+        """Run the options' sampler from x_T down its timestep grid (``sample``'s body, after the checks)."""
+        timesteps = opts.grid(self.num_timesteps, self.alphas_cumprod)
         denoiser = self._denoiser(model, y, x_T, opts.guidance, clip_denoised)
         with _progress(progress, len(timesteps), f"sampling ({opts.sampler})", callback) as on_step:
             return SAMPLERS[opts.sampler](

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from html import escape
 
 __all__ = ["line_chart", "smooth", "nice_ticks"]
@@ -43,6 +44,43 @@ def _label(v: float) -> str:
     return f"{v:.3g}" if v != 0 else "0"
 
 
+def _bounds(points: list[tuple[float, float]], log_y: bool) -> tuple[float, float, float, float]:
+    """(x0, x1, y0, y1) around the points, widened where all share one value."""
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
+    if x1 == x0:
+        x0, x1 = x0 - 1, x1 + 1
+    if y1 == y0:
+        y0, y1 = (y0 / 2, y1 * 2) if log_y else (y0 - 1, y1 + 1)
+    return x0, x1, y0, y1
+
+
+def _grid_lines(
+    x0: float,
+    x1: float,
+    y0: float,
+    y1: float,
+    log_y: bool,
+    sx: Callable[[float], float],
+    sy: Callable[[float], float],
+) -> list[str]:
+    """The ticks of both axes: a light grid line and a label each."""
+    lines = []
+    for t in _log_ticks(y0, y1) if log_y else nice_ticks(y0, y1):
+        y = sy(t)
+        lines.append(
+            f'<line x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e4e4"/>'
+            f'<text x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_label(t)}</text>'
+        )
+    for t in nice_ticks(x0, x1):
+        x = sx(t)
+        lines.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{_TOP}" y2="{_H - _BOTTOM}" stroke="#e4e4e4"/>'
+            f'<text x="{x:.1f}" y="{_H - _BOTTOM + 16}" text-anchor="middle">{_label(t)}</text>'
+        )
+    return lines
+
+
 def line_chart(
     xs: list[float],
     series: list[tuple[str, list[float], str, float]],
@@ -61,12 +99,7 @@ def line_chart(
     ]
     if not points:
         return f'<p class="empty">no values to plot for {escape(title or y_label)}</p>'
-    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
-    y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
-    if x1 == x0:
-        x0, x1 = x0 - 1, x1 + 1
-    if y1 == y0:
-        y0, y1 = (y0 / 2, y1 * 2) if log_y else (y0 - 1, y1 + 1)
+    x0, x1, y0, y1 = _bounds(points, log_y)
     fy = math.log10 if log_y else float
     sx = lambda x: _LEFT + (x - x0) / (x1 - x0) * (_W - _LEFT - _RIGHT)  # noqa: E731
     sy = lambda y: _H - _BOTTOM - (fy(y) - fy(y0)) / (fy(y1) - fy(y0)) * (_H - _TOP - _BOTTOM)  # noqa: E731
@@ -76,18 +109,7 @@ def line_chart(
         f'<rect x="{_LEFT}" y="{_TOP}" width="{_W - _LEFT - _RIGHT}" height="{_H - _TOP - _BOTTOM}" '
         'fill="#fff" stroke="#999"/>',
     ]
-    for t in _log_ticks(y0, y1) if log_y else nice_ticks(y0, y1):
-        y = sy(t)
-        parts.append(
-            f'<line x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e4e4"/>'
-            f'<text x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_label(t)}</text>'
-        )
-    for t in nice_ticks(x0, x1):
-        x = sx(t)
-        parts.append(
-            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{_TOP}" y2="{_H - _BOTTOM}" stroke="#e4e4e4"/>'
-            f'<text x="{x:.1f}" y="{_H - _BOTTOM + 16}" text-anchor="middle">{_label(t)}</text>'
-        )
+    parts += _grid_lines(x0, x1, y0, y1, log_y, sx, sy)
     parts.append(f'<text x="{(_LEFT + _W - _RIGHT) / 2}" y="{_H - 6}" text-anchor="middle">{escape(x_label)}</text>')
     parts.append(
         f'<text x="14" y="{(_TOP + _H - _BOTTOM) / 2}" text-anchor="middle" '

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 import torch
 from torch import Tensor
@@ -36,7 +36,17 @@ from .sampling import parse_labels
 __all__ = ["TUNABLE", "REFERENCE", "Tuned", "search_timesteps", "tune_steps", "tuned_path", "load_tuned", "describe"]
 
 TUNABLE: tuple[SamplerName, ...] = ("ddim", "dpm++2m", "dpm++3m", "unipc-bh1", "unipc-bh2")  # deterministic
-REFERENCE = {"sampler": "dpm++3m", "steps": 250, "spacing": "snr_root"}  # the converged ODE solution
+
+
+class Reference(TypedDict):
+    """The sampler whose many-step solution stands for the exact ODE solution."""
+
+    sampler: SamplerName
+    steps: int
+    spacing: Spacing
+
+
+REFERENCE: Reference = {"sampler": "dpm++3m", "steps": 250, "spacing": "snr_root"}  # the converged ODE solution
 HELDOUT_SEED = 1_000_000  # held-out draw i uses seed + HELDOUT_SEED + i
 FORMAT = "ddpmkit tuned timesteps"
 
@@ -45,7 +55,7 @@ class Tuned(NamedTuple):
     """The result of a search: the grid, where it started, and the objective before and after."""
 
     timesteps: list[int]  # strictly decreasing kept indices, K of them
-    start_spacing: str  # the standard spacing the search started from
+    start_spacing: Spacing  # the standard spacing the search started from
     start: float  # objective of the start grid on the tuning draws
     tuned: float  # objective of the result on the tuning draws
     evaluations: int  # objective evaluations (each is K network calls per draw)
@@ -91,11 +101,36 @@ def _moves(ts: list[int], j: int, fraction: float, lam: Tensor) -> list[int]:
     out = []
     for goal in (float(lam[upper]), float(lam[max(lower, 0)])):
         target = torch.tensor([here + fraction * (goal - here)], dtype=torch.float64)
-        t = interp(target, lam.flip(0), torch.arange(lam.numel() - 1, -1, -1, dtype=torch.float64))
-        t = min(max(int(torch.round(t)), lower + 1), upper - 1)
+        exact = interp(target, lam.flip(0), torch.arange(lam.numel() - 1, -1, -1, dtype=torch.float64))
+        t = min(max(int(torch.round(exact)), lower + 1), upper - 1)
         if t != ts[j] and t not in out:
             out.append(t)
     return out
+
+
+def _checked_sampler(
+    run, sampler: SamplerName | None, steps: int, draws: int, heldout: int, rounds: int, seed: int, batch_size: int
+) -> SamplerName:
+    """The sampler to tune (default: the run's), once every argument of ``tune_steps`` is checked."""
+    sampler = sampler or run.config.sample.sampler
+    check_choice("sampler", sampler, SamplerName)
+    if sampler not in TUNABLE:
+        raise UserError(f"tune-steps tunes a deterministic sampler ({', '.join(TUNABLE)}); got {sampler!r}")
+    for name, value in (("draws", draws), ("held-out draws", heldout), ("batch size", batch_size), ("rounds", rounds)):
+        positive_int(f"the number of {name}", value)
+    check_seed(seed, max(draws, HELDOUT_SEED + heldout))  # held-out draw i uses seed + HELDOUT_SEED + i
+    int_in_range("tuned steps", steps, 2, run.diffusion.num_timesteps - 1)
+    return sampler
+
+
+def _free_path(run, sampler: str, steps: int, force: bool) -> Path:
+    """Where the tuned grid goes inside the run directory; refused if one is there and ``force`` is not given."""
+    if run.run_dir is None:
+        raise UserError(f"tune-steps saves into a run directory; {run.checkpoint} is not inside RUN/checkpoints/")
+    path = tuned_path(run.run_dir, sampler, steps)
+    if path.exists() and not force:
+        raise UserError(f"{path} exists (use --force to tune again and replace it)")
+    return path
 
 
 # --------------------------------------------------------------------------- a trained run
@@ -113,20 +148,8 @@ def tune_steps(
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Tune the ``steps``-call grid of ``sampler`` (default: the run's) for ``run`` and save it; returns the record."""
-    sampler = sampler or run.config.sample.sampler
-    check_choice("sampler", sampler, SamplerName)
-    if sampler not in TUNABLE:
-        raise UserError(f"tune-steps tunes a deterministic sampler ({', '.join(TUNABLE)}); got {sampler!r}")
-    for name, value in (("draws", draws), ("held-out draws", heldout), ("batch size", batch_size), ("rounds", rounds)):
-        positive_int(f"the number of {name}", value)
-    check_seed(seed, max(draws, HELDOUT_SEED + heldout))  # held-out draw i uses seed + HELDOUT_SEED + i
-    T = run.diffusion.num_timesteps
-    int_in_range("tuned steps", steps, 2, T - 1)
-    if run.run_dir is None:
-        raise UserError(f"tune-steps saves into a run directory; {run.checkpoint} is not inside RUN/checkpoints/")
-    path = tuned_path(run.run_dir, sampler, steps)
-    if path.exists() and not force:
-        raise UserError(f"{path} exists (use --force to tune again and replace it)")
+    sampler = _checked_sampler(run, sampler, steps, draws, heldout, rounds, seed, batch_size)
+    path = _free_path(run, sampler, steps, force)
     draw = _drawer(run, batch_size)
     train, held = _noise(run, draws, seed), _noise(run, heldout, seed + HELDOUT_SEED)
     ref_train, ref_held = draw(REFERENCE["sampler"], None, *train), draw(REFERENCE["sampler"], None, *held)
@@ -226,6 +249,7 @@ def load_tuned(run_dir: str | Path, sampler: str, steps: int, num_timesteps: int
         problem = f"unreadable ({type(e).__name__})"
     if problem:
         raise UserError(f"tuned timesteps file {path} is {problem}: delete it or run `ddpmkit tune-steps` again")
+    assert ts is not None  # _problem refuses a record without a list
     return [int(t) for t in ts], path
 
 
