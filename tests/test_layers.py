@@ -31,6 +31,7 @@ LAYERS = {
 }
 
 MAX_FUNCTION_LINES = 60
+MAX_CLI_FILE_LINES = 300  # the command line only parses, calls the run layer and prints: small files, one theme each
 # Comments that tell a tool something rather than a reader why.
 PRAGMA = re.compile(r"noqa(:\s*[A-Z0-9, ]+)?|type:\s*ignore(\[[^\]]*\])?|pragma:.*|fmt:\s*\w+")
 
@@ -345,6 +346,15 @@ def _functions(tree: ast.AST, prefix: str = ""):
             yield from _functions(node, prefix)
 
 
+def check_cli_file_size(modules: dict[str, Module], limit: int = MAX_CLI_FILE_LINES) -> list[str]:
+    """(g) No file of the command line (ddpmkit.cli and below) is over `limit` lines."""
+    return [
+        f"{module.path}:{len(module.lines)}: {module.name} is {len(module.lines)} lines (at most {limit})"
+        for module in modules.values()
+        if layer_of(module.name, modules) == "cli" and len(module.lines) > limit
+    ]
+
+
 RULES = {
     "layers": check_layers,
     "cycles": check_cycles,
@@ -352,6 +362,7 @@ RULES = {
     "private names": check_private_names,
     "lazy import reasons": check_lazy_import_reasons,
     "function length": check_function_length,
+    "cli file size": check_cli_file_size,
 }
 
 
@@ -494,3 +505,12 @@ def test_checker_finds_long_functions():
     assert check_function_length(tree(samplers=function(61))) == ["ddpmkit/samplers.py:2: f is 61 lines"]
     method = "class A:\n" + function(61, "    ")
     assert check_function_length(tree(samplers=method)) == ["ddpmkit/samplers.py:3: A.f is 61 lines"]
+
+
+def test_checker_finds_long_cli_files():
+    lines = "x = 1\n"
+    assert not check_cli_file_size(tree(cli__parser=lines * 300, runs__run=lines * 400))
+    assert check_cli_file_size(tree(cli__parser=lines * 301, runs__run=lines * 400)) == [
+        "ddpmkit/cli/parser.py:301: ddpmkit.cli.parser is 301 lines (at most 300)"
+    ]
+    assert check_cli_file_size(tree(cli__init=lines * 301))

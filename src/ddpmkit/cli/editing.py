@@ -1,0 +1,205 @@
+"""The commands that edit images with a trained run: ``inpaint`` (RePaint), ``edit`` (SDEdit), ``interpolate``.
+
+Each has its parser (``add_<command>``) and its handler (``cmd_<command>``); the run layer (and torch with it) is
+imported inside each handler, when its command runs: a measured start-up cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import UserError
+from ..options import SamplerName, Spacing, choices
+from .flags import COMMON, add_command, add_flags
+
+__all__ = ["add_inpaint", "add_edit", "add_interpolate", "cmd_inpaint", "cmd_edit", "cmd_interpolate"]
+
+
+def _editing_options(p) -> None:
+    """The options inpaint and edit share with sample."""
+    add_flags(p, "run")
+    p.add_argument(
+        "--image",
+        required=True,
+        help="the input: a PNG (grey L or RGB, at the run's size) or a samples .npz (all its images)",
+    )
+    p.add_argument("--num", type=int, default=1, help="results per input image")
+    p.add_argument("--steps", type=int, help="network calls of the sampling chain (default: as ddpmkit sample)")
+    add_flags(p, "eta")
+    p.add_argument("--spacing", choices=choices(Spacing), help="timestep spacing (default: the sampler's)")
+    p.add_argument(
+        "--labels",
+        help="classes to condition on (cycled over the results); default for a class-"
+        "conditional run: unconditional, through its null label",
+    )
+    add_flags(p, "guidance")
+    p.add_argument("--seed", type=int, default=0, help="result i uses seed + i, whatever the batch size")
+    p.add_argument("--batch-size", type=int, default=256, help="results per network batch")
+    p.add_argument("--out", action="append", help="results.npz and/or picture.png, one row per input (repeatable)")
+    add_flags(p, "precision", *COMMON)
+
+
+def add_inpaint(sub) -> None:
+    p = add_command(
+        sub,
+        "inpaint",
+        "fill in the masked part of images (RePaint)",
+        "  ddpmkit inpaint runs/digits --image digit.png --mask top_half.png --num 4 --resample 4 --out filled.png",
+    )
+    _editing_options(p)
+    p.add_argument("--mask", required=True, help="PNG, white (255) = keep, black (0) = generate; or .npz 'mask' 0/1")
+    p.add_argument("--resample", type=int, default=1, help="RePaint's resamplings R (1: plain replacement)")
+    p.add_argument("--jump", type=int, default=1, help="RePaint's jump length J")
+    p.add_argument(
+        "--sampler",
+        choices=choices(SamplerName),
+        default="ddpm",
+        help="the reverse step: ddpm (ancestral, the default) or ddim; the dpm++ solvers are refused",
+    )
+
+
+def cmd_inpaint(args: argparse.Namespace) -> int:
+    # lazy: start-up (see the module docstring)
+    from ..runs.editing import inpaint, read_images, read_mask
+
+    outs = _edit_outputs(args)
+    run = _load(args)
+    images = read_images(args.image, run)
+    mask = read_mask(args.mask, run, len(images))
+    result = inpaint(
+        run,
+        images,
+        mask,
+        num=args.num,
+        resample=args.resample,
+        jump=args.jump,
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+        spacing=args.spacing,
+        labels=args.labels,
+        guidance=args.guidance,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        progress=not args.no_progress,
+    )
+    return _write_edited(run, result, outs, f"{len(result.x)} completions ({result.calls} network calls each)")
+
+
+def add_edit(sub) -> None:
+    p = add_command(
+        sub,
+        "edit",
+        "image-to-image: noise an image part way, then denoise it (SDEdit)",
+        "  ddpmkit edit runs/digits --image three.png --strength 0.5 --labels 8 --out eight.png",
+    )
+    _editing_options(p)
+    p.add_argument(
+        "--strength",
+        type=float,
+        required=True,
+        help="in [0, 1]: the input is noised to t0 = strength T (0: unchanged, 1: a new sample)",
+    )
+    add_flags(p, "sampler")
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    # lazy: start-up (see the module docstring)
+    from ..runs.editing import edit, read_images
+
+    outs = _edit_outputs(args)
+    run = _load(args)
+    result = edit(
+        run,
+        read_images(args.image, run),
+        args.strength,
+        num=args.num,
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+        spacing=args.spacing,
+        labels=args.labels,
+        guidance=args.guidance,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        progress=not args.no_progress,
+    )
+    return _write_edited(run, result, outs, f"{len(result.x)} edits ({result.calls} network calls each)")
+
+
+def add_interpolate(sub) -> None:
+    p = add_command(
+        sub,
+        "interpolate",
+        "a strip of images along slerp between two noises, decoded with DDIM",
+        "  ddpmkit interpolate runs/digits --seeds 0,1 --frames 8 --labels 3 --out strip.png\n"
+        "  ddpmkit interpolate runs/digits --images a.png,b.png --out strip.png",
+        "run",
+    )
+    ends = p.add_mutually_exclusive_group(required=True)
+    ends.add_argument("--seeds", help="A,B: the noises of two sample seeds")
+    ends.add_argument("--images", help="I1,I2: two images (PNG or one-image .npz), DDIM-inverted to their noises")
+    p.add_argument("--frames", type=int, default=8, help="images in the strip (>= 2)")
+    p.add_argument("--steps", type=int, help="DDIM calls for inversion and decoding (default: as ddpmkit sample)")
+    p.add_argument("--spacing", choices=choices(Spacing), help="timestep spacing (default: ddim's)")
+    p.add_argument("--labels", help="one class for every frame (default for a class-conditional run: its null label)")
+    add_flags(p, "guidance")
+    p.add_argument("--out", action="append", help="strip.png and/or frames.npz (repeatable)")
+    add_flags(p, "precision", *COMMON)
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    # lazy: start-up (see the module docstring)
+    from ..runs.editing import image_pair, interpolate, read_image_pair
+
+    outs = _edit_outputs(args)
+    seeds = None if args.seeds is None else _seed_pair(args.seeds)
+    paths = None if seeds is not None else image_pair(args.images)
+    run = _load(args)
+    images = None if paths is None else read_image_pair(paths, run)
+    result = interpolate(
+        run,
+        seeds=seeds,
+        images=images,
+        frames=args.frames,
+        steps=args.steps,
+        spacing=args.spacing,
+        labels=args.labels,
+        guidance=args.guidance,
+        precision=args.precision,
+    )
+    return _write_edited(run, result, outs, f"{len(result.x)} frames (DDIM, {result.calls} steps)")
+
+
+def _seed_pair(text: str) -> list[int]:
+    """``--seeds A,B`` as integers (how many there are is the run layer's check)."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds must be two integers A,B, got {text!r}") from None
+
+
+def _edit_outputs(args: argparse.Namespace) -> list:
+    # lazy: start-up (see the module docstring)
+    from ..runs import check_output
+
+    return [check_output(p, args.force, (".npz", ".png"), "--out") for p in (args.out or ["edited.png"])]
+
+
+def _load(args: argparse.Namespace):
+    # lazy: start-up (see the module docstring)
+    from ..runs import Run
+
+    return Run.load(args.run, ema=not args.no_ema, device=args.device)
+
+
+def _write_edited(run, result, outs: list, what: str) -> int:
+    # lazy: start-up (see the module docstring)
+    from ..runs.editing import write_edited
+
+    for path in outs:
+        write_edited(path, result, run.config.sample.levels)
+    print(f"wrote {what} to " + ", ".join(map(str, outs)))
+    return 0
