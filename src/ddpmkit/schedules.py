@@ -19,6 +19,7 @@ from .validate import positive_int
 __all__ = [
     "linear_beta_schedule",
     "cosine_beta_schedule",
+    "scaled_linear_beta_schedule",
     "make_beta_schedule",
     "StepCoefficients",
     "step_coefficients",
@@ -45,13 +46,24 @@ def cosine_beta_schedule(T: int, s: float = 0.008, max_beta: float = 0.999) -> T
     return betas.clamp(max=max_beta)
 
 
+def scaled_linear_beta_schedule(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+    """Betas whose square roots rise linearly from sqrt(``beta_start``) to sqrt(``beta_end``) (diffusers'
+    ``scaled_linear``, the latent diffusion models' schedule)."""
+    _check_T(T)
+    if not 0.0 < beta_start <= beta_end < 1.0:
+        raise UserError(f"need 0 < beta_start <= beta_end < 1, got {beta_start} and {beta_end}")
+    return torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), T, dtype=torch.float64) ** 2
+
+
 def make_beta_schedule(name: Schedule, T: int, **kwargs) -> Tensor:
-    """Build a schedule by name: ``"linear"`` or ``"cosine"``."""
+    """Build a schedule by name: ``"linear"``, ``"cosine"`` or ``"scaled_linear"``."""
     if name == "linear":
         return linear_beta_schedule(T, **kwargs)
     if name == "cosine":
         return cosine_beta_schedule(T, **kwargs)
-    raise UserError(f"unknown beta schedule {name!r}; choose 'linear' or 'cosine'")
+    if name == "scaled_linear":
+        return scaled_linear_beta_schedule(T, **kwargs)
+    raise UserError(f"unknown beta schedule {name!r}; choose 'linear', 'cosine' or 'scaled_linear'")
 
 
 class StepCoefficients(NamedTuple):

@@ -31,6 +31,23 @@ def test_cosine_schedule_matches_alpha_bar_formula():
     assert abar[T // 2].item() == pytest.approx(f(T // 2 + 1) / f(0), rel=1e-10)
 
 
+def test_scaled_linear_schedule_matches_closed_form_and_diffusers():
+    from ddpmkit.schedules import make_beta_schedule, scaled_linear_beta_schedule
+
+    T, b0, b1 = 1000, 8.5e-4, 0.012
+    betas = scaled_linear_beta_schedule(T, b0, b1)
+    assert betas.dtype == torch.float64
+    assert torch.equal(betas, make_beta_schedule("scaled_linear", T, beta_start=b0, beta_end=b1))
+    for t in (0, 1, 500, T - 1):  # sqrt(beta_t) linear in t
+        expected = (math.sqrt(b0) + t / (T - 1) * (math.sqrt(b1) - math.sqrt(b0))) ** 2
+        assert betas[t].item() == pytest.approx(expected, rel=1e-12)
+    diffusers = pytest.importorskip("diffusers")
+    theirs = diffusers.DDPMScheduler(beta_schedule="scaled_linear", beta_start=b0, beta_end=b1).betas.double()
+    torch.testing.assert_close(betas, theirs, rtol=1e-6, atol=0)  # float32 on their side
+    with pytest.raises(UserError):
+        scaled_linear_beta_schedule(10, beta_start=0.1, beta_end=0.05)
+
+
 @pytest.mark.parametrize("bad", [dict(beta_start=0.0), dict(beta_start=0.1, beta_end=0.05), dict(beta_end=1.0)])
 def test_bad_schedule_raises(bad):
     with pytest.raises(UserError):
