@@ -70,7 +70,8 @@ def _describe(hint: Any) -> str:
 def config_classes(hint: Any) -> dict[str, type]:
     """{kind: class} of a union of config classes (empty for any other hint)."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) not in (Union, types.UnionType) or not all(dataclasses.is_dataclass(a) for a in args):
+    kinded = all(dataclasses.is_dataclass(a) and isinstance(getattr(a, "kind", None), str) for a in args)
+    if typing.get_origin(hint) not in (Union, types.UnionType) or not kinded:  # an optional section has no kind
         return {}
     return {a.kind: a for a in args}
 
@@ -86,6 +87,9 @@ def coerce(hint: Any, value: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):  # an optional section says what is wrong inside
+            return coerce(inner[0], value, key)
         for arg in (a for a in args if a is not type(None)):
             try:
                 return coerce(arg, value, key)

@@ -8,7 +8,7 @@ combination that cannot work are refused with one ``config key ...`` line before
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional, Union
+from typing import ClassVar, Literal, Optional, Union
 
 from ..errors import UserError
 from ..fields import IMAGE_SIZE_WORDS, ImageSize, check_fields, check_image_size, fail, require, to_dict
@@ -42,6 +42,7 @@ __all__ = [
     "DiffusionConfig",
     "TrainConfig",
     "SampleConfig",
+    "DistillConfig",
     "ExperimentConfig",
     "CUDA_GRAPH_MODES",
     "RESUMABLE_TRAIN_KEYS",
@@ -283,6 +284,36 @@ class SampleConfig(_Checked):
         )
 
 
+@dataclass
+class DistillConfig(_Checked):
+    """A consistency model tuned from a trained run (ECT, Geng et al. 2024); its ECTParams and its teacher."""
+
+    section: ClassVar[str] = "distill"
+    method: Literal["ect"] = "ect"  # Easy Consistency Tuning
+    teacher: str = ""  # the teacher's checkpoint file, whose EMA weights the tuning starts from
+    teacher_step: int = 0  # the teacher's optimizer steps
+    teacher_images: int = 0  # the teacher's training cost: its steps x its batch size
+    stage_steps: int = 1000  # steps per ECT stage: t - r shrinks by q after each
+    q: float = 2.0  # t - r shrinks by this factor per stage
+    p_mean: float = -1.1  # log sigma_t ~ N(p_mean, p_std^2)
+    p_std: float = 2.0
+    k: float = 8.0  # r(t)'s sigmoid adjustment: size
+    b: float = 1.0  # r(t)'s sigmoid adjustment: steepness
+    distance: Literal["l2", "pseudo_huber"] = "l2"  # ECT's L2 or iCT's pseudo-Huber
+    huber_c: Optional[float] = None  # pseudo-Huber's c (None: 0.00054 sqrt(d))
+    grid_calls: int = 2  # network calls of the training grids' consistency samples
+
+    def check(self) -> None:
+        require(self.teacher_step >= 0, "distill.teacher_step", "at least 0", self.teacher_step)
+        require(self.teacher_images >= 0, "distill.teacher_images", "at least 0", self.teacher_images)
+        require(self.stage_steps >= 1, "distill.stage_steps", "at least 1", self.stage_steps)
+        require(self.q > 1, "distill.q", "above 1", self.q)
+        require(self.p_std > 0, "distill.p_std", "positive", self.p_std)
+        require(self.k >= 0 and self.b >= 0, "distill.k", "at least 0 (and distill.b too)", self.k)
+        require(self.huber_c is None or self.huber_c > 0, "distill.huber_c", "positive or null", self.huber_c)
+        require(self.grid_calls >= 1, "distill.grid_calls", "at least 1", self.grid_calls)
+
+
 # ---------------------------------------------------------------------- the whole experiment
 @dataclass
 class ExperimentConfig(_Checked):
@@ -292,6 +323,8 @@ class ExperimentConfig(_Checked):
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    # a consistency model tuned from a teacher run (None: a diffusion run); written only when set
+    distill: Optional[DistillConfig] = field(default=None, metadata={"written_when_set": True})
 
     def check(self) -> None:
         points = self.data.kind == "toy2d"

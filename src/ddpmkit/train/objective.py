@@ -7,6 +7,8 @@ as improved-diffusion's resample.py does), so the loop itself stays generic.
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import torch
 from torch import Tensor
 
@@ -14,7 +16,27 @@ from ..diffusion import GaussianDiffusion
 from ..timestep_sampling import LossAwareTimesteps, UniformTimesteps
 from .distributed import DistInfo, all_gather_cat
 
-__all__ = ["DiffusionObjective"]
+__all__ = ["DiffusionObjective", "Objective"]
+
+
+class Objective(Protocol):
+    """What the trainer calls: the draws of a global batch, the loss, metric bins and fields, its state."""
+
+    num_bins: int
+
+    def draw(self, batch_size: int, sample_shape, device, generator: torch.Generator) -> tuple[Tensor, ...]: ...
+
+    def __call__(self, model, x0: Tensor, y: Tensor | None, *draws: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def bins(self, draws) -> Tensor: ...
+
+    def observe(self, draws, losses: Tensor) -> None: ...
+
+    def log_fields(self, step: int) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, extra: dict) -> None: ...
 
 
 class DiffusionObjective:
@@ -72,6 +94,10 @@ class DiffusionObjective:
         """After a step: the loss-aware sampler learns this step's losses, every process's."""
         if isinstance(self.timesteps, LossAwareTimesteps):
             self.timesteps.update(all_gather_cat(draws[0], self.dist), all_gather_cat(losses, self.dist))
+
+    def log_fields(self, step: int) -> dict[str, Any]:
+        """Nothing beyond the trainer's own metrics."""
+        return {}
 
     def state_dict(self) -> dict:
         """What a checkpoint keeps of the objective (under its ``extra``)."""

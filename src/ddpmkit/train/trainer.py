@@ -25,7 +25,7 @@ from ..nn import num_parameters
 from .checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from .distributed import DistInfo, all_reduce_mean_, barrier, per_rank_batch_size, wrap_ddp
 from .loggers import RunLoggers
-from .objective import DiffusionObjective
+from .objective import Objective
 from .runtime import autocast_context, autocast_dtype
 from .signals import StopSignals, TrainingInterrupted
 
@@ -97,7 +97,7 @@ class Trainer:
         cfg: ExperimentConfig,
         model: nn.Module,
         dataset: Any,
-        objective: DiffusionObjective,
+        objective: Objective,
         files: RunFiles,
         *,
         device: torch.device,
@@ -324,6 +324,7 @@ class Trainer:
                 "time": time.time(),
             }
         )
+        record.update(self.objective.log_fields(done))  # what the objective adds (a consistency run's stage)
         self.logger.log(record)
         if bar is not None:
             bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
