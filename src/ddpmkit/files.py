@@ -4,11 +4,13 @@ Every output (checkpoints, sample files, PNG grids, JSON results, YAML configs, 
 metrics logs) goes through :func:`atomic_write`: the bytes go to a temporary file beside the
 destination (``.NAME.PID.HEX.tmp``), are synced to disk, and the file is renamed over the
 destination, so a crash or a full disk never leaves a half-written file and the earlier file
-stays as it was.
+stays as it was. An output claimed new (:func:`claim_new`, what ``check_output`` does without
+``--force``) is linked into place instead, which fails if another writer got there first.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -18,10 +20,25 @@ from typing import IO
 
 from .errors import UserError
 
-__all__ = ["atomic_write", "write_bytes", "write_text", "WriteError", "TEMP_FILE"]
+__all__ = ["atomic_write", "write_bytes", "write_text", "WriteError", "TEMP_FILE", "claim_new", "release"]
 
 # what atomic_write's temporary files are named: a killed writer may leave one behind
 TEMP_FILE = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
+
+# outputs checked as not there yet: written by an exclusive link, so of two writers only the first succeeds
+_NEW: set[Path] = set()
+# file systems without hard links: the name is claimed by an exclusive create instead
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
+
+
+def claim_new(path: str | Path) -> None:
+    """Write ``path`` only if it still does not exist when its bytes are ready (see ``atomic_write``)."""
+    _NEW.add(Path(path).absolute())
+
+
+def release(path: str | Path) -> None:
+    """``path`` may be replaced again (an output given with --force)."""
+    _NEW.discard(Path(path).absolute())
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
@@ -40,15 +57,35 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             write(watched)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if path.absolute() in _NEW:
+            _link_new(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, FileExistsError):
+            raise UserError(f"output {str(path)!r} already exists (another command wrote it first)") from None
         cause = e if isinstance(e, OSError) else getattr(watched, "error", None)
         if cause is not None:  # torch.save reports a failed write as a RuntimeError: name the real cause
             raise WriteError(path, cause) from None
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _link_new(tmp: Path, path: Path) -> None:
+    """Put ``tmp`` at ``path``, failing with FileExistsError if ``path`` exists (no check-then-rename race)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in _NO_LINKS:
+            raise
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # claim the name, then fill it
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
 
 
 class _Watched:

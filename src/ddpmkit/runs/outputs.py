@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..files import claim_new, release
 from ..images import (
     make_trajectory_grid,
     sample_grid,
@@ -37,7 +38,8 @@ def check_output(
     folder: bool = False,
 ) -> Path:
     """The output path, a file of one of ``suffixes`` (``asks`` names them in the message, when given) or a
-    ``folder``, refused before any work when its type, its directory or what is already there is wrong."""
+    ``folder``, refused before any work when its type, its directory or what is already there is wrong. A file
+    not ``force``d is claimed new: should another command write it meanwhile, this one's write is refused."""
     path = Path(path)
     if folder:
         if path.exists() and not path.is_dir():
@@ -55,6 +57,8 @@ def check_output(
         raise UserError(f"the directory of output {str(path)!r} does not exist")
     if not os.access(path if folder and path.is_dir() else path.parent, os.W_OK):
         raise UserError(f"the directory of output {str(path)!r} is not writable")
+    if not folder:
+        (release if force else claim_new)(path)
     return path
 
 
