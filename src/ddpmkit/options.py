@@ -24,6 +24,7 @@ __all__ = [
     "Device",
     "CompileMode",
     "LRSchedule",
+    "EMAKind",
     "Toy2DName",
     "DataKind",
     "ModelKind",
@@ -54,6 +55,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]  # autocast dtype of the net
 Device = Literal["auto", "cpu", "cuda"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 LRSchedule = Literal["constant", "cosine"]  # after warm-up
+EMAKind = Literal["fixed", "power"]  # the averaged weights: one fixed decay, or power-function EMAs (EDM2)
 Toy2DName = Literal["moons", "swissroll", "8gaussians", "checkerboard"]  # the 2-D point distributions
 DataKind = Literal["digits", "toy2d", "folder", "cifar10", "mnist"]  # the config's data.kind: which loader
 ModelKind = Literal["unet", "mlp"]  # the config's model.kind: which network

@@ -18,6 +18,7 @@ from ..options import (
     CompileMode,
     DataKind,
     Device,
+    EMAKind,
     Logger,
     LossType,
     LRSchedule,
@@ -30,6 +31,7 @@ from ..options import (
     Toy2DName,
     Variance,
 )
+from ..power_ema import SIGMA_REL_MAX
 
 __all__ = [
     "DigitsData",
@@ -48,6 +50,9 @@ __all__ = [
     "RESUMABLE_TRAIN_KEYS",
     "DATA_KINDS",
 ]
+
+
+_WHEN_SET = {"written_when_set": True}  # a field left at its default is not written: older configs read the same
 
 
 class _Checked:
@@ -198,6 +203,11 @@ class TrainConfig(_Checked):
     ema_decay: float = 0.9999  # EMA decay per optimizer step
     ema_start: int = 0  # before this step the EMA copies the weights
     ema_every: int = 1  # update the EMA every this many steps
+    # power: EMAs of relative widths ema_sigma_rels (ema_decay, ema_start unused), the first one sampled;
+    # snapshots every ema_snapshot_every steps let `ddpmkit ema` rebuild any width (written only when set)
+    ema_kind: EMAKind = field(default="fixed", metadata=_WHEN_SET)
+    ema_sigma_rels: tuple[float, ...] = field(default=(0.05, 0.10), metadata=_WHEN_SET)
+    ema_snapshot_every: int = field(default=0, metadata=_WHEN_SET)  # 0: no snapshots
     log_every: int = 100  # steps between metrics lines
     loggers: tuple[Logger, ...] = ("jsonl",)  # metrics.jsonl and/or TensorBoard event files in RUN/tb
     sample_every: int = 2000  # steps between PNG grids of EMA samples (0: never)
@@ -236,6 +246,7 @@ class TrainConfig(_Checked):
         require(self.weight_decay >= 0, "train.weight_decay", "at least 0", self.weight_decay)
         require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
         require(0 <= self.ema_decay < 1, "train.ema_decay", "in [0, 1)", self.ema_decay)
+        self._check_power_ema()
         require(
             len(set(self.loggers)) == len(self.loggers), "train.loggers", "a list without repeats", list(self.loggers)
         )
@@ -254,6 +265,23 @@ class TrainConfig(_Checked):
                 f"{self.compile_mode!r}: its CUDA graphs replay into the buffers of the gradients "
                 f"being accumulated (use compile_mode 'default' or 'max-autotune-no-cudagraphs')"
             )
+
+    def _check_power_ema(self) -> None:
+        """The power EMA's widths and snapshot interval (snapshots only of power EMAs, on update steps)."""
+        widths = self.ema_sigma_rels
+        what = f"a list of distinct numbers in (0, {SIGMA_REL_MAX:.4f}) (relative widths)"
+        require(bool(widths) and len(set(widths)) == len(widths), "train.ema_sigma_rels", what, list(widths))
+        require(all(0 < s < SIGMA_REL_MAX for s in widths), "train.ema_sigma_rels", what, list(widths))
+        every = self.ema_snapshot_every
+        require(every >= 0, "train.ema_snapshot_every", "at least 0", every)
+        if self.ema_kind == "fixed":
+            require(every == 0, "train.ema_snapshot_every", "0 unless train.ema_kind is 'power'", every)
+        require(
+            every % self.ema_every == 0,
+            "train.ema_snapshot_every",
+            f"a multiple of train.ema_every = {self.ema_every}",
+            every,
+        )
 
 
 @dataclass
