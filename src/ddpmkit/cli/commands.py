@@ -15,6 +15,7 @@ from typing import NoReturn
 from ..errors import UserError
 from ..fields import parse_image_size
 from ..options import CompileMode, Device, Precision, Spacing, choices
+from .distill import cmd_distill
 from .editing import cmd_edit, cmd_inpaint, cmd_interpolate
 from .flags import COMMON, add_command, add_flags
 from .measure import cmd_eval, cmd_export, cmd_report, cmd_stats, cmd_tune_steps
@@ -234,6 +235,7 @@ COMMANDS = {
     "config": cmd_config,
     "report": cmd_report,
     "export": cmd_export,
+    "distill": cmd_distill,
 }
 
 

@@ -21,6 +21,7 @@ from ..train.runtime import autocast_context, autocast_dtype, compute_device
 from ..validate import check_seed, positive_int
 from .bpd import evaluate_bpd
 from .build import build_diffusion, build_model, check_state_dict
+from .consistency_model import check_consistency_options, is_consistency, sample_consistency
 from .rundir import read_named_checkpoint, resolve_checkpoint, run_dir_of
 from .sampling import Labels, default_steps, parse_labels, run_sampling_options
 from .tuning import load_tuned
@@ -95,6 +96,11 @@ class Run:
 
     def evaluate_bpd(self, **options) -> dict:
         """The variational bound in bits/dim on held-out data (see ``runs.bpd.evaluate_bpd``)."""
+        if is_consistency(self.config):
+            raise UserError(
+                "bits/dim is refused for a consistency model: it defines no likelihood bound "
+                "(evaluate it with --metric fid, kid, pr or digits)"
+            )
         return evaluate_bpd(self, **options)
 
     @property
@@ -148,7 +154,11 @@ class Run:
         ``labels``: "all" (the default of a conditional model: classes cycled), a class number or
         name, a comma list "0,1" or "cat,dog", or a sequence; ``precision``: autocast dtype (default
         "auto" for images, "fp32" for points). Everything is checked before the first network call.
+        A consistency model (``ddpmkit distill``) samples with its multistep sampler, ``steps`` calls.
         """
+        if is_consistency(self.config):
+            options = dict(sampler=sampler, eta=eta, spacing=spacing, order=order, guidance=guidance)
+            return self._sample_consistency(num, steps, labels, seed, batch_size, precision, trajectory, options)
         plan = self._plan(
             num,
             seed,
@@ -175,6 +185,37 @@ class Run:
                 )
                 bar.update(chunks[-1].shape[0])
         return Samples(torch.cat(chunks), plan.labels, sampler_name, plan.calls, rows, plan.tuned_file)
+
+    def _sample_consistency(
+        self, num: int, steps, labels: Labels, seed: int, batch_size: int, precision, trajectory: bool, options: dict
+    ) -> Samples:
+        """``steps`` calls (default: the run's sample.steps) of the consistency sampler; sample i seeded seed + i."""
+        positive_int("the number of samples", num)
+        check_seed(seed, num)
+        positive_int("the batch size", batch_size)
+        if trajectory:
+            raise UserError("a trajectory follows a diffusion sampler's steps; a consistency model makes a few jumps")
+        calls = check_consistency_options(self.config.sample.steps if steps is None else steps, **options)
+        y = parse_labels(labels, num, self.num_classes, self.class_names)
+        amp = autocast_dtype(precision or ("auto" if self.is_image else "fp32"), self.device)
+        chunks = []
+        for start in range(0, num, batch_size):
+            n = min(batch_size, num - start)
+            gens = [torch.Generator(device=self.device).manual_seed(seed + start + i) for i in range(n)]
+            part = None if y is None else y[start : start + n].to(self.device)
+            with torch.no_grad(), autocast_context(self.device, amp):
+                x = sample_consistency(
+                    self.config,
+                    self.model,
+                    self.diffusion,
+                    (n, *self.sample_shape),
+                    calls,
+                    y=part,
+                    generator=gens,
+                    device=self.device,
+                )
+            chunks.append(x.float().cpu())
+        return Samples(torch.cat(chunks), y, "consistency", calls, None)
 
     def _plan(self, num: int, seed: int, batch_size: int, trajectory: bool, labels: Labels, **options) -> SamplingPlan:
         """Every option resolved against the run's config and checked."""
@@ -223,7 +264,7 @@ def describe_checkpoint(path: str | Path) -> dict[str, str]:
     data = cfg.data.kind + (f" ({cfg.data.distribution})" if cfg.data.kind == "toy2d" else "")
     if cfg.model.kind == "unet":  # images as H x W x C (H: height), whatever the checkpoint's age
         data += " ({}x{}x{} images, H x W x C)".format(*image_hw(cfg.model.image_size), cfg.model.in_channels)
-    return {
+    about = {
         "checkpoint": str(file),
         "step": f"{ckpt['step']} of {cfg.train.steps}",
         "data": data,
@@ -233,6 +274,10 @@ def describe_checkpoint(path: str | Path) -> dict[str, str]:
         + (f", p_uncond={d.p_uncond}" if classes else ""),
         "ema": f"{'yes' if ckpt.get('ema') is not None else 'no'} (decay {cfg.train.ema_decay})",
     }
+    if cfg.distill is not None:  # a consistency model: its method and teacher
+        dc = cfg.distill
+        about["distill"] = f"{dc.method} from {dc.teacher} (step {dc.teacher_step}), {dc.stage_steps} steps per stage"
+    return about
 
 
 def _count(state: dict) -> int:

@@ -30,6 +30,7 @@ from ..train.distributed import DistInfo, cleanup_distributed, device_for, dist_
 from ..train.runtime import autocast_context, use_deterministic_algorithms
 from ..train.signals import TrainingInterrupted
 from .build import build_dataset, build_diffusion, build_model, check_state_dict, resolve_model_config
+from .consistency_model import consistency_objective, is_consistency, sample_consistency, teacher_weights
 from .rundir import RunDir, check_checkpoint_name
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ def make_trainer(
 ) -> Trainer:
     """The trainer of ``cfg``: its data read, the network shaped by it and seeded, the diffusion objective."""
     # the loop, its loggers and objective load only when a run trains, not with Run.load: start-up
-    from ..train.objective import DiffusionObjective
+    from ..train.objective import DiffusionObjective, Objective
     from ..train.trainer import Trainer
 
     dist = dist or DistInfo()
@@ -127,9 +128,15 @@ def make_trainer(
         model = model.to(memory_format=torch.channels_last)
     diffusion = build_diffusion(cfg.diffusion, images=images)
     timesteps = make_timestep_sampler(cfg.diffusion.timestep_sampler, diffusion.num_timesteps)
-    objective = DiffusionObjective(
-        diffusion, timesteps, cfg.diffusion.p_uncond, getattr(model, "null_class", None), dist
-    )
+    objective: Objective
+    if is_consistency(cfg):  # ECT's loss; a fresh start begins from the teacher's EMA weights
+        objective = consistency_objective(cfg, diffusion, getattr(model, "null_class", None))
+        if checkpoint is None:
+            model.load_state_dict(teacher_weights(cfg))
+    else:
+        objective = DiffusionObjective(
+            diffusion, timesteps, cfg.diffusion.p_uncond, getattr(model, "null_class", None), dist
+        )
     return Trainer(
         cfg,
         model,
@@ -162,15 +169,18 @@ def _grid_drawer(files: RunDir) -> Callable[[Trainer, int], Path]:
         y = None if null is None else torch.arange(n, device=device) % null
         gen = torch.Generator(device=device).manual_seed(1234)
         with autocast_context(device, trainer.amp):
-            x = trainer.objective.diffusion.sample(
-                model,
-                (n, *trainer.dataset.shape),
-                sampler=sc.grid_sampler,
-                steps=sc.grid_steps,
-                y=y,
-                generator=gen,
-                device=device,
-            )
+            if is_consistency(trainer.cfg):  # the consistency model's own few-call sampler
+                x = _consistency_grid(trainer, model, n, y, gen)
+            else:
+                x = trainer.objective.diffusion.sample(
+                    model,
+                    (n, *trainer.dataset.shape),
+                    sampler=sc.grid_sampler,
+                    steps=sc.grid_steps,
+                    y=y,
+                    generator=gen,
+                    device=device,
+                )
         path = files.grid(step)
         grid: np.ndarray | None
         if trainer.images:
@@ -184,6 +194,17 @@ def _grid_drawer(files: RunDir) -> Callable[[Trainer, int], Path]:
         return path
 
     return draw
+
+
+def _consistency_grid(trainer: Trainer, model: torch.nn.Module, n: int, y, gen: torch.Generator) -> torch.Tensor:
+    """A training grid of a consistency run: ``distill.grid_calls``-call samples of its EMA network."""
+    cfg = trainer.cfg
+    assert cfg.distill is not None
+    diffusion = build_diffusion(cfg.diffusion, images=trainer.images)
+    shape = (n, *trainer.dataset.shape)
+    return sample_consistency(
+        cfg, model, diffusion, shape, cfg.distill.grid_calls, y=y, generator=gen, device=gen.device
+    )
 
 
 def prepare(

@@ -1,0 +1,145 @@
+"""A run that is a consistency model (its config has a ``distill`` section): its consistency function, its ECT
+objective, its teacher's weights to start from, and its multistep sampler."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..config import DistillConfig, ExperimentConfig
+from ..consistency import (
+    ECT_MID_SIGMA,
+    KARRAS_RHO,
+    ConsistencyFn,
+    ECTParams,
+    NoiseLevels,
+    consistency_function,
+    consistency_sample,
+    sampling_sigmas,
+)
+from ..diffusion import GaussianDiffusion
+from ..errors import UserError
+from ..samplers import Generator, randn
+from ..train.checkpoint import read_checkpoint
+from ..train.consistency_objective import ConsistencyObjective
+from .build import check_state_dict
+
+__all__ = [
+    "is_consistency",
+    "noise_levels",
+    "run_consistency_function",
+    "ect_params",
+    "consistency_objective",
+    "teacher_weights",
+    "sample_consistency",
+    "run_sampling_sigmas",
+    "check_consistency_options",
+]
+
+
+def is_consistency(cfg: ExperimentConfig) -> bool:
+    """True when the run is a consistency model tuned from a teacher."""
+    return cfg.distill is not None
+
+
+def noise_levels(diffusion: GaussianDiffusion) -> NoiseLevels:
+    """The continuous noise levels of the teacher's schedule."""
+    return NoiseLevels(diffusion.alphas_cumprod)
+
+
+def _output_kind(cfg: ExperimentConfig) -> dict:
+    """How the network's output becomes x0: the teacher's prediction; clipped to [-1, 1] for images."""
+    d = cfg.diffusion
+    clip = cfg.model.kind == "unet" and d.clip_denoised
+    return {"prediction": d.prediction, "learned_range": d.variance == "learned_range", "clip": clip}
+
+
+def run_consistency_function(cfg: ExperimentConfig, model: nn.Module, diffusion: GaussianDiffusion) -> ConsistencyFn:
+    """f(x_sigma, sigma, y=None) of the run's network, with f(x, sigma_min) = x exactly."""
+    return consistency_function(model, noise_levels(diffusion), **_output_kind(cfg))
+
+
+def ect_params(dc: DistillConfig) -> ECTParams:
+    """The maths' ECT settings from the config's distill section."""
+    return ECTParams(dc.p_mean, dc.p_std, dc.q, dc.k, dc.b, dc.distance, dc.huber_c)
+
+
+def consistency_objective(
+    cfg: ExperimentConfig, diffusion: GaussianDiffusion, null_class: int | None
+) -> ConsistencyObjective:
+    """The ECT objective the trainer runs for a consistency run."""
+    dc = cfg.distill
+    assert dc is not None
+    return ConsistencyObjective(
+        noise_levels(diffusion),
+        ect_params(dc),
+        dc.stage_steps,
+        **_output_kind(cfg),
+        p_uncond=cfg.diffusion.p_uncond,
+        null_class=null_class,
+        teacher_images=dc.teacher_images,
+        batch_size=cfg.train.batch_size,
+    )
+
+
+def teacher_weights(cfg: ExperimentConfig) -> dict:
+    """The EMA weights of the teacher checkpoint the config names (its raw weights if it kept no EMA)."""
+    dc = cfg.distill
+    assert dc is not None
+    ckpt = read_checkpoint(dc.teacher)
+    state = ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
+    check_state_dict(cfg.model, state, f"the teacher {dc.teacher!r}")
+    return state
+
+
+def check_consistency_options(
+    calls: int | None,
+    *,
+    sampler: str | None = None,
+    eta: float | None = None,
+    spacing: str | None = None,
+    order: int | None = None,
+    guidance: float | None = None,
+) -> int:
+    """The network calls of a consistency run's sample (default 2); samplers and guidance do not apply."""
+    for name, value in (("--sampler", sampler), ("--eta", eta), ("--spacing", spacing), ("--order", order)):
+        if value is not None:
+            raise UserError(
+                f"{name} does not apply to a consistency model: it samples with its own multistep "
+                f"sampler (choose the calls with --steps)"
+            )
+    if guidance is not None and guidance != 1.0:
+        raise UserError("guidance does not apply to a consistency model: it was tuned at guidance 1 (labels work)")
+    calls = 2 if calls is None else calls
+    if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
+        raise UserError(f"steps must be a positive number of network calls, got {calls!r}")
+    return calls
+
+
+def sample_consistency(
+    cfg: ExperimentConfig,
+    model: nn.Module,
+    diffusion: GaussianDiffusion,
+    shape: Sequence[int],
+    calls: int,
+    *,
+    y: Tensor | None = None,
+    generator: Generator = None,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """``calls``-call consistency samples (Song et al. 2023, Algorithm 1) from the VP prior's noise."""
+    levels = noise_levels(diffusion)
+    f = run_consistency_function(cfg, model, diffusion)
+    x_T = randn(shape, generator, device)
+    return consistency_sample(f, x_T, run_sampling_sigmas(levels, calls), levels.sigma_min, y=y, generator=generator)
+
+
+def run_sampling_sigmas(levels: NoiseLevels, calls: int) -> Tensor:
+    """The sampler's levels: ECT's 0.821 for two calls where the schedule reaches above it, else the middle
+    of the Karras rho = 7 grid between sigma_max and sigma_min (a short schedule: sigma_max 0.81 at T = 50)."""
+    if calls == 2 and not levels.sigma_min < ECT_MID_SIGMA < levels.sigma_max:
+        hi, lo = levels.sigma_max ** (1 / KARRAS_RHO), levels.sigma_min ** (1 / KARRAS_RHO)
+        return sampling_sigmas(levels, 2, [((hi + lo) / 2) ** KARRAS_RHO])
+    return sampling_sigmas(levels, calls)

@@ -1,0 +1,114 @@
+"""``ddpmkit distill``: a consistency model tuned by ECT from the session's tiny digits run is a run like any other
+(samples in one or two calls with labels, ``info``, bit-for-bit resume), refuses what it cannot do in one line,
+and its loaded consistency function keeps the boundary f(x, sigma_min) = x exactly."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ddpmkit import Run
+from ddpmkit.runs.consistency_model import noise_levels, run_consistency_function
+from ddpmkit.train.checkpoint import read_checkpoint
+from helpers import assert_user_error, run_cli, run_cli_out
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = [
+    "--set",
+    "train.batch_size=8",
+    "--set",
+    "train.log_every=2",
+    "--set",
+    "train.checkpoint_every=2",
+    "--set",
+    "train.sample_every=2",
+    "--set",
+    "train.num_grid_samples=4",
+    "--set",
+    "distill.stage_steps=2",
+    "--no-progress",
+]
+
+
+def distill(teacher, out, *extra):
+    return run_cli("distill", str(teacher), "--method", "ect", "--out", str(out), *TINY, *extra)
+
+
+@pytest.fixture(scope="module")
+def cm_run(tiny_run, tmp_path_factory):
+    """A consistency model tuned 4 steps from the session's tiny digits run."""
+    out = tmp_path_factory.mktemp("distill") / "cm"
+    code, err = distill(tiny_run, out, "--steps", "4")
+    assert code == 0, err
+    return out
+
+
+def test_distill_writes_a_run_whose_config_names_the_teacher_and_logs_stages(cm_run, tiny_run):
+    cfg = yaml.safe_load((cm_run / "config.yaml").read_text())
+    assert cfg["distill"]["method"] == "ect" and cfg["distill"]["teacher"].startswith(str(tiny_run.resolve()))
+    assert (cfg["distill"]["teacher_step"], cfg["distill"]["teacher_images"]) == (4, 4 * 16)
+    assert cfg["sample"]["guidance"] == 1.0 and cfg["model"]["num_classes"] == 10
+    assert "distill" not in yaml.safe_load((tiny_run / "config.yaml").read_text())  # other runs' configs unchanged
+    ckpt = read_checkpoint(cm_run / "checkpoints" / "step_00000004.pt")
+    assert ckpt["config"] == cfg  # the section round-trips in checkpoints
+    lines = [json.loads(line) for line in (cm_run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["stage"]) for r in lines] == [(2, 0), (4, 1)]
+    assert lines[-1]["teacher_cost"] == pytest.approx(4 * 8 / (4 * 16))
+    assert sorted(p.name for p in (cm_run / "samples").iterdir()) == ["step_00000002.png", "step_00000004.png"]
+
+
+@pytest.mark.parametrize("calls", [1, 2])
+def test_sample_in_one_or_two_calls_keeps_labels(cm_run, tmp_path, calls):
+    out = tmp_path / "s.npz"
+    code, err = run_cli("sample", str(cm_run), "--steps", str(calls), "--num", "5", "--labels", "3", "--out", str(out))
+    assert code == 0, err
+    with np.load(out) as z:
+        assert z["images"].shape == (5, 8, 8, 1) and z["labels"].tolist() == [3] * 5
+    samples = Run.load(cm_run, device="cpu").sample(5, steps=calls, labels="3")
+    assert (samples.sampler, samples.steps) == ("consistency", calls)
+
+
+def test_info_describes_the_distillation(cm_run):
+    code, out = run_cli_out("info", str(cm_run))
+    assert code == 0 and "distill      ect from " in out and "(step 4)" in out
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["eval", "--metric", "bpd", "--num", "4"], ["bits/dim", "consistency model", "no likelihood bound"]),
+        (["sample", "--sampler", "ddim", "--num", "2"], ["--sampler", "consistency model"]),
+        (["sample", "--guidance", "2", "--labels", "1", "--num", "2"], ["guidance", "consistency model"]),
+    ],
+)
+def test_what_does_not_apply_is_refused_in_one_line(cm_run, tmp_path, args, words):
+    extra = ["--out", str(tmp_path / "s.npz")] if args[0] == "sample" else []
+    assert_user_error(*run_cli(args[0], str(cm_run), *args[1:], *extra), *words)
+
+
+def test_the_loaded_consistency_function_keeps_the_boundary_exactly(cm_run):
+    run = Run.load(cm_run, device="cpu")
+    f = run_consistency_function(run.config, run.model, run.diffusion)
+    levels = noise_levels(run.diffusion)
+    x = 0.5 * torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        assert torch.equal(f(x, torch.full((4,), levels.sigma_min, dtype=torch.float64), y), x)
+        away = f(x, torch.full((4,), 4 * levels.sigma_min, dtype=torch.float64), y)
+    assert float((away - x).abs().max()) > 1e-3  # the network acts above sigma_min
+
+
+def test_resume_goes_on_bit_for_bit(tiny_run, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert distill(tiny_run, whole, "--steps", "4")[0] == 0
+    assert distill(tiny_run, split, "--steps", "2")[0] == 0
+    code, err = distill(tiny_run, split, "--steps", "4", "--resume")
+    assert code == 0, err
+    a, b = (read_checkpoint(run / "checkpoints" / "step_00000004.pt") for run in (whole, split))
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    assert a["extra"]["ect_steps"] == b["extra"]["ect_steps"] == 4
