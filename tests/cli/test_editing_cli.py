@@ -1,4 +1,5 @@
-"""ddpmkit inpaint, edit and interpolate on a tiny trained digits run: outputs, exact equalities, bad inputs refused first."""
+"""ddpmkit inpaint, edit and interpolate on a tiny trained digits run: outputs, exact equalities, bad inputs refused
+first."""
 
 from pathlib import Path
 

@@ -1,4 +1,5 @@
-"""Editing against exact answers: RePaint's schedule and Algorithm 1, the Gaussian conditional, SDEdit, slerp, inversion.
+"""Editing against exact answers: RePaint's schedule and Algorithm 1, the Gaussian conditional, SDEdit, slerp,
+inversion.
 
 With Gaussian data N(mu, Sigma) the oracle's noise prediction is exact, so the distributions the
 edits should produce are known in closed form (Gaussian conditioning).
@@ -21,7 +22,8 @@ MASK = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=F64).view(1, 1, 2, 2)
 
 
 def gaussian(T: int, variance: str = "fixed_large"):
-    """A diffusion of T steps (the linear schedule stretched to T, beta at most 0.5) and the exact oracle of N(MU, COV)."""
+    """A diffusion of T steps (the linear schedule stretched to T, beta at most 0.5) and the exact oracle of
+    N(MU, COV)."""
     diffusion = GaussianDiffusion(linear_beta_schedule(T, 0.1 / T, min(20.0 / T, 0.5)), variance=variance)
     return diffusion, GaussianMixtureOracle([1.0], MU[None], COV[None], diffusion.alphas_cumprod)
 
@@ -42,7 +44,8 @@ def algorithm_1_levels(K: int, R: int) -> list[int]:
 
 
 def jump_levels(K: int, J: int, R: int) -> list[int]:
-    """Sec. 4.2 built from its jump points: go down to each point p = 1 + kJ (p + J <= K), bounce J up and down R - 1 times."""
+    """Sec. 4.2 built from its jump points: go down to each point p = 1 + kJ (p + J <= K), bounce J up and down
+    R - 1 times."""
     points = [p for p in range(1, K + 1, J) if p + J <= K][::-1]
     levels, n = [K], K
     for p in points:

@@ -113,8 +113,8 @@ def test_unet_config_keeps_square_sizes_as_one_int():
         ),
         (
             {"image_size": [8, 16], "attention_resolutions": (16,)},
-            "'model.attention_resolutions' must be sizes of levels, each the smaller side of its feature map (8, 4, 2 for "
-            "image_size [8, 16])",
+            "'model.attention_resolutions' must be sizes of levels, each the smaller side of its feature map "
+            "(8, 4, 2 for image_size [8, 16])",
         ),
     ],
 )
