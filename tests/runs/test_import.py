@@ -205,6 +205,17 @@ def test_import_writes_a_run_that_loads_and_records_its_source(cifar_dir, tmp_pa
         import_diffusers(cifar_dir, out)
 
 
+def test_run_load_takes_the_folder_itself_and_samples_as_the_imported_run(cifar_dir, tmp_path):
+    out = import_diffusers(cifar_dir, tmp_path / "run")
+    direct, loaded = Run.load(cifar_dir, device="cpu"), Run.load(out, device="cpu")
+    assert direct.config == loaded.config and direct.ema and not Run.load(cifar_dir, ema=False, device="cpu").ema
+    assert not any(p.name == "runs" for p in cifar_dir.parent.iterdir())  # nothing written
+    ours, theirs = (r.sample(4, sampler="unipc-bh2", steps=10) for r in (direct, loaded))
+    assert ours.x.std() > 0.05 and torch.equal(ours.x, theirs.x)
+    with pytest.raises(UserError, match="no such run directory or checkpoint"):  # a missing run keeps its message
+        Run.load("no-such-dir/run")  # owner/name-shaped, not in any cache
+
+
 def test_export_import_export_round_trips_bit_for_bit(cifar_dir, tmp_path):
     first = export_run(import_diffusers(cifar_dir, tmp_path / "r1"), "diffusers", tmp_path / "e1")
     second = export_run(import_diffusers(first, tmp_path / "r2"), "diffusers", tmp_path / "e2")
@@ -288,7 +299,7 @@ def test_unet_settings_without_an_exact_mapping_are_refused(cifar_dir, tmp_path,
 
 
 SCHEDULER_REFUSALS = [
-    ({"beta_schedule": "scaled_linear"}, "beta_schedule"),
+    ({"beta_schedule": "sigmoid"}, "beta_schedule"),
     ({"trained_betas": [0.01] * 999 + [0.02]}, "trained_betas"),
     ({"variance_type": "learned"}, "variance_type"),
     ({"variance_type": "fixed_small_log"}, "variance_type"),
@@ -309,7 +320,7 @@ def test_scheduler_settings_that_map(cifar_dir, tmp_path):
     from diffusers import DDPMScheduler
 
     from ddpmkit.runs.build import build_betas
-    from ddpmkit.schedules import cosine_beta_schedule
+    from ddpmkit.schedules import cosine_beta_schedule, scaled_linear_beta_schedule
 
     cases = [
         (
@@ -319,6 +330,8 @@ def test_scheduler_settings_that_map(cifar_dir, tmp_path):
         ({"prediction_type": "sample", "variance_type": "fixed_small"}, {"prediction": "x0"}),
         ({"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 500}, {"schedule": "cosine"}),
         ({"trained_betas": cosine_beta_schedule(1000).tolist()}, {"schedule": "cosine", "timesteps": 1000}),
+        ({"beta_schedule": "scaled_linear", "beta_start": 8.5e-4, "beta_end": 0.012}, {"schedule": "scaled_linear"}),
+        ({"trained_betas": scaled_linear_beta_schedule(1000).tolist()}, {"schedule": "scaled_linear"}),
     ]
     for i, (change, expected) in enumerate(cases):
         d = read_diffusers(_edit(cifar_dir, tmp_path / str(i), "scheduler/scheduler_config.json", **change))
@@ -330,6 +343,13 @@ def test_scheduler_settings_that_map(cifar_dir, tmp_path):
         ).config.diffusion
     )
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)  # float32 on their side
+    theirs = DDPMScheduler(**cases[4][0]).betas.double()
+    ours = build_betas(
+        read_diffusers(
+            _edit(cifar_dir, tmp_path / "s", "scheduler/scheduler_config.json", **cases[4][0])
+        ).config.diffusion
+    )
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
     folder = _edit(cifar_dir, tmp_path / "default", "scheduler/scheduler_config.json")
     data = json.loads((folder / "scheduler/scheduler_config.json").read_text())
     del data["variance_type"]
@@ -411,6 +431,7 @@ def test_a_hub_id_is_read_from_the_local_cache_only(cifar_dir, tmp_path, monkeyp
     assert pretrained.config.name == "ddpm-cifar10-32"
     assert read_diffusers(entry).source == pretrained.source
     message = _refused_id("google/ddpm-church-256")
+    assert not is_diffusers_source("google/ddpm-church-256")  # not cached: Run.load keeps a run's own message
     assert "never downloads" in message and "google/ddpm-church-256" in message
     weights = entry / "snapshots" / "abc123" / "unet" / "diffusion_pytorch_model.safetensors"
     blob = weights.resolve()

@@ -18,6 +18,7 @@ from ..options import CompileMode, Device, Precision, Spacing, choices
 from .distill import cmd_distill
 from .editing import cmd_edit, cmd_inpaint, cmd_interpolate
 from .flags import COMMON, add_command, add_flags
+from .importing import cmd_import
 from .measure import cmd_eval, cmd_export, cmd_report, cmd_stats, cmd_tune_steps
 
 __all__ = ["COMMANDS", "execute", "run_process", "add_train", "add_sample", "add_info", "add_config"]
@@ -235,6 +236,7 @@ COMMANDS = {
     "config": cmd_config,
     "report": cmd_report,
     "export": cmd_export,
+    "import": cmd_import,
     "distill": cmd_distill,
 }
 

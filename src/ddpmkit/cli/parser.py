@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..version import __version__
-from . import distill
+from . import distill, importing
 from .commands import add_config, add_info, add_sample, add_train
 from .editing import add_edit, add_inpaint, add_interpolate
 from .flags import FLAGS, HelpFormatter
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_interpolate,
         add_report,
         add_export,
+        importing.add_parser,
         distill.add_parser,
         add_info,
         add_config,

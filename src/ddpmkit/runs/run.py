@@ -22,6 +22,7 @@ from ..validate import check_seed, positive_int
 from .bpd import evaluate_bpd
 from .build import build_diffusion, build_model, check_state_dict
 from .consistency_model import check_consistency_options, is_consistency, sample_consistency
+from .diffusers_folder import is_diffusers_source, run_fields_from_diffusers
 from .rundir import read_named_checkpoint, resolve_checkpoint, run_dir_of
 from .sampling import Labels, default_steps, parse_labels, run_sampling_options
 from .tuning import load_tuned
@@ -68,7 +69,10 @@ class Run:
 
     @classmethod
     def load(cls, path: str | Path, ema: bool = True, device: Device = "auto") -> Run:
-        """Load a run directory (its latest checkpoint) or a checkpoint file."""
+        """Load a run directory (its latest checkpoint), a checkpoint file, or a diffusers DDPM folder (mapped
+        exactly as ``ddpmkit import`` maps it, nothing written)."""
+        if is_diffusers_source(path):
+            return cls(**{**run_fields_from_diffusers(path, device), "ema": ema})  # its one set of weights
         file = resolve_checkpoint(path)
         ckpt = read_named_checkpoint(file)
         use_ema = ema and ckpt.get("ema") is not None
@@ -255,7 +259,7 @@ class Run:
 
 
 def describe_checkpoint(path: str | Path) -> dict[str, str]:
-    """What ``ddpmkit info`` prints: the checkpoint, its step, data, network, diffusion, classes and EMA."""
+    """What ``ddpmkit info`` prints: the checkpoint, its step, data, network, diffusion, classes, EMA, source."""
     file = resolve_checkpoint(path)
     ckpt = read_named_checkpoint(file)
     cfg = config_from_checkpoint(ckpt["config"], ckpt["version"])
@@ -277,6 +281,9 @@ def describe_checkpoint(path: str | Path) -> dict[str, str]:
     if cfg.distill is not None:  # a consistency model: its method and teacher
         dc = cfg.distill
         about["distill"] = f"{dc.method} from {dc.teacher} (step {dc.teacher_step}), {dc.stage_steps} steps per stage"
+    source = (ckpt.get("extra") or {}).get("source")
+    if source:  # an imported run: where its weights came from
+        about["source"] = f"{source['format']} folder {source['folder']}"
     return about
 
 
