@@ -364,7 +364,7 @@ def train_or_resume(
     if resume and run_dir and not (preset or config_file):
         out = Path(run_dir)
     else:
-        cfg = load_config(preset, config_file, sets)
+        cfg = load_config(preset, config_file, overrides)  # flags and --set merged first, then checked once
         out = Path(run_dir) if run_dir else Path("runs") / cfg.name
     try:
         last = train(cfg, out, resume=resume, force=force, overrides=overrides, progress=progress)
