@@ -263,6 +263,7 @@ class GaussianDiffusion:
         # learned_range: log sigma^2 = v log beta_t + (1 - v) log beta~_t (improved DDPM eq. 15)
         max_log = self._coef("log_beta", t, x_t)
         min_log = self._coef("post_log_var", t, x_t)
+        assert frac is not None  # a learned_range network outputs v
         return frac * max_log + (1.0 - frac) * min_log
 
     def p_mean_variance(
@@ -532,6 +533,7 @@ class GaussianDiffusion:
         if self.min_snr_gamma is not None:
             per_example = per_example * self._min_snr_weight(t).to(per_example.dtype)
         if self.loss_type == "hybrid":
+            assert var_out is not None  # the hybrid loss trains a learned_range network, which outputs v
             frozen = self.x0_from_prediction(x_t, t, pred.detach().to(x_t.dtype))
             vb = self._vb_term_bits(x0, x_t, t, frozen, (var_out.to(x_t.dtype) + 1.0) / 2.0)
             per_example = per_example + self.vlb_weight * self.num_timesteps * vb.float()

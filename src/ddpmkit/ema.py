@@ -45,6 +45,17 @@ def _buffer_slots(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return [(m, name) for m in model.modules() for name, b in m._buffers.items() if b is not None]
 
 
+def _slot_tensors(slots: list[tuple[nn.Module, str]]) -> list[torch.Tensor]:
+    """The buffers the slots name, read now (``_buffer_slots`` keeps only slots that hold a tensor)."""
+    tensors = []
+    for m, name in slots:
+        tensor = m._buffers[name]
+        if tensor is None:
+            raise ValueError(f"EMA.update: buffer {name!r} of the model was set to None")
+        tensors.append(tensor)
+    return tensors
+
+
 def _foreach_copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
     """Copy ``src`` into ``dst`` element-wise, batched where torch supports it."""
     if not dst:
@@ -80,8 +91,8 @@ class EMA:
         params = list(self.model.parameters())
         self._float_idx = [i for i, p in enumerate(params) if p.is_floating_point()]
         self._other_idx = [i for i, p in enumerate(params) if not p.is_floating_point()]
-        self._shadow_float = [params[i] for i in self._float_idx]
-        self._shadow_other = [params[i] for i in self._other_idx]
+        self._shadow_float: list[torch.Tensor] = [params[i] for i in self._float_idx]
+        self._shadow_other: list[torch.Tensor] = [params[i] for i in self._other_idx]
         # Buffers are re-read through their owners: .to(device) replaces buffer tensors.
         self._shadow_buffer_slots = _buffer_slots(self.model)
         self._live_ref: weakref.ref[nn.Module] | None = None
@@ -121,10 +132,7 @@ class EMA:
         else:
             return
         _foreach_copy(self._shadow_other, self._live_other)
-        _foreach_copy(
-            [m._buffers[n] for m, n in self._shadow_buffer_slots],
-            [m._buffers[n] for m, n in self._live_buffer_slots],
-        )
+        _foreach_copy(_slot_tensors(self._shadow_buffer_slots), _slot_tensors(self._live_buffer_slots))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The shadow model's state dict (decay and friends live in the config)."""

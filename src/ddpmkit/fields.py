@@ -14,10 +14,13 @@ import math
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal, NoReturn, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, Union
 
 from .errors import UserError
 from .options import short
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "fail",
@@ -32,10 +35,10 @@ __all__ = [
     "parse_image_size",
 ]
 
-C = TypeVar("C")
+C = TypeVar("C", bound="DataclassInstance")
 
 # an image size: an int S (S x S, as every config before non-square images) or (H, W)
-ImageSize = Union[int, tuple[int, int]]
+ImageSize = int | tuple[int, int]
 IMAGE_SIZE_WORDS = "a positive integer or a list [H, W] of two positive integers"
 
 
@@ -67,7 +70,7 @@ def _describe(hint: Any) -> str:
     return {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}.get(hint, str(hint))
 
 
-def config_classes(hint: Any) -> dict[str, type]:
+def config_classes(hint: Any) -> dict[str, type[DataclassInstance]]:
     """{kind: class} of a union of config classes (empty for any other hint)."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     kinded = all(dataclasses.is_dataclass(a) and isinstance(getattr(a, "kind", None), str) for a in args)
@@ -79,7 +82,7 @@ def config_classes(hint: Any) -> dict[str, type]:
 def coerce(hint: Any, value: Any, key: str) -> Any:
     """``value`` checked against ``hint``: lists become tuples, ints floats, YAML's '1e-4' a float."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return value if isinstance(value, hint) else from_dict(hint, value, key)
     kinds = config_classes(hint)
     if kinds:
@@ -157,9 +160,14 @@ def check_fields(config: Any) -> None:
         object.__setattr__(config, f.name, coerce(hints[f.name], getattr(config, f.name), key))
 
 
+def _section(cls: Any) -> str:
+    """The YAML section a config class is read from (its ``section`` class variable)."""
+    return cls.section
+
+
 def from_dict(cls: type[C], data: Any, where: str | None = None) -> C:
     """Build config class ``cls`` from a mapping, refusing unknown keys; values are checked by the class."""
-    where = cls.section if where is None else where
+    where = _section(cls) if where is None else where
     if not isinstance(data, Mapping):
         fail(where or "top level", "a mapping of keys to values", data)
     names = [f.name for f in dataclasses.fields(cls)]

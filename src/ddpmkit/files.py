@@ -16,7 +16,7 @@ import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from .errors import UserError
 
@@ -41,7 +41,7 @@ def release(path: str | Path) -> None:
     _NEW.discard(Path(path).absolute())
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, sync it, and rename it over ``path``."""
     path = Path(path)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
@@ -54,7 +54,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             watched = _Watched(f)
-            write(watched)
+            write(cast(IO[bytes], watched))  # a proxy: every other attribute is the file's
             f.flush()
             os.fsync(f.fileno())
         if path.absolute() in _NEW:
@@ -92,7 +92,8 @@ class _Watched:
     """A file that remembers the OSError of a failed write, whatever the writer turns it into."""
 
     def __init__(self, file: IO[bytes]):
-        self._file, self.error = file, None
+        self._file = file
+        self.error: OSError | None = None
 
     def write(self, data) -> int:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -164,7 +165,7 @@ def save_npz(path: str | Path, images: np.ndarray, labels: np.ndarray | None = N
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3):
         raise ValueError(f"images must be uint8 [N, H, W, C] with C = 1 or 3, got {images.dtype} {images.shape}")
-    arrays = {"images": images}
+    arrays: dict[str, Any] = {"images": images}  # Any: savez's own keywords are not array names
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
@@ -175,7 +176,7 @@ def save_npz(path: str | Path, images: np.ndarray, labels: np.ndarray | None = N
 
 def save_points_npz(path: str | Path, points: np.ndarray, labels: np.ndarray | None = None) -> Path:
     """Write 2-D samples as ``points`` (float32 [N, D]) and optional ``labels`` (int64 [N]) atomically."""
-    arrays = {"points": np.asarray(points, dtype=np.float32)}
+    arrays: dict[str, Any] = {"points": np.asarray(points, dtype=np.float32)}  # Any: as in save_npz
     if labels is not None:
         arrays["labels"] = np.asarray(labels, dtype=np.int64)
     return atomic_write(path, lambda f: np.savez(f, **arrays))

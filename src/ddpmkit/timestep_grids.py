@@ -71,6 +71,7 @@ def sampling_timesteps(
         base = i * (math.sqrt(0.8 * T) / (k - 1)) if k > 1 else i
         t = _distinct(torch.floor(base**2).long(), T).flip(0)
     else:  # logsnr, karras, snr_root
+        assert alphas_cumprod is not None  # _checked refuses these spacings without it
         t = _log_snr_spaced(spacing, alphas_cumprod, k)
     return t.long()
 

@@ -113,9 +113,9 @@ def _class_names(batches: Path, binary: bool) -> list[str]:
             meta = batches / "batches.meta"
             if meta.is_file():
                 obj = safe_unpickle(meta)
-                names = _get(obj, "label_names") if isinstance(obj, dict) else None
-                if isinstance(names, list) and len(names) == 10:
-                    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+                found = _get(obj, "label_names") if isinstance(obj, dict) else None
+                if isinstance(found, list) and len(found) == 10:
+                    return [n.decode() if isinstance(n, bytes) else str(n) for n in found]
     except (OSError, UnicodeDecodeError):
         pass
     return list(CIFAR10_CLASS_NAMES)

@@ -95,7 +95,9 @@ def _decode(path: Path, image_size: ImageSize, channels: int | None) -> tuple[np
     return (arr[:, :, None] if arr.ndim == 2 else arr), grey, converted
 
 
-def _decode_all(files: list[Path], image_size: ImageSize, channels: int | None) -> list[tuple[np.ndarray, bool, str]]:
+def _decode_all(
+    files: list[Path], image_size: ImageSize, channels: int | None
+) -> list[tuple[np.ndarray, bool, str | None]]:
     """``_decode`` of every file, in order, on torch's number of CPU threads (at most 32).
 
     Pillow releases the GIL while it decodes and resizes, so threads decode in parallel; the

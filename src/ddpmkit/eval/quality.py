@@ -165,7 +165,7 @@ def load_stats(path: str | Path) -> dict:
 
 def _meta_from_arrays(raw: dict, path: Path) -> dict:
     """The metadata entries of an .npz as Python values; a malformed one is a UserError."""
-    out = {}
+    out: dict[str, str | int | tuple[int, ...]] = {}
     try:
         for key in ("sha1", "resize"):
             if key in raw:

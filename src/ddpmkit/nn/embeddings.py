@@ -19,6 +19,8 @@ class SinusoidalEmbedding(nn.Module):
     models' code (shift 1) and diffusers' ``freq_shift`` compute it.
     """
 
+    freqs: torch.Tensor  # a buffer (register_buffer)
+
     def __init__(self, dim: int, scale: float = 1.0, shift: int = 0):
         super().__init__()
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % 2 != 0:
@@ -74,7 +76,7 @@ def check_conditioning(x: torch.Tensor, t, y, null_class: int | None) -> torch.T
         raise ValueError("class conditioning was specified but y is not passed")
     if not conditional and y is not None:
         raise ValueError("y was passed but the model is not class-conditional (num_classes is None)")
-    if conditional:
+    if null_class is not None:
         if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],) or y.is_floating_point() or y.is_complex():
             got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
             raise ValueError(f"y must be one integer label per example, shape ({x.shape[0]},), got {got}")

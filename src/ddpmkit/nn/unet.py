@@ -98,7 +98,8 @@ class UNetConfig:
     def _check_levels(self) -> None:
         """The image size halves evenly at each level, attention sits on levels, heads split evenly."""
         factor = 2 ** (len(self.channel_mults) - 1)
-        size = self.resolved_image_size if self.square else list(self.resolved_image_size)  # as the user writes it
+        resolved = self.resolved_image_size
+        size = resolved if self.square or isinstance(resolved, int) else list(resolved)  # as the user writes it
         if self.square:
             require(
                 self.padded_hw[0] % factor == 0,
@@ -343,6 +344,7 @@ class UNet(nn.Module):
         self.out_norm = GroupNorm(cfg.num_groups, ch, cfg.norm_eps)
         self.out_conv = nn.Conv2d(ch, cfg.resolved_out_channels, 3, padding=1)
         nn.init.zeros_(self.out_conv.weight)  # the net starts by predicting 0
+        assert self.out_conv.bias is not None  # a Conv2d made with its bias
         nn.init.zeros_(self.out_conv.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -52,6 +52,7 @@ def capture_rng_state() -> dict[str, Any]:
     CUDA context on each of them (a process that never used its GPU has no state to keep).
     """
     np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)  # the legacy global generator's state is always the 5-tuple
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),

@@ -45,18 +45,18 @@ class MetricsLogger:
 
     def log(self, record: Mapping[str, Any]) -> None:
         """Write one record as one line and flush it; tensors become numbers via .item()."""
-        if not self.enabled:
+        path = self.path
+        if not self.enabled or path is None:  # enabled only with a path
             return
         line = json.dumps({str(k): _plain(v) for k, v in record.items()}, allow_nan=False)
         try:
             if self._file is None:
-                assert self.path is not None
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.path, "a", encoding="utf-8")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(path, "a", encoding="utf-8")
             self._file.write(line + "\n")
             self._file.flush()
         except OSError as e:
-            raise WriteError(self.path, e) from None
+            raise WriteError(path, e) from None
 
     def close(self) -> None:
         """Close the file (a later log() reopens it)."""
