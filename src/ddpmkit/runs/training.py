@@ -24,8 +24,10 @@ from ..config import (
     without_shape,
 )
 from ..errors import UserError
+from ..power_ema import PowerEMA
 from ..timestep_sampling import make_timestep_sampler
-from ..train.checkpoint import read_checkpoint
+from ..train.averages import Average, PowerAverage
+from ..train.checkpoint import atomic_torch_save, read_checkpoint
 from ..train.distributed import DistInfo, cleanup_distributed, device_for, dist_info_from_env, init_distributed
 from ..train.runtime import autocast_context, use_deterministic_algorithms
 from ..train.signals import TrainingInterrupted
@@ -148,7 +150,19 @@ def make_trainer(
         dist=dist,
         progress=progress,
         grid=_grid_drawer(files),
+        ema=_average(cfg, model, files, dist),
     )
+
+
+def _average(cfg: ExperimentConfig, model: torch.nn.Module, files: RunDir, dist: DistInfo) -> Average | None:
+    """The power EMAs of ``train.ema_kind`` power, the first width sampled, snapshots written by the main process
+    into RUN/ema_snapshots; None for the trainer's fixed-decay EMA."""
+    tc = cfg.train
+    if tc.ema_kind != "power":
+        return None
+    power = PowerEMA(model, tc.ema_sigma_rels, tc.ema_every)
+    write = None if not dist.is_main else (lambda step, snapshot: atomic_torch_save(snapshot, files.ema_snapshot(step)))
+    return PowerAverage(power, tc.ema_snapshot_every, tc.steps, write)
 
 
 def _grid_drawer(files: RunDir) -> Callable[[Trainer, int], Path]:

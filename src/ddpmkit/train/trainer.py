@@ -19,9 +19,9 @@ from torch import nn
 
 from ..config import CUDA_GRAPH_MODES, ExperimentConfig
 from ..data import batches
-from ..ema import EMA
 from ..errors import UserError
 from ..nn import num_parameters
+from .averages import Average, FixedAverage
 from .checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from .distributed import DistInfo, all_reduce_mean_, barrier, per_rank_batch_size, wrap_ddp
 from .loggers import RunLoggers
@@ -90,6 +90,7 @@ class Trainer:
         dist: this process's place among torchrun processes.
         progress: show a tqdm bar (main process only).
         grid: ``grid(trainer, step)`` draws the sample grid due after ``step`` steps (main process only).
+        ema: the averaged weights kept and sampled (train.averages; None: the fixed-decay EMA of ``cfg.train``).
     """
 
     def __init__(
@@ -105,6 +106,7 @@ class Trainer:
         dist: DistInfo | None = None,
         progress: bool = True,
         grid: Callable[[Trainer, int], Path | None] | None = None,
+        ema: Average | None = None,
     ):
         tc = cfg.train
         self.cfg, self.model, self.dataset, self.objective, self.files = cfg, model, dataset, objective, files
@@ -113,7 +115,7 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.images = dataset.kind == "image"
         self.start_step = 0
-        self.ema = EMA(self.model, tc.ema_decay, tc.ema_start, tc.ema_every)
+        self.ema = ema if ema is not None else FixedAverage(self.model, tc.ema_decay, tc.ema_start, tc.ema_every)
         self.optimizer = make_optimizer(self.model, tc, self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
         self.amp = autocast_dtype(tc.precision, self.device)  # None: fp32
@@ -194,6 +196,7 @@ class Trainer:
                 file=sys.stderr,
             )
         self.objective.load_state_dict(extra)
+        self.ema.load_extra_state(extra)
         if extra.get("grad_scaler") and self.scaler.is_enabled():  # an fp16 run goes on with its loss scale
             self.scaler.load_state_dict(extra["grad_scaler"])
         restore_rng_state(ckpt["rng"])
@@ -216,8 +219,9 @@ class Trainer:
                 "generator": self.generator.get_state(),
                 **self.objective.state_dict(),
                 "class_names": self.dataset.class_names,  # label i is class_names[i]; None when unnamed
-                "grad_scaler": self.scaler.state_dict(),
-            },  # {} unless fp16
+                "grad_scaler": self.scaler.state_dict(),  # {} unless fp16
+                **self.ema.extra_state(),  # {} for the fixed-decay EMA
+            },
         )
         if self.cfg.train.keep_checkpoints > 0:
             self.files.prune_checkpoints(self.cfg.train.keep_checkpoints)
