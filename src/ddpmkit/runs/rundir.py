@@ -9,8 +9,6 @@ RUN/eval/<...>.json                  evaluations recorded by ``ddpmkit eval RUN`
 RUN/timesteps/<sampler>-<K>.json     grids tuned by ``ddpmkit tune-steps``
 RUN/ema_snapshots/step_XXXXXXXX.pt   power EMA snapshots (train.ema_kind power), named by their last update
 RUN/ema_snapshots/sweep-<metric>.json  ``ddpmkit ema RUN --sweep``'s table
-RUN/ema_snapshots/step_XXXXXXXX.pt   power EMA snapshots (train.ema_kind power), named by their last update
-RUN/ema_snapshots/sweep-<metric>.json  ``ddpmkit ema RUN --sweep``'s table
 RUN/report.html                      ``ddpmkit report``'s default page
 RUN/.lock                            held while a process trains the run
 """
@@ -53,7 +51,6 @@ TENSORBOARD = "tb"
 EVAL = "eval"
 TIMESTEPS = "timesteps"
 EMA_SNAPSHOTS = "ema_snapshots"
-EMA_SNAPSHOTS = "ema_snapshots"
 REPORT = "report.html"
 LOCK = ".lock"
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
@@ -76,7 +73,6 @@ class RunDir:
         self.eval = self.path / EVAL
         self.timesteps = self.path / TIMESTEPS
         self.ema_snapshots = self.path / EMA_SNAPSHOTS
-        self.ema_snapshots = self.path / EMA_SNAPSHOTS
         self.report = self.path / REPORT
         self.lock = self.path / LOCK
 
@@ -98,18 +94,6 @@ class RunDir:
     def tuned(self, sampler: str, steps: int) -> Path:
         """Where the run keeps its tuned grid for ``sampler`` at ``steps`` network calls."""
         return self.timesteps / f"{sampler}-{steps}.json"
-
-    def ema_snapshot(self, step: int) -> Path:
-        """The power EMA snapshot whose averages were last updated after ``step`` optimizer steps."""
-        return self.ema_snapshots / _step_name(step, ".pt")
-
-    def list_ema_snapshots(self) -> list[tuple[int, Path]]:
-        """(step, path) of the run's power EMA snapshots, oldest first."""
-        return _step_files(self.ema_snapshots)
-
-    def ema_sweep(self, metric: str) -> Path:
-        """Where ``ddpmkit ema --sweep`` keeps its table for ``metric``."""
-        return self.ema_snapshots / f"sweep-{metric}.json"
 
     def ema_snapshot(self, step: int) -> Path:
         """The power EMA snapshot whose averages were last updated after ``step`` optimizer steps."""
