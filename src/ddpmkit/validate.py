@@ -6,7 +6,16 @@ import math
 
 from .errors import UserError
 
-__all__ = ["is_int", "positive_int", "int_in_range", "check_seed", "number_in_range", "check_guidance", "SEED_MAX"]
+__all__ = [
+    "is_int",
+    "positive_int",
+    "int_in_range",
+    "check_seed",
+    "number_in_range",
+    "check_guidance",
+    "SEED_MAX",
+    "GUIDANCE_MAX",
+]
 
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes an int64
 
@@ -45,8 +54,20 @@ def number_in_range(name: str, value, low: float, high: float) -> float:
     return value
 
 
+# guidance weights past this only saturate the samples (every pixel 0 or 255): a typo, not a setting
+GUIDANCE_MAX = 100.0
+
+
 def check_guidance(value) -> float:
-    """A classifier-free guidance weight: a finite number >= 0 (1 is no guidance)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-        raise UserError(f"guidance must be a number >= 0 (1: no guidance), got {value!r}")
+    """A classifier-free guidance weight: a finite number in [0, GUIDANCE_MAX] (1 is no guidance)."""
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not 0 <= value <= GUIDANCE_MAX
+    ):
+        raise UserError(
+            f"guidance must be a number >= 0 and <= {GUIDANCE_MAX:g} (1: no guidance; larger weights saturate "
+            f"every pixel), got {value!r}"
+        )
     return value

@@ -73,6 +73,11 @@ def evaluate(
             resize=resize,
             progress=progress,
         )
+    if source.endswith(".npz"):
+        raise UserError(
+            f"--metric bpd measures a model's bound on data: give a run directory or a checkpoint, not the "
+            f"sample file {source!r} (fid, kid and pr score sample files)"
+        )
     run = Run.load(source, ema=ema, device=device)
     return run.evaluate_bpd(split=split, data=data, num=num, batch_size=batch_size, seed=seed, progress=progress)
 

@@ -30,7 +30,10 @@ def reference_images(ref: str, run: Run | None, size: int, channels: int):
     path = Path(ref)
     if ref in ("train", "test"):
         if run is None:
-            raise UserError(f"--ref {ref} needs a run; for a sample file give --ref DIR or a stats .npz")
+            raise UserError(
+                f"--ref {ref} needs a run (a sample file has no {ref} split to compare with): give --ref DIR (a "
+                f"folder of images) or --ref STATS.npz (from `ddpmkit stats`)"
+            )
         return dataset_images(run, ref)
     if path.suffix == ".npz":
         return path
