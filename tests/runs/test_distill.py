@@ -82,6 +82,7 @@ def test_info_describes_the_distillation(cm_run):
         (["eval", "--metric", "bpd", "--num", "4"], ["bits/dim", "consistency model", "no likelihood bound"]),
         (["sample", "--sampler", "ddim", "--num", "2"], ["--sampler", "consistency model"]),
         (["sample", "--guidance", "2", "--labels", "1", "--num", "2"], ["guidance", "consistency model"]),
+        (["tune-steps", "--steps", "3"], ["tune-steps", "consistency model", "--steps 1"]),
     ],
 )
 def test_what_does_not_apply_is_refused_in_one_line(cm_run, tmp_path, args, words):

@@ -192,7 +192,9 @@ def _load(args: argparse.Namespace):
     # lazy: start-up (see the module docstring)
     from ..runs import Run
 
-    return Run.load(args.run, ema=not args.no_ema, device=args.device)
+    run = Run.load(args.run, ema=not args.no_ema, device=args.device)
+    run.check_diffusion(args.command)
+    return run
 
 
 def _write_edited(run, result, outs: list, what: str) -> int:

@@ -57,6 +57,7 @@ def cmd_tune_steps(args: argparse.Namespace) -> int:
     from ..runs.tuning import describe, tune_steps
 
     run = Run.load(args.run, ema=not args.no_ema, device=args.device)
+    run.check_diffusion(args.command)
     log = None if args.no_progress else (lambda text: print(text, file=sys.stderr, flush=True))
     record = tune_steps(
         run,

@@ -98,6 +98,14 @@ class Run:
             use_ema,
         )
 
+    def check_diffusion(self, command: str) -> None:
+        """UserError for a consistency model: ``command`` runs the diffusion's chain, which it was not tuned for."""
+        if is_consistency(self.config):
+            raise UserError(
+                f"{command} runs a diffusion's sampler; {str(self.checkpoint)!r} is a consistency model "
+                f"(ddpmkit distill): sample it with `ddpmkit sample RUN --steps 1`, 2 or 4"
+            )
+
     def evaluate_bpd(self, **options) -> dict:
         """The variational bound in bits/dim on held-out data (see ``runs.bpd.evaluate_bpd``)."""
         if is_consistency(self.config):
