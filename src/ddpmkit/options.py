@@ -25,6 +25,7 @@ __all__ = [
     "CompileMode",
     "LRSchedule",
     "EMAKind",
+    "EMASweepMetric",
     "Toy2DName",
     "DataKind",
     "ModelKind",
@@ -56,6 +57,7 @@ Device = Literal["auto", "cpu", "cuda"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 LRSchedule = Literal["constant", "cosine"]  # after warm-up
 EMAKind = Literal["fixed", "power"]  # the averaged weights: one fixed decay, or power-function EMAs (EDM2)
+EMASweepMetric = Literal["digits", "fid", "bpd"]  # what `ddpmkit ema --sweep` scores each width with
 Toy2DName = Literal["moons", "swissroll", "8gaussians", "checkerboard"]  # the 2-D point distributions
 DataKind = Literal["digits", "toy2d", "folder", "cifar10", "mnist"]  # the config's data.kind: which loader
 ModelKind = Literal["unet", "mlp"]  # the config's model.kind: which network

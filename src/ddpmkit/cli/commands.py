@@ -17,6 +17,7 @@ from ..fields import parse_image_size
 from ..options import CompileMode, Device, Precision, Spacing, choices
 from .distill import cmd_distill
 from .editing import cmd_edit, cmd_inpaint, cmd_interpolate
+from .ema import cmd_ema
 from .flags import COMMON, add_command, add_flags
 from .importing import cmd_import
 from .measure import cmd_eval, cmd_export, cmd_report, cmd_stats, cmd_tune_steps
@@ -237,6 +238,7 @@ COMMANDS = {
     "report": cmd_report,
     "export": cmd_export,
     "import": cmd_import,
+    "ema": cmd_ema,
     "distill": cmd_distill,
 }
 

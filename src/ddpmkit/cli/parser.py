@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..version import __version__
-from . import distill, importing
+from . import distill, ema, importing
 from .commands import add_config, add_info, add_sample, add_train
 from .editing import add_edit, add_inpaint, add_interpolate
 from .flags import FLAGS, HelpFormatter
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_report,
         add_export,
         importing.add_parser,
+        ema.add_parser,
         distill.add_parser,
         add_info,
         add_config,

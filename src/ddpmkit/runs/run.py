@@ -284,7 +284,7 @@ def describe_checkpoint(path: str | Path) -> dict[str, str]:
         "diffusion": f"T={d.timesteps} {d.schedule}, prediction={d.prediction}, variance={d.variance}, loss={d.loss}",
         "classes": f"{classes if classes else 'unconditional'}{named}"
         + (f", p_uncond={d.p_uncond}" if classes else ""),
-        "ema": f"{'yes' if ckpt.get('ema') is not None else 'no'} (decay {cfg.train.ema_decay})",
+        "ema": f"{'yes' if ckpt.get('ema') is not None else 'no'} ({_ema_kind(cfg, ckpt)})",
     }
     if cfg.distill is not None:  # a consistency model: its method and teacher
         dc = cfg.distill
@@ -293,6 +293,17 @@ def describe_checkpoint(path: str | Path) -> dict[str, str]:
     if source:  # an imported run: where its weights came from
         about["source"] = f"{source['format']} folder {source['folder']}"
     return about
+
+
+def _ema_kind(cfg: ExperimentConfig, ckpt: dict) -> str:
+    """How the EMA weights were averaged: the fixed decay, or the power EMA's width (rebuilt by `ddpmkit ema`)."""
+    if cfg.train.ema_kind != "power":
+        return f"decay {cfg.train.ema_decay}"
+    rebuilt = (ckpt.get("extra") or {}).get("posthoc_ema")
+    if rebuilt is not None:
+        return f"power, sigma_rel {rebuilt['sigma_rel']:g} rebuilt from snapshots"
+    kept = ", ".join(f"{s:g}" for s in cfg.train.ema_sigma_rels)
+    return f"power, sigma_rel {cfg.train.ema_sigma_rels[0]:g} of {kept}"
 
 
 def _count(state: dict) -> int:

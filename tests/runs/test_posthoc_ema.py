@@ -1,0 +1,159 @@
+"""Power EMA in training and `ddpmkit ema`: snapshots at their interval with their labels, a bit-for-bit resume,
+stored widths rebuilt exactly, another width as a run trained with it directly would have it, the sweep's table,
+and the one-line refusals."""
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ddpmkit.config import config_yaml, load_config
+from ddpmkit.power_ema import gamma_from_sigma_rel
+from ddpmkit.runs import Run
+from helpers import assert_user_error, run_cli, run_cli_out
+
+STEPS, EVERY = 8, 2  # 4 snapshots of 2 widths: 8 profiles to fit a third width from
+POWER = {"ema_kind": "power", "ema_sigma_rels": [0.05, 0.10], "ema_snapshot_every": EVERY}
+
+
+def _train(root, name, train, *extra):
+    """A tiny digits run (conftest's TINY_DIGITS) with ``train`` on top; its directory."""
+    from conftest import TINY_DIGITS
+
+    cfg = copy.deepcopy(TINY_DIGITS)
+    cfg["train"].update({"steps": STEPS, "checkpoint_every": 4, "keep_checkpoints": 0, **train})
+    (root / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+    out = root / name
+    args = ["train", "--preset", "digits", "--config", root / f"{name}.yaml", "--out", out, "--no-progress", *extra]
+    code, err = run_cli(*args)
+    assert code == 0, err
+    return out
+
+
+@pytest.fixture(scope="module")
+def power_run(tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("power"), "run", POWER)
+
+
+def _ckpt(run, step=STEPS):
+    return torch.load(run / "checkpoints" / f"step_{step:08d}.pt", weights_only=True)
+
+
+def _close(a, b, **tol):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], **tol)
+
+
+def _samples(run_dir, state=None):
+    """Two samples of the run (5 DDIM calls, seed 0), from ``state`` when given."""
+    run = Run.load(run_dir, device="cpu")
+    if state is not None:
+        run.model.load_state_dict(state)
+    return run.sample(2, sampler="ddim", steps=5, labels=[3, 7], seed=0, precision="fp32").x
+
+
+def test_presets_write_no_power_keys():
+    text = config_yaml(load_config("digits", None, None))
+    assert "ema_kind" not in text and "ema_sigma_rels" not in text and "ema_snapshot_every" not in text
+
+
+def test_snapshots_at_the_interval_labelled_by_their_last_update(power_run):
+    names = sorted(p.name for p in (power_run / "ema_snapshots").iterdir())
+    assert names == [f"step_{s:08d}.pt" for s in range(EVERY, STEPS + 1, EVERY)]
+    ckpt = _ckpt(power_run)
+    state = ckpt["extra"]["power_ema"]
+    assert state["step"] == STEPS and state["sigma_rels"] == [0.05, 0.10]
+    _close(ckpt["ema"], state["averages"][0], rtol=0, atol=0)  # the first width is the one sampled
+    for s in range(EVERY, STEPS + 1, EVERY):
+        snap = torch.load(power_run / "ema_snapshots" / f"step_{s:08d}.pt", weights_only=True)
+        assert snap["step"] == s and snap["sigma_rels"] == [0.05, 0.10]
+        assert snap["gammas"] == [gamma_from_sigma_rel(0.05), gamma_from_sigma_rel(0.10)]
+    for last, now in zip(snap["averages"], state["averages"]):
+        _close(last, now, rtol=0, atol=0)
+    assert "ema_kind: power" in (power_run / "config.yaml").read_text()
+
+
+def test_resume_is_bit_for_bit(power_run, tmp_path):
+    half = Path(shutil.copytree(power_run, tmp_path / "half"))
+    (half / "checkpoints" / f"step_{STEPS:08d}.pt").unlink()  # back to step 4; later snapshots are rewritten
+    code, err = run_cli("train", "--out", half, "--resume", "--no-progress")
+    assert code == 0, err
+    a, b = _ckpt(half), _ckpt(power_run)
+    for part in ("model", "ema"):
+        _close(a[part], b[part], rtol=0, atol=0)
+    for x, y in zip(a["extra"]["power_ema"]["averages"], b["extra"]["power_ema"]["averages"]):
+        _close(x, y, rtol=0, atol=0)
+    for s in range(EVERY, STEPS + 1, EVERY):
+        x, y = (torch.load(r / "ema_snapshots" / f"step_{s:08d}.pt", weights_only=True) for r in (half, power_run))
+        assert x["step"] == y["step"] == s
+        for u, v in zip(x["averages"], y["averages"]):
+            _close(u, v, rtol=0, atol=0)
+
+
+def test_a_stored_width_is_rebuilt_exactly(power_run, tmp_path):
+    out = tmp_path / "w10"
+    code, out_text = run_cli_out("ema", power_run, "--sigma-rel", "0.10", "--out", out)
+    assert code == 0 and "wrote" in out_text
+    stored = _ckpt(power_run)["extra"]["power_ema"]["averages"][1]
+    _close(_ckpt(out)["ema"], stored, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(_samples(out), _samples(power_run, stored), rtol=1e-5, atol=1e-5)
+    code, err = run_cli("ema", power_run, "--sigma-rel", "0.10", "--out", out)  # no overwrite without --force
+    assert_user_error(code, err, "--force")
+
+
+def test_rebuilt_width_samples_as_a_run_trained_with_it(power_run, tmp_path):
+    # the live weights do not depend on the EMA, so a run averaging only width 0.07 trains the same weights
+    direct = _train(tmp_path, "direct", {"ema_kind": "power", "ema_sigma_rels": [0.07]})
+    _close(_ckpt(direct)["model"], _ckpt(power_run)["model"], rtol=0, atol=0)
+    code, _ = run_cli_out("ema", power_run, "--sigma-rel", "0.07", "--out", tmp_path / "w07")
+    assert code == 0
+    rebuilt, truth = _ckpt(tmp_path / "w07")["ema"], _ckpt(direct)["ema"]
+    # tolerance: the rebuilt average is at least 4 times closer to the direct one than either stored width is
+    # (measured, largest difference of any weight: 0.13 of the nearer stored width's, 2e-6 in absolute terms)
+    stored = _ckpt(power_run)["extra"]["power_ema"]["averages"]
+    nearest = min(max((truth[k] - s[k]).abs().max() for k in truth) for s in stored)
+    error = max((rebuilt[k] - truth[k]).abs().max() for k in truth)
+    assert error <= 0.25 * nearest, (error, nearest)
+    torch.testing.assert_close(_samples(tmp_path / "w07"), _samples(direct), rtol=0, atol=0.02)
+
+
+def test_sweep_prints_and_keeps_its_table(power_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(power_run, run)
+    code, out = run_cli_out("ema", run, "--sweep", "0.05:0.10:2", "--metric", "bpd", "--num", 4, "--no-progress")
+    assert code == 0, out
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["sigma_rel", "bpd", "score", "fit", "error"]
+    assert [line.split()[0] for line in lines[1:3]] == ["0.0500", "0.1000"] and "best sigma_rel" in lines[3]
+    table = json.loads((run / "ema_snapshots" / "sweep-bpd.json").read_text())
+    assert [r["sigma_rel"] for r in table["rows"]] == [0.05, 0.10] and table["ranked_by"] == "bpd"
+    assert table["best_sigma_rel"] == min(table["rows"], key=lambda r: r["bpd"])["sigma_rel"]
+    assert all(r["fit_error"] < 1e-6 for r in table["rows"])  # stored widths, read at the last snapshot
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--sigma-rel", "0.5"], ["sigma_rel", "0.5"]),
+        (["--sigma-rel", "0"], ["sigma_rel"]),
+        (["--sweep", "0.02:0.25"], ["--sweep must be LO:HI:N"]),
+        (["--sweep", "0.2:0.1:3"], ["--sweep must be LO:HI:N"]),
+        (["--sweep", "a:b:c"], ["--sweep must be LO:HI:N"]),
+        (["--sweep", "0.02:0.4:3"], ["sigma_rel", "0.4"]),
+        (["--sigma-rel", "0.07", "--keep-best"], ["--keep-best"]),
+    ],
+)
+def test_bad_inputs_one_line(power_run, tmp_path, args, words):
+    code, err = run_cli("ema", power_run, *args, "--out", tmp_path / "x")
+    assert_user_error(code, err, *words)
+
+
+def test_a_run_without_snapshots_is_refused(tmp_path):
+    run = _train(tmp_path, "fixed", {"steps": 2})
+    code, err = run_cli("ema", run, "--sigma-rel", "0.07", "--out", tmp_path / "x")
+    assert_user_error(code, err, "no power EMA snapshots")
