@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from ddpmkit import Run
+from ddpmkit import Run, UserError
 from ddpmkit.runs.consistency_model import noise_levels, run_consistency_function
 from ddpmkit.train.checkpoint import read_checkpoint
 from helpers import assert_user_error, run_cli, run_cli_out
@@ -137,3 +137,13 @@ def test_a_short_ect_run_on_toy2d_beats_the_teachers_one_call_ddim(tmp_path):
     sw = [sliced_wasserstein(x, ref, generator=torch.Generator().manual_seed(0)) for x in (ddim, one, two)]
     # measured: teacher's one-call DDIM 0.30 (its 50-call DDIM 0.25), tuned 0.12 (one call), 0.11 (two); floor 0.06
     assert sw[1] < 0.5 * sw[0] and sw[2] < 0.5 * sw[0], (sw, floor)
+
+
+def test_the_intermediate_levels_are_settable_and_checked(cm_run):
+    from ddpmkit.runs.consistency_model import run_sampling_sigmas
+
+    levels = noise_levels(Run.load(cm_run, device="cpu").diffusion)
+    assert run_sampling_sigmas(levels, 2, [0.3]).tolist() == [levels.sigma_max, 0.3]
+    assert run_sampling_sigmas(levels, 3, [0.3]).shape == (3,)  # another count of calls: the default grid
+    with pytest.raises(UserError, match="intermediate levels"):
+        run_sampling_sigmas(levels, 2, [5.0])  # above sigma_max

@@ -330,6 +330,8 @@ class DistillConfig(_Checked):
     distance: Literal["l2", "pseudo_huber"] = "l2"  # ECT's L2 or iCT's pseudo-Huber
     huber_c: Optional[float] = None  # pseudo-Huber's c (None: 0.00054 sqrt(d))
     grid_calls: int = 2  # network calls of the training grids' consistency samples
+    # the sampler's intermediate levels for len + 1 calls (empty: ECT's 0.821 for two, the Karras grid for more)
+    mid_sigmas: tuple[float, ...] = ()
 
     def check(self) -> None:
         require(self.teacher_step >= 0, "distill.teacher_step", "at least 0", self.teacher_step)
@@ -340,6 +342,7 @@ class DistillConfig(_Checked):
         require(self.k >= 0 and self.b >= 0, "distill.k", "at least 0 (and distill.b too)", self.k)
         require(self.huber_c is None or self.huber_c > 0, "distill.huber_c", "positive or null", self.huber_c)
         require(self.grid_calls >= 1, "distill.grid_calls", "at least 1", self.grid_calls)
+        require(all(s > 0 for s in self.mid_sigmas), "distill.mid_sigmas", "positive levels", list(self.mid_sigmas))
 
 
 # ---------------------------------------------------------------------- the whole experiment

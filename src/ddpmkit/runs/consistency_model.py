@@ -133,12 +133,16 @@ def sample_consistency(
     levels = noise_levels(diffusion)
     f = run_consistency_function(cfg, model, diffusion)
     x_T = randn(shape, generator, device)
-    return consistency_sample(f, x_T, run_sampling_sigmas(levels, calls), levels.sigma_min, y=y, generator=generator)
+    sigmas = run_sampling_sigmas(levels, calls, cfg.distill.mid_sigmas if cfg.distill else ())
+    return consistency_sample(f, x_T, sigmas, levels.sigma_min, y=y, generator=generator)
 
 
-def run_sampling_sigmas(levels: NoiseLevels, calls: int) -> Tensor:
-    """The sampler's levels: ECT's 0.821 for two calls where the schedule reaches above it, else the middle
-    of the Karras rho = 7 grid between sigma_max and sigma_min (a short schedule: sigma_max 0.81 at T = 50)."""
+def run_sampling_sigmas(levels: NoiseLevels, calls: int, mid: Sequence[float] = ()) -> Tensor:
+    """The sampler's levels: ``mid`` when it has calls - 1 of them (the run's distill.mid_sigmas); else ECT's 0.821
+    for two calls where the schedule reaches above it, else the middle of the Karras rho = 7 grid between
+    sigma_max and sigma_min (a short schedule: sigma_max 0.81 at T = 50)."""
+    if mid and len(mid) == calls - 1:
+        return sampling_sigmas(levels, calls, list(mid))
     if calls == 2 and not levels.sigma_min < ECT_MID_SIGMA < levels.sigma_max:
         hi, lo = levels.sigma_max ** (1 / KARRAS_RHO), levels.sigma_min ** (1 / KARRAS_RHO)
         return sampling_sigmas(levels, 2, [((hi + lo) / 2) ** KARRAS_RHO])
