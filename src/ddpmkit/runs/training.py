@@ -79,6 +79,11 @@ def train(
                 files.tidy(trainer.start_step, force and not resume)
                 if log is not None:
                     log(f"training {files.path}: {trainer.describe()}")
+                    if (n := len(trainer.dataset)) < cfg.train.batch_size:
+                        log(
+                            f"note: the data has {n} examples, fewer than one batch of {cfg.train.batch_size}: "
+                            f"each batch repeats them"
+                        )
                     if hint := trainer.speed_hint():
                         log(hint)
             last = trainer.train() or {"step": trainer.step}
@@ -252,7 +257,24 @@ def prepare(
             f"run directory {str(run_dir)!r} already has checkpoints: pass --resume to continue "
             f"or --force to start over"
         )
-    return (experiment_from_dict(deep_merge(without_shape(cfg), overrides)) if overrides else cfg), None
+    cfg = experiment_from_dict(deep_merge(without_shape(cfg), overrides)) if overrides else cfg
+    return fit_schedules(cfg, note or _stderr), None
+
+
+def fit_schedules(cfg: ExperimentConfig, note: Callable[[str], None]) -> ExperimentConfig:
+    """A fresh run whose warm-up or EMA start exceed its steps (a preset's, on a short run) has them scaled to a
+    tenth of the run, with a note: otherwise it never reaches its learning rate and learns nothing."""
+    tc = cfg.train
+    fitted = {key: tc.steps // 10 for key in ("warmup_steps", "ema_start") if getattr(tc, key) > tc.steps}
+    if fitted:
+        was = " and ".join(f"train.{key} {getattr(tc, key)}" for key in fitted)
+        now = " and ".join(str(value) for value in fitted.values())
+        note(
+            f"note: {was} exceed the run's {tc.steps} steps: scaled to {now} (a tenth of the run; set them "
+            f"with --set to choose)"
+        )
+        cfg = experiment_from_dict(deep_merge(cfg.to_dict(), {"train": fitted}))
+    return cfg
 
 
 def _readable_checkpoint(run_dir: Path, note: Callable[[str], None] | None) -> dict:
