@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 from pathlib import Path
 
 from ..config import ExperimentConfig, save_config
@@ -124,6 +125,10 @@ class RunDir:
         for path in doomed:
             path.unlink(missing_ok=True)
         return doomed
+
+    def remove(self) -> None:
+        """Delete the run directory and everything in it (a run that a failed first write left empty)."""
+        shutil.rmtree(self.path, ignore_errors=True)
 
     def lay_out(self, cfg: ExperimentConfig) -> None:
         """The folders a trainer writes into, and the resolved config."""

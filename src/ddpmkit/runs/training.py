@@ -24,6 +24,7 @@ from ..config import (
     without_shape,
 )
 from ..errors import UserError
+from ..files import WriteError
 from ..power_ema import PowerEMA
 from ..timestep_sampling import make_timestep_sampler
 from ..train.averages import Average, PowerAverage
@@ -72,6 +73,7 @@ def train(
     note = log if log is not None and dist_info_from_env().is_main else _silent
     cfg, ckpt = prepare(cfg, files.path, resume=resume, force=force, overrides=overrides, note=note)
     dist = init_distributed("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
+    fresh = not files.path.exists()
     try:
         trainer = make_trainer(cfg, files, checkpoint=ckpt, dist=dist, progress=progress)
         with files.locked() if dist.is_main else contextlib.nullcontext():
@@ -88,6 +90,10 @@ def train(
                         log(hint)
             last = trainer.train() or {"step": trainer.step}
         return last if dist.is_main else None
+    except WriteError:
+        if fresh and dist.is_main and files.latest_checkpoint() is None:
+            files.remove()  # this command made it and wrote no checkpoint: nothing for a --resume to find
+        raise
     finally:
         cleanup_distributed()
 

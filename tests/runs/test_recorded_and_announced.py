@@ -1,0 +1,39 @@
+"""Recorded and announced: a failed first write leaves no empty run directory behind, and `report` refuses its
+output before any work."""
+
+import errno
+
+import pytest
+
+import ddpmkit.runs.report as report
+import ddpmkit.runs.rundir as rundir
+from ddpmkit.files import WriteError
+from helpers import assert_user_error, run_cli
+
+
+def full_disk(cfg, path):
+    raise WriteError(path, OSError(errno.ENOSPC, "No space left on device"))
+
+
+def test_a_failed_first_write_leaves_no_run_directory(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(rundir, "save_config", full_disk)
+    args = ("train", "--preset", "digits", "--config", tiny_config, "--no-progress", "--device", "cpu", "--out")
+    code, err = run_cli(*args, tmp_path / "new")
+    assert code == 2 and err.splitlines()[-1].startswith("error: cannot write"), err  # after the "training" line
+    assert not (tmp_path / "new").exists()  # a later --resume does not find an empty run
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    code, err = run_cli(*args, tmp_path / "mine")
+    assert code == 2 and (tmp_path / "mine" / "notes.txt").read_text() == "the user's"  # not this command's
+
+
+def test_report_refuses_an_existing_output_before_any_work(tiny_run, tmp_path, monkeypatch):
+    def no_work(*args, **kwargs):
+        pytest.fail("the report was built before its output was checked")
+
+    monkeypatch.setattr(report, "build_report", no_work)
+    out = tmp_path / "r.html"
+    out.write_text("kept")
+    code, err = run_cli("report", tiny_run, "--out", out)
+    assert_user_error(code, err, "already exists")
+    assert out.read_text() == "kept"
