@@ -2,6 +2,7 @@
 output before any work."""
 
 import errno
+import time
 
 import pytest
 
@@ -37,3 +38,20 @@ def test_report_refuses_an_existing_output_before_any_work(tiny_run, tmp_path, m
     code, err = run_cli("report", tiny_run, "--out", out)
     assert_user_error(code, err, "already exists")
     assert out.read_text() == "kept"
+
+
+def test_the_final_grid_is_announced_and_grids_are_left_out_of_images_per_s(tiny_config, tmp_path):
+    args = ("train", "--preset", "digits", "--config", tiny_config, "--no-progress", "--device", "cpu")
+    code, err = run_cli(*args, "--set", "train.sample_every=4", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "drawing the final sample grid of 4 samples into" in err and "step_00000004.png" in err
+
+    from conftest import TINY_DIGITS
+    from ddpmkit.config import load_config
+    from ddpmkit.runs import start_training
+
+    over = {**TINY_DIGITS, "train": {**TINY_DIGITS["train"], "sample_every": 2, "log_every": 4}}
+    trainer = start_training(load_config("digits", overrides=over), tmp_path / "slow", progress=False)
+    trainer.grid = lambda t, step: time.sleep(3.0)  # a grid of 3 s in the middle of the interval
+    last = trainer.train()
+    assert last["images_per_s"] > 4 * 16 / 3.0, last  # the 64 images took less than the grid

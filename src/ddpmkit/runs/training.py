@@ -75,7 +75,7 @@ def train(
     dist = init_distributed("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
     fresh = not files.path.exists()
     try:
-        trainer = make_trainer(cfg, files, checkpoint=ckpt, dist=dist, progress=progress)
+        trainer = make_trainer(cfg, files, checkpoint=ckpt, dist=dist, progress=progress, log=note)
         with files.locked() if dist.is_main else contextlib.nullcontext():
             if dist.is_main:
                 files.tidy(trainer.start_step, force and not resume)
@@ -120,8 +120,10 @@ def make_trainer(
     checkpoint: dict | None = None,
     dist: DistInfo | None = None,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> Trainer:
-    """The trainer of ``cfg``: its data read, the network shaped by it and seeded, the diffusion objective."""
+    """The trainer of ``cfg``: its data read, the network shaped by it and seeded, the diffusion objective;
+    ``log`` hears when the final sample grid is drawn."""
     # the loop, its loggers and objective load only when a run trains, not with Run.load: start-up
     from ..train.objective import DiffusionObjective, Objective
     from ..train.trainer import Trainer
@@ -160,7 +162,7 @@ def make_trainer(
         checkpoint=checkpoint,
         dist=dist,
         progress=progress,
-        grid=_grid_drawer(files),
+        grid=_grid_drawer(files, log),
         ema=_average(cfg, model, files, dist),
     )
 
@@ -176,7 +178,7 @@ def _average(cfg: ExperimentConfig, model: torch.nn.Module, files: RunDir, dist:
     return PowerAverage(power, tc.ema_snapshot_every, tc.steps, write)
 
 
-def _grid_drawer(files: RunDir) -> Callable[[Trainer, int], Path]:
+def _grid_drawer(files: RunDir, log: Callable[[str], None] | None = None) -> Callable[[Trainer, int], Path]:
     """The hook that draws a trainer's sample grid into ``files`` (and TensorBoard, when it logs there)."""
 
     @torch.no_grad()
@@ -189,6 +191,8 @@ def _grid_drawer(files: RunDir) -> Callable[[Trainer, int], Path]:
 
         sc, device = trainer.cfg.sample, trainer.device
         n = trainer.cfg.train.num_grid_samples
+        if log is not None and step == trainer.cfg.train.steps:  # minutes on a CPU: say what runs
+            log(f"drawing the final sample grid of {n} samples into {files.grid(step)}")
         model = trainer.ema.model
         null = getattr(model, "null_class", None)
         y = None if null is None else torch.arange(n, device=device) % null

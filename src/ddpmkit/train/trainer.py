@@ -414,7 +414,12 @@ class Trainer:
         if not self.dist.is_main:
             return None
         self.check_finite()
-        return None if self.grid is None else self.grid(self, step)
+        if self.grid is None:
+            return None
+        began = time.perf_counter()
+        path = self.grid(self, step)
+        self.interval.tick += time.perf_counter() - began  # drawing is not training: images/s leaves it out
+        return path
 
 
 def _grad_norm(model: nn.Module, clip: float | None) -> torch.Tensor:
