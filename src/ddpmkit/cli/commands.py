@@ -69,7 +69,11 @@ def add_train(sub) -> None:
         help="torch.compile's mode (implies --compile); reduce-overhead adds CUDA graphs on GPUs",
     )
     p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
-    p.add_argument("--force", action="store_true", help="start over in a run directory that has checkpoints")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="start over in a run directory that has checkpoints (with --resume: go on from another run's checkpoint)",
+    )
     add_flags(p, "no-progress", "set")
 
 
