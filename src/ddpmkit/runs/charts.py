@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from html import escape
 
 __all__ = ["line_chart", "smooth", "nice_ticks"]
@@ -83,7 +83,7 @@ def _grid_lines(
 
 def line_chart(
     xs: list[float],
-    series: list[tuple[str, list[float], str, float]],
+    series: list[tuple[str, Sequence[float | None], str, float]],
     *,
     log_y: bool = False,
     x_label: str = "step",

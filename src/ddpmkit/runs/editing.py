@@ -52,7 +52,8 @@ class Edited(NamedTuple):
 def _image_run(run: Run, what: str) -> tuple[int, int, int]:
     if not run.is_image:
         raise UserError(f"{what} needs an image model; this run ({run.config.data.kind}) makes 2-D points")
-    return run.sample_shape
+    channels, height, width = run.sample_shape
+    return channels, height, width
 
 
 def read_images(path: str | Path, run: Run) -> Tensor:
@@ -180,7 +181,7 @@ def _batches(run: Run, inputs: Tensor, num: int, y: Tensor | None, seed: int, ba
 
 
 def _shown_labels(run: Run, y: Tensor | None) -> Tensor | None:
-    return None if y is None or bool((y == run.num_classes).all()) else y
+    return None if y is None or run.num_classes is None or bool(y.eq(run.num_classes).all()) else y
 
 
 def _rows(shown: Tensor, x: Tensor, num: int) -> list[Tensor]:
@@ -309,7 +310,7 @@ def interpolate(
             raise UserError(f"seeds must be two integers, got {seeds!r}")
         for s in seeds:
             check_seed(s)
-    elif len(images) != 2:
+    elif images is not None and len(images) != 2:
         raise UserError(f"interpolation needs two images, got {len(images)}")
     if labels is not None and len(str(labels).split(",")) != 1:
         raise UserError(f"interpolation takes one label, got {labels!r}")
@@ -321,6 +322,7 @@ def interpolate(
         if seeds is not None:
             ends = torch.cat([randn((1, *shape), torch.Generator(device=device).manual_seed(s), device) for s in seeds])
         else:
+            assert images is not None  # seeds or images, checked above
             ends = run.diffusion.invert(run.model, images.to(device), y=ends_y, options=opts)
         z = slerp_frames(ends[:1], ends[1:], frames)
         yf = None if y is None else y[:1].expand(frames).to(device)

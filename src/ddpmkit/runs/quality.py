@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -10,7 +11,7 @@ from ..config import load_config
 from ..errors import UserError
 from ..eval import quality
 from ..images import load_npz, to_uint8
-from ..options import Split
+from ..options import Channels, Split
 from .build import build_dataset
 from .run import Run
 
@@ -34,14 +35,14 @@ def reference_images(ref: str, run: Run | None, size: int, channels: int):
                 f"--ref {ref} needs a run (a sample file has no {ref} split to compare with): give --ref DIR (a "
                 f"folder of images) or --ref STATS.npz (from `ddpmkit stats`)"
             )
-        return dataset_images(run, ref)
+        return dataset_images(run, "train" if ref == "train" else "test")
     if path.suffix == ".npz":
         return path
     if path.is_dir():
         # deferred: the dataset loaders cost start-up and only a folder of images needs them
         from ..data import load_image_folder
 
-        return load_image_folder(path, size, channels).data
+        return load_image_folder(path, size, cast(Channels, channels)).data  # 1 or 3: read from images
     raise UserError(f"--ref must be train, test, a directory of images or a stats .npz, got {ref!r}")
 
 
@@ -71,7 +72,7 @@ def evaluate_quality(
     return {
         **result,
         "ref": ref,
-        "source": str(source.checkpoint if run else source),
+        "source": str(run.checkpoint if run else source),
         **({"step": run.step, "ema": run.ema} if run else {}),
     }
 
@@ -82,7 +83,7 @@ def stats_of(
     out: str | Path,
     split: Split = "train",
     data: str | None = None,
-    image_size: int | None = None,
+    image_size: int | list[int] | None = None,
     features: bool = False,
     **options,
 ) -> dict:
@@ -94,7 +95,9 @@ def stats_of(
 
         if image_size is None:
             raise UserError("give --image-size for a directory of images")
-        images = load_image_folder(path, image_size).data
+        images = load_image_folder(
+            path, image_size if isinstance(image_size, int) else (image_size[0], image_size[1])
+        ).data
     else:
         over = {"data": {k: v for k, v in (("root", data), ("image_size", image_size)) if v is not None}}
         images = build_dataset(load_config(source, overrides=over).data, split).data

@@ -24,6 +24,7 @@ import yaml
 
 from ..errors import UserError
 from ..files import write_text
+from ..options import Device
 from ..train.metrics import read_metrics
 from ..version import __version__
 from .charts import line_chart, smooth
@@ -52,7 +53,7 @@ def write_report(
     out: str | Path | None = None,
     *,
     trajectory: bool = True,
-    device: str = "auto",
+    device: Device = "auto",
     force: bool = False,
 ) -> Path:
     """Write the report of ``run_dir`` to ``out`` (default RUN/report.html); everything is checked first."""
@@ -69,7 +70,7 @@ def _check_run_dir(path: Path) -> Path:
     return path
 
 
-def build_report(run_dir: Path, *, trajectory: bool = True, device: str = "auto") -> str:
+def build_report(run_dir: Path, *, trajectory: bool = True, device: Device = "auto") -> str:
     """The report's HTML."""
     config_text = _read_text(RunDir(run_dir).config)
     try:
@@ -181,7 +182,7 @@ def _grids(run_dir: Path) -> str:
     return '<div class="grids">' + "".join(figures) + "</div>"
 
 
-def _trajectory(run_dir: Path, device: str) -> str:
+def _trajectory(run_dir: Path, device: Device) -> str:
     if not any(RunDir(run_dir).checkpoints.glob("*.pt")):
         return '<p class="note">no checkpoint to draw from</p>'
     run = Run.load(run_dir, device=device)
@@ -192,6 +193,7 @@ def _trajectory(run_dir: Path, device: str) -> str:
     samples = run.sample(4, steps=min(calls, TRAJECTORY_CALLS), seed=0, trajectory=True)
     with tempfile.TemporaryDirectory() as tmp:
         data = write_trajectory(Path(tmp) / "t.png", samples).read_bytes()
+    assert samples.trajectory is not None  # asked for above
     steps = ", ".join(str(t) for t, _, _ in samples.trajectory)
     return (
         f"<p>4 samples (seeds 0-3), {escape(samples.sampler)} with {samples.steps} network calls, EMA "

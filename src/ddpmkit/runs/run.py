@@ -11,10 +11,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..config import ExperimentConfig, config_from_checkpoint
+from ..config import ExperimentConfig, Toy2DData, config_from_checkpoint
 from ..diffusion import GaussianDiffusion
 from ..errors import UserError
-from ..fields import image_hw
+from ..nn import UNetConfig
 from ..options import Device, Precision, SamplerName, Spacing
 from ..sampling_options import SamplingOptions
 from ..train.runtime import autocast_context, autocast_dtype, compute_device
@@ -87,7 +87,7 @@ class Run:
         model = model.to(compute_device(device)).eval()
         images = cfg.model.kind == "unet"
         if images:  # channels-last convolutions are faster on CPU and GPU
-            model = model.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         return cls(
             cfg,
             model,
@@ -129,7 +129,9 @@ class Run:
     def sample_shape(self) -> tuple[int, ...]:
         """The shape of one sample: (C, H, W) for images, (D,) for points."""
         m = self.config.model
-        return (m.in_channels, *image_hw(m.image_size)) if self.is_image else (m.dim,)
+        if isinstance(m, UNetConfig):  # is_image; a loaded run's config has its shape filled in
+            return (m.resolved_in_channels, *m.resolved_image_hw)
+        return (m.dim,)
 
     @property
     def run_dir(self) -> Path | None:
@@ -188,7 +190,8 @@ class Run:
         # deferred: tqdm costs start-up and only a shown progress bar needs it
         from tqdm.auto import tqdm
 
-        chunks, rows = [], [] if trajectory else None
+        chunks: list[Tensor] = []
+        rows: list | None = [] if trajectory else None
         sampler_name = plan.options.sampler
         with tqdm(total=num, desc=f"sampling {sampler_name}", disable=not progress, leave=False) as bar:
             for start in range(0, num, batch_size):
@@ -273,9 +276,9 @@ def describe_checkpoint(path: str | Path) -> dict[str, str]:
     cfg = config_from_checkpoint(ckpt["config"], ckpt["version"])
     d, classes, names = cfg.diffusion, cfg.model.num_classes, class_names_of(ckpt)
     named = f" (labels 0..{classes - 1}: {', '.join(names)})" if classes and names else ""
-    data = cfg.data.kind + (f" ({cfg.data.distribution})" if cfg.data.kind == "toy2d" else "")
-    if cfg.model.kind == "unet":  # images as H x W x C (H: height), whatever the checkpoint's age
-        data += " ({}x{}x{} images, H x W x C)".format(*image_hw(cfg.model.image_size), cfg.model.in_channels)
+    data = cfg.data.kind + (f" ({cfg.data.distribution})" if isinstance(cfg.data, Toy2DData) else "")
+    if isinstance(cfg.model, UNetConfig):  # images as H x W x C (H: height), whatever the checkpoint's age
+        data += " ({}x{}x{} images, H x W x C)".format(*cfg.model.resolved_image_hw, cfg.model.resolved_in_channels)
     about = {
         "checkpoint": str(file),
         "step": f"{ckpt['step']} of {cfg.train.steps}",

@@ -7,7 +7,7 @@ import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from .consistency_model import consistency_objective, is_consistency, sample_con
 from .rundir import RunDir, check_checkpoint_name
 
 if TYPE_CHECKING:
+    from ..train.objective import DiffusionObjective
     from ..train.trainer import Trainer
 
 __all__ = ["train", "start_training", "make_trainer", "prepare", "resumed_config"]
@@ -140,7 +141,7 @@ def make_trainer(
     torch.manual_seed(tc.seed)
     model = build_model(cfg.model).to(device)
     if images and tc.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     diffusion = build_diffusion(cfg.diffusion, images=images)
     timesteps = make_timestep_sampler(cfg.diffusion.timestep_sampler, diffusion.num_timesteps)
     objective: Objective
@@ -201,7 +202,7 @@ def _grid_drawer(files: RunDir, log: Callable[[str], None] | None = None) -> Cal
             if is_consistency(trainer.cfg):  # the consistency model's own few-call sampler
                 x = _consistency_grid(trainer, model, n, y, gen)
             else:
-                x = trainer.objective.diffusion.sample(
+                x = cast("DiffusionObjective", trainer.objective).diffusion.sample(
                     model,
                     (n, *trainer.dataset.shape),
                     sampler=sc.grid_sampler,

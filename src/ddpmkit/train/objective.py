@@ -7,6 +7,7 @@ as improved-diffusion's resample.py does), so the loop itself stays generic.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -26,7 +27,10 @@ class Objective(Protocol):
 
     def draw(self, batch_size: int, sample_shape, device, generator: torch.Generator) -> tuple[Tensor, ...]: ...
 
-    def __call__(self, model, x0: Tensor, y: Tensor | None, *draws: Tensor) -> tuple[Tensor, Tensor]: ...
+    @property
+    def __call__(self) -> Callable[..., tuple[Tensor, Tensor]]:
+        """loss(model, x0, y, *draws) -> (mean loss, per-example losses); each objective names its draws."""
+        ...
 
     def bins(self, draws) -> Tensor: ...
 

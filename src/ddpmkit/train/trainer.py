@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -126,7 +126,8 @@ class Trainer:
         if checkpoint is not None:
             self._load(checkpoint)
         self.ddp = wrap_ddp(self.model, self.dist, self.device)  # the model itself in one process
-        self.net = self.ddp if tc.compile_mode is None else torch.compile(self.ddp, mode=tc.compile_mode)
+        compiled = self.ddp if tc.compile_mode is None else torch.compile(self.ddp, mode=tc.compile_mode)
+        self.net = cast(nn.Module, compiled)  # torch.compile of a module is a module (OptimizedModule)
         # CUDA graphs replay into the same output buffers: each step must say where it begins
         self._cuda_graphs = tc.compile_mode in CUDA_GRAPH_MODES and self.device.type == "cuda"
         self.logger = RunLoggers(files.metrics, files.tensorboard, tc.loggers, enabled=self.dist.is_main)
