@@ -40,7 +40,7 @@ def test_report_refuses_an_existing_output_before_any_work(tiny_run, tmp_path, m
     assert out.read_text() == "kept"
 
 
-def test_the_final_grid_is_announced_and_grids_are_left_out_of_images_per_s(tiny_config, tmp_path):
+def test_the_final_grid_is_announced_and_grids_are_left_out_of_images_per_s(tiny_config, tmp_path, monkeypatch):
     args = ("train", "--preset", "digits", "--config", tiny_config, "--no-progress", "--device", "cpu")
     code, err = run_cli(*args, "--set", "train.sample_every=4", "--out", tmp_path / "run")
     assert code == 0, err
@@ -52,6 +52,12 @@ def test_the_final_grid_is_announced_and_grids_are_left_out_of_images_per_s(tiny
 
     over = {**TINY_DIGITS, "train": {**TINY_DIGITS["train"], "sample_every": 2, "log_every": 4}}
     trainer = start_training(load_config("digits", overrides=over), tmp_path / "slow", progress=False)
-    trainer.grid = lambda t, step: time.sleep(3.0)  # a grid of 3 s in the middle of the interval
+    clock = [0.0]  # a clock that only the grid moves: training takes no time, each grid 100 s (steps 2 and 4)
+
+    def slow_grid(t, step):
+        clock[0] += 100.0
+
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    trainer.grid = slow_grid
     last = trainer.train()
-    assert last["images_per_s"] > 4 * 16 / 3.0, last  # the 64 images took less than the grid
+    assert clock[0] == 200.0 and last["images_per_s"] > 1000, last  # 64 images in 100 s would be 0.64

@@ -92,8 +92,8 @@ def train(
             last = trainer.train() or {"step": trainer.step}
         return last if dist.is_main else None
     except WriteError:
-        if fresh and dist.is_main and files.latest_checkpoint() is None:
-            files.remove()  # this command made it and wrote no checkpoint: nothing for a --resume to find
+        if fresh and dist.is_main and files.latest_checkpoint() is None and not files.config.exists():
+            files.remove()  # this command made it and wrote nothing in it: no empty run for a --resume to find
         raise
     finally:
         cleanup_distributed()
