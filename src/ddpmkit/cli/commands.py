@@ -18,7 +18,7 @@ from ..options import CompileMode, Device, Precision, Spacing, choices
 from .distill import cmd_distill
 from .editing import cmd_edit, cmd_inpaint, cmd_interpolate
 from .ema import cmd_ema
-from .flags import COMMON, add_command, add_flags
+from .flags import COMMON, add_command, add_flags, image_outputs, load_run, sampling_options
 from .importing import cmd_import
 from .measure import cmd_eval, cmd_export, cmd_report, cmd_stats, cmd_tune_steps
 
@@ -164,24 +164,15 @@ def add_sample(sub) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     # lazy: start-up (see the module docstring)
-    from ..runs import Run, check_output, write_samples, write_trajectory
+    from ..runs import check_output, write_samples, write_trajectory
 
-    outs = [check_output(p, args.force, (".npz", ".png"), "--out") for p in (args.out or ["samples.npz"])]
+    outs = image_outputs(args, "samples.npz")
     traj = args.trajectory and check_output(args.trajectory, args.force, (".png",), "--trajectory")
-    run = Run.load(args.run, ema=not args.no_ema, device=args.device)
+    run = load_run(args, diffusion=False)
     samples = run.sample(
         args.num,
-        sampler=args.sampler,
-        steps=args.steps,
-        eta=args.eta,
-        spacing=args.spacing,
-        labels=args.labels,
-        guidance=args.guidance,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        precision=args.precision,
+        **sampling_options(args),
         trajectory=bool(traj),
-        progress=not args.no_progress,
         order=args.order,
     )
     for path in outs:

@@ -10,7 +10,7 @@ import argparse
 
 from ..errors import UserError
 from ..options import SamplerName, Spacing, choices
-from .flags import COMMON, add_command, add_flags
+from .flags import COMMON, add_command, add_flags, image_outputs, load_run, sampling_options
 
 __all__ = ["add_inpaint", "add_edit", "add_interpolate", "cmd_inpaint", "cmd_edit", "cmd_interpolate"]
 
@@ -62,8 +62,8 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     # lazy: start-up (see the module docstring)
     from ..runs.editing import inpaint, read_images, read_mask
 
-    outs = _edit_outputs(args)
-    run = _load(args)
+    outs = image_outputs(args, "edited.png")
+    run = load_run(args)
     images = read_images(args.image, run)
     mask = read_mask(args.mask, run, len(images))
     result = inpaint(
@@ -73,16 +73,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
         num=args.num,
         resample=args.resample,
         jump=args.jump,
-        sampler=args.sampler,
-        steps=args.steps,
-        eta=args.eta,
-        spacing=args.spacing,
-        labels=args.labels,
-        guidance=args.guidance,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        progress=not args.no_progress,
+        **sampling_options(args),
     )
     return _write_edited(run, result, outs, f"{len(result.x)} completions ({result.calls} network calls each)")
 
@@ -108,23 +99,14 @@ def cmd_edit(args: argparse.Namespace) -> int:
     # lazy: start-up (see the module docstring)
     from ..runs.editing import edit, read_images
 
-    outs = _edit_outputs(args)
-    run = _load(args)
+    outs = image_outputs(args, "edited.png")
+    run = load_run(args)
     result = edit(
         run,
         read_images(args.image, run),
         args.strength,
         num=args.num,
-        sampler=args.sampler,
-        steps=args.steps,
-        eta=args.eta,
-        spacing=args.spacing,
-        labels=args.labels,
-        guidance=args.guidance,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        progress=not args.no_progress,
+        **sampling_options(args),
     )
     return _write_edited(run, result, outs, f"{len(result.x)} edits ({result.calls} network calls each)")
 
@@ -154,10 +136,10 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     # lazy: start-up (see the module docstring)
     from ..runs.editing import image_pair, interpolate, read_image_pair
 
-    outs = _edit_outputs(args)
+    outs = image_outputs(args, "edited.png")
     seeds = None if args.seeds is None else _seed_pair(args.seeds)
     paths = None if seeds is not None else image_pair(args.images)
-    run = _load(args)
+    run = load_run(args)
     images = None if paths is None else read_image_pair(paths, run)
     result = interpolate(
         run,
@@ -179,22 +161,6 @@ def _seed_pair(text: str) -> list[int]:
         return [int(v) for v in text.split(",")]
     except ValueError:
         raise UserError(f"--seeds must be two integers A,B, got {text!r}") from None
-
-
-def _edit_outputs(args: argparse.Namespace) -> list:
-    # lazy: start-up (see the module docstring)
-    from ..runs import check_output
-
-    return [check_output(p, args.force, (".npz", ".png"), "--out") for p in (args.out or ["edited.png"])]
-
-
-def _load(args: argparse.Namespace):
-    # lazy: start-up (see the module docstring)
-    from ..runs import Run
-
-    run = Run.load(args.run, ema=not args.no_ema, device=args.device)
-    run.check_diffusion(args.command)
-    return run
 
 
 def _write_edited(run, result, outs: list, what: str) -> int:

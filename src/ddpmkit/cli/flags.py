@@ -9,7 +9,16 @@ import argparse
 
 from ..options import Device, Precision, Resize, SamplerName, choices
 
-__all__ = ["FLAGS", "COMMON", "add_flags", "add_command", "HelpFormatter"]
+__all__ = [
+    "FLAGS",
+    "COMMON",
+    "add_flags",
+    "add_command",
+    "sampling_options",
+    "load_run",
+    "image_outputs",
+    "HelpFormatter",
+]
 
 PRESETS = "digits, toy2d-<moons|swissroll|8gaussians|checkerboard>, folder, cifar10, mnist"
 
@@ -89,3 +98,38 @@ def add_command(sub, name: str, help: str, examples: str, *shared: str) -> argpa
     )
     add_flags(p, *shared)
     return p
+
+
+def sampling_options(args: argparse.Namespace) -> dict:
+    """The sampling keywords sample, inpaint and edit pass to the run layer from the same flags."""
+    return dict(
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+        spacing=args.spacing,
+        labels=args.labels,
+        guidance=args.guidance,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        progress=not args.no_progress,
+    )
+
+
+def load_run(args: argparse.Namespace, *, diffusion: bool = True):
+    """The run RUN names, under --no-ema and --device; ``diffusion``: refuse a consistency model for this command."""
+    # lazy: start-up (the run layer brings torch; the parser must answer without it)
+    from ..runs import Run
+
+    run = Run.load(args.run, ema=not args.no_ema, device=args.device)
+    if diffusion:
+        run.check_diffusion(args.command)
+    return run
+
+
+def image_outputs(args: argparse.Namespace, default: str) -> list:
+    """The --out paths (.npz and/or .png; ``default`` when none is given), each checked before any work."""
+    # lazy: start-up (the run layer brings torch; the parser must answer without it)
+    from ..runs import check_output
+
+    return [check_output(p, args.force, (".npz", ".png"), "--out") for p in (args.out or [default])]

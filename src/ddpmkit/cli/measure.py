@@ -13,7 +13,7 @@ import sys
 from ..fields import parse_image_size
 from ..files import write_text
 from ..options import Device, ExportFormat, QualityMetric, SamplerName, Split, choices
-from .flags import COMMON, add_command, add_flags
+from .flags import COMMON, add_command, add_flags, load_run
 
 __all__ = [
     "EVAL_METRICS",
@@ -53,11 +53,9 @@ def add_tune_steps(sub) -> None:
 
 def cmd_tune_steps(args: argparse.Namespace) -> int:
     # lazy: start-up (see the module docstring)
-    from ..runs import Run
     from ..runs.tuning import describe, tune_steps
 
-    run = Run.load(args.run, ema=not args.no_ema, device=args.device)
-    run.check_diffusion(args.command)
+    run = load_run(args)
     log = None if args.no_progress else (lambda text: print(text, file=sys.stderr, flush=True))
     record = tune_steps(
         run,
