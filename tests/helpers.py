@@ -1,5 +1,5 @@
 """Helpers shared by the test folders: the command line in this process or in a subprocess, the one-line error
-contract, a stand-in feature network."""
+contract, a stand-in feature network, the 2-D Gaussian-mixture oracles the sampler tests solve exactly."""
 
 import contextlib
 import io
@@ -9,6 +9,8 @@ import sys
 
 import torch
 import torch.nn.functional as F
+
+from ddpmkit.oracles import GaussianMixtureOracle
 
 
 def run_cli(*args, cwd=None):
@@ -75,3 +77,19 @@ class StandIn(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.relu(F.conv2d(x, self.conv, stride=6))
         return F.adaptive_avg_pool2d(h, (4, 4)).flatten(1) @ self.proj
+
+
+def mixture_oracle(abar: torch.Tensor) -> GaussianMixtureOracle:
+    """Three anisotropic components (principal stds 0.22-0.45), at least 8 stds apart, unequal weights."""
+    mu = torch.tensor([[-2.0, 1.0], [2.0, 2.0], [1.0, -2.5]], dtype=torch.float64)
+    cov = torch.tensor(
+        [[[0.16, 0.06], [0.06, 0.08]], [[0.06, 0.0], [0.0, 0.2]], [[0.12, -0.04], [-0.04, 0.09]]], dtype=torch.float64
+    )
+    return GaussianMixtureOracle([0.5, 0.3, 0.2], mu, cov, abar)
+
+
+def gaussian_oracle(abar: torch.Tensor) -> GaussianMixtureOracle:
+    """A single smooth Gaussian, whose probability-flow map is known in closed form."""
+    mu = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
+    cov = torch.tensor([[[0.25, 0.1], [0.1, 0.15]]], dtype=torch.float64)
+    return GaussianMixtureOracle([1.0], mu, cov, abar)

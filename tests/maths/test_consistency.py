@@ -23,6 +23,7 @@ import ddpmkit
 from ddpmkit import GaussianDiffusion, UserError
 from ddpmkit import consistency as C
 from ddpmkit.oracles import GaussianMixtureOracle, sliced_wasserstein
+from helpers import gaussian_oracle, mixture_oracle
 
 T = 1000
 BETAS = ddpmkit.linear_beta_schedule(T)
@@ -40,19 +41,12 @@ def _gen(seed):
 
 @pytest.fixture(scope="module")
 def mixture():
-    """Three anisotropic components (as tests/maths/test_samplers.py's), at least 8 stds apart."""
-    mu = torch.tensor([[-2.0, 1.0], [2.0, 2.0], [1.0, -2.5]], dtype=F64)
-    cov = torch.tensor(
-        [[[0.16, 0.06], [0.06, 0.08]], [[0.06, 0.0], [0.0, 0.2]], [[0.12, -0.04], [-0.04, 0.09]]], dtype=F64
-    )
-    return GaussianMixtureOracle([0.5, 0.3, 0.2], mu, cov, ABAR)
+    return mixture_oracle(ABAR)
 
 
 @pytest.fixture(scope="module")
 def gaussian():
-    mu = torch.tensor([[0.3, -0.2]], dtype=F64)
-    cov = torch.tensor([[[0.25, 0.1], [0.1, 0.15]]], dtype=F64)
-    return GaussianMixtureOracle([1.0], mu, cov, ABAR)
+    return gaussian_oracle(ABAR)
 
 
 @pytest.fixture(scope="module")

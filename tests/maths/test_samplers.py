@@ -21,6 +21,7 @@ from ddpmkit import GaussianDiffusion, UserError
 from ddpmkit import samplers as S
 from ddpmkit.options import SamplerName, choices
 from ddpmkit.oracles import GaussianMixtureOracle
+from helpers import gaussian_oracle, mixture_oracle
 
 T = 1000
 BETAS = ddpmkit.linear_beta_schedule(T)
@@ -39,20 +40,12 @@ def _gen(seed):
 
 @pytest.fixture(scope="module")
 def mixture():
-    """Three anisotropic components (principal stds 0.22-0.45), at least 8 stds apart, unequal weights."""
-    mu = torch.tensor([[-2.0, 1.0], [2.0, 2.0], [1.0, -2.5]], dtype=F64)
-    cov = torch.tensor(
-        [[[0.16, 0.06], [0.06, 0.08]], [[0.06, 0.0], [0.0, 0.2]], [[0.12, -0.04], [-0.04, 0.09]]], dtype=F64
-    )
-    return GaussianMixtureOracle([0.5, 0.3, 0.2], mu, cov, ABAR)
+    return mixture_oracle(ABAR)
 
 
 @pytest.fixture(scope="module")
 def gaussian():
-    """A single smooth Gaussian, whose probability-flow map is known in closed form."""
-    mu = torch.tensor([[0.3, -0.2]], dtype=F64)
-    cov = torch.tensor([[[0.25, 0.1], [0.1, 0.15]]], dtype=F64)
-    return GaussianMixtureOracle([1.0], mu, cov, ABAR)
+    return gaussian_oracle(ABAR)
 
 
 def exact_flow_output(oracle, x_T, timesteps):
