@@ -170,22 +170,10 @@ class Run:
         "auto" for images, "fp32" for points). Everything is checked before the first network call.
         A consistency model (``ddpmkit distill``) samples with its multistep sampler, ``steps`` calls.
         """
+        options = dict(sampler=sampler, eta=eta, spacing=spacing, order=order, guidance=guidance)
         if is_consistency(self.config):
-            options = dict(sampler=sampler, eta=eta, spacing=spacing, order=order, guidance=guidance)
             return self._sample_consistency(num, steps, labels, seed, batch_size, precision, trajectory, options)
-        plan = self._plan(
-            num,
-            seed,
-            batch_size,
-            trajectory,
-            labels,
-            sampler=sampler,
-            steps=steps,
-            eta=eta,
-            spacing=spacing,
-            order=order,
-            guidance=guidance,
-        )
+        plan = self._plan(num, seed, batch_size, trajectory, labels, steps=steps, **options)
         amp = autocast_dtype(precision or ("auto" if self.is_image else "fp32"), self.device)
         # deferred: tqdm costs start-up and only a shown progress bar needs it
         from tqdm.auto import tqdm
