@@ -23,7 +23,6 @@ import ddpmkit
 from ddpmkit import GaussianDiffusion, UserError
 from ddpmkit import consistency as C
 from ddpmkit.oracles import GaussianMixtureOracle, sliced_wasserstein
-from helpers import gaussian_oracle, mixture_oracle
 
 T = 1000
 BETAS = ddpmkit.linear_beta_schedule(T)
@@ -37,16 +36,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
-
-
-@pytest.fixture(scope="module")
-def mixture():
-    return mixture_oracle(ABAR)
-
-
-@pytest.fixture(scope="module")
-def gaussian():
-    return gaussian_oracle(ABAR)
 
 
 @pytest.fixture(scope="module")

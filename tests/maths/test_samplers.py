@@ -21,7 +21,6 @@ from ddpmkit import GaussianDiffusion, UserError
 from ddpmkit import samplers as S
 from ddpmkit.options import SamplerName, choices
 from ddpmkit.oracles import GaussianMixtureOracle
-from helpers import gaussian_oracle, mixture_oracle
 
 T = 1000
 BETAS = ddpmkit.linear_beta_schedule(T)
@@ -36,16 +35,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
-
-
-@pytest.fixture(scope="module")
-def mixture():
-    return mixture_oracle(ABAR)
-
-
-@pytest.fixture(scope="module")
-def gaussian():
-    return gaussian_oracle(ABAR)
 
 
 def exact_flow_output(oracle, x_T, timesteps):
