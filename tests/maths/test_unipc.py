@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from test_samplers import _observed_orders, exact_flow_output, mixture, mixture_mismatches, rms  # noqa: F401 (fixture)
+from test_samplers import _observed_orders, exact_flow_output, mixture_mismatches, rms
 
 import ddpmkit
 from ddpmkit import GaussianDiffusion
@@ -158,13 +158,6 @@ def test_convergence_order(variant, order, corrector, expected, monkeypatch):
     monkeypatch.setitem(S.SAMPLERS, "unipc-test", fn)
     observed = _observed_orders("unipc-test")
     assert all(expected - 0.3 < p < expected + 1.0 for p in observed), observed
-
-
-@pytest.fixture(scope="module")
-def gaussian():
-    mu = torch.tensor([[0.3, -0.2]], dtype=F64)
-    cov = torch.tensor([[[0.25, 0.1], [0.1, 0.15]]], dtype=F64)
-    return GaussianMixtureOracle([1.0], mu, cov, ABAR)
 
 
 @pytest.mark.parametrize("sampler", ["unipc-bh1", "unipc-bh2"])
