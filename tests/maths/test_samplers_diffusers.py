@@ -222,6 +222,13 @@ def dpm_scheduler(timesteps, order):
     return sched
 
 
+def dpm_case(order, spacing, k):
+    """Our dpm++ sampler's grid, diffusers' scheduler on it, and the state each of our steps must reach."""
+    ts = S.sampling_timesteps(T, k, spacing, ABAR)
+    states, out = run_ours(f"dpm++{order}m", ts)
+    return ts, states, dpm_scheduler(ts, order), states[1:] + [out]
+
+
 def missing_half_of_d2_term(sched, hist, i):
     """alpha_t phi_3 D2 of diffusers' third-order update at step i: the half it leaves out."""
 
@@ -251,10 +258,7 @@ def our_order(i, k, order):
     "spacing, k", [("snr_root", 10), ("logsnr", 10), ("trailing", 20), ("snr_root", 20), ("quadratic", 25)]
 )
 def test_dpmpp_updates_match_diffusers_in_float64(order, spacing, k):
-    ts = S.sampling_timesteps(T, k, spacing, ABAR)
-    states, out = run_ours(f"dpm++{order}m", ts)
-    sched = dpm_scheduler(ts, order)
-    targets = states[1:] + [out]
+    ts, states, sched, targets = dpm_case(order, spacing, k)
     hist = []
     for i, t in enumerate(ts.tolist()):
         sched._step_index = i
@@ -278,10 +282,7 @@ def test_dpmpp_updates_match_diffusers_in_float64(order, spacing, k):
 def test_dpmpp_scheduler_steps_match_ours(order, spacing, k):
     """diffusers' own step(): its order bookkeeping (warm-up, lower_order_final) against ours,
     to float32 rounding (step casts the sample to float32)."""
-    ts = S.sampling_timesteps(T, k, spacing, ABAR)
-    states, out = run_ours(f"dpm++{order}m", ts)
-    sched = dpm_scheduler(ts, order)
-    targets = states[1:] + [out]
+    ts, states, sched, targets = dpm_case(order, spacing, k)
     hist = []
     for i, t in enumerate(ts.tolist()):
         x = sched.step(fake_eps(states[i], t), t, states[i]).prev_sample
