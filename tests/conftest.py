@@ -10,6 +10,9 @@ import pytest
 import torch
 import yaml
 
+from ddpmkit.schedules import linear_beta_schedule
+from helpers import gaussian_oracle, mixture_oracle
+
 torch.set_num_threads(2)
 # Deterministic training on a GPU needs this before cuBLAS starts; tests run many trainers in one process.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -84,3 +87,19 @@ def benchmark_script(name: str):
         yield module
     finally:
         sys.modules.pop(name, None)
+
+
+# The maths tests' 2-D Gaussian-mixture oracles, on the linear schedule of T = 1000 steps those tests share.
+# (Here, not in tests/maths/conftest.py: a second conftest module would hide this one from `from conftest import`.)
+@pytest.fixture(scope="module")
+def mixture():
+    return mixture_oracle(_linear_abar())
+
+
+@pytest.fixture(scope="module")
+def gaussian():
+    return gaussian_oracle(_linear_abar())
+
+
+def _linear_abar() -> torch.Tensor:
+    return torch.cumprod(1.0 - linear_beta_schedule(1000), 0)
