@@ -212,3 +212,12 @@ def test_digit_input_errors(judge):
         dj.evaluate_digit_samples(np.zeros((4, 8, 8, 1), np.uint8), np.array([0, 1, 2, 10]), judge=judge)
     with pytest.raises(UserError):
         dj.evaluate_digit_samples(np.zeros((4, 8, 8, 1), np.uint8), reference="val", judge=judge)
+
+
+def test_old_digits_command_line_points_to_eval(capsys):
+    import runpy
+
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_module("ddpmkit.eval.digits", run_name="__main__")
+    assert stop.value.code == 2
+    assert "ddpmkit eval SAMPLES.npz --metric digits" in capsys.readouterr().err

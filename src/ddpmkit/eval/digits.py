@@ -233,3 +233,10 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     except Exception:  # not a readable .npz archive
         raise UserError(f"cannot read {p}: not a NumPy .npz sample file") from None
     return images, labels
+
+
+if __name__ == "__main__":  # the judge's old command line: say where it went instead of doing nothing
+    import sys
+
+    print("error: the digits judge is now `ddpmkit eval SAMPLES.npz --metric digits`", file=sys.stderr)
+    sys.exit(2)
