@@ -13,15 +13,15 @@ pytest.importorskip("safetensors")
 
 from ddpmkit.errors import UserError  # noqa: E402
 from ddpmkit.runs import Run  # noqa: E402
-from ddpmkit.runs.export import export_run  # noqa: E402
-from ddpmkit.runs.pretrained import (  # noqa: E402
+from ddpmkit.runs.diffusers_folder import (  # noqa: E402
     SCHEDULER_DEFAULTS,
     UNET_DEFAULTS,
-    import_diffusers,
     is_diffusers_source,
     read_diffusers,
     run_fields_from_diffusers,
 )
+from ddpmkit.runs.export import export_run  # noqa: E402
+from ddpmkit.runs.pretrained import import_diffusers  # noqa: E402
 
 # google/ddpm-cifar10-32 and google/ddpm-celebahq-256 as released (unet/config.json), widths divided by 4
 CIFAR10 = dict(

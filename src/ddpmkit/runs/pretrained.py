@@ -1,10 +1,9 @@
 """Import a diffusers DDPM folder (UNet2DModel + DDPMScheduler) as a ddpmkit run, exactly or not at all.
 
     import_diffusers("ddpm-cifar10-32", "runs/ddpm-cifar10", dataset="cifar10")  # writes a run directory
-    Run(**run_fields_from_diffusers("ddpm-cifar10-32"))                        # the same run, nothing written
+    Run(**diffusers_folder.run_fields_from_diffusers("ddpm-cifar10-32"))  # the same run, nothing written
 
-Reading and mapping the folder is ``diffusers_folder`` (whose names this module gives too); this module writes
-the run directory.
+Reading and mapping the folder is ``diffusers_folder``; this module writes the run directory.
 """
 
 from __future__ import annotations
@@ -13,36 +12,11 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..train.checkpoint import save_checkpoint
-from .diffusers_folder import (
-    SCHEDULER_DEFAULTS,
-    UNET_DEFAULTS,
-    Pretrained,
-    diffusion_from_scheduler,
-    find_diffusers_folder,
-    is_diffusers_folder,
-    is_diffusers_source,
-    read_diffusers,
-    run_fields_from_diffusers,
-    state_from_diffusers,
-    unet_config_from_diffusers,
-)
+from .diffusers_folder import read_diffusers
 from .outputs import check_output
 from .rundir import RunDir
 
-__all__ = [
-    "import_diffusers",
-    "Pretrained",
-    "read_diffusers",
-    "run_fields_from_diffusers",
-    "find_diffusers_folder",
-    "is_diffusers_folder",
-    "is_diffusers_source",
-    "unet_config_from_diffusers",
-    "state_from_diffusers",
-    "diffusion_from_scheduler",
-    "UNET_DEFAULTS",
-    "SCHEDULER_DEFAULTS",
-]
+__all__ = ["import_diffusers"]
 
 
 def import_diffusers(
