@@ -254,7 +254,7 @@ class Trainer:
                         bar.update(1)
                     if done % tc.log_every == 0 or done == tc.steps:
                         last = self._log(self.interval, done, bar)
-                    saved = self._periodic(done)
+                    saved = self._periodic(done, bar)
                     signum = stop.requested(done, self.dist, self.device)
                     if signum is not None and done < tc.steps:  # on the last step the run simply ends as usual
                         self._interrupt(done, signum, saved, bar)
@@ -269,7 +269,7 @@ class Trainer:
         barrier(self.dist)
         return last
 
-    def _periodic(self, done: int) -> bool:
+    def _periodic(self, done: int, bar) -> bool:
         """The sample grid and checkpoint due after ``done`` steps (the last step's come after the loop);
         True when a checkpoint was written."""
         tc = self.cfg.train
@@ -278,16 +278,24 @@ class Trainer:
         if tc.sample_every and done % tc.sample_every == 0:
             self.write_grid(done)
         if tc.checkpoint_every and done % tc.checkpoint_every == 0:
+            self._log_pending(done, bar)
             self.save(done)
             return True
         return False
 
+    def _log_pending(self, done: int, bar) -> None:
+        """The metrics line of the steps since the last one, if any: a checkpoint's steps are all in metrics.jsonl."""
+        if self.interval.count:
+            self._log(self.interval, done, bar)
+
     def _interrupt(self, done: int, signum: int, saved: bool, bar) -> None:
-        """Stop on a signal: checkpoint this step (unless just done), then raise TrainingInterrupted."""
+        """Stop on a signal: checkpoint this step (unless just done) after its metrics line, then raise
+        TrainingInterrupted."""
+        if not saved:
+            self._log_pending(done, bar)
+            self.save(done)
         if bar is not None:
             bar.close()
-        if not saved:
-            self.save(done)
         barrier(self.dist)
         raise TrainingInterrupted(signum, done)
 
