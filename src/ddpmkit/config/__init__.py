@@ -2,6 +2,7 @@
 upgrades of older layouts."""
 
 from ..fields import from_dict
+from . import sections
 from .experiment import config_from_checkpoint, experiment_from_dict
 from .presets import (
     config_yaml,
@@ -13,40 +14,12 @@ from .presets import (
     read_yaml,
     save_config,
 )
-from .sections import (
-    CUDA_GRAPH_MODES,
-    RESUMABLE_TRAIN_KEYS,
-    CIFAR10Data,
-    DataConfig,
-    DiffusionConfig,
-    DigitsData,
-    DistillConfig,
-    ExperimentConfig,
-    FolderData,
-    MNISTData,
-    ModelConfig,
-    SampleConfig,
-    Toy2DData,
-    TrainConfig,
-)
+from .sections import *  # noqa: F403 - every name of sections.__all__, listed once there
 from .shape import as_written, model_shape, without_shape
 from .upgrades import upgrade_config
 
 __all__ = [
-    "DigitsData",
-    "MNISTData",
-    "CIFAR10Data",
-    "FolderData",
-    "Toy2DData",
-    "DataConfig",
-    "ModelConfig",
-    "DiffusionConfig",
-    "DistillConfig",
-    "TrainConfig",
-    "SampleConfig",
-    "ExperimentConfig",
-    "CUDA_GRAPH_MODES",
-    "RESUMABLE_TRAIN_KEYS",
+    *sections.__all__,
     "from_dict",
     "load_config",
     "preset_names",
