@@ -7,23 +7,23 @@ import argparse
 
 from ..errors import UserError
 from ..options import Device, EMASweepMetric, choices
+from .flags import add_described_command
 
 __all__ = ["add_parser", "cmd_ema"]
 
 
 def add_parser(sub) -> None:
     """The ``ema`` sub-command: RUN, --sigma-rel or --sweep with --metric and --num, --out, --keep-best."""
-    p = sub.add_parser(
+    p = add_described_command(
+        sub,
         "ema",
-        help="rebuild a power EMA of any width from a run's snapshots, or sweep widths and score them",
-        description="Rebuild the power-function EMA of relative width S from the snapshots of a run trained\n"
+        "rebuild a power EMA of any width from a run's snapshots, or sweep widths and score them",
+        "Rebuild the power-function EMA of relative width S from the snapshots of a run trained\n"
         "with train.ema_kind power (EDM2's least-squares fit), as a new run directory every command\n"
         "samples; or score a sweep of widths with a cheap metric, print the table and keep it in\n"
         "RUN/ema_snapshots/sweep-<metric>.json.",
-        epilog="examples:\n"
         "  ddpmkit ema runs/digits --sigma-rel 0.07 --out runs/digits-ema0.07\n"
         "  ddpmkit ema runs/digits --sweep 0.02:0.25:8 --metric digits --num 500 --keep-best",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", help="run directory trained with train.ema_kind power and snapshots")
     what = p.add_mutually_exclusive_group(required=True)

@@ -14,6 +14,7 @@ __all__ = [
     "COMMON",
     "add_flags",
     "add_command",
+    "add_described_command",
     "sampling_options",
     "load_run",
     "image_outputs",
@@ -98,6 +99,17 @@ def add_command(sub, name: str, help: str, examples: str, *shared: str) -> argpa
     )
     add_flags(p, *shared)
     return p
+
+
+def add_described_command(sub, name: str, help: str, description: str, examples: str) -> argparse.ArgumentParser:
+    """A sub-command with a description of its own lines and examples; its help adds no defaults."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog="examples:\n" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def sampling_options(args: argparse.Namespace) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..options import DataKind, choices
+from .flags import add_described_command
 
 __all__ = ["add_parser", "cmd_import"]
 
@@ -13,16 +14,15 @@ DATASETS = tuple(k for k in choices(DataKind) if k != "toy2d")  # the image data
 
 def add_parser(sub) -> None:
     """The ``import`` sub-command: DIR, --out, --dataset, --force."""
-    p = sub.add_parser(
+    p = add_described_command(
+        sub,
         "import",
-        help="import a diffusers DDPM folder as a run (mapped exactly, else refused)",
-        description="Import a diffusers DDPM folder (a DDPMPipeline folder, unet/ + scheduler/, or a local\n"
+        "import a diffusers DDPM folder as a run (mapped exactly, else refused)",
+        "Import a diffusers DDPM folder (a DDPMPipeline folder, unet/ + scheduler/, or a local\n"
         "Hugging Face cache entry) as a ddpmkit run directory. A setting ddpmkit cannot compute\n"
         "exactly is refused with one line; nothing is downloaded.",
-        epilog="examples:\n"
         "  ddpmkit import ddpm-cifar10-32 --out runs/ddpm-cifar10 --dataset cifar10\n"
         "  ddpmkit sample runs/ddpm-cifar10 --sampler unipc-bh2 --steps 10 --out grid.png",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("dir", metavar="DIR", help="the folder, a cache entry models--OWNER--NAME, or OWNER/NAME if cached")
     p.add_argument("--out", help="run directory to write (default: runs/<the folder's name>)")
