@@ -85,6 +85,40 @@ def test_a_log_axis_places_decades_evenly():
     assert "no values" in line_chart([0], [("loss", [-1.0], "#000", 1)], log_y=True)
 
 
+def axis_labels(svg):
+    """(y tick labels, x tick labels) of a chart, as numbers."""
+    ys = re.findall(r'text-anchor="end">([^<]+)</text>', svg)
+    xs = re.findall(r'text-anchor="middle">([-\d.e+]+)</text>', svg)
+    return [float(v) for v in ys], [float(v) for v in xs]
+
+
+def test_one_point_is_a_marker_on_axes_around_it():
+    svg = line_chart([4], [("learning rate", [1e-4], "#d94801", 2)], y_label="learning rate")
+    assert svg.count('<circle class="point"') == 1  # a polyline of one point draws nothing
+    ys, xs = axis_labels(svg)
+    assert len(ys) >= 3 and all(5e-5 <= y <= 1.5e-4 for y in ys), ys  # around 1e-4, not from -1 to 1
+    assert 4 in xs and all(x == int(x) for x in xs), xs  # whole steps only
+    many = line_chart([0, 1, 2], [("lr", [1e-4] * 3, "#000", 1)])
+    assert "<circle" not in many and all(5e-5 <= y <= 1.5e-4 for y in axis_labels(many)[0])  # a constant, too
+    assert "<svg" not in line_chart([], [("loss", [], "#000", 1)])  # nothing to draw: a note, no empty axes
+    assert "<svg" not in line_chart([1, 2], [("lr", [None, None], "#000", 1)])
+
+
+@pytest.mark.parametrize("lines", [0, 1])
+def test_a_report_of_zero_or_one_metrics_line_has_no_empty_chart(run_dir, tmp_path, lines):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    kept = (run / "metrics.jsonl").read_text().splitlines()[:lines]
+    (run / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+    page = write_report(run, tmp_path / "r.html", trajectory=False).read_text()
+    curves = re.search(r'<section id="loss">(.*?)</section>', page, re.S).group(1)
+    if lines == 0:
+        assert "<svg" not in curves and "no metrics.jsonl records" in curves
+    else:
+        assert curves.count("<svg") == 2 and curves.count('<circle class="point"') == 3  # raw, smoothed, lr
+        assert all(y > 0 for y in axis_labels(curves.split("</svg>")[1])[0])  # the learning rate's axis
+
+
 def test_bad_input_is_one_line_and_nothing_changes(run_dir, tmp_path, capsys):
     cases = [
         [str(tmp_path / "missing")],

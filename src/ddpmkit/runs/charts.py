@@ -21,13 +21,13 @@ def smooth(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
-def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """About ``count`` round values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
+def nice_ticks(lo: float, hi: float, count: int = 5, min_step: float = 0.0) -> list[float]:
+    """About ``count`` round values (1, 2 or 5 times a power of ten apart, at least ``min_step``) covering [lo, hi]."""
     if not hi > lo:
         return [lo]
     raw = (hi - lo) / count
     power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    step = max(next(m * power for m in (1, 2, 5, 10) if m * power >= raw), min_step)
     first = math.ceil(lo / step - 1e-9)
     return [k * step for k in range(first, int(math.floor(hi / step + 1e-9)) + 1)]
 
@@ -45,14 +45,21 @@ def _label(v: float) -> str:
 
 
 def _bounds(points: list[tuple[float, float]], log_y: bool) -> tuple[float, float, float, float]:
-    """(x0, x1, y0, y1) around the points, widened where all share one value."""
+    """(x0, x1, y0, y1) around the points, widened where all share one value by half of it (so a constant
+    learning rate of 1e-4 gets an axis of 5e-05 to 0.00015, not -1 to 1)."""
     x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
     y0, y1 = min(p[1] for p in points), max(p[1] for p in points)
     if x1 == x0:
-        x0, x1 = x0 - 1, x1 + 1
+        x0, x1 = _widen(x0, at_least=1)
     if y1 == y0:
-        y0, y1 = (y0 / 2, y1 * 2) if log_y else (y0 - 1, y1 + 1)
+        y0, y1 = (y0 / 2, y1 * 2) if log_y else _widen(y0)
     return x0, x1, y0, y1
+
+
+def _widen(v: float, at_least: float = 0.0) -> tuple[float, float]:
+    """An interval around the one value ``v``: half of |v| either side (at least ``at_least``; 1 around 0)."""
+    half = max(abs(v) / 2, at_least) or 1.0
+    return v - half, v + half
 
 
 def _grid_lines(
@@ -72,7 +79,7 @@ def _grid_lines(
             f'<line x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e4e4"/>'
             f'<text x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_label(t)}</text>'
         )
-    for t in nice_ticks(x0, x1):
+    for t in nice_ticks(x0, x1, min_step=1):  # steps are whole numbers: no tick at step 3.5
         x = sx(t)
         lines.append(
             f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{_TOP}" y2="{_H - _BOTTOM}" stroke="#e4e4e4"/>'
@@ -116,15 +123,17 @@ def line_chart(
         f'transform="rotate(-90 14 {(_TOP + _H - _BOTTOM) / 2})">{escape(y_label)}</text>'
     )
     for k, (name, ys, colour, width) in enumerate(series):
-        pts = " ".join(
-            f"{sx(x):.1f},{sy(y):.1f}"
-            for x, y in zip(xs, ys)
-            if y is not None and math.isfinite(y) and (y > 0 or not log_y)
-        )
+        shown = [(sx(x), sy(y)) for x, y in zip(xs, ys) if y is not None and math.isfinite(y) and (y > 0 or not log_y)]
+        pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in shown)
         parts.append(
             f'<polyline class="series" points="{pts}" fill="none" stroke="{colour}" '
             f'stroke-width="{width}"><title>{escape(name)}</title></polyline>'
         )
+        if len(shown) == 1:  # a line through one point draws nothing: a marker does
+            parts.append(
+                f'<circle class="point" cx="{shown[0][0]:.1f}" cy="{shown[0][1]:.1f}" r="{2 + width}" '
+                f'fill="{colour}"><title>{escape(name)}</title></circle>'
+            )
         parts.append(
             f'<text x="{_W - _RIGHT - 8}" y="{_TOP + 16 + 16 * k}" text-anchor="end" '
             f'fill="{colour}">{escape(name)}</text>'
