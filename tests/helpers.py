@@ -10,6 +10,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from ddpmkit.nn import UNet, UNetConfig
 from ddpmkit.oracles import GaussianMixtureOracle
 
 
@@ -93,3 +94,26 @@ def gaussian_oracle(abar: torch.Tensor) -> GaussianMixtureOracle:
     mu = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
     cov = torch.tensor([[[0.25, 0.1], [0.1, 0.15]]], dtype=torch.float64)
     return GaussianMixtureOracle([1.0], mu, cov, abar)
+
+
+TINY_UNET = dict(  # a UNet on 8x8 grey images: milliseconds a call
+    in_channels=1,
+    base_channels=8,
+    channel_mults=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(4,),
+    dropout=0.0,
+    num_groups=4,
+    image_size=8,
+)
+
+
+def tiny_unet(seed: int = 0, randomize_out: bool = True, **overrides) -> UNet:
+    """A small UNet in eval mode; its zero-initialised output conv gets random weights."""
+    torch.manual_seed(seed)
+    net = UNet(UNetConfig(**{**TINY_UNET, **overrides})).eval()
+    if randomize_out:
+        with torch.no_grad():
+            net.out_conv.weight.normal_(0.0, 0.1)
+            net.out_conv.bias.normal_(0.0, 0.1)
+    return net

@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from ddpmkit.config import TrainConfig, load_config
-from ddpmkit.nn import UNet, UNetConfig, cpu_kernels
+from ddpmkit.nn import UNet, cpu_kernels
 from ddpmkit.nn.cpu_kernels import GroupNorm
 from ddpmkit.runs import start_training
 from ddpmkit.train.runtime import autocast_context, autocast_dtype, cpu_has_bf16_matmul, use_bf16
 from ddpmkit.train.trainer import Trainer, make_optimizer
+from helpers import tiny_unet
 
 CPU = torch.device("cpu")
 CL = torch.channels_last
@@ -60,24 +61,14 @@ def flat_grads(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
+UNET32 = dict(
+    in_channels=3, base_channels=16, attention_resolutions=(16,), num_groups=8, image_size=32, head_channels=16
+)
+
+
 def unet32(**overrides) -> UNet:
-    """A small UNet on 32x32 RGB images (large enough for the 32x32 GroupNorm path)."""
-    torch.manual_seed(0)
-    cfg = dict(
-        in_channels=3,
-        base_channels=16,
-        channel_mults=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(16,),
-        num_groups=8,
-        dropout=0.0,
-        image_size=32,
-        head_channels=16,
-    )
-    net = UNet(UNetConfig(**{**cfg, **overrides}))
-    with torch.no_grad():  # the zero-initialised output layer would hide every difference
-        net.out_conv.weight.normal_(0.0, 0.1)
-    return net
+    """tiny_unet on 32x32 RGB images (large enough for the 32x32 GroupNorm path), in train mode."""
+    return tiny_unet(**{**UNET32, **overrides}).train()
 
 
 # ----------------------------------------------------------------------------- channels-last

@@ -15,31 +15,9 @@ from ddpmkit.nn import MLPConfig, MLPDenoiser, SinusoidalEmbedding, UNet, UNetCo
 from ddpmkit.nn.cpu_kernels import GroupNorm, math_attention
 from ddpmkit.nn.embeddings import TimeEmbedding
 from ddpmkit.nn.unet import AttentionBlock
+from helpers import TINY_UNET, tiny_unet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-TINY = dict(
-    in_channels=1,
-    base_channels=8,
-    channel_mults=(1, 2),
-    num_res_blocks=1,
-    attention_resolutions=(4,),
-    dropout=0.0,
-    num_groups=4,
-    image_size=8,
-)
-
-
-def tiny_unet(seed: int = 0, randomize_out: bool = True, **overrides) -> UNet:
-    """A small UNet in eval mode; its zero-initialised output conv gets random weights."""
-    torch.manual_seed(seed)
-    net = UNet(UNetConfig(**{**TINY, **overrides})).eval()
-    if randomize_out:
-        with torch.no_grad():
-            net.out_conv.weight.normal_(0.0, 0.1)
-            net.out_conv.bias.normal_(0.0, 0.1)
-    return net
 
 
 def inputs(net, batch: int = 3, seed: int = 1, size: int | None = None):
@@ -355,7 +333,7 @@ def test_gradients_reach_every_parameter():
 )
 def test_invalid_unet_configs_raise(overrides):
     with pytest.raises(UserError):
-        UNetConfig(**{**TINY, **overrides})
+        UNetConfig(**{**TINY_UNET, **overrides})
 
 
 @pytest.mark.parametrize(
@@ -368,7 +346,7 @@ def test_invalid_unet_configs_raise(overrides):
     ],
 )
 def test_valid_edge_unet_configs_are_accepted(overrides):
-    cfg = UNetConfig(**{**TINY, **overrides})
+    cfg = UNetConfig(**{**TINY_UNET, **overrides})
     assert isinstance(cfg.channel_mults, tuple) and isinstance(cfg.dropout, float)
 
 
@@ -376,7 +354,7 @@ def test_attention_heads_must_split_channels():
     with pytest.raises(UserError, match="attention heads"):
         UNetConfig(
             **{
-                **TINY,
+                **TINY_UNET,
                 "base_channels": 10,
                 "num_groups": 1,
                 "head_channels": 3,
@@ -387,7 +365,7 @@ def test_attention_heads_must_split_channels():
 
 
 def test_unet_config_dict_round_trip_and_yaml():
-    cfg = UNetConfig(**{**TINY, "num_classes": 10})
+    cfg = UNetConfig(**{**TINY_UNET, "num_classes": 10})
     d = cfg.to_dict()
     assert d["channel_mults"] == [1, 2]
     back = UNetConfig.from_dict(yaml.safe_load(yaml.safe_dump(d)))
