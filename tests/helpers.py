@@ -54,6 +54,21 @@ def run_cli_process(*args, cwd=None):
     return proc.returncode, proc.stderr
 
 
+def train_digits_args(config, out, *extra) -> list[str]:
+    """The command line (after ``ddpmkit``) of a digits run with the overrides of ``config`` written to ``out``."""
+    return [
+        "train",
+        "--preset",
+        "digits",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--no-progress",
+        *map(str, extra),
+    ]
+
+
 def assert_user_error(code, err, *words):
     lines = [l for l in err.strip().splitlines() if l.strip()]
     assert code == 2, err

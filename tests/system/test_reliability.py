@@ -19,6 +19,7 @@ from ddpmkit.config import load_config
 from ddpmkit.files import TEMP_FILE
 from ddpmkit.runs import start_training
 from ddpmkit.train.metrics import read_metrics
+from helpers import train_digits_args
 
 pytestmark = pytest.mark.system
 
@@ -45,20 +46,7 @@ def tiny(tmp_path, **train) -> Path:
 
 def start(config: Path, out: Path, *extra) -> subprocess.Popen:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ddpmkit",
-            "train",
-            "--preset",
-            "digits",
-            "--config",
-            str(config),
-            "--out",
-            str(out),
-            "--no-progress",
-            *extra,
-        ],
+        [sys.executable, "-m", "ddpmkit", *train_digits_args(config, out, *extra)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -111,21 +99,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resume_goes_on_bit_
     done = resume(tmp_path / "run", "--steps", str(goal))
     assert done.returncode == 0, done.stderr
     straight = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ddpmkit",
-            "train",
-            "--preset",
-            "digits",
-            "--config",
-            str(config),
-            "--out",
-            str(tmp_path / "straight"),
-            "--steps",
-            str(goal),
-            "--no-progress",
-        ],
+        [sys.executable, "-m", "ddpmkit", *train_digits_args(config, tmp_path / "straight", "--steps", goal)],
         capture_output=True,
         text=True,
         timeout=300,

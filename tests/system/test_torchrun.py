@@ -25,6 +25,7 @@ import yaml
 
 from ddpmkit.cli import main
 from ddpmkit.runs.rundir import list_checkpoints, load_checkpoint
+from helpers import train_digits_args
 
 pytestmark = pytest.mark.system
 
@@ -214,16 +215,7 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_rank_0_writes(t
             "2",
             "-m",
             "ddpmkit",
-            "train",
-            "--preset",
-            "digits",
-            "--config",
-            str(cfg),
-            "--out",
-            str(run),
-            "--steps",
-            "5000",
-            "--no-progress",
+            *train_digits_args(cfg, run, "--steps", 5000),
         ],
         cwd=tmp_path,
         env=env,
