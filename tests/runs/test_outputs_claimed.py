@@ -9,6 +9,7 @@ import pytest
 from ddpmkit import UserError
 from ddpmkit.files import TEMP_FILE, write_bytes, write_text
 from ddpmkit.runs import check_output
+from ddpmkit.runs.outputs import claimed_folder
 from helpers import assert_user_error, run_cli
 
 
@@ -62,3 +63,52 @@ def test_sample_loses_to_a_command_that_wrote_its_output_meanwhile(tiny_run, tmp
     code, err = run_cli("sample", tiny_run, "--num", "2", "--steps", "2", "--out", out, "--no-progress")
     assert_user_error(code, err, "same.npz", "already exists")
     assert list(np.load(out)) == ["other"]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_second_claim_of_an_output_folder_fails_while_the_first_holds_it(tmp_path, existing):
+    out = tmp_path / "export"
+    if existing:
+        out.mkdir()  # an empty folder is a fine output, claimed all the same
+    with claimed_folder(check_output(out, False, folder=True), False):
+        with pytest.raises(UserError, match="already exists"):
+            with claimed_folder(check_output(out, False, folder=True), False):
+                pytest.fail("both commands hold the folder")
+        (out / "model.safetensors").write_bytes(b"first")
+    assert [p.name for p in out.iterdir()] == ["model.safetensors"]  # the claim's marker is gone
+    with pytest.raises(UserError, match="already exists"):  # done, it is an existing output
+        with claimed_folder(out, False):
+            pass
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_folder_write_leaves_no_half_written_folder(tmp_path, existing):
+    out = tmp_path / "export"
+    if existing:
+        out.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        with claimed_folder(out, False):
+            (out / "unet").mkdir()
+            (out / "unet" / "config.json").write_text("{}")
+            raise KeyboardInterrupt
+    assert (out.is_dir() and not any(out.iterdir())) if existing else not out.exists()
+
+
+def test_export_loses_to_a_command_holding_its_folder_and_a_failed_export_leaves_none(tiny_run, tmp_path, monkeypatch):
+    pytest.importorskip("safetensors")
+    import ddpmkit.runs.export as export
+
+    out = tmp_path / "weights"
+    with claimed_folder(out, False):  # the other command, still writing
+        code, err = run_cli("export", tiny_run, "--format", "safetensors", "--out", out)
+        assert_user_error(code, err, "weights", "already exists")
+    assert not any(out.iterdir())  # the other command's folder, untouched
+    out = tmp_path / "new"
+
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "write_text", full_disk)  # model.safetensors is written, config.json is not
+    with pytest.raises(OSError):
+        export.export_run(tiny_run, "safetensors", out)
+    assert not out.exists()

@@ -22,7 +22,7 @@ from ..options import ExportFormat, check_choice, choices
 from ..version import __version__
 from .build import build_betas, build_model
 from .diffusers_names import diffusers_names
-from .outputs import check_output
+from .outputs import check_output, claimed_folder
 from .run import Run
 from .rundir import resolve_checkpoint
 
@@ -48,17 +48,24 @@ def export_run(run_path: str | Path, fmt: ExportFormat, out: str | Path | None =
     out = check_output(
         Path(out) if out else _default_out(resolve_checkpoint(run_path), Path(run_path), fmt), force, folder=True
     )
-    run = Run.load(run_path, device="cpu")
-    if fmt == "diffusers":
-        reason = diffusers_refusal(run.config)
-        if reason:
-            raise UserError(f"cannot export to diffusers: {reason}")
-    state = {k: v.detach().contiguous() for k, v in run.model.state_dict().items()}
+    with claimed_folder(out, force):
+        run = Run.load(run_path, device="cpu")
+        if fmt == "diffusers":
+            reason = diffusers_refusal(run.config)
+            if reason:
+                raise UserError(f"cannot export to diffusers: {reason}")
+        state = {k: v.detach().contiguous() for k, v in run.model.state_dict().items()}
+        if fmt == "safetensors":
+            write_bytes(out / "model.safetensors", safetensors.save(state, metadata={"format": "pt"}))
+            write_text(out / "config.json", json.dumps(_about(run), indent=2) + "\n")
+        else:
+            _write_diffusers(out, run, state, safetensors)
+    return out
+
+
+def _write_diffusers(out: Path, run: Run, state: dict[str, Tensor], safetensors) -> None:
+    """The diffusers folder of ``run``'s weights ``state``: the pipeline index last, so a complete folder has it."""
     about = _about(run)
-    if fmt == "safetensors":
-        write_bytes(out / "model.safetensors", safetensors.save(state, metadata={"format": "pt"}))
-        write_text(out / "config.json", json.dumps(about, indent=2) + "\n")
-        return out
     unet = {"_class_name": "UNet2DModel", "_diffusers_version": _DIFFUSERS_VERSION, **diffusers_unet_config(run.config)}
     scheduler = {
         "_class_name": "DDPMScheduler",
@@ -77,7 +84,6 @@ def export_run(run_path: str | Path, fmt: ExportFormat, out: str | Path | None =
     write_text(out / "scheduler" / "scheduler_config.json", json.dumps(scheduler, indent=2) + "\n")
     write_text(out / "ddpmkit.json", json.dumps(about, indent=2) + "\n")
     write_text(out / "model_index.json", json.dumps(index, indent=2) + "\n")  # last: a complete folder has it
-    return out
 
 
 def _safetensors():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +28,9 @@ from ..images import (
 if TYPE_CHECKING:  # only an annotation: writing files needs no run
     from .run import Samples
 
-__all__ = ["check_output", "write_samples", "write_trajectory"]
+__all__ = ["check_output", "claimed_folder", "write_samples", "write_trajectory"]
+
+CLAIM = ".ddpmkit-writing"  # the marker that claims an existing empty output folder
 
 
 def check_output(
@@ -60,6 +65,54 @@ def check_output(
     if not folder:
         (release if force else claim_new)(path)
     return path
+
+
+@contextlib.contextmanager
+def claimed_folder(path: Path, force: bool) -> Iterator[Path]:
+    """Hold the output folder ``path`` (checked by ``check_output(folder=True)``) while writing it: an exclusive
+    mkdir of a marker in it while it is empty, so of two commands one fails with "exists"; a failure removes what
+    this command wrote (the folder itself when it made it). ``force``d, an existing folder is written into
+    unclaimed and kept on a failure."""
+    try:
+        os.mkdir(path)
+        made = True
+    except FileExistsError:
+        made = False
+    except OSError as e:
+        raise UserError(f"cannot create output {str(path)!r}: {e.strerror or e}") from None
+    marker = None if force and not made else _claim_empty(path)  # made, it is claimed too: it is empty meanwhile
+    try:
+        yield path
+    except BaseException:
+        if made:
+            shutil.rmtree(path, ignore_errors=True)
+        elif marker is not None:  # it was empty: everything in it is this command's
+            for f in path.iterdir():
+                if f.is_dir() and not f.is_symlink():
+                    shutil.rmtree(f, ignore_errors=True)
+                else:
+                    f.unlink(missing_ok=True)
+        raise
+    if marker is not None:
+        marker.rmdir()
+
+
+def _claim_empty(path: Path) -> Path:
+    """The marker claiming the existing folder ``path``, made only while it is empty; UserError otherwise."""
+    taken = UserError(f"output {str(path)!r} already exists (another command is writing it)")
+    if not path.is_dir() or any(path.iterdir()):
+        raise taken
+    marker = path / CLAIM
+    try:
+        os.mkdir(marker)
+    except FileExistsError:
+        raise taken from None
+    except OSError as e:
+        raise UserError(f"cannot write output {str(path)!r}: {e.strerror or e}") from None
+    if [f.name for f in path.iterdir()] != [CLAIM]:  # another command wrote between the look and the claim
+        marker.rmdir()
+        raise taken
+    return marker
 
 
 def write_samples(path: str | Path, samples: Samples, levels: int | None = None) -> Path:

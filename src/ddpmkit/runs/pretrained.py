@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..train.checkpoint import save_checkpoint
 from .diffusers_folder import read_diffusers
-from .outputs import check_output
+from .outputs import check_output, claimed_folder
 from .rundir import RunDir
 
 __all__ = ["import_diffusers"]
@@ -32,15 +32,16 @@ def import_diffusers(
     run = RunDir(check_output(out, force, folder=True))
     if run.list_checkpoints():  # a newer step would hide the imported weights
         raise UserError(f"output {str(out)!r} holds a run's checkpoints; import into another directory")
-    run.lay_out(pretrained.config)
-    save_checkpoint(
-        run.checkpoint(0),
-        step=0,
-        config=pretrained.config.to_dict(),
-        model=pretrained.state,
-        ema=pretrained.state,
-        optimizer=None,
-        rng=None,
-        extra={"class_names": None, "source": pretrained.source},
-    )
+    with claimed_folder(run.path, force):
+        run.lay_out(pretrained.config)
+        save_checkpoint(
+            run.checkpoint(0),
+            step=0,
+            config=pretrained.config.to_dict(),
+            model=pretrained.state,
+            ema=pretrained.state,
+            optimizer=None,
+            rng=None,
+            extra={"class_names": None, "source": pretrained.source},
+        )
     return run.path
