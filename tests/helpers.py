@@ -69,6 +69,11 @@ def train_digits_args(config, out, *extra) -> list[str]:
     ]
 
 
+def resume_args(out, *extra) -> list[str]:
+    """The command line (after ``ddpmkit``) that resumes the run in ``out`` with ``extra`` flags."""
+    return ["train", "--out", str(out), "--resume", "--no-progress", *map(str, extra)]
+
+
 def assert_user_error(code, err, *words):
     lines = [l for l in err.strip().splitlines() if l.strip()]
     assert code == 2, err

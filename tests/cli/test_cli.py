@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from ddpmkit.cli import main
-from helpers import assert_user_error, run_cli
+from helpers import assert_user_error, resume_args, run_cli
 
 
 @pytest.fixture
@@ -249,24 +249,7 @@ def test_train_says_in_one_line_what_it_runs(tmp_path, tiny_config, capsys):
     err = capsys.readouterr().err
     assert f"training {out}: steps 0 -> 1, unet " in err and "M parameters, batch 16, cpu (" in err
     assert "bf16 autocast, channels-last" in err and err.count("training ") == 1
-    assert (
-        main(
-            [
-                "train",
-                "--out",
-                str(out),
-                "--resume",
-                "--steps",
-                "2",
-                "--precision",
-                "fp16",
-                "--microbatch",
-                "5",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert main(resume_args(out, "--steps", 2, "--precision", "fp16", "--microbatch", 5)) == 0
     err = capsys.readouterr().err
     assert "steps 1 -> 2" in err and "batch 16 in chunks of 5" in err and "fp16 autocast + loss scaling" in err
 

@@ -12,6 +12,7 @@ import yaml
 import ddpmkit
 from ddpmkit.cli import build_parser, main
 from ddpmkit.config import load_config, parse_assignments, preset_names
+from helpers import resume_args
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = sorted(next(a for a in build_parser()._actions if a.dest == "command").choices)  # every sub-command
@@ -156,40 +157,10 @@ def test_train_with_set_then_resume_with_a_resumable_set(tmp_path, capsys):
     assert cfg["train"]["lr"] == 0.003
     capsys.readouterr()
     # a resumed run may change its loggers, not its maths
-    assert (
-        main(
-            [
-                "train",
-                "--out",
-                str(out),
-                "--resume",
-                "--set",
-                "train.steps=3",
-                "--set",
-                "model.dropout=0.5",
-                "--no-progress",
-            ]
-        )
-        == 2
-    )
+    assert main(resume_args(out, "--set", "train.steps=3", "--set", "model.dropout=0.5")) == 2
     assert "dropout" in capsys.readouterr().err
     pytest.importorskip("tensorboard")
-    assert (
-        main(
-            [
-                "train",
-                "--out",
-                str(out),
-                "--resume",
-                "--steps",
-                "3",
-                "--no-progress",
-                "--set",
-                "train.loggers=[jsonl, tensorboard]",
-            ]
-        )
-        == 0
-    )
+    assert main(resume_args(out, "--steps", 3, "--set", "train.loggers=[jsonl, tensorboard]")) == 0
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["loggers"] == ["jsonl", "tensorboard"]
     assert list((out / "tb").glob("events.out.tfevents.*"))
 
