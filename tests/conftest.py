@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from ddpmkit.schedules import linear_beta_schedule
-from helpers import gaussian_oracle, mixture_oracle
+from helpers import gaussian_oracle, mixture_oracle, train_digits_args
 
 torch.set_num_threads(2)
 # Deterministic training on a GPU needs this before cuBLAS starts; tests run many trainers in one process.
@@ -58,10 +58,7 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_run")
     (root / "tiny.yaml").write_text(yaml.safe_dump(TINY_DIGITS))
     out = root / "run"
-    assert (
-        main(["train", "--preset", "digits", "--config", str(root / "tiny.yaml"), "--out", str(out), "--no-progress"])
-        == 0
-    )
+    assert main(train_digits_args(root / "tiny.yaml", out)) == 0
     return out
 
 

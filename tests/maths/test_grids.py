@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from ddpmkit.images import GRID_GAP, GRID_GAP_VALUE, class_rows, grid_scale, sample_grid
+from helpers import train_digits_args
 
 
 def distinct_images(n, h=8, w=8, c=1, seed=0):
@@ -89,10 +90,7 @@ def digits_run(tmp_path_factory):
     cfg = dict(TINY_DIGITS, train={**TINY_DIGITS["train"], "steps": 2, "sample_every": 2, "num_grid_samples": 12})
     (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     out = root / "run"
-    assert (
-        main(["train", "--preset", "digits", "--config", str(root / "tiny.yaml"), "--out", str(out), "--no-progress"])
-        == 0
-    )
+    assert main(train_digits_args(root / "tiny.yaml", out)) == 0
     return out
 
 
