@@ -4,14 +4,13 @@ import contextlib
 import importlib.util
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
 from ddpmkit.schedules import linear_beta_schedule
-from helpers import gaussian_oracle, mixture_oracle, train_digits_args
+from helpers import BENCHMARKS, gaussian_oracle, mixture_oracle, train_digits_args
 
 torch.set_num_threads(2)
 # Deterministic training on a GPU needs this before cuBLAS starts; tests run many trainers in one process.
@@ -74,9 +73,7 @@ def one_thread():
 @contextlib.contextmanager
 def benchmark_script(name: str):
     """benchmarks/NAME.py imported as a module (registered while in use: dataclasses look their module up)."""
-    spec = importlib.util.spec_from_file_location(
-        name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    )
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -84,6 +81,13 @@ def benchmark_script(name: str):
         yield module
     finally:
         sys.modules.pop(name, None)
+
+
+@pytest.fixture(scope="module")
+def bench(request):
+    """benchmarks/<BENCHMARK>.py as a module, BENCHMARK the requesting test module's."""
+    with benchmark_script(request.module.BENCHMARK) as module:
+        yield module
 
 
 # The maths tests' 2-D Gaussian-mixture oracles, on the linear schedule of T = 1000 steps those tests share.

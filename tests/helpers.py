@@ -6,12 +6,15 @@ import io
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ddpmkit.nn import UNet, UNetConfig
 from ddpmkit.oracles import GaussianMixtureOracle
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"  # the scripts tests/benchmarks/ checks
 
 
 def run_cli(*args, cwd=None):

@@ -10,18 +10,12 @@ import pytest
 import torch
 
 from ddpmkit.config import load_config
+from helpers import BENCHMARKS
 
 pytestmark = pytest.mark.bench
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_speed.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    from conftest import benchmark_script
-
-    with benchmark_script("train_speed") as module:
-        yield module
+BENCHMARK = "train_speed"  # the script conftest.py's ``bench`` fixture imports
+SCRIPT = BENCHMARKS / f"{BENCHMARK}.py"
 
 
 def n_params(net: torch.nn.Module) -> int:
