@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ddpmkit.nn import UNet, UNetConfig
 from ddpmkit.oracles import GaussianMixtureOracle
@@ -140,3 +141,19 @@ def tiny_unet(seed: int = 0, randomize_out: bool = True, **overrides) -> UNet:
             net.out_conv.weight.normal_(0.0, 0.1)
             net.out_conv.bias.normal_(0.0, 0.1)
     return net
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    """Two linear layers around a batch norm: parameters and buffers for the EMA tests."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+
+
+def perturb(model: nn.Module, gen: torch.Generator) -> None:
+    """Stand-in for an optimizer step: change every parameter and the norm statistics."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen))
+        bn = model[1]
+        bn.running_mean.add_(torch.randn(4, generator=gen))
+        bn.num_batches_tracked += 1

@@ -8,21 +8,7 @@ from torch import nn
 
 from ddpmkit.ema import EMA, unwrap_model
 from ddpmkit.errors import UserError
-
-
-def tiny_model(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
-
-
-def perturb(model: nn.Module, gen: torch.Generator) -> None:
-    """Stand-in for an optimizer step: change every parameter and the norm statistics."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen))
-        bn = model[1]
-        bn.running_mean.add_(torch.randn(4, generator=gen))
-        bn.num_batches_tracked += 1
+from helpers import perturb, tiny_model
 
 
 def manual_ema(history: list[dict[str, torch.Tensor]], decay: float, start: int, every: int) -> dict:

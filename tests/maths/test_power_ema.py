@@ -30,6 +30,7 @@ from ddpmkit.power_ema import (
     reconstruct_tensor,
     sigma_rel_from_gamma,
 )
+from helpers import perturb, tiny_model
 
 STORED = (0.05, 0.10)  # the widths a run keeps, as in EDM2
 STEPS = 2000  # length of the synthetic run
@@ -314,23 +315,9 @@ def test_posthoc_refuses_no_or_repeated_snapshots():
 # --- the class: updates, buffers, resume ----------------------------------------------------------------------------
 
 
-def tiny_model(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
-
-
-def train_step(model: nn.Module, gen: torch.Generator) -> None:
-    """Stand-in for an optimizer step: change every parameter and the norm statistics."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen))
-        model[1].running_mean.add_(torch.randn(4, generator=gen))
-        model[1].num_batches_tracked += 1
-
-
 def run(model: nn.Module, ema: PowerEMA, gen: torch.Generator, steps: range) -> None:
     for step in steps:
-        train_step(model, gen)
+        perturb(model, gen)
         ema.update(model, step)
 
 
@@ -361,10 +348,10 @@ def test_update_copies_buffers_skips_off_steps_and_moves_forward():
     model, gen = tiny_model(), torch.Generator().manual_seed(2)
     ema = PowerEMA(model, sigma_rels=(0.1, 0.2), update_every=2)
     assert all(m is not model and not m.training for m in ema.models)
-    train_step(model, gen)
+    perturb(model, gen)
     ema.update(model, 1)  # not a multiple of 2: nothing happens
     assert ema.step == 0 and not torch.equal(ema.models[0][0].weight, model[0].weight)
-    train_step(model, gen)
+    perturb(model, gen)
     ema.update(model, 2)  # the first update copies the live weights
     for shadow in ema.models:
         for a, b in zip(
