@@ -294,50 +294,32 @@ def test_sample_order_from_the_command_line_and_the_config(tmp_path, capsys, mon
     seen = []
     real = S.SAMPLERS["unipc-bh2"]
     monkeypatch.setitem(S.SAMPLERS, "unipc-bh2", lambda *a, **k: seen.append(k.get("order")) or real(*a, **k))
-    for order in ("1", "3"):
-        out = tmp_path / f"o{order}.npz"
-        assert (
-            main(
-                [
-                    "sample",
-                    run,
-                    "--num",
-                    "2",
-                    "--sampler",
-                    "unipc-bh2",
-                    "--steps",
-                    "5",
-                    "--order",
-                    order,
-                    "--out",
-                    str(out),
-                    "--no-progress",
-                ]
-            )
-            == 0
-        )
-        assert load_npz(out)[0].shape[0] == 2
-    assert seen == [1, 3]  # the 3-step fixture's saved pixels are too coarse to tell the orders apart
-    assert (
-        main(
+
+    def sample(sampler: str, order: str, out: Path) -> int:
+        return main(
             [
                 "sample",
                 run,
                 "--num",
                 "2",
                 "--sampler",
-                "ddim",
+                sampler,
                 "--steps",
                 "5",
                 "--order",
-                "2",
+                order,
                 "--out",
-                str(tmp_path / "x.npz"),
+                str(out),
                 "--no-progress",
             ]
         )
-        == 2
-    )
+
+    for order in ("1", "3"):
+        out = tmp_path / f"o{order}.npz"
+        assert sample("unipc-bh2", order, out) == 0
+        assert load_npz(out)[0].shape[0] == 2
+    assert seen == [1, 3]  # the 3-step fixture's saved pixels are too coarse to tell the orders apart
+    assert sample("ddim", "2", tmp_path / "x.npz") == 2
     assert "order applies to the unipc samplers only" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()
     with pytest.raises(UserError, match="sample.order"):
