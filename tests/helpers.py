@@ -78,6 +78,11 @@ def resume_args(out, *extra) -> list[str]:
     return ["train", "--out", str(out), "--resume", "--no-progress", *map(str, extra)]
 
 
+def sample_args(run, *extra) -> list[str]:
+    """The command line (after ``ddpmkit``) that samples from ``run`` with ``extra`` flags, progress bar off."""
+    return ["sample", str(run), "--no-progress", *map(str, extra)]
+
+
 def assert_user_error(code, err, *words):
     lines = [l for l in err.strip().splitlines() if l.strip()]
     assert code == 2, err

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from ddpmkit.cli import main
-from helpers import assert_user_error, resume_args, run_cli
+from helpers import assert_user_error, resume_args, run_cli, sample_args
 
 
 @pytest.fixture
@@ -144,30 +144,8 @@ def test_fp16_trains_resumes_and_samples_from_the_command_line(tiny_config, tmp_
 
 def test_sample_with_guidance_and_trajectory(run_dir, tmp_path):
     out, traj = tmp_path / "g.npz", tmp_path / "traj.png"
-    assert (
-        main(
-            [
-                "sample",
-                str(run_dir),
-                "--num",
-                "4",
-                "--labels",
-                "0,1",
-                "--guidance",
-                "2.0",
-                "--sampler",
-                "dpm++2m",
-                "--steps",
-                "5",
-                "--out",
-                str(out),
-                "--trajectory",
-                str(traj),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    guided = ("--labels", "0,1", "--guidance", "2.0", "--sampler", "dpm++2m", "--steps", "5")
+    assert main(sample_args(run_dir, "--num", "4", *guided, "--out", out, "--trajectory", traj)) == 0
     assert traj.stat().st_size > 0
     np.testing.assert_array_equal(np.load(out)["labels"], [0, 1, 0, 1])
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from ddpmkit.images import GRID_GAP, GRID_GAP_VALUE, class_rows, grid_scale, sample_grid
-from helpers import train_digits_args
+from helpers import sample_args, train_digits_args
 
 
 def distinct_images(n, h=8, w=8, c=1, seed=0):
@@ -99,24 +99,7 @@ def test_sample_png_is_the_npz_drawn_one_class_per_row(digits_run, tmp_path):
 
     npz, png = tmp_path / "s.npz", tmp_path / "g.png"
     assert (
-        main(
-            [
-                "sample",
-                str(digits_run),
-                "--num",
-                "23",
-                "--labels",
-                "all",
-                "--steps",
-                "3",
-                "--out",
-                str(npz),
-                "--out",
-                str(png),
-                "--no-progress",
-            ]
-        )
-        == 0
+        main(sample_args(digits_run, "--num", "23", "--labels", "all", "--steps", "3", "--out", npz, "--out", png)) == 0
     )
     with np.load(npz) as z:
         images, labels = z["images"], z["labels"]

@@ -16,6 +16,7 @@ from ddpmkit.data.base import resize_center_crop
 from ddpmkit.fields import parse_image_size
 from ddpmkit.nn.unet import AttentionBlock
 from ddpmkit.runs import train, write_samples
+from helpers import sample_args
 
 LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "legacy"
 TINY = {
@@ -376,24 +377,7 @@ def test_the_commands_take_a_non_square_run(wide_run, tmp_path, capsys):
     assert main(["info", str(wide_run)]) == 0
     assert "folder (8x16x3 images, H x W x C)" in capsys.readouterr().out
     out, strip = tmp_path / "s.npz", tmp_path / "t.png"
-    assert (
-        main(
-            [
-                "sample",
-                str(wide_run),
-                "--num",
-                "3",
-                "--out",
-                str(out),
-                "--trajectory",
-                str(strip),
-                "--no-progress",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert main(sample_args(wide_run, "--num", "3", "--out", out, "--trajectory", strip, "--device", "cpu")) == 0
     assert np.load(out)["images"].shape == (3, 8, 16, 3)
     rows, cols = 2 * 3, 3  # x_t and predicted x0 rows for 3 samples; ddim with 3 calls keeps all 3
     assert Image.open(strip).size == (cols * (16 * 4 + 1) + 1, rows * (8 * 4 + 1) + 1)
