@@ -75,18 +75,16 @@ def test_device_for_without_cuda() -> None:
 
 
 def test_bad_environment(clean_env: pytest.MonkeyPatch) -> None:
-    clean_env.setenv("WORLD_SIZE", "two")
-    with pytest.raises(UserError, match="WORLD_SIZE must be an integer"):
-        init_distributed()
-    clean_env.setenv("WORLD_SIZE", "2")
-    with pytest.raises(UserError, match="RANK is not set"):
-        init_distributed()
-    clean_env.setenv("RANK", "0")
-    with pytest.raises(UserError, match="MASTER_ADDR is not set"):
-        init_distributed()
-    clean_env.setenv("RANK", "5")
-    with pytest.raises(UserError, match="do not fit"):
-        init_distributed()
+    # each variable set in turn, on top of the ones before, brings the next complaint
+    for name, value, message in [
+        ("WORLD_SIZE", "two", "WORLD_SIZE must be an integer"),
+        ("WORLD_SIZE", "2", "RANK is not set"),
+        ("RANK", "0", "MASTER_ADDR is not set"),
+        ("RANK", "5", "do not fit"),
+    ]:
+        clean_env.setenv(name, value)
+        with pytest.raises(UserError, match=message):
+            init_distributed()
     assert not dist.is_initialized()
 
 
