@@ -216,23 +216,25 @@ def test_interpolate_between_seeds_ends_at_their_samples_and_between_images(tmp_
     assert Image.open(png).size == (5 * 65 + 1, 66)  # the two images around three frames
 
 
+INPAINT = ["inpaint", RUN, "--image", "{digit}", "--mask"]  # a row adds the mask and any other flags
+EDIT = ["edit", RUN, "--image", "{digit}", "--strength"]  # a row adds the strength and any other flags
 BAD = [
     (["inpaint", TOY, "--image", "{digit}", "--mask", "{mask}"], "needs an image model"),
     (["inpaint", RUN, "--image", "{big}", "--mask", "{mask}"], "is 16x16 with 1 channel(s); this run makes 8x8"),
     (["inpaint", RUN, "--image", "{rgb}", "--mask", "{mask}"], "has mode RGB"),
-    (["inpaint", RUN, "--image", "{digit}", "--mask", "{grey_mask}"], "found the grey value 128"),
-    (["inpaint", RUN, "--image", "{digit}", "--mask", "{small_mask}"], "has shape (1, 4, 4); need [8, 8]"),
-    (["inpaint", RUN, "--image", "{digit}", "--mask", "{npz_mask}"], "must hold only 0 (generate) and 1 (keep)"),
-    (["inpaint", RUN, "--image", "{digit}", "--mask", "{mask}", "--resample", "0"], "resample must be an integer >= 1"),
-    (["inpaint", RUN, "--image", "{digit}", "--mask", "{mask}", "--jump", "0"], "jump must be an integer >= 1"),
-    (["inpaint", RUN, "--image", "{digit}", "--mask", "{mask}", "--sampler", "dpm++2m"], "multistep solver"),
-    (["inpaint", RUN, "--image", "{digit}", "--mask", "{mask}", "--eta", "0.5"], "eta applies to the ddim sampler"),
+    ([*INPAINT, "{grey_mask}"], "found the grey value 128"),
+    ([*INPAINT, "{small_mask}"], "has shape (1, 4, 4); need [8, 8]"),
+    ([*INPAINT, "{npz_mask}"], "must hold only 0 (generate) and 1 (keep)"),
+    ([*INPAINT, "{mask}", "--resample", "0"], "resample must be an integer >= 1"),
+    ([*INPAINT, "{mask}", "--jump", "0"], "jump must be an integer >= 1"),
+    ([*INPAINT, "{mask}", "--sampler", "dpm++2m"], "multistep solver"),
+    ([*INPAINT, "{mask}", "--eta", "0.5"], "eta applies to the ddim sampler"),
     (["inpaint", RUN, "--image", "nope.png", "--mask", "{mask}"], "image file not found"),
-    (["edit", RUN, "--image", "{digit}", "--strength", "1.5"], "strength must be a number in [0, 1], got 1.5"),
-    (["edit", RUN, "--image", "{digit}", "--strength", "-0.1"], "strength must be a number in [0, 1]"),
-    (["edit", RUN, "--image", "{digit}", "--strength", "0.5", "--guidance", "3"], "guidance needs labels"),
-    (["edit", RUN, "--image", "{digit}", "--strength", "0.5", "--labels", "11"], "label 11 is out of range"),
-    (["edit", RUN, "--image", "{digit}", "--strength", "0.5", "--steps", "51"], "steps must be between 1 and 50"),
+    ([*EDIT, "1.5"], "strength must be a number in [0, 1], got 1.5"),
+    ([*EDIT, "-0.1"], "strength must be a number in [0, 1]"),
+    ([*EDIT, "0.5", "--guidance", "3"], "guidance needs labels"),
+    ([*EDIT, "0.5", "--labels", "11"], "label 11 is out of range"),
+    ([*EDIT, "0.5", "--steps", "51"], "steps must be between 1 and 50"),
     (["edit", TOY, "--image", "{digit}", "--strength", "0.5"], "needs an image model"),
     (["interpolate", RUN, "--seeds", "1"], "seeds must be two integers"),
     (["interpolate", RUN, "--seeds", "1,x"], "--seeds must be two integers A,B"),
