@@ -25,6 +25,7 @@ from torch import Tensor
 from .errors import UserError
 from .options import Prediction, check_choice
 from .samplers import Generator, randn
+from .validate import number_in_range
 
 __all__ = [
     "Distance",
@@ -54,6 +55,8 @@ __all__ = [
     "ECT_MID_SIGMA",
     "sampling_sigmas",
     "consistency_sample",
+    "edit_sigmas",
+    "consistency_jumps",
 ]
 
 Distance = Literal["l2", "pseudo_huber"]  # ECT's ||.||_2 (c = 0) or iCT's pseudo-Huber sqrt(||.||^2 + c^2) - c
@@ -387,8 +390,34 @@ def consistency_sample(
     then x <- f(x, sigma_i) and, before each later call, x <- x + sqrt(sigma_i^2 - sigma_min^2) z.
     """
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
-    B = x_T.shape[0]
-    x = ve_from_vp(x_T, sigmas[:1].expand(B))
+    return consistency_jumps(f, ve_from_vp(x_T, sigmas[:1].expand(x_T.shape[0])), sigmas, sigma_min, y, generator)
+
+
+def edit_sigmas(levels: NoiseLevels, strength: float, calls: int) -> Tensor | None:
+    """The levels of a ``calls``-call consistency SDEdit at ``strength`` S, or None when S T rounds to 0 (no edit).
+
+    The first is sigma at t0 = round(S T) - 1, the noisiest timestep a diffusion SDEdit of that strength keeps
+    (:func:`ddpmkit.editing.edit_timesteps`); later calls follow the Karras rho = 7 grid from it to sigma_min.
+    """
+    number_in_range("strength", strength, 0, 1)
+    if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
+        raise UserError(f"a consistency edit makes at least one call, got {calls!r}")
+    n0 = round(strength * levels.num_timesteps)
+    if n0 == 0:
+        return None
+    top = float(levels.sigma(torch.tensor(float(n0 - 1))))
+    i = torch.arange(calls, dtype=torch.float64) / calls
+    hi, lo = top ** (1 / KARRAS_RHO), levels.sigma_min ** (1 / KARRAS_RHO)
+    return (hi + i * (lo - hi)) ** KARRAS_RHO
+
+
+def consistency_jumps(
+    f: ConsistencyFn, x: Tensor, sigmas: Tensor, sigma_min: float, y: Tensor | None = None, generator: Generator = None
+) -> Tensor:
+    """From x at VE level sigmas[0]: x <- f(x, sigma_0); then for each later level, re-noise to it
+    (x + sqrt(sigma_i^2 - sigma_min^2) z) and map. SDEdit (Meng et al. 2022) starts it at x0 + sigma_0 z."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    B = x.shape[0]
     for i, s in enumerate(sigmas.tolist()):
         sigma = torch.full((B,), s, dtype=torch.float64, device=x.device)
         if i > 0:

@@ -476,6 +476,33 @@ def test_one_call_of_the_exact_function_samples_the_gaussian(gaussian):
     torch.testing.assert_close(torch.cov(x.T), S, rtol=0.1, atol=0.01)
 
 
+def test_edit_levels_start_where_a_diffusion_sdedit_of_that_strength_does():
+    assert C.edit_sigmas(LEVELS, 0.0, 2) is None and C.edit_sigmas(LEVELS, 0.0004, 1) is None  # S T rounds to 0
+    assert C.edit_sigmas(LEVELS, 1.0, 1).tolist() == pytest.approx([LEVELS.sigma_max], rel=1e-12)
+    half = C.edit_sigmas(LEVELS, 0.5, 3)
+    assert float(half[0]) == pytest.approx(float(C.sigma_from_abar(ABAR[499])), rel=1e-12)  # t0 = round(S T) - 1
+    assert bool((half[1:] < half[:-1]).all()) and float(half[-1]) > SMIN
+    for bad in (-0.1, 1.5):
+        with pytest.raises(UserError, match="strength"):
+            C.edit_sigmas(LEVELS, bad, 1)
+
+
+@pytest.mark.parametrize("calls, strength", [(1, 0.3), (2, 0.6), (1, 1.0)])
+def test_an_edit_of_data_with_the_exact_function_keeps_the_datas_law(gaussian, calls, strength):
+    # x0 ~ N(m, S) noised to sigma is the true marginal there, so the exact map sends it back onto N(m, S + smin^2)
+    x0 = gaussian.sample(4000, _gen(40))
+    f = lambda x, s, y=None: gaussian_consistency(gaussian, x, s)  # noqa: E731
+    sigmas = C.edit_sigmas(LEVELS, strength, calls)
+    x = C.consistency_jumps(
+        f, x0 + float(sigmas[0]) * torch.randn(x0.shape, generator=_gen(41), dtype=F64), sigmas, SMIN
+    )
+    S = gaussian.covs[0] + SMIN**2 * torch.eye(2, dtype=F64)
+    assert float((x.mean(0) - gaussian.means[0]).norm()) < 5 * math.sqrt(float(S.trace()) / 4000)
+    torch.testing.assert_close(torch.cov(x.T), S, rtol=0.1, atol=0.01)
+    unnoised = f(x0, C.edit_sigmas(LEVELS, strength, 1)[:1].expand(4000))  # broken: the map without the noising
+    assert not torch.allclose(torch.cov(unnoised.T), S, rtol=0.1, atol=0.01)
+
+
 # =========================================================================== a trained MLP, tuned
 def train_teacher(mixture, steps, g):
     from ddpmkit.nn import MLPConfig, MLPDenoiser

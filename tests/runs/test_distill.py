@@ -90,6 +90,50 @@ def test_what_does_not_apply_is_refused_in_one_line(cm_run, tmp_path, args, word
     assert_user_error(*run_cli(args[0], str(cm_run), *args[1:], *extra), *words)
 
 
+def test_edit_in_its_own_calls(cm_run, tmp_path):
+    from ddpmkit.images import save_npz
+    from ddpmkit.runs.editing import edit
+
+    images = (np.arange(2 * 64).reshape(2, 8, 8, 1) * 2).astype(np.uint8)
+    save_npz(tmp_path / "in.npz", images)
+    out = tmp_path / "out.npz"
+    args = ["--image", str(tmp_path / "in.npz"), "--strength", "0.5", "--steps", "1", "--labels", "3"]
+    code, text = run_cli_out("edit", str(cm_run), *args, "--out", str(out))
+    assert code == 0 and "2 edits (1 network calls each)" in text
+    with np.load(out) as z:
+        assert z["images"].shape == (2, 8, 8, 1)
+    run = Run.load(cm_run, device="cpu")
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    assert edit(run, x, 0.5, labels="3", steps=2).calls == 2
+    unchanged = edit(run, x, 0.0, labels="3")
+    assert unchanged.calls == 0 and torch.equal(unchanged.x, x)
+    assert_user_error(
+        *run_cli("edit", str(cm_run), *args, "--sampler", "ddim", "--out", str(tmp_path / "b.npz")),
+        "--sampler",
+        "consistency model",
+    )
+
+
+def test_interpolate_between_seeds_in_its_own_calls(cm_run, tmp_path):
+    from ddpmkit.runs.editing import interpolate
+
+    run = Run.load(cm_run, device="cpu")
+    strip = interpolate(run, seeds=(0, 1), frames=4, steps=1, labels="3")
+    assert strip.x.shape == (4, 1, 8, 8) and strip.calls == 1
+    ends = [run.sample(1, steps=1, labels="3", seed=s).x for s in (0, 1)]  # slerp's ends are the seeds' noises
+    torch.testing.assert_close(strip.x[:1], ends[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(strip.x[3:], ends[1], atol=1e-5, rtol=0)
+    code, text = run_cli_out(
+        "interpolate", str(cm_run), "--seeds", "0,1", "--frames", "3", "--labels", "3", "--out", str(tmp_path / "s.png")
+    )
+    assert code == 0 and "3 frames (consistency, 2 steps)" in text
+    from ddpmkit.images import save_png
+
+    pair = [str(save_png(tmp_path / f"{n}.png", np.full((8, 8, 1), 40 * n, np.uint8))) for n in (1, 2)]
+    refused = run_cli("interpolate", str(cm_run), "--images", ",".join(pair), "--out", str(tmp_path / "t.png"))
+    assert_user_error(*refused, "consistency model", "--seeds")
+
+
 def test_the_loaded_consistency_function_keeps_the_boundary_exactly(cm_run):
     run = Run.load(cm_run, device="cpu")
     f = run_consistency_function(run.config, run.model, run.diffusion)

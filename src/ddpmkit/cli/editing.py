@@ -100,7 +100,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from ..runs.editing import edit, read_images
 
     outs = image_outputs(args, "edited.png")
-    run = load_run(args)
+    run = load_run(args, diffusion=False)  # a consistency model edits in its own few calls
     result = edit(
         run,
         read_images(args.image, run),
@@ -139,7 +139,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     outs = image_outputs(args, "edited.png")
     seeds = None if args.seeds is None else _seed_pair(args.seeds)
     paths = None if seeds is not None else image_pair(args.images)
-    run = load_run(args)
+    run = load_run(args, diffusion=False)  # a consistency model decodes seeds' noises in its own few calls
     images = None if paths is None else read_image_pair(paths, run)
     result = interpolate(
         run,
@@ -152,7 +152,8 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         precision=args.precision,
     )
-    return _write_edited(run, result, outs, f"{len(result.x)} frames (DDIM, {result.calls} steps)")
+    how = "consistency" if run.config.distill is not None else "DDIM"
+    return _write_edited(run, result, outs, f"{len(result.x)} frames ({how}, {result.calls} steps)")
 
 
 def _seed_pair(text: str) -> list[int]:

@@ -16,7 +16,9 @@ from ..consistency import (
     ECTParams,
     NoiseLevels,
     consistency_function,
+    consistency_jumps,
     consistency_sample,
+    edit_sigmas,
     sampling_sigmas,
 )
 from ..diffusion import GaussianDiffusion
@@ -34,6 +36,7 @@ __all__ = [
     "consistency_objective",
     "teacher_weights",
     "sample_consistency",
+    "edit_consistency",
     "run_sampling_sigmas",
     "check_consistency_options",
 ]
@@ -128,13 +131,29 @@ def sample_consistency(
     y: Tensor | None = None,
     generator: Generator = None,
     device: torch.device | str = "cpu",
+    x_T: Tensor | None = None,
 ) -> Tensor:
-    """``calls``-call consistency samples (Song et al. 2023, Algorithm 1) from the VP prior's noise."""
+    """``calls``-call consistency samples (Song et al. 2023, Algorithm 1) from the VP prior's noise (``x_T``, or
+    drawn from ``generator``)."""
     levels = noise_levels(diffusion)
     f = run_consistency_function(cfg, model, diffusion)
-    x_T = randn(shape, generator, device)
+    x_T = randn(shape, generator, device) if x_T is None else x_T
     sigmas = run_sampling_sigmas(levels, calls, cfg.distill.mid_sigmas if cfg.distill else ())
     return consistency_sample(f, x_T, sigmas, levels.sigma_min, y=y, generator=generator)
+
+
+def edit_consistency(
+    cfg: ExperimentConfig, model: nn.Module, diffusion, x0: Tensor, strength: float, calls: int, y, gen
+) -> tuple[Tensor, int]:
+    """SDEdit of images ``x0`` at ``strength`` in ``calls`` consistency calls (labels ``y``, generators ``gen``): the
+    edits and the calls made (0 when the strength rounds to no noise: the images come back unchanged)."""
+    levels = noise_levels(diffusion)
+    sigmas = edit_sigmas(levels, strength, calls)
+    if sigmas is None:
+        return x0.clone(), 0
+    x = x0 + float(sigmas[0]) * randn(x0.shape, gen, x0.device, x0.dtype)  # the noising of SDEdit
+    f = run_consistency_function(cfg, model, diffusion)
+    return consistency_jumps(f, x, sigmas, levels.sigma_min, y, gen), len(sigmas)
 
 
 def run_sampling_sigmas(levels: NoiseLevels, calls: int, mid: Sequence[float] = ()) -> Tensor:

@@ -33,6 +33,7 @@ from ..samplers import randn
 from ..sampling_options import SamplingOptions
 from ..train.runtime import autocast_context, autocast_dtype
 from ..validate import check_guidance, check_seed, int_in_range, positive_int
+from .consistency_model import check_consistency_options, edit_consistency, is_consistency, sample_consistency
 from .run import Run
 from .sampling import Labels, check_steps, default_steps, parse_labels
 
@@ -261,9 +262,19 @@ def edit(
     precision: Precision | None = None,
     progress: bool = False,
 ) -> Edited:
-    """SDEdit: ``num`` edits of each image at ``strength`` in [0, 1] (0: the image, 1: a new sample), any sampler."""
+    """SDEdit: ``num`` edits of each image at ``strength`` in [0, 1] (0: the image, 1: a new sample), any sampler;
+    a consistency model makes ``steps`` calls (default: its sample.steps) whatever the strength."""
     _image_run(run, "image-to-image editing")
     _common(num, seed, batch_size, len(images))
+    if is_consistency(run.config):
+        calls = check_consistency_options(
+            run.config.sample.steps if steps is None else steps,
+            sampler=sampler,
+            eta=eta,
+            spacing=spacing,
+            guidance=guidance,
+        )
+        return _edit_consistency(run, images, strength, calls, num, labels, seed, batch_size, precision)
     sc = run.config.sample
     chosen = sampler or sc.sampler
     steps = _steps(run, chosen, steps)
@@ -286,6 +297,28 @@ def edit(
     return Edited(x, _shown_labels(run, y), _rows(images, x, num), 0 if kept is None else len(kept))
 
 
+def _edit_consistency(
+    run: Run,
+    images: Tensor,
+    strength: float,
+    calls: int,
+    num: int,
+    labels: Labels,
+    seed: int,
+    batch_size: int,
+    precision,
+) -> Edited:
+    """A consistency model's SDEdit: noise to the strength's level, then ``calls`` jumps."""
+    y, _ = _conditioning(run, labels, len(images) * num, None)
+    out, used = [], 0
+    for _, x, yb, gens, amp in _batches(run, images, num, y, seed, batch_size, precision):
+        with amp, torch.no_grad():
+            edited, used = edit_consistency(run.config, run.model, run.diffusion, x, strength, calls, yb, gens)
+        out.append(edited.float().cpu())
+    x = torch.cat(out)
+    return Edited(x, _shown_labels(run, y), _rows(images, x, num), used)
+
+
 def interpolate(
     run: Run,
     *,
@@ -298,12 +331,21 @@ def interpolate(
     guidance: float | None = None,
     precision: Precision | None = None,
 ) -> Edited:
-    """``frames`` DDIM decodings of slerp between two x_T: the noises of two seeds, or two images' DDIM inversions."""
+    """``frames`` DDIM decodings of slerp between two x_T: the noises of two seeds, or two images' DDIM inversions;
+    a consistency model decodes the noises of two seeds with its own sampler (``steps`` calls)."""
     _image_run(run, "interpolation")
     if (seeds is None) == (images is None):
         raise UserError("interpolate between two seeds or two images (one of the two)")
     int_in_range("frames", frames, 2)
-    steps = _steps(run, "ddim", steps)
+    if is_consistency(run.config):
+        if images is not None:
+            raise UserError(
+                "a consistency model cannot invert images to their noises (no DDIM chain): interpolate between "
+                "--seeds, or between images with its teacher run"
+            )
+        calls = check_consistency_options(run.config.sample.steps if steps is None else steps, spacing=spacing)
+    else:
+        steps = _steps(run, "ddim", steps)
     if seeds is not None:
         seeds = list(seeds)
         if len(seeds) != 2:
@@ -315,6 +357,8 @@ def interpolate(
     if labels is not None and len(str(labels).split(",")) != 1:
         raise UserError(f"interpolation takes one label, got {labels!r}")
     y, w = _conditioning(run, labels, 2, guidance)
+    if is_consistency(run.config):
+        return _interpolate_consistency(run, seeds or [], frames, calls, y, w, precision)
     opts = SamplingOptions("ddim", steps, spacing, guidance=w)
     device, shape = run.device, run.sample_shape
     ends_y = None if y is None else y.to(device)
@@ -334,6 +378,28 @@ def interpolate(
         [row],
         opts.calls(run.diffusion.num_timesteps),
     )
+
+
+def _interpolate_consistency(
+    run: Run, seeds: Sequence[int], frames: int, calls: int, y: Tensor | None, guidance: float, precision
+) -> Edited:
+    """Frames of slerp between two seeds' noises, each decoded in ``calls`` jumps re-noised alike (the first seed's
+    generator for every frame), so the strip changes only with the noise it interpolates."""
+    check_consistency_options(calls, guidance=guidance)
+    device, shape = run.device, run.sample_shape
+    ends = torch.cat([randn((1, *shape), torch.Generator(device=device).manual_seed(s), device) for s in seeds])
+    z = slerp_frames(ends[:1], ends[1:], frames)
+    yf = None if y is None else y[:1].expand(frames).to(device)
+    gens = [torch.Generator(device=device).manual_seed(seeds[0]) for _ in range(frames)]
+    with torch.no_grad(), autocast_context(device, autocast_dtype(precision or "auto", device)):
+        x = (
+            sample_consistency(
+                run.config, run.model, run.diffusion, tuple(z.shape), calls, y=yf, generator=gens, device=device, x_T=z
+            )
+            .float()
+            .cpu()
+        )
+    return Edited(x, _shown_labels(run, None if y is None else y[:1].expand(frames)), [x], calls)
 
 
 # --------------------------------------------------------------------------- outputs
