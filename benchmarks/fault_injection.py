@@ -56,6 +56,7 @@ from ddpmkit.train.metrics import read_metrics
 EVERY = 2  # checkpoint_every
 TIMEOUT = 300  # seconds any one ddpmkit process may take
 POLL = 0.001  # seconds between looks at the run directory
+TINY = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tiny_digits.yaml"  # the tests' tiny digits
 STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 INTERRUPTED = re.compile(r"interrupted at step (\d+): checkpoint written, --resume continues")
 BAD = [
@@ -72,31 +73,10 @@ BAD = [
 
 
 def tiny_config(steps: int) -> dict:
-    """The digits preset shrunk to seconds (as tests/conftest.py's TINY_DIGITS), with ``steps`` steps."""
-    return {
-        "model": {
-            "base_channels": 16,
-            "channel_mults": [1, 2],
-            "num_res_blocks": 1,
-            "attention_resolutions": [4],
-            "num_groups": 8,
-            "dropout": 0.0,
-        },
-        "diffusion": {"timesteps": 50},
-        "train": {
-            "steps": steps,
-            "batch_size": 16,
-            "log_every": 1,
-            "sample_every": 0,
-            "checkpoint_every": EVERY,
-            "warmup_steps": 0,
-            "ema_start": 0,
-            "num_grid_samples": 4,
-            "precision": "fp32",
-            "device": "cpu",
-        },
-        "sample": {"sampler": "ddpm", "grid_steps": 5},
-    }
+    """The tests' tiny digits config (TINY), with ``steps`` steps, a metrics line every step, on the CPU."""
+    config = yaml.safe_load(TINY.read_text())
+    config["train"].update(steps=steps, log_every=1, checkpoint_every=EVERY, device="cpu")
+    return config
 
 
 @dataclass

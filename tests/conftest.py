@@ -4,6 +4,7 @@ import contextlib
 import importlib.util
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,29 +17,8 @@ torch.set_num_threads(2)
 # Deterministic training on a GPU needs this before cuBLAS starts; tests run many trainers in one process.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-TINY_DIGITS = {
-    "model": {
-        "base_channels": 16,
-        "channel_mults": [1, 2],
-        "num_res_blocks": 1,
-        "attention_resolutions": [4],
-        "num_groups": 8,
-        "dropout": 0.0,
-    },
-    "diffusion": {"timesteps": 50},
-    "train": {
-        "steps": 4,
-        "batch_size": 16,
-        "log_every": 2,
-        "sample_every": 0,
-        "checkpoint_every": 2,
-        "warmup_steps": 0,
-        "ema_start": 0,
-        "num_grid_samples": 4,
-        "precision": "fp32",
-    },
-    "sample": {"sampler": "ddpm", "grid_steps": 5},
-}
+# The digits preset shrunk to seconds (benchmarks/fault_injection.py trains it too).
+TINY_DIGITS = yaml.safe_load((Path(__file__).resolve().parent / "fixtures" / "tiny_digits.yaml").read_text())
 
 
 @pytest.fixture
