@@ -9,8 +9,10 @@ import pytest
 import torch
 import yaml
 
+import ddpmkit
 from ddpmkit import Run, UserError
-from ddpmkit.runs.consistency_model import noise_levels, run_consistency_function
+from ddpmkit.runs.consistency_model import TWO_CALL_MID_SIGMA, noise_levels, run_consistency_function
+from ddpmkit.runs.distill import DISTILL_PRESETS, MIN_STEPS, distill_config
 from ddpmkit.train.checkpoint import read_checkpoint
 from helpers import assert_user_error, run_cli, run_cli_out
 
@@ -191,3 +193,14 @@ def test_the_intermediate_levels_are_settable_and_checked(cm_run):
     assert run_sampling_sigmas(levels, 3, [0.3]).shape == (3,)  # another count of calls: the default grid
     with pytest.raises(UserError, match="intermediate levels"):
         run_sampling_sigmas(levels, 2, [5.0])  # above sigma_max
+    long = noise_levels(ddpmkit.GaussianDiffusion(ddpmkit.linear_beta_schedule(1000)))
+    assert run_sampling_sigmas(long, 2).tolist() == [long.sigma_max, TWO_CALL_MID_SIGMA]  # the measured default
+    short = run_sampling_sigmas(levels, 2)  # a short schedule below it: the middle of the Karras grid
+    assert levels.sigma_min < float(short[1]) < levels.sigma_max < TWO_CALL_MID_SIGMA
+
+
+def test_the_tuning_is_a_fifth_of_the_teachers_images_by_default(tiny_run):
+    cfg = distill_config(tiny_run)
+    teacher = 4 * 16  # the tiny run: 4 steps of 16
+    assert cfg.train.steps == max(MIN_STEPS, round(DISTILL_PRESETS["digits"]["share"] * teacher / 128)) == MIN_STEPS
+    assert distill_config(tiny_run, steps=7).train.steps == 7

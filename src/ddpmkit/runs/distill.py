@@ -17,19 +17,22 @@ from ..train.signals import TrainingInterrupted
 from .rundir import RunDir, resolve_checkpoint
 from .training import Trained, train
 
-__all__ = ["DISTILL_PRESETS", "STAGES", "distill_config", "distill", "teacher_cost"]
+__all__ = ["DISTILL_PRESETS", "STAGES", "MIN_STEPS", "distill_config", "distill", "teacher_cost"]
 
 STAGES = 8  # ECT stages over a tuning (t - r halves at each), unless distill.stage_steps is set
 
 # The tuning's train settings per teacher data kind: ECT's (Adam, constant lr, no warm-up) scaled to the data;
-# short tunings average over a few hundred steps (an EMA of 0.999 would still hold much of the teacher).
+# short tunings average over a few hundred steps (an EMA of 0.999 would still hold much of the teacher). Its length
+# is ``share`` of the teacher's training images (steps x batch): 0.2 costs about a quarter of the teacher's CPU
+# time (an ECT step makes two forward passes and one backward), measured in docs/consistency.md.
 DISTILL_PRESETS: dict[str, dict] = {
-    "toy2d": {"steps": 1000, "batch_size": 512, "lr": 5e-4, "ema_decay": 0.995, "sample_every": 500},
-    "digits": {"steps": 2000, "batch_size": 128, "lr": 2e-4, "ema_decay": 0.995, "sample_every": 500},
-    "mnist": {"steps": 8000, "batch_size": 128, "lr": 1e-4, "ema_decay": 0.999, "sample_every": 2000},
-    "folder": {"steps": 20000, "batch_size": 64, "lr": 1e-4, "ema_decay": 0.9999, "sample_every": 5000},
-    "cifar10": {"steps": 100000, "batch_size": 128, "lr": 1e-4, "ema_decay": 0.9999, "sample_every": 10000},
+    "toy2d": {"share": 0.2, "batch_size": 512, "lr": 5e-4, "ema_decay": 0.995, "sample_every": 500},
+    "digits": {"share": 0.2, "batch_size": 128, "lr": 2e-4, "ema_decay": 0.995, "sample_every": 200},
+    "mnist": {"share": 0.2, "batch_size": 64, "lr": 2e-4, "ema_decay": 0.995, "sample_every": 200},
+    "folder": {"share": 0.2, "batch_size": 64, "lr": 1e-4, "ema_decay": 0.999, "sample_every": 2000},
+    "cifar10": {"share": 0.125, "batch_size": 128, "lr": 1e-4, "ema_decay": 0.9999, "sample_every": 10000},
 }
+MIN_STEPS = 2 * STAGES  # a tuning sees every ECT stage for at least two steps
 _TUNING = {"warmup_steps": 0, "lr_schedule": "constant", "ema_start": 0, "ema_every": 1}
 
 
@@ -54,17 +57,20 @@ def distill_config(teacher: str | Path, method: str = "ect", steps: int | None =
         raise UserError(f"{str(teacher)!r} is a consistency model already: distill its teacher {tcfg.distill.teacher}")
     sets = sets or {}
     d = tcfg.to_dict()
-    preset = DISTILL_PRESETS[tcfg.data.kind]
+    preset = dict(DISTILL_PRESETS[tcfg.data.kind])
+    teacher_images = int(ckpt["step"]) * tcfg.train.batch_size
+    share = preset.pop("share")
     d["name"] = f"{tcfg.name}-ect"
     d["train"].update(_TUNING, **preset, checkpoint_every=preset["sample_every"])
-    if steps is not None:
-        d["train"]["steps"] = steps
+    d["train"]["steps"] = (
+        max(MIN_STEPS, round(share * teacher_images / preset["batch_size"])) if steps is None else steps
+    )
     d["sample"].update(guidance=1.0, steps=2)  # tuned without guidance; sampled in two calls by default
     d["distill"] = {
         "method": method,
         "teacher": str(file.resolve()),
         "teacher_step": int(ckpt["step"]),
-        "teacher_images": int(ckpt["step"]) * tcfg.train.batch_size,
+        "teacher_images": teacher_images,
     }
     d = deep_merge(d, sets)
     if "stage_steps" not in sets.get("distill", {}):
