@@ -136,6 +136,20 @@ def test_interpolate_between_seeds_in_its_own_calls(cm_run, tmp_path):
     assert_user_error(*refused, "consistency model", "--seeds")
 
 
+def test_report_and_export_a_consistency_model(cm_run, tmp_path):
+    code, err = run_cli("report", str(cm_run), "--out", str(tmp_path / "r.html"))
+    assert code == 0, err
+    html = (tmp_path / "r.html").read_text()
+    assert "a few jumps, not a trajectory" in html and "1, 2, 4 network calls" in html
+    code, err = run_cli("export", str(cm_run), "--format", "safetensors", "--out", str(tmp_path / "x"))
+    assert code == 0, err
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "x" / "model.safetensors")
+    ema = Run.load(cm_run, device="cpu").model.state_dict()
+    assert all(torch.equal(weights[k], ema[k].contiguous()) for k in weights) and len(weights) == len(ema)
+
+
 def test_the_loaded_consistency_function_keeps_the_boundary_exactly(cm_run):
     run = Run.load(cm_run, device="cpu")
     f = run_consistency_function(run.config, run.model, run.diffusion)

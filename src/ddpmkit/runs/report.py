@@ -24,6 +24,7 @@ import yaml
 
 from ..errors import UserError
 from ..files import write_text
+from ..images import make_grid, save_png, tile_scale, to_uint8
 from ..options import Device
 from ..train.metrics import read_metrics
 from ..version import __version__
@@ -37,6 +38,7 @@ __all__ = ["write_report", "build_report", "record_eval", "MAX_GRIDS", "TRAJECTO
 
 MAX_GRIDS = 12  # sample grids shown, evenly chosen over training (the first and last always)
 TRAJECTORY_CALLS = 50  # at most this many network calls for the trajectory strip
+CONSISTENCY_CALLS = (1, 2, 4)  # a consistency model's rows in place of the trajectory
 
 _CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 60em; padding: 0 1em; color: #222; }
@@ -188,6 +190,8 @@ def _trajectory(run_dir: Path, device: Device) -> str:
     run = Run.load(run_dir, device=device)
     if not run.is_image:
         return '<p class="note">this run models 2-D points: no images to follow</p>'
+    if run.config.distill is not None:
+        return _consistency_calls(run)
     sc = run.config.sample
     calls = default_steps(sc.sampler, sc) or run.diffusion.num_timesteps
     samples = run.sample(4, steps=min(calls, TRAJECTORY_CALLS), seed=0, trajectory=True)
@@ -199,6 +203,19 @@ def _trajectory(run_dir: Path, device: Device) -> str:
         f"<p>4 samples (seeds 0-3), {escape(samples.sampler)} with {samples.steps} network calls, EMA "
         f"weights of step {run.step}. Per sample: x_t (upper row) and the predicted x0 (lower row) at t = "
         f"{steps}.</p>\n{_png(data, 'trajectory strip')}"
+    )
+
+
+def _consistency_calls(run: Run) -> str:
+    """A consistency model has no trajectory: its samples of seeds 0-3 at 1, 2 and 4 calls, a row each."""
+    rows = [to_uint8(run.sample(4, steps=calls, seed=0).x) for calls in CONSISTENCY_CALLS]
+    grid = make_grid(numpy.concatenate(rows), nrow=4, padding=2, scale=tile_scale(rows[0].shape[2]))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = save_png(Path(tmp) / "calls.png", grid).read_bytes()
+    return (
+        f"<p>A consistency model makes a few jumps, not a trajectory: 4 samples (seeds 0-3) at "
+        f"{', '.join(map(str, CONSISTENCY_CALLS))} network calls (a row each), EMA weights of step {run.step}.</p>\n"
+        f"{_png(data, 'samples at 1, 2 and 4 calls')}"
     )
 
 
