@@ -83,6 +83,19 @@ def sample_args(run, *extra) -> list[str]:
     return ["sample", str(run), "--no-progress", *map(str, extra)]
 
 
+# a few-step ECT tuning of a tiny teacher: small batch, a log line, checkpoint and grid every 2 steps, stages of 2
+DISTILL_TINY = [
+    *("--set", "train.batch_size=8", "--set", "train.log_every=2", "--set", "train.checkpoint_every=2"),
+    *("--set", "train.sample_every=2", "--set", "train.num_grid_samples=4", "--set", "distill.stage_steps=2"),
+    "--no-progress",
+]
+
+
+def distill_args(teacher, out, *extra) -> list[str]:
+    """``ddpmkit distill TEACHER --method ect --out OUT`` with the tiny settings, then ``extra``."""
+    return ["distill", str(teacher), "--method", "ect", "--out", str(out), *DISTILL_TINY, *map(str, extra)]
+
+
 def assert_user_error(code, err, *words):
     lines = [l for l in err.strip().splitlines() if l.strip()]
     assert code == 2, err

@@ -14,29 +14,13 @@ from ddpmkit import Run, UserError
 from ddpmkit.runs.consistency_model import TWO_CALL_MID_SIGMA, noise_levels, run_consistency_function
 from ddpmkit.runs.distill import DISTILL_PRESETS, MIN_STEPS, distill_config
 from ddpmkit.train.checkpoint import read_checkpoint
-from helpers import assert_user_error, run_cli, run_cli_out
+from helpers import assert_user_error, distill_args, run_cli, run_cli_out
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = [
-    "--set",
-    "train.batch_size=8",
-    "--set",
-    "train.log_every=2",
-    "--set",
-    "train.checkpoint_every=2",
-    "--set",
-    "train.sample_every=2",
-    "--set",
-    "train.num_grid_samples=4",
-    "--set",
-    "distill.stage_steps=2",
-    "--no-progress",
-]
-
 
 def distill(teacher, out, *extra):
-    return run_cli("distill", str(teacher), "--method", "ect", "--out", str(out), *TINY, *extra)
+    return run_cli(*distill_args(teacher, out, *extra))
 
 
 @pytest.fixture(scope="module")
