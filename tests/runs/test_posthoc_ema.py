@@ -4,6 +4,7 @@ and the one-line refusals."""
 
 import copy
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import yaml
 from ddpmkit.config import config_yaml, load_config
 from ddpmkit.power_ema import gamma_from_sigma_rel
 from ddpmkit.runs import Run
+from ddpmkit.runs.posthoc_ema import sweep
+from ddpmkit.runs.report import build_report
 from helpers import assert_user_error, run_cli, run_cli_out
 
 STEPS, EVERY = 8, 2  # 4 snapshots of 2 widths: 8 profiles to fit a third width from
@@ -134,6 +137,32 @@ def test_sweep_prints_and_keeps_its_table(power_run, tmp_path):
     assert [r["sigma_rel"] for r in table["rows"]] == [0.05, 0.10] and table["ranked_by"] == "bpd"
     assert table["best_sigma_rel"] == min(table["rows"], key=lambda r: r["bpd"])["sigma_rel"]
     assert all(r["fit_error"] < 1e-6 for r in table["rows"])  # stored widths, read at the last snapshot
+
+
+def _sweep_part(html, metric):
+    """The report's post-hoc EMA part for ``metric`` (empty when the section or the metric is missing)."""
+    start = html.find('<section id="posthoc-ema">')
+    section = "" if start < 0 else html[start : html.index("</section>", start)]
+    at = section.find(f"<h3>{metric}</h3>")
+    return "" if at < 0 else section[at:].split("<h3>")[1]
+
+
+def test_report_draws_each_sweep_with_its_best_width(power_run, tmp_path):
+    run = Path(shutil.copytree(power_run, tmp_path / "run"))
+    assert '<section id="posthoc-ema">' not in build_report(run, trajectory=False, device="cpu")  # no sweep yet
+    bpd = sweep(run, [0.05, 0.075, 0.10], "bpd", num=4, device="cpu")
+    # a table of the same layout whose best width is the highest score, inside the range
+    scores = [(0.05, 0.5), (0.075, 0.9), (0.10, 0.7)]
+    digits = {**bpd, "metric": "digits", "ranked_by": "accuracy", "higher_is_better": True, "best_sigma_rel": 0.075}
+    digits["rows"] = [{"sigma_rel": s, "accuracy": a, "fit_error": 0.0} for s, a in scores]
+    (run / "ema_snapshots" / "sweep-digits.json").write_text(json.dumps(digits))
+    html = build_report(run, trajectory=False, device="cpu")
+    for table in (bpd, digits):
+        key, part = table["ranked_by"], _sweep_part(html, table["metric"])
+        best = (max if table["higher_is_better"] else min)(table["rows"], key=lambda r: r[key])["sigma_rel"]
+        assert re.findall(r"<tr><td>([0-9.]+)</td>(?:<td>[^<]*</td>){2}<td>best</td></tr>", part) == [f"{best:.4f}"]
+        assert re.findall(r'<circle class="point"[^>]*><title>([^<]*)</title>', part) == [f"best sigma_rel {best:.4f}"]
+        assert f"--sigma-rel {best:g}</code>" in part and ">sigma_rel</text>" in part and ">0.08</text>" in part
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,7 @@ def _grid_lines(
     log_y: bool,
     sx: Callable[[float], float],
     sy: Callable[[float], float],
+    x_min_step: float = 1.0,
 ) -> list[str]:
     """The ticks of both axes: a light grid line and a label each."""
     lines = []
@@ -79,7 +80,7 @@ def _grid_lines(
             f'<line x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e4e4"/>'
             f'<text x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_label(t)}</text>'
         )
-    for t in nice_ticks(x0, x1, min_step=1):  # steps are whole numbers: no tick at step 3.5
+    for t in nice_ticks(x0, x1, min_step=x_min_step):  # steps are whole numbers: no tick at step 3.5
         x = sx(t)
         lines.append(
             f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{_TOP}" y2="{_H - _BOTTOM}" stroke="#e4e4e4"/>'
@@ -96,6 +97,7 @@ def line_chart(
     x_label: str = "step",
     y_label: str = "",
     title: str = "",
+    x_min_step: float = 1.0,  # the x ticks' least spacing: 1 for steps, 0 for a fractional x such as a width
 ) -> str:
     """An <svg> element: ``series`` is (name, ys, colour, stroke width); non-positive ys are dropped on a log axis."""
     points = [
@@ -116,7 +118,7 @@ def line_chart(
         f'<rect x="{_LEFT}" y="{_TOP}" width="{_W - _LEFT - _RIGHT}" height="{_H - _TOP - _BOTTOM}" '
         'fill="#fff" stroke="#999"/>',
     ]
-    parts += _grid_lines(x0, x1, y0, y1, log_y, sx, sy)
+    parts += _grid_lines(x0, x1, y0, y1, log_y, sx, sy, x_min_step)
     parts.append(f'<text x="{(_LEFT + _W - _RIGHT) / 2}" y="{_H - 6}" text-anchor="middle">{escape(x_label)}</text>')
     parts.append(
         f'<text x="14" y="{(_TOP + _H - _BOTTOM) / 2}" text-anchor="middle" '

@@ -4,7 +4,9 @@ The page has these parts, each a ``<section>`` with a fixed id: ``summary``, ``l
 and learning-rate curves as inline SVG), ``samples`` (the grids the trainer drew during training),
 ``trajectory`` (x_t and the predicted x0 along the reverse process of 4 new samples: seeds 0-3, the
 run's sampler, at most 50 network calls), ``evaluation`` (every ``RUN/eval/*.json``: ``ddpmkit eval RUN``
-records each result there, see :func:`record_eval`), ``config`` (``config.yaml``) and ``environment``.
+records each result there, see :func:`record_eval`), ``posthoc-ema`` (only where ``ddpmkit ema RUN --sweep``
+kept a table in RUN/ema_snapshots: each metric's score against sigma_rel, the best width marked), ``config``
+(``config.yaml``) and ``environment``.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def build_report(run_dir: Path, *, trajectory: bool = True, device: Device = "au
             _trajectory(run_dir, device) if trajectory else '<p class="note">not drawn (--no-trajectory)</p>',
         ),
         _section("evaluation", "Evaluation", _evaluation(run_dir)),
+        *_posthoc_ema(run_dir),
         _section("config", "Config", f"<pre>{escape(config_text)}</pre>"),
         _section("environment", "Environment", _table(_environment(device))),
     ]
@@ -257,6 +260,46 @@ def _evaluation(run_dir: Path) -> str:
         }
         parts.append(f"<h3>{escape(f.name)}</h3>{_table(shown)}")
     return "\n".join(parts)
+
+
+def _posthoc_ema(run_dir: Path) -> list[str]:
+    """The section of the run's EMA width sweeps (RUN/ema_snapshots/sweep-*.json); none without a sweep."""
+    files = sorted(RunDir(run_dir).ema_snapshots.glob("sweep-*.json"))
+    if not files:
+        return []
+    return [_section("posthoc-ema", "Post-hoc EMA", "\n".join(_sweep(f) for f in files))]
+
+
+def _sweep(path: Path) -> str:
+    """One sweep's score against sigma_rel (the best width marked and named) and its rows."""
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+        key, best, rows = table["ranked_by"], float(table["best_sigma_rel"]), table["rows"]
+        xs, ys = [float(r["sigma_rel"]) for r in rows], [float(r[key]) for r in rows]
+        fits = [f"{float(r['fit_error']):.2g}" for r in rows]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        return f'<h3>{escape(path.name)}</h3><p class="note">not a sweep table: {escape(str(e))}</p>'
+    named = f"best sigma_rel {best:.4f}"  # as `ddpmkit ema --sweep` names it
+    order = "higher" if table.get("higher_is_better") else "lower"
+    chart = line_chart(
+        xs,
+        [(key, ys, "#08519c", 2), (named, [y if x == best else None for x, y in zip(xs, ys)], "#d94801", 2)],
+        x_label="sigma_rel",
+        x_min_step=0,
+        y_label=f"{key} ({order} is better)",
+        title=f"{key} against the EMA width",
+    )
+    head = f"<tr><th>sigma_rel</th><th>{escape(key)}</th><th>fit error</th><th></th></tr>"
+    cells = "".join(
+        f"<tr><td>{x:.4f}</td><td>{y:.5g}</td><td>{fit}</td><td>{'best' if x == best else ''}</td></tr>"
+        for x, y, fit in zip(xs, ys, fits)
+    )
+    return (
+        f"<h3>{escape(str(table.get('metric', key)))}</h3>\n<p>{escape(key)} of each width rebuilt at step "
+        f"{escape(str(table.get('step')))} (num {escape(str(table.get('num')))}, seed {escape(str(table.get('seed')))}"
+        f"); {escape(named)}: <code>ddpmkit ema RUN --sigma-rel {best:g}</code> writes its run.</p>\n"
+        f"{chart}\n<table>{head}{cells}</table>"
+    )
 
 
 def _environment(device: str) -> dict:
