@@ -191,6 +191,21 @@ def test_features_grayscale_layout_and_autocast(standin, digits):
     assert not np.array_equal(f, standin.features(gray, resize="clean-fid"))
 
 
+def test_features_go_through_the_network_a_bounded_batch_at_a_time(standin, digits, monkeypatch):
+    sizes = []
+    resize = inception.resize_images
+
+    def counted(batch, *args, **kwargs):
+        sizes.append(len(batch))  # never all images upsampled to 299x299 at once
+        return resize(batch, *args, **kwargs)
+
+    monkeypatch.setattr(inception, "resize_images", counted)
+    f = standin.features(digits[:25])
+    assert sizes == [10, 10, 5] and inception.FEATURE_BATCH == 10
+    for size in (1, 25):  # the same features at any batch size (up to the stand-in's float32 matmul blocking)
+        assert np.allclose(f, standin.features(digits[:25], batch_size=size), rtol=1e-5, atol=1e-6)
+
+
 def test_fid_of_a_set_with_itself_is_zero(standin, digits):
     ref = quality.reference_stats(digits[:200], extractor=standin)
     out = quality.score(digits[:200], ref, extractor=standin)
