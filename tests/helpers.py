@@ -87,6 +87,7 @@ def sample_args(run, *extra) -> list[str]:
 DISTILL_TINY = [
     *("--set", "train.batch_size=8", "--set", "train.log_every=2", "--set", "train.checkpoint_every=2"),
     *("--set", "train.sample_every=2", "--set", "train.num_grid_samples=4", "--set", "distill.stage_steps=2"),
+    *("--set", "train.ema_decay=0.5"),
     "--no-progress",
 ]
 

@@ -274,7 +274,8 @@ def prepare(
 
 def fit_schedules(cfg: ExperimentConfig, note: Callable[[str], None]) -> ExperimentConfig:
     """A fresh run whose warm-up or EMA start exceed its steps (a preset's, on a short run) has them scaled to a
-    tenth of the run, with a note: otherwise it never reaches its learning rate and learns nothing."""
+    tenth of the run, and a fixed EMA longer than what follows its start is shortened to half of that, with a
+    note each: otherwise it never reaches its learning rate, or samples from weights that are mostly the start's."""
     tc = cfg.train
     fitted = {key: tc.steps // 10 for key in ("warmup_steps", "ema_start") if getattr(tc, key) > tc.steps}
     if fitted:
@@ -284,8 +285,16 @@ def fit_schedules(cfg: ExperimentConfig, note: Callable[[str], None]) -> Experim
             f"note: {was} exceed the run's {tc.steps} steps: scaled to {now} (a tenth of the run; set them "
             f"with --set to choose)"
         )
-        cfg = experiment_from_dict(deep_merge(cfg.to_dict(), {"train": fitted}))
-    return cfg
+    averaged = tc.steps - fitted.get("ema_start", tc.ema_start)
+    if tc.ema_kind == "fixed" and tc.ema_decay > 0 and 1 / (1 - tc.ema_decay) > averaged:  # about 1 / (1 - d) steps
+        horizon = averaged // 2
+        fitted["ema_decay"] = round(1 - 1 / horizon, 4) if horizon > 1 else 0.0
+        note(
+            f"note: train.ema_decay {tc.ema_decay} averages over about {1 / (1 - tc.ema_decay):.0f} steps, more than "
+            f"the {averaged} after its start: shortened to {fitted['ema_decay']}, about half of them (set it with "
+            f"--set to choose)"
+        )
+    return experiment_from_dict(deep_merge(cfg.to_dict(), {"train": fitted})) if fitted else cfg
 
 
 def _readable_checkpoint(run_dir: Path, note: Callable[[str], None] | None) -> dict:
