@@ -277,7 +277,9 @@ def fit_schedules(cfg: ExperimentConfig, note: Callable[[str], None]) -> Experim
     tenth of the run, and a fixed EMA longer than what follows its start is shortened to half of that, with a
     note each: otherwise it never reaches its learning rate, or samples from weights that are mostly the start's."""
     tc = cfg.train
-    fitted = {key: tc.steps // 10 for key in ("warmup_steps", "ema_start") if getattr(tc, key) > tc.steps}
+    fitted: dict[str, float] = {
+        key: tc.steps // 10 for key in ("warmup_steps", "ema_start") if getattr(tc, key) > tc.steps
+    }
     if fitted:
         was = " and ".join(f"train.{key} {getattr(tc, key)}" for key in fitted)
         now = " and ".join(str(value) for value in fitted.values())
@@ -285,7 +287,7 @@ def fit_schedules(cfg: ExperimentConfig, note: Callable[[str], None]) -> Experim
             f"note: {was} exceed the run's {tc.steps} steps: scaled to {now} (a tenth of the run; set them "
             f"with --set to choose)"
         )
-    averaged = tc.steps - fitted.get("ema_start", tc.ema_start)
+    averaged = tc.steps - int(fitted.get("ema_start", tc.ema_start))
     if tc.ema_kind == "fixed" and tc.ema_decay > 0 and 1 / (1 - tc.ema_decay) > averaged:  # about 1 / (1 - d) steps
         horizon = averaged // 2
         fitted["ema_decay"] = round(1 - 1 / horizon, 4) if horizon > 1 else 0.0
