@@ -274,7 +274,7 @@ def prepare(
 
 def fit_schedules(cfg: ExperimentConfig, note: Callable[[str], None]) -> ExperimentConfig:
     """A fresh run whose warm-up or EMA start exceed its steps (a preset's, on a short run) has them scaled to a
-    tenth of the run, and a fixed EMA longer than what follows its start is shortened to half of that, with a
+    tenth of the run, and a fixed EMA longer than what follows its start is shortened to a tenth of that, with a
     note each: otherwise it never reaches its learning rate, or samples from weights that are mostly the start's."""
     tc = cfg.train
     fitted: dict[str, float] = {
@@ -289,12 +289,12 @@ def fit_schedules(cfg: ExperimentConfig, note: Callable[[str], None]) -> Experim
         )
     averaged = tc.steps - int(fitted.get("ema_start", tc.ema_start))
     if tc.ema_kind == "fixed" and tc.ema_decay > 0 and 1 / (1 - tc.ema_decay) > averaged:  # about 1 / (1 - d) steps
-        horizon = averaged // 2
+        horizon = averaged // 10  # EDM2's sigma_rel 0.1 is about a tenth; half kept a 200-step run's start
         fitted["ema_decay"] = round(1 - 1 / horizon, 4) if horizon > 1 else 0.0
         note(
             f"note: train.ema_decay {tc.ema_decay} averages over about {1 / (1 - tc.ema_decay):.0f} steps, more than "
-            f"the {averaged} after its start: shortened to {fitted['ema_decay']}, about half of them (set it with "
-            f"--set to choose)"
+            f"the {averaged} after its start: shortened to {fitted['ema_decay']}, about a tenth of them (set it "
+            f"with --set to choose)"
         )
     return experiment_from_dict(deep_merge(cfg.to_dict(), {"train": fitted})) if fitted else cfg
 
