@@ -18,8 +18,8 @@ What it does (every stage caches its result in --work, so a rerun continues wher
    precision/recall (k = 3) against ``--num`` random test images; the floor is ``--num`` random training
    images. Inception features are cached per set.
 
-It writes WORK/result.json, prints the table and saves a 10x10 grid of each set's first 100 samples
-(one class per column) as docs/consistency_mnist_<set>.png.
+It writes WORK/result.json, prints the table and saves a 10x10 grid of the first 100 samples (one class
+per column) of the teacher at 50 and 2 calls and the tuned model at 1 and 2 as docs/consistency_mnist_<set>.png.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ SETS: dict[str, tuple[str, dict]] = {
     "cm_2": ("cm", {"steps": 2}),
     "cm_4": ("cm", {"steps": 4}),
 }
+
+
+PICTURED = ("teacher_50", "teacher_2", "cm_1", "cm_2")  # the sets docs/consistency.md shows
 
 
 def _children_cpu_s() -> float:
@@ -176,7 +179,7 @@ def pictures(work: Path, docs: Path) -> None:
     """A 10x10 grid of each set's first 100 samples (one class per column)."""
     from ddpmkit.images import load_npz, make_grid, save_png
 
-    for name in SETS:
+    for name in PICTURED:
         images = load_npz(work / f"samples_{name}.npz")[0][:100]
         save_png(docs / f"consistency_mnist_{name}.png", make_grid(images, nrow=10, padding=2, scale=2))
 

@@ -28,7 +28,7 @@ STAGES = 8  # ECT stages over a tuning (t - r halves at each), unless distill.st
 DISTILL_PRESETS: dict[str, dict] = {
     "toy2d": {"share": 0.2, "batch_size": 512, "lr": 5e-4, "ema_decay": 0.995, "sample_every": 500},
     "digits": {"share": 0.2, "batch_size": 128, "lr": 2e-4, "ema_decay": 0.995, "sample_every": 200},
-    "mnist": {"share": 0.2, "batch_size": 64, "lr": 2e-4, "ema_decay": 0.995, "sample_every": 200},
+    "mnist": {"share": 0.2, "batch_size": 64, "lr": 2e-4, "ema_decay": 0.99, "sample_every": 200},
     "folder": {"share": 0.2, "batch_size": 64, "lr": 1e-4, "ema_decay": 0.999, "sample_every": 2000},
     "cifar10": {"share": 0.125, "batch_size": 128, "lr": 1e-4, "ema_decay": 0.9999, "sample_every": 10000},
 }
