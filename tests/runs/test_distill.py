@@ -134,6 +134,18 @@ def test_report_and_export_a_consistency_model(cm_run, tmp_path):
     assert all(torch.equal(weights[k], ema[k].contiguous()) for k in weights) and len(weights) == len(ema)
 
 
+def test_eval_scores_a_consistency_models_samples(cm_run, tmp_path):
+    from helpers import StandIn
+
+    net = tmp_path / "standin.pt"
+    torch.jit.save(torch.jit.script(StandIn()), str(net))
+    args = ["--metric", "fid", "kid", "--num", "20", "--steps", "1", "--inception", str(net), "--no-progress"]
+    code, err = run_cli("eval", str(cm_run), *args, "--out", str(tmp_path / "r.json"))
+    assert code == 0, err
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert np.isfinite(result["fid"]) and result["fid"] > 0 and np.isfinite(result["kid"])
+
+
 def test_the_loaded_consistency_function_keeps_the_boundary_exactly(cm_run):
     run = Run.load(cm_run, device="cpu")
     f = run_consistency_function(run.config, run.model, run.diffusion)
