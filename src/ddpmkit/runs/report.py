@@ -29,6 +29,7 @@ from ..files import write_text
 from ..images import make_grid, save_png, tile_scale, to_uint8
 from ..options import Device
 from ..train.metrics import read_metrics
+from ..train.runtime import cpu_threads
 from ..version import __version__
 from .charts import line_chart, smooth
 from .outputs import check_output, write_trajectory
@@ -304,7 +305,7 @@ def _sweep(path: Path) -> str:
 
 def _environment(device: str) -> dict:
     cuda = torch.cuda.is_available() and device != "cpu"
-    where = f"cuda ({torch.cuda.get_device_name(0)})" if cuda else f"cpu ({torch.get_num_threads()} threads)"
+    where = f"cuda ({torch.cuda.get_device_name(0)})" if cuda else f"cpu ({cpu_threads()})"
     return {
         "ddpmkit": __version__,
         "torch": torch.__version__,

@@ -22,7 +22,14 @@ __all__ = [
     "autocast_context",
     "use_deterministic_algorithms",
     "keep_freed_memory",
+    "cpu_threads",
 ]
+
+
+def cpu_threads() -> str:
+    """How many threads torch computes on, as a message says it: "1 thread", "2 threads"."""
+    n = torch.get_num_threads()
+    return f"{n} thread" + ("" if n == 1 else "s")
 
 
 def compute_device(prefer: str = "auto", local_rank: int | None = None) -> torch.device:

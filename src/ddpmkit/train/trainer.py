@@ -26,7 +26,7 @@ from .checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from .distributed import DistInfo, all_reduce_mean_, barrier, per_rank_batch_size, wrap_ddp
 from .loggers import RunLoggers
 from .objective import Objective
-from .runtime import autocast_context, autocast_dtype
+from .runtime import autocast_context, autocast_dtype, cpu_threads
 from .signals import StopSignals, TrainingInterrupted
 
 __all__ = ["Trainer", "RunFiles", "make_optimizer", "lr_at"]
@@ -147,7 +147,7 @@ class Trainer:
             batch += f" over {self.dist.world_size} processes"
         if tc.microbatch is not None and tc.microbatch < per_rank_batch_size(tc.batch_size, self.dist):
             batch += f" in chunks of {tc.microbatch}"
-        where = f"{self.device}" + (f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else "")
+        where = f"{self.device}" + (f" ({cpu_threads()})" if self.device.type == "cpu" else "")
         precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + loss scaling"}
         extras = [
             x
