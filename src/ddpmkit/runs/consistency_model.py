@@ -147,7 +147,14 @@ def sample_consistency(
 
 
 def edit_consistency(
-    cfg: ExperimentConfig, model: nn.Module, diffusion, x0: Tensor, strength: float, calls: int, y, gen
+    cfg: ExperimentConfig,
+    model: nn.Module,
+    diffusion: GaussianDiffusion,
+    x0: Tensor,
+    strength: float,
+    calls: int,
+    y: Tensor | None,
+    gen: Generator,
 ) -> tuple[Tensor, int]:
     """SDEdit of images ``x0`` at ``strength`` in ``calls`` consistency calls (labels ``y``, generators ``gen``): the
     edits and the calls made (0 when the strength rounds to no noise: the images come back unchanged)."""

@@ -169,6 +169,11 @@ def _steps(run: Run, sampler: str, steps: int | None) -> int | None:
     )
 
 
+def _calls(run: Run, steps: int | None) -> int | None:
+    """A consistency model's calls: ``steps``, else its sample.steps."""
+    return run.config.sample.steps if steps is None else steps
+
+
 def _batches(run: Run, inputs: Tensor, num: int, y: Tensor | None, seed: int, batch_size: int, precision):
     """(inputs, labels, generators) per batch over the input-major list of num copies of each input."""
     device = run.device
@@ -268,7 +273,7 @@ def edit(
     _common(num, seed, batch_size, len(images))
     if is_consistency(run.config):
         calls = check_consistency_options(
-            run.config.sample.steps if steps is None else steps,
+            _calls(run, steps),
             sampler=sampler,
             eta=eta,
             spacing=spacing,
@@ -343,7 +348,7 @@ def interpolate(
                 "a consistency model cannot invert images to their noises (no DDIM chain): interpolate between "
                 "--seeds, or between images with its teacher run"
             )
-        calls = check_consistency_options(run.config.sample.steps if steps is None else steps, spacing=spacing)
+        calls = check_consistency_options(_calls(run, steps), spacing=spacing, guidance=guidance)
     else:
         steps = _steps(run, "ddim", steps)
     if seeds is not None:
@@ -358,13 +363,13 @@ def interpolate(
         raise UserError(f"interpolation takes one label, got {labels!r}")
     y, w = _conditioning(run, labels, 2, guidance)
     if is_consistency(run.config):
-        return _interpolate_consistency(run, seeds or [], frames, calls, y, w, precision)
+        return _interpolate_consistency(run, seeds or [], frames, calls, y, precision)
     opts = SamplingOptions("ddim", steps, spacing, guidance=w)
-    device, shape = run.device, run.sample_shape
+    device = run.device
     ends_y = None if y is None else y.to(device)
     with autocast_context(device, autocast_dtype(precision or "auto", device)):
         if seeds is not None:
-            ends = torch.cat([randn((1, *shape), torch.Generator(device=device).manual_seed(s), device) for s in seeds])
+            ends = _seed_noises(run, seeds)
         else:
             assert images is not None  # seeds or images, checked above
             ends = run.diffusion.invert(run.model, images.to(device), y=ends_y, options=opts)
@@ -380,14 +385,19 @@ def interpolate(
     )
 
 
+def _seed_noises(run: Run, seeds: Sequence[int]) -> Tensor:
+    """The x_T that ``Run.sample`` draws first for each seed, stacked: the ends an interpolation slerps between."""
+    gens = (torch.Generator(device=run.device).manual_seed(s) for s in seeds)
+    return torch.cat([randn((1, *run.sample_shape), g, run.device) for g in gens])
+
+
 def _interpolate_consistency(
-    run: Run, seeds: Sequence[int], frames: int, calls: int, y: Tensor | None, guidance: float, precision
+    run: Run, seeds: Sequence[int], frames: int, calls: int, y: Tensor | None, precision
 ) -> Edited:
     """Frames of slerp between two seeds' noises, each decoded in ``calls`` jumps re-noised alike (the first seed's
     generator for every frame), so the strip changes only with the noise it interpolates."""
-    check_consistency_options(calls, guidance=guidance)
-    device, shape = run.device, run.sample_shape
-    ends = torch.cat([randn((1, *shape), torch.Generator(device=device).manual_seed(s), device) for s in seeds])
+    device = run.device
+    ends = _seed_noises(run, seeds)
     z = slerp_frames(ends[:1], ends[1:], frames)
     yf = None if y is None else y[:1].expand(frames).to(device)
     gens = [torch.Generator(device=device).manual_seed(seeds[0]) for _ in range(frames)]
