@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from ddpmkit.config import config_yaml, load_config
+from ddpmkit.eval.quality import reference_stats
 from ddpmkit.power_ema import gamma_from_sigma_rel
 from ddpmkit.runs import Run
 from ddpmkit.runs.posthoc_ema import sweep
@@ -186,3 +187,29 @@ def test_a_run_without_snapshots_is_refused(tmp_path):
     run = _train(tmp_path, "fixed", {"steps": 2})
     code, err = run_cli("ema", run, "--sigma-rel", "0.07", "--out", tmp_path / "x")
     assert_user_error(code, err, "no power EMA snapshots")
+
+
+def test_fid_sweep_reads_its_reference_once_and_scores_as_eval_does(power_run, tmp_path, monkeypatch):
+    import ddpmkit.runs.posthoc_ema as posthoc
+    from ddpmkit.runs.quality import evaluate_quality
+    from helpers import StandIn
+
+    net = tmp_path / "standin.pt"
+    torch.jit.save(torch.jit.script(StandIn()), str(net))
+    run = Path(shutil.copytree(power_run, tmp_path / "run"))
+    computed = []
+    monkeypatch.setattr(posthoc, "reference_stats", lambda *a, **k: computed.append(1) or reference_stats(*a, **k))
+    args = ["--sweep", "0.05:0.10:2", "--metric", "fid", "--num", 8, "--steps", 2, "--inception", net]
+    code, out = run_cli_out("ema", run, *args, "--no-progress")
+    assert code == 0, out
+    table = json.loads((run / "ema_snapshots" / "sweep-fid.json").read_text())
+    assert computed == [1] and table["ref"] == "test" and table["steps"] == 2  # one reference for both widths
+    direct = Run.load(run, device="cpu")  # its EMA is the first stored width, 0.05
+    found = [
+        evaluate_quality(
+            direct, ["fid"], "test", num=8, sample_options={"seed": 0, "steps": k}, network=str(net), allow_unknown=True
+        )["fid"]
+        for k in (2, 3)
+    ]
+    assert table["rows"][0]["fid"] == pytest.approx(found[0], rel=1e-6)
+    assert table["rows"][0]["fid"] != pytest.approx(found[1], rel=1e-3)  # the sweep drew its samples in 2 calls

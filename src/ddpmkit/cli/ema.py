@@ -7,7 +7,7 @@ import argparse
 
 from ..errors import UserError
 from ..options import Device, EMASweepMetric, choices
-from .flags import add_described_command
+from .flags import add_described_command, add_flags
 
 __all__ = ["add_parser", "cmd_ema"]
 
@@ -39,6 +39,13 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--num", type=int, help="samples (digits, fid) or test images (bpd) per width")
     p.add_argument("--seed", type=int, default=0, help="seeds the samples scored (default: 0)")
+    p.add_argument("--steps", type=int, help="--sweep: network calls per sample (default: the run's sample.steps)")
+    p.add_argument(
+        "--ref",
+        default="test",
+        help="--metric fid: train, test, a folder of images or a stats .npz from `ddpmkit stats` (default: test)",
+    )
+    add_flags(p, "inception")
     p.add_argument("--keep-best", action="store_true", help="--sweep: also write the best width's run (see --out)")
     p.add_argument("--out", help="run directory to write (default: RUN-ema<S>)")
     p.add_argument("--force", action="store_true", help="overwrite the checkpoints of an existing --out")
@@ -67,7 +74,17 @@ def cmd_ema(args: argparse.Namespace) -> int:
 
     progress = not args.no_progress
     table = sweep(
-        args.run, widths, args.metric, num=args.num, seed=args.seed, device=args.device, progress=progress, tell=row
+        args.run,
+        widths,
+        args.metric,
+        num=args.num,
+        seed=args.seed,
+        device=args.device,
+        progress=progress,
+        ref=args.ref,
+        steps=args.steps,
+        network=args.inception,
+        tell=row,
     )
     best = table["best_sigma_rel"]
     print(f"best sigma_rel {best:.4f} by {table['ranked_by']} (table kept in {args.run}/ema_snapshots)")

@@ -16,6 +16,8 @@ import torch
 from ..config import config_from_checkpoint
 from ..errors import UserError
 from ..eval.digits import evaluate_digit_samples
+from ..eval.inception import InceptionFeatures
+from ..eval.quality import load_stats, reference_stats
 from ..files import write_text
 from ..images import to_uint8
 from ..options import Device, EMASweepMetric, choices
@@ -29,7 +31,7 @@ from ..power_ema import (
 from ..train.averages import SNAPSHOT_FORMAT
 from ..train.checkpoint import save_checkpoint
 from .build import build_model
-from .quality import evaluate_quality
+from .quality import evaluate_quality, reference_images
 from .run import Run
 from .rundir import RunDir, load_checkpoint
 
@@ -139,43 +141,71 @@ def sweep(
     seed: int = 0,
     device: Device = "auto",
     progress: bool = False,
+    ref: str = "test",
+    steps: int | None = None,
+    network: str | Path | None = None,
     tell: Callable[[dict], None] | None = None,  # hears each row as it is scored
 ) -> dict[str, Any]:
     """Score the width of each of ``widths`` rebuilt from the run's snapshots with ``metric``; the table (kept in
-    RUN/ema_snapshots/sweep-<metric>.json) and the best width."""
+    RUN/ema_snapshots/sweep-<metric>.json) and the best width. Samples are drawn with the run's sampler in ``steps``
+    calls (None: its own); FID compares with ``ref`` (as ``eval --ref``), read or computed once for all widths, with
+    the Inception ``network`` (None: the installed wheel's; another file is accepted unchecked, as ``--inception``)."""
     if metric not in SWEEP_METRICS:
         raise UserError(f"--metric must be one of {', '.join(SWEEP_METRICS)}, got {metric!r}")
     snapshots = read_snapshots(run_dir)
     run = Run.load(run_dir, device=device)
     if metric == "digits" and run.config.data.kind != "digits":
         raise UserError(f"--metric digits judges 8x8 digits; this run trained on {run.config.data.kind}")
+    fid = _FIDReference(run, ref, network, progress) if metric == "fid" else None
     copied = _buffers(run.model)
     key, higher = _RANKED_BY[metric]
     rows = []
     for s in widths:
         rebuilt = rebuild(snapshots, s, copied)
         run.model.load_state_dict(rebuilt.state)
-        row = {"sigma_rel": s, key: _score(run, metric, num, seed, progress), "fit_error": rebuilt.fit_error}
+        row = {
+            "sigma_rel": s,
+            key: _score(run, metric, num, {"seed": seed, "steps": steps}, progress, fid),
+            "fit_error": rebuilt.fit_error,
+        }
         rows.append(row)
         if tell is not None:
             tell(row)
     best = (max if higher else min)(rows, key=lambda r: r[key])
     table = {"metric": metric, "ranked_by": key, "higher_is_better": higher, "num": num, "seed": seed}
+    table.update({"ref": ref} if metric == "fid" else {})
+    table.update({"steps": steps} if steps is not None and metric != "bpd" else {})
     table.update({"step": int(snapshots[-1]["step"]), "rows": rows, "best_sigma_rel": best["sigma_rel"]})
     write_text(RunDir(run_dir).ema_sweep(metric), json.dumps(table, indent=2) + "\n")
     return table
 
 
-def _score(run: Run, metric: str, num: int | None, seed: int, progress: bool) -> float:
+class _FIDReference:
+    """The Inception network and the reference statistics of a FID sweep, loaded or computed once: the test
+    split's 10,000 MNIST images take minutes on a CPU, each width's 1,000 samples much less."""
+
+    def __init__(self, run: Run, ref: str, network: str | Path | None, progress: bool):
+        self.net = InceptionFeatures(network, allow_unknown=network is not None)
+        c, h = run.sample_shape[0], run.sample_shape[1]
+        found = reference_images(ref, run, h, c)
+        if isinstance(found, Path):
+            self.stats = load_stats(found)
+        else:
+            self.stats = reference_stats(found, extractor=self.net, progress=progress)
+
+
+def _score(run: Run, metric: str, num: int | None, drawn: dict, progress: bool, fid: _FIDReference | None) -> float:
     """The score ``metric`` gives the run's current weights: the digits judge's class accuracy on ``num``
-    (default 500) samples, FID of ``num`` (default 1000) samples against the test split, or bits/dim."""
+    (default 500) samples, FID of ``num`` (default 1000) samples against the reference, or bits/dim; ``drawn``:
+    the samples' seed and network calls."""
     if metric == "bpd":
-        return float(run.evaluate_bpd(split="test", num=num, seed=seed, progress=progress)["bpd"])
-    if metric == "fid":
-        return float(evaluate_quality(run, ["fid"], "test", num=num or 1000, sample_options={"seed": seed})["fid"])
+        return float(run.evaluate_bpd(split="test", num=num, seed=drawn["seed"], progress=progress)["bpd"])
+    if fid is not None:
+        found = evaluate_quality(run, ["fid"], fid.stats, num=num or 1000, sample_options=drawn, extractor=fid.net)
+        return float(found["fid"])
     if run.num_classes is None:
         raise UserError("--metric digits ranks widths by class accuracy: it needs a class-conditional run")
-    samples = run.sample(num or 500, labels="all", seed=seed, progress=progress)
+    samples = run.sample(num or 500, labels="all", progress=progress, **drawn)
     images = to_uint8(samples.x, run.config.sample.levels)
     labels = None if samples.labels is None else samples.labels.numpy()
-    return float(evaluate_digit_samples(images, labels, num_permutations=10, seed=seed)["accuracy"])
+    return float(evaluate_digit_samples(images, labels, num_permutations=10, seed=drawn["seed"])["accuracy"])

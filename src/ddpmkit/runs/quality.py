@@ -49,14 +49,15 @@ def reference_images(ref: str, run: Run | None, size: int, channels: int):
 def evaluate_quality(
     source: Run | str | Path,
     metrics: list[str],
-    ref: str,
+    ref: str | dict,
     *,
     num: int = 10000,
     sample_options: dict | None = None,
     **score_options,
 ) -> dict:
     """Score ``num`` samples of a run (drawn with ``sample_options``), or the images of a sample ``.npz``,
-    against ``ref``; ``score_options`` go to :func:`ddpmkit.eval.quality.score`."""
+    against ``ref`` (what ``--ref`` names, or a reference dict from :func:`ddpmkit.eval.quality.reference_stats`);
+    ``score_options`` go to :func:`ddpmkit.eval.quality.score`."""
     if isinstance(source, Run):
         if not source.is_image:
             raise UserError("FID, KID and precision/recall score images; this run models 2-D points")
@@ -67,11 +68,11 @@ def evaluate_quality(
         images = torch.from_numpy(load_npz(source)[0]).permute(0, 3, 1, 2)[:num]
         run = None
     c, h, w = images.shape[1:]
-    reference = reference_images(ref, run, h, c)
+    reference = ref if isinstance(ref, dict) else reference_images(ref, run, h, c)
     result = quality.score(images.contiguous(), reference, metrics, **score_options)
     return {
         **result,
-        "ref": ref,
+        "ref": ref if isinstance(ref, str) else "reference statistics given",
         "source": str(run.checkpoint if run else source),
         **({"step": run.step, "ema": run.ema} if run else {}),
     }
