@@ -60,22 +60,13 @@ def add_inpaint(sub) -> None:
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
     # lazy: start-up (see the module docstring)
-    from ..runs.editing import inpaint, read_images, read_mask
+    from ..runs.editing import inpaint, read_mask
 
-    outs = image_outputs(args, "edited.png")
-    run = load_run(args)
-    images = read_images(args.image, run)
-    mask = read_mask(args.mask, run, len(images))
-    result = inpaint(
-        run,
-        images,
-        mask,
-        num=args.num,
-        resample=args.resample,
-        jump=args.jump,
-        **sampling_options(args),
-    )
-    return _write_edited(run, result, outs, f"{len(result.x)} completions ({result.calls} network calls each)")
+    def fill(run, images, **options):
+        mask = read_mask(args.mask, run, len(images))
+        return inpaint(run, images, mask, resample=args.resample, jump=args.jump, **options)
+
+    return _edit_images(args, fill, "completions")
 
 
 def add_edit(sub) -> None:
@@ -97,18 +88,24 @@ def add_edit(sub) -> None:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     # lazy: start-up (see the module docstring)
-    from ..runs.editing import edit, read_images
+    from ..runs.editing import edit
+
+    def noise_and_denoise(run, images, **options):
+        return edit(run, images, args.strength, **options)
+
+    return _edit_images(args, noise_and_denoise, "edits", diffusion=False)  # a consistency model edits in its own calls
+
+
+def _edit_images(args: argparse.Namespace, change, what: str, diffusion: bool = True) -> int:
+    """inpaint's and edit's handler: --out checked, the run loaded, --image read, ``change`` made --num times to each
+    image with the sampling flags, the results written."""
+    # lazy: start-up (see the module docstring)
+    from ..runs.editing import read_images
 
     outs = image_outputs(args, "edited.png")
-    run = load_run(args, diffusion=False)  # a consistency model edits in its own few calls
-    result = edit(
-        run,
-        read_images(args.image, run),
-        args.strength,
-        num=args.num,
-        **sampling_options(args),
-    )
-    return _write_edited(run, result, outs, f"{len(result.x)} edits ({result.calls} network calls each)")
+    run = load_run(args, diffusion=diffusion)
+    result = change(run, read_images(args.image, run), num=args.num, **sampling_options(args))
+    return _write_edited(run, result, outs, f"{len(result.x)} {what} ({result.calls} network calls each)")
 
 
 def add_interpolate(sub) -> None:
