@@ -10,7 +10,7 @@ import argparse
 
 from ..errors import UserError
 from ..options import SamplerName, Spacing, choices
-from .flags import COMMON, add_command, add_flags, image_outputs, load_run, sampling_options
+from .flags import COMMON, DECODING, add_command, add_flags, flag_keywords, image_outputs, load_run, sampling_options
 
 __all__ = ["add_inpaint", "add_edit", "add_interpolate", "cmd_inpaint", "cmd_edit", "cmd_interpolate"]
 
@@ -138,17 +138,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     paths = None if seeds is not None else image_pair(args.images)
     run = load_run(args, diffusion=False)  # a consistency model decodes seeds' noises in its own few calls
     images = None if paths is None else read_image_pair(paths, run)
-    result = interpolate(
-        run,
-        seeds=seeds,
-        images=images,
-        frames=args.frames,
-        steps=args.steps,
-        spacing=args.spacing,
-        labels=args.labels,
-        guidance=args.guidance,
-        precision=args.precision,
-    )
+    result = interpolate(run, seeds=seeds, images=images, frames=args.frames, **flag_keywords(args, DECODING))
     how = "consistency" if run.config.distill is not None else "DDIM"
     return _write_edited(run, result, outs, f"{len(result.x)} frames ({how}, {result.calls} steps)")
 

@@ -15,6 +15,9 @@ __all__ = [
     "add_flags",
     "add_command",
     "add_described_command",
+    "SAMPLING",
+    "DECODING",
+    "flag_keywords",
     "sampling_options",
     "load_run",
     "image_outputs",
@@ -60,6 +63,10 @@ FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
 }
 
 COMMON = ("no-ema", "device", "force", "no-progress")  # the options of every command that loads a run to use it
+
+# the sampling flags sample, inpaint and edit pass on (sampling_options); interpolate's few, to decode with DDIM
+SAMPLING = ("sampler", "steps", "eta", "spacing", "labels", "guidance", "seed", "batch_size", "precision")
+DECODING = ("steps", "spacing", "labels", "guidance", "precision")
 
 
 def add_flags(p: argparse.ArgumentParser, *names: str) -> None:
@@ -112,20 +119,14 @@ def add_described_command(sub, name: str, help: str, description: str, examples:
     )
 
 
+def flag_keywords(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    """The values of the flags ``names``, each as the run layer's keyword of the same name."""
+    return {name: getattr(args, name) for name in names}
+
+
 def sampling_options(args: argparse.Namespace) -> dict:
     """The sampling keywords sample, inpaint and edit pass to the run layer from the same flags."""
-    return dict(
-        sampler=args.sampler,
-        steps=args.steps,
-        eta=args.eta,
-        spacing=args.spacing,
-        labels=args.labels,
-        guidance=args.guidance,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        progress=not args.no_progress,
-    )
+    return {**flag_keywords(args, SAMPLING), "progress": not args.no_progress}
 
 
 def load_run(args: argparse.Namespace, *, diffusion: bool = True):
