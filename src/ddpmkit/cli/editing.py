@@ -9,8 +9,17 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UserError
-from ..options import SamplerName, Spacing, choices
-from .flags import COMMON, DECODING, add_command, add_flags, flag_keywords, image_outputs, load_run, sampling_options
+from .flags import (
+    COMMON,
+    DECODING,
+    add_command,
+    add_flag,
+    add_flags,
+    flag_keywords,
+    image_outputs,
+    load_run,
+    sampling_options,
+)
 
 __all__ = ["add_inpaint", "add_edit", "add_interpolate", "cmd_inpaint", "cmd_edit", "cmd_interpolate"]
 
@@ -26,15 +35,15 @@ def _editing_options(p) -> None:
     p.add_argument("--num", type=int, default=1, help="results per input image")
     p.add_argument("--steps", type=int, help="network calls of the sampling chain (default: as ddpmkit sample)")
     add_flags(p, "eta")
-    p.add_argument("--spacing", choices=choices(Spacing), help="timestep spacing (default: the sampler's)")
+    add_flag(p, "spacing", "timestep spacing (default: the sampler's)")
     p.add_argument(
         "--labels",
         help="classes to condition on (cycled over the results); default for a class-"
         "conditional run: unconditional, through its null label",
     )
     add_flags(p, "guidance")
-    p.add_argument("--seed", type=int, default=0, help="result i uses seed + i, whatever the batch size")
-    p.add_argument("--batch-size", type=int, default=256, help="results per network batch")
+    add_flag(p, "seed", "result i uses seed + i, whatever the batch size")
+    add_flag(p, "batch-size", "results per network batch")
     p.add_argument("--out", action="append", help="results.npz and/or picture.png, one row per input (repeatable)")
     add_flags(p, "precision", *COMMON)
 
@@ -50,11 +59,11 @@ def add_inpaint(sub) -> None:
     p.add_argument("--mask", required=True, help="PNG, white (255) = keep, black (0) = generate; or .npz 'mask' 0/1")
     p.add_argument("--resample", type=int, default=1, help="RePaint's resamplings R (1: plain replacement)")
     p.add_argument("--jump", type=int, default=1, help="RePaint's jump length J")
-    p.add_argument(
-        "--sampler",
-        choices=choices(SamplerName),
+    add_flag(
+        p,
+        "sampler",
+        "the reverse step: ddpm (ancestral, the default) or ddim; the dpm++ solvers are refused",
         default="ddpm",
-        help="the reverse step: ddpm (ancestral, the default) or ddim; the dpm++ solvers are refused",
     )
 
 
@@ -122,7 +131,7 @@ def add_interpolate(sub) -> None:
     ends.add_argument("--images", help="I1,I2: two images (PNG or one-image .npz), DDIM-inverted to their noises")
     p.add_argument("--frames", type=int, default=8, help="images in the strip (>= 2)")
     p.add_argument("--steps", type=int, help="DDIM calls for inversion and decoding (default: as ddpmkit sample)")
-    p.add_argument("--spacing", choices=choices(Spacing), help="timestep spacing (default: ddim's)")
+    add_flag(p, "spacing", "timestep spacing (default: ddim's)")
     p.add_argument("--labels", help="one class for every frame (default for a class-conditional run: its null label)")
     add_flags(p, "guidance")
     p.add_argument("--out", action="append", help="strip.png and/or frames.npz (repeatable)")

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import Device, Precision, Resize, SamplerName, choices
+from ..options import Device, Precision, Resize, SamplerName, Spacing, choices
 
 __all__ = [
     "FLAGS",
     "COMMON",
     "add_flags",
+    "add_flag",
     "add_command",
     "add_described_command",
     "SAMPLING",
@@ -60,6 +61,10 @@ FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
     "force": (("--force",), {"action": "store_true", "help": "overwrite existing output files"}),
     "no-progress": (("--no-progress",), {"action": "store_true", "help": "no progress bar"}),
     "run": (("run",), {"help": "run directory or checkpoint file"}),
+    # each command says what these mean for it (add_flag)
+    "spacing": (("--spacing",), {"choices": choices(Spacing)}),
+    "seed": (("--seed",), {"type": int, "default": 0}),
+    "batch-size": (("--batch-size",), {"type": int, "default": 256}),
 }
 
 COMMON = ("no-ema", "device", "force", "no-progress")  # the options of every command that loads a run to use it
@@ -74,6 +79,12 @@ def add_flags(p: argparse.ArgumentParser, *names: str) -> None:
     for name in names:
         flags, keywords = FLAGS[name]
         p.add_argument(*flags, **keywords)
+
+
+def add_flag(p: argparse.ArgumentParser, name: str, help: str | None, **changes) -> None:
+    """Add the shared flag ``name`` (a key of FLAGS) with the command's own ``help`` and ``changes`` to its keywords."""
+    flags, keywords = FLAGS[name]
+    p.add_argument(*flags, **{**keywords, "help": help, **changes})
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
