@@ -68,7 +68,7 @@ def add_train(sub) -> None:
         choices=choices(CompileMode),
         help="torch.compile's mode (implies --compile); reduce-overhead adds CUDA graphs on GPUs",
     )
-    p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    add_flag(p, "resume", "continue the run from its latest checkpoint")
     p.add_argument(
         "--force",
         action="store_true",

@@ -65,6 +65,7 @@ FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
     "spacing": (("--spacing",), {"choices": choices(Spacing)}),
     "seed": (("--seed",), {"type": int, "default": 0}),
     "batch-size": (("--batch-size",), {"type": int, "default": 256}),
+    "resume": (("--resume",), {"action": "store_true"}),
 }
 
 COMMON = ("no-ema", "device", "force", "no-progress")  # the options of every command that loads a run to use it
