@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
     p.add_argument("--keep-best", action="store_true", help="--sweep: also write the best width's run (see --out)")
     p.add_argument("--out", help="run directory to write (default: RUN-ema<S>)")
     p.add_argument("--force", action="store_true", help="overwrite the checkpoints of an existing --out")
-    add_flag(p, "device", "where to run (default: auto)")  # this command's help adds no defaults itself
+    add_flag(p, "device", "where to run (default: auto)")  # spelled out: this help layout shows no defaults
     add_flags(p, "no-progress")
 
 
