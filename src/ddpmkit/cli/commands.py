@@ -14,11 +14,11 @@ from typing import NoReturn
 
 from ..errors import UserError
 from ..fields import parse_image_size
-from ..options import CompileMode, Device, Precision, Spacing, choices
+from ..options import CompileMode, choices
 from .distill import cmd_distill
 from .editing import cmd_edit, cmd_inpaint, cmd_interpolate
 from .ema import cmd_ema
-from .flags import COMMON, add_command, add_flags, image_outputs, load_run, sampling_options
+from .flags import COMMON, add_command, add_flag, add_flags, image_outputs, load_run, sampling_options
 from .importing import cmd_import
 from .measure import cmd_eval, cmd_export, cmd_report, cmd_stats, cmd_tune_steps
 
@@ -42,7 +42,7 @@ def add_train(sub) -> None:
     )
     p.add_argument("--out", help="run directory (default runs/<config name>)")
     p.add_argument("--steps", type=int, help="total optimizer steps")
-    p.add_argument("--batch-size", type=int, help="global batch size")
+    add_flag(p, "batch-size", "global batch size", default=None)
     p.add_argument(
         "--microbatch",
         type=int,
@@ -54,12 +54,12 @@ def add_train(sub) -> None:
     p.add_argument(
         "--image-size", metavar="S|HxW", help="resize images to S x S (e.g. 32) or H x W (e.g. 32x48: height x width)"
     )
-    p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--device", choices=choices(Device), help="where to train")
-    p.add_argument(
-        "--precision",
-        choices=choices(Precision),
-        help="auto: bf16 where the hardware runs it natively, else fp32; fp16 (with loss scaling): "
+    add_flag(p, "seed", "random seed", default=None)
+    add_flag(p, "device", "where to train", default=None)
+    add_flag(
+        p,
+        "precision",
+        "auto: bf16 where the hardware runs it natively, else fp32; fp16 (with loss scaling): "
         "for GPUs without native bf16 (V100, T4)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the network (mode default)")
@@ -68,7 +68,7 @@ def add_train(sub) -> None:
         choices=choices(CompileMode),
         help="torch.compile's mode (implies --compile); reduce-overhead adds CUDA graphs on GPUs",
     )
-    p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    add_flag(p, "resume", "continue the run from its latest checkpoint")
     p.add_argument(
         "--force",
         action="store_true",
@@ -141,23 +141,20 @@ def add_sample(sub) -> None:
         choices=(1, 2, 3),
         help="solver order of the unipc samplers (default: the run's sample.order, else 2)",
     )
-    p.add_argument(
-        "--spacing", choices=choices(Spacing), help="timestep spacing (default: the run's config, else the sampler's)"
-    )
+    add_flag(p, "spacing", "timestep spacing (default: the run's config, else the sampler's)")
     p.add_argument(
         "--labels",
         help="class labels: all | 3 | 0,1,2 | cat,dog (numbers or the run's class names; cycled over the samples)",
     )
-    p.add_argument("--guidance", type=float, help="classifier-free guidance weight (1 = off)")
-    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i, whatever the batch size")
-    p.add_argument("--batch-size", type=int, default=256, help="samples per network batch")
+    add_flag(p, "guidance", "classifier-free guidance weight (1 = off)")
+    add_flag(p, "seed", "sample i uses seed + i, whatever the batch size")
+    add_flag(p, "batch-size", "samples per network batch")
     p.add_argument("--out", action="append", help="samples.npz and/or grid.png (repeatable)")
     p.add_argument("--trajectory", help="PNG strip of x_t and predicted x0 along the reverse process")
-    p.add_argument(
-        "--precision",
-        choices=choices(Precision),
-        help="network precision; default: auto for image models (bf16 where the hardware is fast "
-        "at it), fp32 for 2-D data",
+    add_flag(
+        p,
+        "precision",
+        "network precision; default: auto for image models (bf16 where the hardware is fast at it), fp32 for 2-D data",
     )
     add_flags(p, *COMMON)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .flags import add_command, add_flags
+from .flags import add_command, add_flag, add_flags
 
 __all__ = ["add_parser", "cmd_distill"]
 
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("--method", choices=("ect",), default="ect", help="Easy Consistency Tuning (Geng et al. 2024)")
     p.add_argument("--out", required=True, help="the consistency model's new run directory")
     p.add_argument("--steps", type=int, help="total tuning steps (default: the data's distill preset)")
-    p.add_argument("--resume", action="store_true", help="continue the tuning in --out from its latest checkpoint")
+    add_flag(p, "resume", "continue the tuning in --out from its latest checkpoint")
     p.add_argument("--force", action="store_true", help="start over in an --out that has checkpoints")
     add_flags(p, "no-progress", "set")
 

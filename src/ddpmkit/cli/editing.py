@@ -9,8 +9,17 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UserError
-from ..options import SamplerName, Spacing, choices
-from .flags import COMMON, add_command, add_flags, image_outputs, load_run, sampling_options
+from .flags import (
+    COMMON,
+    DECODING,
+    add_command,
+    add_flag,
+    add_flags,
+    flag_keywords,
+    image_outputs,
+    load_run,
+    sampling_options,
+)
 
 __all__ = ["add_inpaint", "add_edit", "add_interpolate", "cmd_inpaint", "cmd_edit", "cmd_interpolate"]
 
@@ -26,15 +35,15 @@ def _editing_options(p) -> None:
     p.add_argument("--num", type=int, default=1, help="results per input image")
     p.add_argument("--steps", type=int, help="network calls of the sampling chain (default: as ddpmkit sample)")
     add_flags(p, "eta")
-    p.add_argument("--spacing", choices=choices(Spacing), help="timestep spacing (default: the sampler's)")
+    add_flag(p, "spacing", "timestep spacing (default: the sampler's)")
     p.add_argument(
         "--labels",
         help="classes to condition on (cycled over the results); default for a class-"
         "conditional run: unconditional, through its null label",
     )
     add_flags(p, "guidance")
-    p.add_argument("--seed", type=int, default=0, help="result i uses seed + i, whatever the batch size")
-    p.add_argument("--batch-size", type=int, default=256, help="results per network batch")
+    add_flag(p, "seed", "result i uses seed + i, whatever the batch size")
+    add_flag(p, "batch-size", "results per network batch")
     p.add_argument("--out", action="append", help="results.npz and/or picture.png, one row per input (repeatable)")
     add_flags(p, "precision", *COMMON)
 
@@ -50,32 +59,23 @@ def add_inpaint(sub) -> None:
     p.add_argument("--mask", required=True, help="PNG, white (255) = keep, black (0) = generate; or .npz 'mask' 0/1")
     p.add_argument("--resample", type=int, default=1, help="RePaint's resamplings R (1: plain replacement)")
     p.add_argument("--jump", type=int, default=1, help="RePaint's jump length J")
-    p.add_argument(
-        "--sampler",
-        choices=choices(SamplerName),
+    add_flag(
+        p,
+        "sampler",
+        "the reverse step: ddpm (ancestral, the default) or ddim; the dpm++ solvers are refused",
         default="ddpm",
-        help="the reverse step: ddpm (ancestral, the default) or ddim; the dpm++ solvers are refused",
     )
 
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
     # lazy: start-up (see the module docstring)
-    from ..runs.editing import inpaint, read_images, read_mask
+    from ..runs.editing import inpaint, read_mask
 
-    outs = image_outputs(args, "edited.png")
-    run = load_run(args)
-    images = read_images(args.image, run)
-    mask = read_mask(args.mask, run, len(images))
-    result = inpaint(
-        run,
-        images,
-        mask,
-        num=args.num,
-        resample=args.resample,
-        jump=args.jump,
-        **sampling_options(args),
-    )
-    return _write_edited(run, result, outs, f"{len(result.x)} completions ({result.calls} network calls each)")
+    def fill(run, images, **options):
+        mask = read_mask(args.mask, run, len(images))
+        return inpaint(run, images, mask, resample=args.resample, jump=args.jump, **options)
+
+    return _edit_images(args, fill, "completions")
 
 
 def add_edit(sub) -> None:
@@ -97,18 +97,24 @@ def add_edit(sub) -> None:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     # lazy: start-up (see the module docstring)
-    from ..runs.editing import edit, read_images
+    from ..runs.editing import edit
+
+    def noise_and_denoise(run, images, **options):
+        return edit(run, images, args.strength, **options)
+
+    return _edit_images(args, noise_and_denoise, "edits", diffusion=False)  # a consistency model edits in its own calls
+
+
+def _edit_images(args: argparse.Namespace, change, what: str, diffusion: bool = True) -> int:
+    """inpaint's and edit's handler: --out checked, the run loaded, --image read, ``change`` made --num times to each
+    image with the sampling flags, the results written."""
+    # lazy: start-up (see the module docstring)
+    from ..runs.editing import read_images
 
     outs = image_outputs(args, "edited.png")
-    run = load_run(args, diffusion=False)  # a consistency model edits in its own few calls
-    result = edit(
-        run,
-        read_images(args.image, run),
-        args.strength,
-        num=args.num,
-        **sampling_options(args),
-    )
-    return _write_edited(run, result, outs, f"{len(result.x)} edits ({result.calls} network calls each)")
+    run = load_run(args, diffusion=diffusion)
+    result = change(run, read_images(args.image, run), num=args.num, **sampling_options(args))
+    return _write_edited(run, result, outs, f"{len(result.x)} {what} ({result.calls} network calls each)")
 
 
 def add_interpolate(sub) -> None:
@@ -125,7 +131,7 @@ def add_interpolate(sub) -> None:
     ends.add_argument("--images", help="I1,I2: two images (PNG or one-image .npz), DDIM-inverted to their noises")
     p.add_argument("--frames", type=int, default=8, help="images in the strip (>= 2)")
     p.add_argument("--steps", type=int, help="DDIM calls for inversion and decoding (default: as ddpmkit sample)")
-    p.add_argument("--spacing", choices=choices(Spacing), help="timestep spacing (default: ddim's)")
+    add_flag(p, "spacing", "timestep spacing (default: ddim's)")
     p.add_argument("--labels", help="one class for every frame (default for a class-conditional run: its null label)")
     add_flags(p, "guidance")
     p.add_argument("--out", action="append", help="strip.png and/or frames.npz (repeatable)")
@@ -141,17 +147,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     paths = None if seeds is not None else image_pair(args.images)
     run = load_run(args, diffusion=False)  # a consistency model decodes seeds' noises in its own few calls
     images = None if paths is None else read_image_pair(paths, run)
-    result = interpolate(
-        run,
-        seeds=seeds,
-        images=images,
-        frames=args.frames,
-        steps=args.steps,
-        spacing=args.spacing,
-        labels=args.labels,
-        guidance=args.guidance,
-        precision=args.precision,
-    )
+    result = interpolate(run, seeds=seeds, images=images, frames=args.frames, **flag_keywords(args, DECODING))
     how = "consistency" if run.config.distill is not None else "DDIM"
     return _write_edited(run, result, outs, f"{len(result.x)} frames ({how}, {result.calls} steps)")
 

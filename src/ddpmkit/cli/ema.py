@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UserError
-from ..options import Device, EMASweepMetric, choices
-from .flags import add_described_command, add_flags
+from ..options import EMASweepMetric, choices
+from .flags import add_described_command, add_flag, add_flags
 
 __all__ = ["add_parser", "cmd_ema"]
 
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
         "  ddpmkit ema runs/digits --sigma-rel 0.07 --out runs/digits-ema0.07\n"
         "  ddpmkit ema runs/digits --sweep 0.02:0.25:8 --metric digits --num 500 --keep-best",
     )
-    p.add_argument("run", help="run directory trained with train.ema_kind power and snapshots")
+    add_flag(p, "run", "run directory trained with train.ema_kind power and snapshots")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--sigma-rel", type=float, metavar="S", help="the relative width to rebuild, in (0, 0.3)")
     what.add_argument("--sweep", metavar="LO:HI:N", help="score N widths evenly spaced from LO to HI")
@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
         "(default: digits)",
     )
     p.add_argument("--num", type=int, help="samples (digits, fid) or test images (bpd) per width")
-    p.add_argument("--seed", type=int, default=0, help="seeds the samples scored (default: 0)")
+    add_flag(p, "seed", "seeds the samples scored (default: 0)")
     p.add_argument("--steps", type=int, help="--sweep: network calls per sample (default: the run's sample.steps)")
     p.add_argument(
         "--ref",
@@ -49,8 +49,8 @@ def add_parser(sub) -> None:
     p.add_argument("--keep-best", action="store_true", help="--sweep: also write the best width's run (see --out)")
     p.add_argument("--out", help="run directory to write (default: RUN-ema<S>)")
     p.add_argument("--force", action="store_true", help="overwrite the checkpoints of an existing --out")
-    p.add_argument("--device", choices=choices(Device), default="auto", help="where to run (default: auto)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_flag(p, "device", "where to run (default: auto)")  # spelled out: this help layout shows no defaults
+    add_flags(p, "no-progress")
 
 
 def cmd_ema(args: argparse.Namespace) -> int:

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import Device, Precision, Resize, SamplerName, choices
+from ..options import Device, Precision, Resize, SamplerName, Spacing, choices
 
 __all__ = [
     "FLAGS",
     "COMMON",
     "add_flags",
+    "add_flag",
     "add_command",
     "add_described_command",
+    "SAMPLING",
+    "DECODING",
+    "flag_keywords",
     "sampling_options",
     "load_run",
     "image_outputs",
@@ -57,9 +61,18 @@ FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
     "force": (("--force",), {"action": "store_true", "help": "overwrite existing output files"}),
     "no-progress": (("--no-progress",), {"action": "store_true", "help": "no progress bar"}),
     "run": (("run",), {"help": "run directory or checkpoint file"}),
+    # each command says what these mean for it (add_flag)
+    "spacing": (("--spacing",), {"choices": choices(Spacing)}),
+    "seed": (("--seed",), {"type": int, "default": 0}),
+    "batch-size": (("--batch-size",), {"type": int, "default": 256}),
+    "resume": (("--resume",), {"action": "store_true"}),
 }
 
 COMMON = ("no-ema", "device", "force", "no-progress")  # the options of every command that loads a run to use it
+
+# the sampling flags sample, inpaint and edit pass on (sampling_options); interpolate's few, to decode with DDIM
+SAMPLING = ("sampler", "steps", "eta", "spacing", "labels", "guidance", "seed", "batch_size", "precision")
+DECODING = ("steps", "spacing", "labels", "guidance", "precision")
 
 
 def add_flags(p: argparse.ArgumentParser, *names: str) -> None:
@@ -67,6 +80,12 @@ def add_flags(p: argparse.ArgumentParser, *names: str) -> None:
     for name in names:
         flags, keywords = FLAGS[name]
         p.add_argument(*flags, **keywords)
+
+
+def add_flag(p: argparse.ArgumentParser, name: str, help: str | None, **changes) -> None:
+    """Add the shared flag ``name`` (a key of FLAGS) with the command's own ``help`` and ``changes`` to its keywords."""
+    flags, keywords = FLAGS[name]
+    p.add_argument(*flags, **{**keywords, "help": help, **changes})
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -112,20 +131,14 @@ def add_described_command(sub, name: str, help: str, description: str, examples:
     )
 
 
+def flag_keywords(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    """The values of the flags ``names``, each as the run layer's keyword of the same name."""
+    return {name: getattr(args, name) for name in names}
+
+
 def sampling_options(args: argparse.Namespace) -> dict:
     """The sampling keywords sample, inpaint and edit pass to the run layer from the same flags."""
-    return dict(
-        sampler=args.sampler,
-        steps=args.steps,
-        eta=args.eta,
-        spacing=args.spacing,
-        labels=args.labels,
-        guidance=args.guidance,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        progress=not args.no_progress,
-    )
+    return {**flag_keywords(args, SAMPLING), "progress": not args.no_progress}
 
 
 def load_run(args: argparse.Namespace, *, diffusion: bool = True):

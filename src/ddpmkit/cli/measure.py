@@ -12,8 +12,8 @@ import sys
 
 from ..fields import parse_image_size
 from ..files import write_text
-from ..options import Device, ExportFormat, QualityMetric, SamplerName, Split, choices
-from .flags import COMMON, add_command, add_flags, load_run
+from ..options import ExportFormat, QualityMetric, Split, choices
+from .flags import COMMON, add_command, add_flag, add_flags, load_run
 
 __all__ = [
     "EVAL_METRICS",
@@ -40,14 +40,14 @@ def add_tune_steps(sub) -> None:
         "  ddpmkit tune-steps runs/digits --steps 10 --sampler unipc-bh1\n"
         "  ddpmkit sample runs/digits --sampler unipc-bh1 --steps 10 --out grid.png",
     )
-    p.add_argument("run", help="run directory")
+    add_flag(p, "run", "run directory")
     p.add_argument("--steps", type=int, required=True, help="network calls K of the grid to tune")
-    p.add_argument("--sampler", choices=choices(SamplerName), help="a deterministic sampler (default: the run's)")
+    add_flag(p, "sampler", "a deterministic sampler (default: the run's)")
     p.add_argument("--draws", type=int, default=256, help="draws the objective averages over")
     p.add_argument("--heldout", type=int, default=256, help="other draws that check the result")
     p.add_argument("--rounds", type=int, default=4, help="sweeps of the coordinate descent (move 1/2, 1/4, ...)")
-    p.add_argument("--seed", type=int, default=0, help="draw i uses seed + i")
-    p.add_argument("--batch-size", type=int, default=256)
+    add_flag(p, "seed", "draw i uses seed + i")
+    add_flag(p, "batch-size", None)
     add_flags(p, *COMMON)
 
 
@@ -82,7 +82,7 @@ def add_eval(sub) -> None:
         "  ddpmkit eval samples.npz --metric fid kid --ref stats.npz\n"
         "  ddpmkit eval samples.npz --metric digits",
     )
-    p.add_argument("run", help="run directory or checkpoint file; for fid, kid, pr, digits also a samples .npz")
+    add_flag(p, "run", "run directory or checkpoint file; for fid, kid, pr, digits also a samples .npz")
     p.add_argument(
         "--metric",
         nargs="+",
@@ -105,13 +105,13 @@ def add_eval(sub) -> None:
         default="test",
         help="fid, kid, pr: train | test (the run's data) | DIR | stats.npz; digits: train | test",
     )
-    p.add_argument("--sampler", choices=choices(SamplerName), help="fid, kid, pr: default the run's config")
+    add_flag(p, "sampler", "fid, kid, pr: default the run's config")
     p.add_argument("--steps", type=int, help="fid, kid, pr: network calls per sample")
     add_flags(p, "inception", "resize")
     p.add_argument("--permutations", type=int, default=200, help="digits: permutations of the MMD tests")
     p.add_argument("--no-labels", action="store_true", help="digits: ignore the file's labels")
-    p.add_argument("--batch-size", type=int, default=256, help="examples per network batch")
-    p.add_argument("--seed", type=int, default=0, help="seeds the noise of bpd and of the samples scored")
+    add_flag(p, "batch-size", "examples per network batch")
+    add_flag(p, "seed", "seeds the noise of bpd and of the samples scored")
     p.add_argument("--out", help="write the result as JSON here")
     add_flags(p, *COMMON)
 
@@ -214,10 +214,10 @@ def add_report(sub) -> None:
         "one self-contained HTML page about a run",
         "  ddpmkit report runs/digits\n  ddpmkit report runs/digits --out digits.html --no-trajectory",
     )
-    p.add_argument("run", help="run directory")
+    add_flag(p, "run", "run directory")
     p.add_argument("--out", help="the HTML file (default RUN/report.html)")
     p.add_argument("--no-trajectory", action="store_true", help="do not draw a trajectory strip (4 samples)")
-    p.add_argument("--device", choices=choices(Device), default="auto", help="where the trajectory is drawn")
+    add_flag(p, "device", "where the trajectory is drawn")
     add_flags(p, "force-out")
 
 

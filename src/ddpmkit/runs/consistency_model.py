@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..config import DistillConfig, ExperimentConfig
+from ..config import DistillConfig, ExperimentConfig, SampleConfig
 from ..consistency import (
     KARRAS_RHO,
     ConsistencyFn,
@@ -26,6 +26,7 @@ from ..samplers import Generator, randn
 from ..train.checkpoint import read_checkpoint
 from ..train.consistency_objective import ConsistencyObjective
 from .build import check_state_dict
+from .sampling import SamplingRequest
 
 __all__ = [
     "is_consistency",
@@ -101,24 +102,19 @@ def teacher_weights(cfg: ExperimentConfig) -> dict:
     return state
 
 
-def check_consistency_options(
-    calls: int | None,
-    *,
-    sampler: str | None = None,
-    eta: float | None = None,
-    spacing: str | None = None,
-    order: int | None = None,
-    guidance: float | None = None,
-) -> int:
-    """The network calls of a consistency run's sample (default 2); samplers and guidance do not apply."""
-    for name, value in (("--sampler", sampler), ("--eta", eta), ("--spacing", spacing), ("--order", order)):
+def check_consistency_options(sc: SampleConfig, asked: SamplingRequest) -> int:
+    """The network calls of a consistency run's sample: ``asked.steps``, else its ``sample`` config's ``sc.steps``,
+    else 2; samplers and guidance do not apply."""
+    named = (("--sampler", asked.sampler), ("--eta", asked.eta), ("--spacing", asked.spacing), ("--order", asked.order))
+    for name, value in named:
         if value is not None:
             raise UserError(
                 f"{name} does not apply to a consistency model: it samples with its own multistep "
                 f"sampler (choose the calls with --steps)"
             )
-    if guidance is not None and guidance != 1.0:
+    if asked.guidance is not None and asked.guidance != 1.0:
         raise UserError("guidance does not apply to a consistency model: it was tuned at guidance 1 (labels work)")
+    calls = sc.steps if asked.steps is None else asked.steps
     calls = 2 if calls is None else calls
     if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
         raise UserError(f"steps must be a positive number of network calls, got {calls!r}")

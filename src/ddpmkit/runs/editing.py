@@ -35,7 +35,7 @@ from ..train.runtime import autocast_context, autocast_dtype
 from ..validate import check_guidance, check_seed, int_in_range, positive_int
 from .consistency_model import check_consistency_options, edit_consistency, is_consistency, sample_consistency
 from .run import Run
-from .sampling import Labels, check_steps, default_steps, parse_labels
+from .sampling import Labels, SamplingRequest, check_steps, default_steps, parse_labels
 
 __all__ = ["Edited", "read_images", "read_mask", "inpaint", "edit", "interpolate", "write_edited"]
 
@@ -169,11 +169,6 @@ def _steps(run: Run, sampler: str, steps: int | None) -> int | None:
     )
 
 
-def _calls(run: Run, steps: int | None) -> int | None:
-    """A consistency model's calls: ``steps``, else its sample.steps."""
-    return run.config.sample.steps if steps is None else steps
-
-
 def _batches(run: Run, inputs: Tensor, num: int, y: Tensor | None, seed: int, batch_size: int, precision):
     """(inputs, labels, generators) per batch over the input-major list of num copies of each input."""
     device = run.device
@@ -273,11 +268,7 @@ def edit(
     _common(num, seed, batch_size, len(images))
     if is_consistency(run.config):
         calls = check_consistency_options(
-            _calls(run, steps),
-            sampler=sampler,
-            eta=eta,
-            spacing=spacing,
-            guidance=guidance,
+            run.config.sample, SamplingRequest(sampler, steps, eta, spacing, guidance=guidance)
         )
         return _edit_consistency(run, images, strength, calls, num, labels, seed, batch_size, precision)
     sc = run.config.sample
@@ -348,7 +339,8 @@ def interpolate(
                 "a consistency model cannot invert images to their noises (no DDIM chain): interpolate between "
                 "--seeds, or between images with its teacher run"
             )
-        calls = check_consistency_options(_calls(run, steps), spacing=spacing, guidance=guidance)
+        asked = SamplingRequest(steps=steps, spacing=spacing, guidance=guidance)
+        calls = check_consistency_options(run.config.sample, asked)
     else:
         steps = _steps(run, "ddim", steps)
     if seeds is not None:

@@ -24,7 +24,7 @@ from .build import build_diffusion, build_model, check_state_dict
 from .consistency_model import check_consistency_options, is_consistency, sample_consistency
 from .diffusers_folder import is_diffusers_source, run_fields_from_diffusers
 from .rundir import read_named_checkpoint, resolve_checkpoint, run_dir_of
-from .sampling import Labels, default_steps, parse_labels, run_sampling_options
+from .sampling import Labels, SamplingRequest, default_steps, parse_labels, run_sampling_options
 from .tuning import load_tuned
 
 __all__ = ["Run", "Samples", "class_names_of", "parse_labels", "default_steps", "describe_checkpoint"]
@@ -170,10 +170,10 @@ class Run:
         "auto" for images, "fp32" for points). Everything is checked before the first network call.
         A consistency model (``ddpmkit distill``) samples with its multistep sampler, ``steps`` calls.
         """
-        options = dict(sampler=sampler, eta=eta, spacing=spacing, order=order, guidance=guidance)
+        asked = SamplingRequest(sampler, steps, eta, spacing, order, guidance)
         if is_consistency(self.config):
-            return self._sample_consistency(num, steps, labels, seed, batch_size, precision, trajectory, options)
-        plan = self._plan(num, seed, batch_size, trajectory, labels, steps=steps, **options)
+            return self._sample_consistency(num, asked, labels, seed, batch_size, precision, trajectory)
+        plan = self._plan(num, seed, batch_size, trajectory, labels, asked)
         amp = autocast_dtype(precision or ("auto" if self.is_image else "fp32"), self.device)
         # deferred: tqdm costs start-up and only a shown progress bar needs it
         from tqdm.auto import tqdm
@@ -190,15 +190,15 @@ class Run:
         return Samples(torch.cat(chunks), plan.labels, sampler_name, plan.calls, rows, plan.tuned_file)
 
     def _sample_consistency(
-        self, num: int, steps, labels: Labels, seed: int, batch_size: int, precision, trajectory: bool, options: dict
+        self, num: int, asked: SamplingRequest, labels: Labels, seed: int, batch_size: int, precision, trajectory: bool
     ) -> Samples:
-        """``steps`` calls (default: the run's sample.steps) of the consistency sampler; sample i seeded seed + i."""
+        """``asked.steps`` calls (default: the run's sample.steps) of the consistency sampler; sample i: seed + i."""
         positive_int("the number of samples", num)
         check_seed(seed, num)
         positive_int("the batch size", batch_size)
         if trajectory:
             raise UserError("a trajectory follows a diffusion sampler's steps; a consistency model makes a few jumps")
-        calls = check_consistency_options(self.config.sample.steps if steps is None else steps, **options)
+        calls = check_consistency_options(self.config.sample, asked)
         y = parse_labels(labels, num, self.num_classes, self.class_names)
         amp = autocast_dtype(precision or ("auto" if self.is_image else "fp32"), self.device)
         chunks = []
@@ -220,7 +220,9 @@ class Run:
             chunks.append(x.float().cpu())
         return Samples(torch.cat(chunks), y, "consistency", calls, None)
 
-    def _plan(self, num: int, seed: int, batch_size: int, trajectory: bool, labels: Labels, **options) -> SamplingPlan:
+    def _plan(
+        self, num: int, seed: int, batch_size: int, trajectory: bool, labels: Labels, asked: SamplingRequest
+    ) -> SamplingPlan:
         """Every option resolved against the run's config and checked."""
         positive_int("the number of samples", num)
         check_seed(seed, num)
@@ -228,12 +230,12 @@ class Run:
         if trajectory and not self.is_image:
             raise UserError("a trajectory draws images; this model makes 2-D points")
         T = self.diffusion.num_timesteps
-        opts = run_sampling_options(self.config.sample, T, **options)
+        opts = run_sampling_options(self.config.sample, T, asked)
         y = parse_labels(labels, num, self.num_classes, self.class_names)
         if opts.guidance != 1.0 and y is None:
             raise UserError("guidance needs a class-conditional model")
         tuned = None
-        if options["spacing"] is None and opts.steps is not None and self.run_dir is not None:  # a named spacing wins
+        if asked.spacing is None and opts.steps is not None and self.run_dir is not None:  # a named spacing wins
             tuned = load_tuned(self.run_dir, opts.sampler, opts.steps, T)
         if tuned:
             opts = dataclasses.replace(opts, timesteps=torch.tensor(tuned[0]))

@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from ..config import SampleConfig
 from ..errors import UserError
 from ..options import SamplerName, Spacing
 from ..sampling_options import SamplingOptions
 from ..validate import check_guidance, is_int
 
-__all__ = ["Labels", "default_steps", "check_steps", "run_sampling_options", "parse_labels"]
+__all__ = ["Labels", "SamplingRequest", "default_steps", "check_steps", "run_sampling_options", "parse_labels"]
 
 Labels = str | int | Sequence[int | str] | Tensor | None
 
 
-def default_steps(sampler: str, sc) -> int | None:
+class SamplingRequest(NamedTuple):
+    """The sampling options a caller named, each None where the run's ``sample`` config (or the sampler) decides."""
+
+    sampler: SamplerName | None = None
+    steps: int | None = None
+    eta: float | None = None
+    spacing: Spacing | None = None
+    order: int | None = None
+    guidance: float | None = None
+
+
+def default_steps(sampler: str, sc: SampleConfig) -> int | None:
     """Network calls when none are asked for: the run's own for its sampler, the whole chain for
     ancestral sampling chosen instead, and the run's (or its grids') few-step budget for a fast sampler."""
     if sampler == sc.sampler:
@@ -32,27 +45,15 @@ def check_steps(steps: int | None, num_timesteps: int) -> int | None:
     return steps
 
 
-def run_sampling_options(
-    sc,
-    num_timesteps: int,
-    *,
-    sampler: SamplerName | None = None,
-    steps: int | None = None,
-    eta: float | None = None,
-    spacing: Spacing | None = None,
-    order: int | None = None,
-    guidance: float | None = None,
-) -> SamplingOptions:
-    """The options ``Run.sample`` uses: each one left None takes the run's ``sample`` config ``sc``
+def run_sampling_options(sc: SampleConfig, num_timesteps: int, asked: SamplingRequest) -> SamplingOptions:
+    """The options ``Run.sample`` uses: each one ``asked`` leaves None takes the run's ``sample`` config ``sc``
     (eta for ddim; spacing and order where the sampler is the config's own)."""
-    chosen = sampler or sc.sampler
-    steps = check_steps(default_steps(chosen, sc) if steps is None else steps, num_timesteps)
-    if eta is None and chosen == "ddim":
-        eta = sc.eta
-    if order is None and chosen == sc.sampler:
-        order = sc.order
-    spacing = spacing or (sc.spacing if chosen == sc.sampler else None)
-    guidance = sc.guidance if guidance is None else guidance
+    chosen = asked.sampler or sc.sampler
+    steps = check_steps(default_steps(chosen, sc) if asked.steps is None else asked.steps, num_timesteps)
+    eta = sc.eta if asked.eta is None and chosen == "ddim" else asked.eta
+    order = sc.order if asked.order is None and chosen == sc.sampler else asked.order
+    spacing = asked.spacing or (sc.spacing if chosen == sc.sampler else None)
+    guidance = sc.guidance if asked.guidance is None else asked.guidance
     options = SamplingOptions(chosen, steps, spacing, eta, order, guidance=guidance)
     check_guidance(options.guidance)  # the maths takes any weight; a run refuses a negative one
     return options
