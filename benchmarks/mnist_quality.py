@@ -1,7 +1,12 @@
 """MNIST at an equal compute budget: ddpmkit's ``mnist`` preset against diffusers, scored by FID/KID/PR.
 
     python benchmarks/mnist_quality.py [--budget-min 20] [--num 2000] [--num-quarters N] [--work runs/mnist_bench]
-                                       [--ref test_features.npz]
+                                       [--ref test_features.npz] [--set KEY=VALUE ...] [--no-diffusers]
+                                       [--calls K]
+
+``--set`` changes ddpmkit's recipe on top of the preset (``train.ema_kind=power`` also writes snapshots, for
+``ddpmkit ema --sweep``); ``--calls`` is ddpmkit's network calls per sample; ``--no-diffusers`` trains and scores
+ddpmkit alone.
 
 What it does (every stage caches its result in --work, so a rerun continues where it stopped):
 
@@ -58,45 +63,56 @@ def _mnist(split: str):
 
 
 # --------------------------------------------------------------------------- ddpmkit training
-def _ddpmkit_config(steps: int, run_dir_name: str):
+def _ddpmkit_config(steps: int, run_dir_name: str, recipe: list[str] | None = None):
+    """The ``mnist`` preset at ``steps``, warm-up and EMA scaled to them, then the ``--set`` assignments ``recipe``."""
     from ddpmkit import load_config
+    from ddpmkit.config import deep_merge, parse_assignments
 
     return load_config(
         "mnist",
-        overrides={
-            "name": run_dir_name,
-            "train": {
-                "steps": steps,
-                "warmup_steps": max(1, steps // 20),
-                "ema_start": steps // 10,
-                "ema_decay": 0.995 if steps < 2000 else 0.999,
-                "sample_every": 0,
-                "checkpoint_every": max(1, steps // 4),
-                "keep_checkpoints": 0,
-                "log_every": max(1, min(50, steps // 4)),
+        overrides=deep_merge(
+            {
+                "name": run_dir_name,
+                "train": {
+                    "steps": steps,
+                    "warmup_steps": max(1, steps // 20),
+                    "ema_start": steps // 10,
+                    "ema_decay": 0.995 if steps < 2000 else 0.999,
+                    "sample_every": 0,
+                    "checkpoint_every": max(1, steps // 4),
+                    "keep_checkpoints": 0,
+                    "log_every": max(1, min(50, steps // 4)),
+                    **({"ema_snapshot_every": max(1, steps // 8)} if _power(recipe) else {}),
+                },
             },
-        },
+            parse_assignments(recipe),
+        ),
     )
 
 
-def _cpu_of_training(steps: int, run_dir: Path) -> float:
+def _power(recipe: list[str] | None) -> bool:
+    """Whether the recipe trains a power EMA (then snapshots every eighth of the run, for ``ddpmkit ema``)."""
+    return any(a.replace(" ", "") == "train.ema_kind=power" for a in recipe or [])
+
+
+def _cpu_of_training(steps: int, run_dir: Path, recipe: list[str] | None) -> float:
     from ddpmkit.runs import train
 
     began = time.process_time()
-    train(_ddpmkit_config(steps, "calibration"), run_dir, force=True, progress=False, log=None)
+    train(_ddpmkit_config(steps, "calibration", recipe), run_dir, force=True, progress=False, log=None)
     return time.process_time() - began
 
 
-def ddpmkit_child(work: Path, budget_s: float) -> None:
-    """Calibrate ddpmkit's cost per step, then train the preset for the steps that fill the budget."""
+def ddpmkit_child(work: Path, budget_s: float, recipe: list[str] | None = None) -> None:
+    """Calibrate ddpmkit's cost per step, then train the preset (with ``recipe``) for the steps that fill the budget."""
     from ddpmkit.runs import train
 
-    short, long = (_cpu_of_training(n, work / f"calibrate{n}") for n in CALIBRATION_STEPS)
+    short, long = (_cpu_of_training(n, work / f"calibrate{n}", recipe) for n in CALIBRATION_STEPS)
     per_step = (long - short) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0])
     overhead = short - CALIBRATION_STEPS[0] * per_step
     steps = max(8, int((budget_s - overhead) / per_step))
     began_cpu, began = time.process_time(), time.time()
-    train(_ddpmkit_config(steps, "ddpmkit"), work / "ddpmkit", force=True, progress=False, log=None)
+    train(_ddpmkit_config(steps, "ddpmkit", recipe), work / "ddpmkit", force=True, progress=False, log=None)
     _save_json(
         work / "ddpmkit" / "budget.json",
         {
@@ -104,8 +120,9 @@ def ddpmkit_child(work: Path, budget_s: float) -> None:
             "cpu_s": time.process_time() - began_cpu,
             "wall_s": time.time() - began,
             "cpu_per_step_s": per_step,
-            "batch_size": 64,
+            "batch_size": _ddpmkit_config(steps, "ddpmkit", recipe).train.batch_size,
             "calibration_cpu_s": short + long,
+            "recipe": recipe or [],
         },
     )
 
@@ -214,14 +231,15 @@ def diffusers_child(work: Path, budget_s: float) -> None:
     )
 
 
-def train_both(work: Path, budget_s: float) -> None:
-    """Both trainings at once, one thread each, in child processes."""
+def train_both(work: Path, budget_s: float, recipe: list[str], who: tuple[str, ...]) -> None:
+    """The trainings of ``who`` at once, one thread each, in child processes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    sets = [arg for a in recipe for arg in ("--set", a)]
     procs = [
         subprocess.Popen(
-            [sys.executable, str(HERE), "--child", who, "--work", str(work), "--budget-s", str(budget_s)], env=env
+            [sys.executable, str(HERE), "--child", w, "--work", str(work), "--budget-s", str(budget_s), *sets], env=env
         )
-        for who in ("ddpmkit", "diffusers")
+        for w in who
     ]
     codes = [p.wait() for p in procs]
     if any(codes):
@@ -229,13 +247,14 @@ def train_both(work: Path, budget_s: float) -> None:
 
 
 # --------------------------------------------------------------------------- sampling
-def sample_ddpmkit(checkpoint: Path, num: int) -> np.ndarray:
-    """uint8 NHWC samples, classes cycled, 50-call DPM-Solver++(2M) (the preset's sampler)."""
+def sample_ddpmkit(checkpoint: Path, num: int, calls: int | None = None) -> np.ndarray:
+    """uint8 NHWC samples, classes cycled, with the run's sampler (the preset's: DPM-Solver++(2M)) in ``calls``
+    network calls (None: the run's, 50 for the preset)."""
     from ddpmkit import Run
     from ddpmkit.images import to_uint8
 
     run = Run.load(checkpoint)
-    return to_uint8(run.sample(num, labels="all", seed=0, batch_size=500).x)
+    return to_uint8(run.sample(num, labels="all", seed=0, batch_size=500, steps=calls).x)
 
 
 @torch.inference_mode()
@@ -268,19 +287,23 @@ def _quarters(steps: int) -> list[tuple[str, int]]:
     return [("q1", q), ("q2", 2 * q), ("q3", 3 * q), ("all", steps)]
 
 
-def sample_sets(work: Path, num: int, num_quarters: int) -> dict[str, tuple[Path, int]]:
+def sample_sets(
+    work: Path, num: int, num_quarters: int, calls: int | None = None, diffusers: bool = True
+) -> dict[str, tuple[Path, int]]:
     """Every sample set as (cached npz file, samples scored): ddpmkit at 1/4, 1/2, 3/4 (``num_quarters``
-    samples each) and all of its steps, diffusers (``num`` each)."""
+    samples each, none if 0) and all of its steps, diffusers (``num`` each)."""
     from ddpmkit.images import load_npz, save_npz
 
     steps = json.loads((work / "ddpmkit" / "budget.json").read_text())["steps"]
     ckpts = {f"ddpmkit_{name}": work / "ddpmkit" / "checkpoints" / f"step_{s:08d}.pt" for name, s in _quarters(steps)}
+    if num_quarters == 0:
+        ckpts = {"ddpmkit_all": ckpts["ddpmkit_all"]}
     sets = {}
-    for name, ckpt in {**ckpts, "diffusers": work / "diffusers" / "ema.pt"}.items():
+    for name, ckpt in {**ckpts, **({"diffusers": work / "diffusers" / "ema.pt"} if diffusers else {})}.items():
         path, n = work / f"samples_{name}.npz", num if name in ("ddpmkit_all", "diffusers") else num_quarters
         if not path.exists():
             began = time.time()
-            images = sample_diffusers(ckpt, n) if name == "diffusers" else sample_ddpmkit(ckpt, n)
+            images = sample_diffusers(ckpt, n) if name == "diffusers" else sample_ddpmkit(ckpt, n, calls)
             save_npz(path, images, np.arange(n) % 10)
             print(f"sampled {name}: {n} in {time.time() - began:.0f} s", flush=True)
         if load_npz(path)[0].shape[0] < n:
@@ -338,7 +361,7 @@ def score_all(work: Path, sets: dict[str, tuple[Path, int]], ref: Path | None, n
         feats[name] = features_of(net, images, work / f"features_{name}-n{n}.npz")
         result[name] = scores(feats[name], test, test_pr[:n])
     for n in sorted({n for _, n in sets.values() if n < num}):
-        for name in ("ddpmkit_all", "diffusers"):  # the first n features are those of the first n images
+        for name in [k for k in ("ddpmkit_all", "diffusers") if k in feats]:  # their first n images' features
             result[f"{name}@{n}"] = scores(feats[name][:n], test, test_pr[:n])
     result["inception_images_per_s"] = net.last_images_per_s
     return result
@@ -349,7 +372,7 @@ def table(result: dict, budgets: dict, sizes: dict[str, int]) -> str:
     rows = ["| set | CPU time | samples | FID | KID x1e3 | precision | recall |", "|---|---|---|---|---|---|---|"]
     cpu, steps = budgets["ddpmkit"]["cpu_s"], budgets["ddpmkit"]["steps"]
     when = {f"ddpmkit_{name}": cpu * s / steps for name, s in _quarters(steps)}
-    when.update(diffusers=budgets["diffusers"]["cpu_s"], floor=None)
+    when.update(floor=None, **({"diffusers": budgets["diffusers"]["cpu_s"]} if "diffusers" in budgets else {}))
     for key in sorted(result, key=lambda k: (k.partition("@")[2] != "", k.partition("@")[2])):
         name, _, n = key.partition("@")
         if name not in when:
@@ -362,11 +385,11 @@ def table(result: dict, budgets: dict, sizes: dict[str, int]) -> str:
     return "\n".join(rows)
 
 
-def pictures(work: Path, sets: dict[str, Path], out_dir: Path) -> None:
+def pictures(work: Path, sets: dict[str, tuple[Path, int]], out_dir: Path) -> None:
     """A 10x10 grid of each model's final samples (one class per column)."""
     from ddpmkit.images import load_npz, make_grid, save_png
 
-    for name in ("ddpmkit_all", "diffusers"):
+    for name in [k for k in ("ddpmkit_all", "diffusers") if k in sets]:
         images = load_npz(sets[name][0])[0][:100]
         save_png(out_dir / f"mnist_{name.split('_')[0]}.png", make_grid(images, nrow=10, padding=2, scale=2))
 
@@ -380,24 +403,30 @@ def main() -> None:
     p.add_argument("--ref", type=Path, help="test-split features (ddpmkit stats mnist --split test --features)")
     p.add_argument("--test-num", type=int, default=10000, help="without --ref: the first N test images as reference")
     p.add_argument("--docs", type=Path, default=HERE.parent.parent / "docs")
+    p.add_argument("--set", dest="recipe", action="append", default=[], metavar="KEY=VALUE", help="ddpmkit's recipe")
+    p.add_argument("--no-diffusers", action="store_true", help="train and score ddpmkit only")
+    p.add_argument("--calls", type=int, help="ddpmkit's network calls per sample (default: the preset's 50)")
     p.add_argument("--child", choices=["ddpmkit", "diffusers"], help=argparse.SUPPRESS)
     p.add_argument("--budget-s", type=float, help=argparse.SUPPRESS)
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     if a.child:
         torch.set_num_threads(1)
-        (ddpmkit_child if a.child == "ddpmkit" else diffusers_child)(a.work, a.budget_s)
+        ddpmkit_child(a.work, a.budget_s, a.recipe) if a.child == "ddpmkit" else diffusers_child(a.work, a.budget_s)
         return
-    if not (a.work / "diffusers" / "budget.json").exists() or not (a.work / "ddpmkit" / "budget.json").exists():
-        train_both(a.work, a.budget_min * 60)
-    budgets = {w: json.loads((a.work / w / "budget.json").read_text()) for w in ("ddpmkit", "diffusers")}
-    sets = sample_sets(a.work, a.num, a.num_quarters or a.num)
+    who = ("ddpmkit",) if a.no_diffusers else ("ddpmkit", "diffusers")
+    if any(not (a.work / w / "budget.json").exists() for w in who):
+        train_both(a.work, a.budget_min * 60, a.recipe, who)
+    budgets = {w: json.loads((a.work / w / "budget.json").read_text()) for w in who}
+    quarters = a.num if a.num_quarters is None else a.num_quarters
+    sets = sample_sets(a.work, a.num, quarters, a.calls, not a.no_diffusers)
     result = score_all(a.work, sets, a.ref, a.num, a.test_num)
     _save_json(
         a.work / "result.json",
         {
             "num": a.num,
-            "num_quarters": a.num_quarters or a.num,
+            "num_quarters": quarters,
+            "calls": a.calls,
             "test_num": a.test_num if a.ref is None else None,
             "budgets": budgets,
             "scores": result,

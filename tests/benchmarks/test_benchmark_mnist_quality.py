@@ -1,0 +1,22 @@
+"""benchmarks/mnist_quality.py: ddpmkit's recipe on top of the mnist preset (``--set``), snapshots for a post-hoc
+EMA sweep only with a power EMA, and the scored checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.bench
+
+
+def test_the_recipe_goes_on_top_of_the_scaled_preset():
+    from conftest import benchmark_script
+
+    with benchmark_script("mnist_quality") as module:
+        plain = module._ddpmkit_config(800, "x")
+        tuned = module._ddpmkit_config(800, "x", ["train.ema_kind=power", "diffusion.min_snr_gamma=5"])
+        quarters = module._quarters(800)
+    assert (plain.train.steps, plain.train.warmup_steps, plain.train.ema_decay) == (800, 40, 0.995)
+    assert plain.train.ema_kind == "fixed" and plain.train.ema_snapshot_every == 0
+    assert (tuned.train.ema_kind, tuned.train.ema_snapshot_every, tuned.diffusion.min_snr_gamma) == ("power", 100, 5)
+    assert (tuned.train.steps, tuned.train.checkpoint_every) == (800, 200)
+    assert quarters == [("q1", 200), ("q2", 400), ("q3", 600), ("all", 800)]
