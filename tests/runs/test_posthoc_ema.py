@@ -61,9 +61,12 @@ def _samples(run_dir, state=None):
     return run.sample(2, sampler="ddim", steps=5, labels=[3, 7], seed=0, precision="fp32").x
 
 
-def test_presets_write_no_power_keys():
-    text = config_yaml(load_config("digits", None, None))
+def test_power_keys_are_written_only_where_set():
+    text = config_yaml(load_config("mnist", None, None))
     assert "ema_kind" not in text and "ema_sigma_rels" not in text and "ema_snapshot_every" not in text
+    train = yaml.safe_load(config_yaml(load_config("digits", None, None)))["train"]  # the preset chose power
+    assert (train["ema_kind"], train["ema_snapshot_every"]) == ("power", 500) and "ema_sigma_rels" not in train
+    assert load_config("digits", None, None).train.ema_sigma_rels == (0.05, 0.10)  # the default widths
 
 
 def test_snapshots_at_the_interval_labelled_by_their_last_update(power_run):
