@@ -216,3 +216,14 @@ def test_fid_sweep_reads_its_reference_once_and_scores_as_eval_does(power_run, t
     ]
     assert table["rows"][0]["fid"] == pytest.approx(found[0], rel=1e-6)
     assert table["rows"][0]["fid"] != pytest.approx(found[1], rel=1e-3)  # the sweep drew its samples in 2 calls
+
+
+def test_an_ema_decay_the_power_ema_would_ignore_is_refused(tmp_path, tiny_config):
+    out = tmp_path / "r"
+    code, err = run_cli("train", "--preset", "digits", "--set", "train.ema_decay=0.9995", "--out", out)
+    assert_user_error(code, err, "train.ema_decay", "power EMA", "train.ema_kind=fixed")
+    assert not out.exists()  # refused before anything is written
+    tiny = ["--config", tiny_config, "--no-progress"]  # a fixed EMA: the same assignment is used, and accepted
+    code, err = run_cli("train", "--preset", "digits", *tiny, "--set", "train.ema_decay=0.6", "--out", out)
+    assert code == 0, err
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["ema_decay"] == 0.6

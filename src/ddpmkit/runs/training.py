@@ -402,6 +402,16 @@ class Trained(NamedTuple):
     stopped: str | None = None
 
 
+def _refuse_unused_ema_keys(cfg: ExperimentConfig, sets: dict) -> None:
+    """``--set train.ema_decay`` (or ema_start) would be silently ignored by a power EMA (the digits preset's)."""
+    unused = [key for key in ("ema_decay", "ema_start") if key in sets.get("train", {})]
+    if unused and cfg.train.ema_kind == "power":
+        raise UserError(
+            f"--set train.{unused[0]} is not used by the power EMA (train.ema_kind power): choose its widths with "
+            "train.ema_sigma_rels, or use the fixed EMA: --set train.ema_kind=fixed --set train.ema_snapshot_every=0"
+        )
+
+
 def train_or_resume(
     preset: str | None,
     config_file: str | None,
@@ -423,6 +433,7 @@ def train_or_resume(
         out = Path(run_dir)
     else:
         cfg = load_config(preset, config_file, overrides)  # flags and --set merged first, then checked once
+        _refuse_unused_ema_keys(cfg, sets)
         out = Path(run_dir) if run_dir else Path("runs") / cfg.name
     try:
         last = train(cfg, out, resume=resume, force=force, overrides=overrides, progress=progress)
