@@ -227,3 +227,10 @@ def test_an_ema_decay_the_power_ema_would_ignore_is_refused(tmp_path, tiny_confi
     code, err = run_cli("train", "--preset", "digits", *tiny, "--set", "train.ema_decay=0.6", "--out", out)
     assert code == 0, err
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["ema_decay"] == 0.6
+
+
+def test_a_power_ema_teacher_is_tuned_with_the_tunings_fixed_ema(power_run):
+    from ddpmkit.runs.distill import distill_config
+
+    train = distill_config(power_run).train
+    assert (train.ema_kind, train.ema_snapshot_every, train.ema_decay) == ("fixed", 0, 0.995)  # the digits tuning's

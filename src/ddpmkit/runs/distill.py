@@ -33,7 +33,15 @@ DISTILL_PRESETS: dict[str, dict] = {
     "cifar10": {"share": 0.125, "batch_size": 128, "lr": 1e-4, "ema_decay": 0.9999, "sample_every": 10000},
 }
 MIN_STEPS = 2 * STAGES  # a tuning sees every ECT stage for at least two steps
-_TUNING = {"warmup_steps": 0, "lr_schedule": "constant", "ema_start": 0, "ema_every": 1}
+# the tuning's own fixed EMA, whatever the teacher averaged with (the digits preset trains a power EMA)
+_TUNING = {
+    "warmup_steps": 0,
+    "lr_schedule": "constant",
+    "ema_start": 0,
+    "ema_every": 1,
+    "ema_kind": "fixed",
+    "ema_snapshot_every": 0,
+}
 
 
 def teacher_cost(cfg: ExperimentConfig, step: int | None = None) -> float | None:
