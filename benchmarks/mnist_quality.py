@@ -68,6 +68,8 @@ def _ddpmkit_config(steps: int, run_dir_name: str, recipe: list[str] | None = No
     from ddpmkit import load_config
     from ddpmkit.config import deep_merge, parse_assignments
 
+    chosen = parse_assignments(recipe)
+    power = chosen.get("train", {}).get("ema_kind") == "power"  # then snapshots every eighth, for `ddpmkit ema`
     return load_config(
         "mnist",
         overrides=deep_merge(
@@ -82,17 +84,12 @@ def _ddpmkit_config(steps: int, run_dir_name: str, recipe: list[str] | None = No
                     "checkpoint_every": max(1, steps // 4),
                     "keep_checkpoints": 0,
                     "log_every": max(1, min(50, steps // 4)),
-                    **({"ema_snapshot_every": max(1, steps // 8)} if _power(recipe) else {}),
+                    **({"ema_snapshot_every": max(1, steps // 8)} if power else {}),
                 },
             },
-            parse_assignments(recipe),
+            chosen,
         ),
     )
-
-
-def _power(recipe: list[str] | None) -> bool:
-    """Whether the recipe trains a power EMA (then snapshots every eighth of the run, for ``ddpmkit ema``)."""
-    return any(a.replace(" ", "") == "train.ema_kind=power" for a in recipe or [])
 
 
 def _cpu_of_training(steps: int, run_dir: Path, recipe: list[str] | None) -> float:
@@ -111,8 +108,9 @@ def ddpmkit_child(work: Path, budget_s: float, recipe: list[str] | None = None) 
     per_step = (long - short) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0])
     overhead = short - CALIBRATION_STEPS[0] * per_step
     steps = max(8, int((budget_s - overhead) / per_step))
+    cfg = _ddpmkit_config(steps, "ddpmkit", recipe)
     began_cpu, began = time.process_time(), time.time()
-    train(_ddpmkit_config(steps, "ddpmkit", recipe), work / "ddpmkit", force=True, progress=False, log=None)
+    train(cfg, work / "ddpmkit", force=True, progress=False, log=None)
     _save_json(
         work / "ddpmkit" / "budget.json",
         {
@@ -120,7 +118,7 @@ def ddpmkit_child(work: Path, budget_s: float, recipe: list[str] | None = None) 
             "cpu_s": time.process_time() - began_cpu,
             "wall_s": time.time() - began,
             "cpu_per_step_s": per_step,
-            "batch_size": _ddpmkit_config(steps, "ddpmkit", recipe).train.batch_size,
+            "batch_size": cfg.train.batch_size,
             "calibration_cpu_s": short + long,
             "recipe": recipe or [],
         },
