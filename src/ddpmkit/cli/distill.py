@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .flags import add_command, add_flag, add_flags
+from .flags import add_command, add_flag, add_flags, flag_keywords
 
 __all__ = ["add_parser", "cmd_distill"]
 
@@ -36,17 +36,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    done = distill(
-        args.run,
-        args.out,
-        method=args.method,
-        steps=args.steps,
-        assignments=args.set,
-        resume=args.resume,
-        force=args.force,
-        progress=not args.no_progress,
-        log=log,
-    )
+    tuning = flag_keywords(args, ("method", "steps", "resume", "force"))
+    done = distill(args.run, args.out, **tuning, assignments=args.set, progress=not args.no_progress, log=log)
     if done.stopped:
         print(done.stopped, file=sys.stderr)
     if done.exit_code or done.last is None:

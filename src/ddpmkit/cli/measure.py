@@ -13,7 +13,7 @@ import sys
 from ..fields import parse_image_size
 from ..files import write_text
 from ..options import ExportFormat, QualityMetric, Split, choices
-from .flags import COMMON, add_command, add_flag, add_flags, load_run
+from .flags import COMMON, add_command, add_flag, add_flags, flag_keywords, load_run
 
 __all__ = [
     "EVAL_METRICS",
@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 EVAL_METRICS = ("bpd", *choices(QualityMetric), "digits")
+# the flags of `eval` handed to runs.evaluation.evaluate under their own names
+EVAL_FLAGS = tuple("ref split data num seed batch_size device sampler steps inception resize permutations".split())
 
 
 def add_tune_steps(sub) -> None:
@@ -57,18 +59,8 @@ def cmd_tune_steps(args: argparse.Namespace) -> int:
 
     run = load_run(args)
     log = None if args.no_progress else (lambda text: print(text, file=sys.stderr, flush=True))
-    record = tune_steps(
-        run,
-        args.steps,
-        args.sampler,
-        draws=args.draws,
-        heldout=args.heldout,
-        rounds=args.rounds,
-        seed=args.seed,
-        force=args.force,
-        batch_size=args.batch_size,
-        log=log,
-    )
+    tuning = flag_keywords(args, ("draws", "heldout", "rounds", "seed", "force", "batch_size"))
+    record = tune_steps(run, args.steps, args.sampler, **tuning, log=log)
     print(describe(record))
     return 0
 
@@ -125,19 +117,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(
         args.run,
         args.metric,
-        ref=args.ref,
-        split=args.split,
-        data=args.data,
-        num=args.num,
-        seed=args.seed,
-        batch_size=args.batch_size,
+        **flag_keywords(args, EVAL_FLAGS),
         ema=not args.no_ema,
-        device=args.device,
-        sampler=args.sampler,
-        steps=args.steps,
-        inception=args.inception,
-        resize=args.resize,
-        permutations=args.permutations,
         labels=not args.no_labels,
         progress=not args.no_progress,
     )
