@@ -2,11 +2,12 @@
 
     python benchmarks/mnist_quality.py [--budget-min 20] [--num 2000] [--num-quarters N] [--work runs/mnist_bench]
                                        [--ref test_features.npz] [--set KEY=VALUE ...] [--no-diffusers]
-                                       [--calls K]
+                                       [--calls K] [--preset]
 
 ``--set`` changes ddpmkit's recipe on top of the preset (``train.ema_kind=power`` also writes snapshots, for
 ``ddpmkit ema --sweep``); ``--calls`` is ddpmkit's network calls per sample; ``--no-diffusers`` trains and scores
-ddpmkit alone.
+ddpmkit alone; ``--preset`` trains the ``mnist`` preset as ``ddpmkit train --preset mnist`` does (its own steps,
+warm-up, EMA and grids, its CPU time recorded) instead of planning steps for the budget.
 
 What it does (every stage caches its result in --work, so a rerun continues where it stopped):
 
@@ -100,15 +101,29 @@ def _cpu_of_training(steps: int, run_dir: Path, recipe: list[str] | None) -> flo
     return time.process_time() - began
 
 
-def ddpmkit_child(work: Path, budget_s: float, recipe: list[str] | None = None) -> None:
-    """Calibrate ddpmkit's cost per step, then train the preset (with ``recipe``) for the steps that fill the budget."""
+def preset_config(recipe: list[str] | None = None):
+    """The ``mnist`` preset as ``ddpmkit train --preset mnist`` trains it (its own steps, warm-up, EMA and grids)."""
+    from ddpmkit import load_config
+    from ddpmkit.config import parse_assignments
+
+    return load_config("mnist", overrides=parse_assignments(recipe))
+
+
+def ddpmkit_child(work: Path, budget_s: float | None, recipe: list[str] | None = None) -> None:
+    """Calibrate ddpmkit's cost per step, then train the preset (with ``recipe``) for the steps that fill the budget;
+    ``budget_s`` None: the preset as it is, however long it takes."""
     from ddpmkit.runs import train
 
-    short, long = (_cpu_of_training(n, work / f"calibrate{n}", recipe) for n in CALIBRATION_STEPS)
-    per_step = (long - short) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0])
-    overhead = short - CALIBRATION_STEPS[0] * per_step
-    steps = max(8, int((budget_s - overhead) / per_step))
-    cfg = _ddpmkit_config(steps, "ddpmkit", recipe)
+    per_step = short = long = None
+    if budget_s is None:
+        cfg = preset_config(recipe)
+        steps = cfg.train.steps
+    else:
+        short, long = (_cpu_of_training(n, work / f"calibrate{n}", recipe) for n in CALIBRATION_STEPS)
+        per_step = (long - short) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0])
+        overhead = short - CALIBRATION_STEPS[0] * per_step
+        steps = max(8, int((budget_s - overhead) / per_step))
+        cfg = _ddpmkit_config(steps, "ddpmkit", recipe)
     began_cpu, began = time.process_time(), time.time()
     train(cfg, work / "ddpmkit", force=True, progress=False, log=None)
     _save_json(
@@ -119,7 +134,7 @@ def ddpmkit_child(work: Path, budget_s: float, recipe: list[str] | None = None) 
             "wall_s": time.time() - began,
             "cpu_per_step_s": per_step,
             "batch_size": cfg.train.batch_size,
-            "calibration_cpu_s": short + long,
+            "calibration_cpu_s": None if short is None or long is None else short + long,
             "recipe": recipe or [],
         },
     )
@@ -229,13 +244,16 @@ def diffusers_child(work: Path, budget_s: float) -> None:
     )
 
 
-def train_both(work: Path, budget_s: float, recipe: list[str], who: tuple[str, ...]) -> None:
-    """The trainings of ``who`` at once, one thread each, in child processes."""
+def train_both(work: Path, budget_s: float, recipe: list[str], who: tuple[str, ...], preset: bool = False) -> None:
+    """The trainings of ``who`` at once, one thread each, in child processes (``preset``: ddpmkit's is the whole
+    preset, whatever the budget)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     sets = [arg for a in recipe for arg in ("--set", a)]
     procs = [
         subprocess.Popen(
-            [sys.executable, str(HERE), "--child", w, "--work", str(work), "--budget-s", str(budget_s), *sets], env=env
+            [sys.executable, str(HERE), "--child", w, "--work", str(work), "--budget-s", str(budget_s), *sets]
+            + (["--preset"] if preset and w == "ddpmkit" else []),
+            env=env,
         )
         for w in who
     ]
@@ -404,19 +422,27 @@ def main() -> None:
     p.add_argument("--set", dest="recipe", action="append", default=[], metavar="KEY=VALUE", help="ddpmkit's recipe")
     p.add_argument("--no-diffusers", action="store_true", help="train and score ddpmkit only")
     p.add_argument("--calls", type=int, help="ddpmkit's network calls per sample (default: the preset's 50)")
+    p.add_argument(
+        "--preset",
+        action="store_true",
+        help="ddpmkit trains the mnist preset as it is (its 3,000 steps), not for --budget-min; no quarters scored",
+    )
     p.add_argument("--child", choices=["ddpmkit", "diffusers"], help=argparse.SUPPRESS)
     p.add_argument("--budget-s", type=float, help=argparse.SUPPRESS)
     a = p.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     if a.child:
         torch.set_num_threads(1)
-        ddpmkit_child(a.work, a.budget_s, a.recipe) if a.child == "ddpmkit" else diffusers_child(a.work, a.budget_s)
+        if a.child == "ddpmkit":
+            ddpmkit_child(a.work, None if a.preset else a.budget_s, a.recipe)
+        else:
+            diffusers_child(a.work, a.budget_s)
         return
     who = ("ddpmkit",) if a.no_diffusers else ("ddpmkit", "diffusers")
     if any(not (a.work / w / "budget.json").exists() for w in who):
-        train_both(a.work, a.budget_min * 60, a.recipe, who)
+        train_both(a.work, a.budget_min * 60, a.recipe, who, a.preset)
     budgets = {w: json.loads((a.work / w / "budget.json").read_text()) for w in who}
-    quarters = a.num if a.num_quarters is None else a.num_quarters
+    quarters = 0 if a.preset else a.num if a.num_quarters is None else a.num_quarters
     sets = sample_sets(a.work, a.num, quarters, a.calls, not a.no_diffusers)
     result = score_all(a.work, sets, a.ref, a.num, a.test_num)
     _save_json(

@@ -20,3 +20,17 @@ def test_the_recipe_goes_on_top_of_the_scaled_preset():
     assert (tuned.train.ema_kind, tuned.train.ema_snapshot_every, tuned.diffusion.min_snr_gamma) == ("power", 100, 5)
     assert (tuned.train.steps, tuned.train.checkpoint_every) == (800, 200)
     assert quarters == [("q1", 200), ("q2", 400), ("q3", 600), ("all", 800)]
+
+
+def test_the_preset_row_trains_the_preset_as_the_cli_does():
+    from conftest import benchmark_script
+
+    from ddpmkit import load_config
+
+    with benchmark_script("mnist_quality") as module:
+        preset = module.preset_config()
+        tuned = module.preset_config(["train.ema_kind=power"])
+    cli = load_config("mnist")
+    assert preset.train == cli.train and preset.model == cli.model and preset.diffusion == cli.diffusion
+    assert preset.train.steps == 3000 and preset.train.sample_every == 1000
+    assert tuned.train.ema_kind == "power" and tuned.train.steps == 3000
