@@ -5,7 +5,7 @@
                                        [--calls K] [--preset]
 
 ``--set`` changes ddpmkit's recipe on top of the preset (``train.ema_kind=power`` also writes snapshots, for
-``ddpmkit ema --sweep``); ``--calls`` is ddpmkit's network calls per sample; ``--no-diffusers`` trains and scores
+``ddpmkit ema --sweep``); ``--calls`` is each model's network calls per sample; ``--no-diffusers`` trains and scores
 ddpmkit alone; ``--preset`` trains the ``mnist`` preset as ``ddpmkit train --preset mnist`` does (its own steps,
 warm-up, EMA and grids, its CPU time recorded) instead of planning steps for the budget.
 
@@ -23,8 +23,8 @@ What it does (every stage caches its result in --work, so a rerun continues wher
      batch 16, gradient clipping 1.0, ``EMAModel`` with warm-up (inv_gamma 1, power 3/4, max
      0.9999), MSE on the noise, fp32), class labels through ``num_class_embeds``; a network of about
      ddpmkit's size (blocks 32-64-64, attention at 8x8). Both pad 28x28 to 32x32 with the background.
-3. Sampling: ``--num`` class-conditional samples (classes cycled) from each with its best 50-call
-   sampler: ddpmkit's DPM-Solver++(2M), diffusers' ``DPMSolverMultistepScheduler`` (also 2M); no
+3. Sampling: ``--num`` class-conditional samples (classes cycled) from each with its best sampler
+   in ``--calls`` calls (50): ddpmkit's DPM-Solver++(2M), diffusers' ``DPMSolverMultistepScheduler`` (also 2M); no
    guidance. ddpmkit also after 1/4, 1/2 and 3/4 of its steps (time to quality; the table gives
    each checkpoint's share of ddpmkit's CPU time, so an overrun of the plan is compared fairly).
 4. Scores: FID against the 10k test statistics, KID (against the test features) with its standard
@@ -274,8 +274,8 @@ def sample_ddpmkit(checkpoint: Path, num: int, calls: int | None = None) -> np.n
 
 
 @torch.inference_mode()
-def sample_diffusers(weights: Path, num: int, batch_size: int = 500) -> np.ndarray:
-    """uint8 NHWC samples from the diffusers EMA model with DPMSolverMultistepScheduler, 50 steps."""
+def sample_diffusers(weights: Path, num: int, calls: int = 50, batch_size: int = 500) -> np.ndarray:
+    """uint8 NHWC samples from the diffusers EMA model with DPMSolverMultistepScheduler in ``calls`` steps."""
     from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 
     model = diffusers_model()
@@ -289,7 +289,7 @@ def sample_diffusers(weights: Path, num: int, batch_size: int = 500) -> np.ndarr
         gen = torch.Generator().manual_seed(start)
         x = torch.randn(n, 1, 32, 32, generator=gen)
         y = torch.arange(start, start + n) % 10
-        sched.set_timesteps(50)
+        sched.set_timesteps(calls)
         for t in sched.timesteps:
             x = sched.step(model(x, t, class_labels=y).sample, t, x).prev_sample
         x = x[:, :, 2:30, 2:30].clamp(-1, 1)
@@ -319,7 +319,10 @@ def sample_sets(
         path, n = work / f"samples_{name}.npz", num if name in ("ddpmkit_all", "diffusers") else num_quarters
         if not path.exists():
             began = time.time()
-            images = sample_diffusers(ckpt, n) if name == "diffusers" else sample_ddpmkit(ckpt, n, calls)
+            if name == "diffusers":
+                images = sample_diffusers(ckpt, n, calls or 50)
+            else:
+                images = sample_ddpmkit(ckpt, n, calls)
             save_npz(path, images, np.arange(n) % 10)
             print(f"sampled {name}: {n} in {time.time() - began:.0f} s", flush=True)
         if load_npz(path)[0].shape[0] < n:
@@ -421,7 +424,7 @@ def main() -> None:
     p.add_argument("--docs", type=Path, default=HERE.parent.parent / "docs")
     p.add_argument("--set", dest="recipe", action="append", default=[], metavar="KEY=VALUE", help="ddpmkit's recipe")
     p.add_argument("--no-diffusers", action="store_true", help="train and score ddpmkit only")
-    p.add_argument("--calls", type=int, help="ddpmkit's network calls per sample (default: the preset's 50)")
+    p.add_argument("--calls", type=int, help="network calls per sample of each model (default: 50, the preset's)")
     p.add_argument(
         "--preset",
         action="store_true",
