@@ -24,7 +24,6 @@ def test_the_recipe_goes_on_top_of_the_scaled_preset():
 
 def test_the_preset_row_trains_the_preset_as_the_cli_does():
     from conftest import benchmark_script
-
     from ddpmkit import load_config
 
     with benchmark_script("mnist_quality") as module:
@@ -34,3 +33,23 @@ def test_the_preset_row_trains_the_preset_as_the_cli_does():
     assert preset.train == cli.train and preset.model == cli.model and preset.diffusion == cli.diffusion
     assert preset.train.steps == 3000 and preset.train.sample_every == 1000
     assert tuned.train.ema_kind == "power" and tuned.train.steps == 3000
+
+
+def test_diffusers_samples_in_the_calls_asked_for(tmp_path, monkeypatch):
+    diffusers = pytest.importorskip("diffusers")
+    from conftest import benchmark_script
+
+    with benchmark_script("mnist_quality") as module:
+        import torch
+
+        torch.save(module.diffusers_model().state_dict(), tmp_path / "ema.pt")
+        calls, forward = [], diffusers.UNet2DModel.forward
+
+        def counted(self, *args, **kwargs):
+            calls.append(1)
+            return forward(self, *args, **kwargs)
+
+        monkeypatch.setattr(diffusers.UNet2DModel, "forward", counted)
+        images = module.sample_diffusers(tmp_path / "ema.pt", 3, calls=4)
+    assert images.shape == (3, 28, 28, 1) and images.dtype.name == "uint8"
+    assert len(calls) == 4  # one batch of 3, four solver steps
