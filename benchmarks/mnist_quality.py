@@ -101,6 +101,14 @@ def _cpu_of_training(steps: int, run_dir: Path, recipe: list[str] | None) -> flo
     return time.process_time() - began
 
 
+def _planned_steps(work: Path, budget_s: float, recipe: list[str] | None) -> tuple[int, float, float]:
+    """The steps that fill ``budget_s`` of CPU time, from two short calibration runs; their cost per step and CPU."""
+    short, long = (_cpu_of_training(n, work / f"calibrate{n}", recipe) for n in CALIBRATION_STEPS)
+    per_step = (long - short) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0])
+    overhead = short - CALIBRATION_STEPS[0] * per_step
+    return max(8, int((budget_s - overhead) / per_step)), per_step, short + long
+
+
 def preset_config(recipe: list[str] | None = None):
     """The ``mnist`` preset as ``ddpmkit train --preset mnist`` trains it (its own steps, warm-up, EMA and grids)."""
     from ddpmkit import load_config
@@ -114,27 +122,22 @@ def ddpmkit_child(work: Path, budget_s: float | None, recipe: list[str] | None =
     ``budget_s`` None: the preset as it is, however long it takes."""
     from ddpmkit.runs import train
 
-    per_step = short = long = None
     if budget_s is None:
-        cfg = preset_config(recipe)
-        steps = cfg.train.steps
+        cfg, per_step, calibration = preset_config(recipe), None, None
     else:
-        short, long = (_cpu_of_training(n, work / f"calibrate{n}", recipe) for n in CALIBRATION_STEPS)
-        per_step = (long - short) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0])
-        overhead = short - CALIBRATION_STEPS[0] * per_step
-        steps = max(8, int((budget_s - overhead) / per_step))
+        steps, per_step, calibration = _planned_steps(work, budget_s, recipe)
         cfg = _ddpmkit_config(steps, "ddpmkit", recipe)
     began_cpu, began = time.process_time(), time.time()
     train(cfg, work / "ddpmkit", force=True, progress=False, log=None)
     _save_json(
         work / "ddpmkit" / "budget.json",
         {
-            "steps": steps,
+            "steps": cfg.train.steps,
             "cpu_s": time.process_time() - began_cpu,
             "wall_s": time.time() - began,
             "cpu_per_step_s": per_step,
             "batch_size": cfg.train.batch_size,
-            "calibration_cpu_s": None if short is None or long is None else short + long,
+            "calibration_cpu_s": calibration,
             "recipe": recipe or [],
         },
     )
