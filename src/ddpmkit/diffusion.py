@@ -347,14 +347,7 @@ class GaussianDiffusion:
                 :class:`SamplingOptions`, instead of those keywords.
         """
         opts = _options(
-            options,
-            sampler=sampler,
-            steps=steps,
-            spacing=spacing,
-            eta=eta,
-            order=order,
-            timesteps=timesteps,
-            guidance=guidance_scale,
+            options, sampler, guidance_scale, steps=steps, spacing=spacing, eta=eta, order=order, timesteps=timesteps
         )
         if x_T is None:
             x_T = randn(tuple(shape), generator, _model_device(model) if device is None else device, dtype)
@@ -413,7 +406,7 @@ class GaussianDiffusion:
         ``resample`` R and ``jump_length`` J follow Lugmayr et al. 2022 (R = 1: plain replacement);
         the other arguments are :meth:`sample`'s. Network calls: ``steps`` plus (R - 1) J per jump.
         """
-        opts = _options(options, sampler=sampler, steps=steps, spacing=spacing, eta=eta, guidance=guidance_scale)
+        opts = _options(options, sampler, guidance_scale, steps=steps, spacing=spacing, eta=eta)
         timesteps = opts.grid(self.num_timesteps, self.alphas_cumprod)
         denoiser = self._denoiser(model, y, x_known, opts.guidance, clip_denoised)
         levels = editing.repaint_schedule(len(timesteps), jump_length, resample)
@@ -458,7 +451,7 @@ class GaussianDiffusion:
         ``steps`` are the calls of a full-strength edit (None: all T); a strength-S edit makes about S of them.
         Strength 0 returns ``x``; strength 1 is :meth:`sample` from pure noise with the same generator.
         """
-        opts = _options(options, sampler=sampler, steps=steps, spacing=spacing, eta=eta, guidance=guidance_scale)
+        opts = _options(options, sampler, guidance_scale, steps=steps, spacing=spacing, eta=eta)
         steps = opts.calls(self.num_timesteps)
         sampling_timesteps(self.num_timesteps, steps, "linspace")  # checks steps
         timesteps = editing.edit_timesteps(self.num_timesteps, strength, steps, opts.grid_spacing, self.alphas_cumprod)
@@ -496,7 +489,7 @@ class GaussianDiffusion:
         Decoding the result with those same arguments (``x_T=``) returns about x0 (Song et al. 2021, sec. 4.3).
         ``options`` (with sampler "ddim") replaces steps, spacing and guidance_scale.
         """
-        opts = _options(options, sampler="ddim", steps=steps, spacing=spacing, guidance=guidance_scale)
+        opts = _options(options, "ddim", guidance_scale, steps=steps, spacing=spacing)
         timesteps = opts.grid(self.num_timesteps, self.alphas_cumprod)
         denoiser = self._denoiser(model, y, x0, opts.guidance, clip_denoised)
         return ddim_invert(denoiser, x0, timesteps.flip(0), self.alphas_cumprod, callback=callback)
@@ -601,7 +594,7 @@ class GaussianDiffusion:
         return self.vb_terms(model, x0, y, generator).total
 
 
-def _options(options: SamplingOptions | None, *, sampler: SamplerName, guidance: float, **given) -> SamplingOptions:
+def _options(options: SamplingOptions | None, sampler: SamplerName, guidance: float, **given) -> SamplingOptions:
     """The one options object: built from the keywords, or ``options`` where the keywords are left at their defaults."""
     if options is None:
         return SamplingOptions(sampler=sampler, guidance=guidance, **given)

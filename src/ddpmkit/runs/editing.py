@@ -17,7 +17,8 @@ label) where it was trained with one (``diffusion.p_uncond > 0``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,6 +48,10 @@ class Edited(NamedTuple):
     labels: Tensor | None  # int64 [N] the classes conditioned on, or None (unconditional)
     rows: list[Tensor]  # one row of the PNG picture per input: its input (masked) first, then its results
     calls: int  # network calls per result
+
+
+# one batch of an edit: (its slice of the copies, their inputs, labels, generators) -> its results
+EditBatch = Callable[[slice, Tensor, "Tensor | None", "list[torch.Generator]"], Tensor]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -169,16 +174,22 @@ def _steps(run: Run, sampler: str, steps: int | None) -> int | None:
     )
 
 
-def _batches(run: Run, inputs: Tensor, num: int, y: Tensor | None, seed: int, batch_size: int, precision):
-    """(inputs, labels, generators) per batch over the input-major list of num copies of each input."""
+def _edit_batches(
+    run: Run, inputs: Tensor, num: int, y: Tensor | None, seed: int, batch_size: int, precision, edit_batch: EditBatch
+) -> Tensor:
+    """``edit_batch`` over the input-major list of num copies of each input, a batch at a time under autocast: the
+    results, float32 on the CPU; copy j is seeded seed + j whatever the batch size."""
     device = run.device
     x = inputs.repeat_interleave(num, dim=0)
     amp = autocast_dtype(precision or "auto", device)
+    out = []
     for start in range(0, len(x), batch_size):
-        stop = min(start + batch_size, len(x))
-        gens = [torch.Generator(device=device).manual_seed(seed + j) for j in range(start, stop)]
-        yb = None if y is None else y[start:stop].to(device)
-        yield slice(start, stop), x[start:stop].to(device), yb, gens, autocast_context(device, amp)
+        part = slice(start, min(start + batch_size, len(x)))
+        gens = [torch.Generator(device=device).manual_seed(seed + j) for j in range(part.start, part.stop)]
+        yb = None if y is None else y[part].to(device)
+        with torch.no_grad(), autocast_context(device, amp):
+            out.append(edit_batch(part, x[part].to(device), yb, gens).float().cpu())
+    return torch.cat(out)
 
 
 def _shown_labels(run: Run, y: Tensor | None) -> Tensor | None:
@@ -220,25 +231,14 @@ def inpaint(
     masks = mask.expand(len(images), *mask.shape[1:]).repeat_interleave(num, dim=0)
     y, w = _conditioning(run, labels, len(images) * num, guidance)
     opts = dataclasses.replace(opts, guidance=w)
-    out = []
-    for part, x, yb, gens, amp in _batches(run, images, num, y, seed, batch_size, precision):
-        with amp:
-            out.append(
-                run.diffusion.inpaint(
-                    run.model,
-                    x,
-                    masks[part].to(x.device),
-                    resample=resample,
-                    jump_length=jump,
-                    y=yb,
-                    generator=gens,
-                    progress=progress,
-                    options=opts,
-                )
-                .float()
-                .cpu()
-            )
-    x = torch.cat(out)
+    complete = partial(
+        run.diffusion.inpaint, run.model, resample=resample, jump_length=jump, progress=progress, options=opts
+    )
+
+    def completed(part: slice, x: Tensor, yb: Tensor | None, gens: list[torch.Generator]) -> Tensor:
+        return complete(x, masks[part].to(x.device), y=yb, generator=gens)
+
+    x = _edit_batches(run, images, num, y, seed, batch_size, precision, completed)
     m = mask.expand(len(images), *mask.shape[1:])
     sched = repaint_schedule(opts.calls(run.diffusion.num_timesteps), jump, resample)
     calls = sum(b < a for a, b in zip(sched, sched[1:]))
@@ -281,15 +281,12 @@ def edit(
     kept = edit_timesteps(T, strength, opts.calls(T), opts.grid_spacing, run.diffusion.alphas_cumprod)
     y, w = _conditioning(run, labels, len(images) * num, guidance)
     opts = dataclasses.replace(opts, guidance=w)
-    out = []
-    for _, x, yb, gens, amp in _batches(run, images, num, y, seed, batch_size, precision):
-        with amp:
-            out.append(
-                run.diffusion.edit(run.model, x, strength, y=yb, generator=gens, progress=progress, options=opts)
-                .float()
-                .cpu()
-            )
-    x = torch.cat(out)
+    sdedit = partial(run.diffusion.edit, run.model, strength=strength, progress=progress, options=opts)
+
+    def edited(_, x: Tensor, yb: Tensor | None, gens: list[torch.Generator]) -> Tensor:
+        return sdedit(x, y=yb, generator=gens)
+
+    x = _edit_batches(run, images, num, y, seed, batch_size, precision, edited)
     return Edited(x, _shown_labels(run, y), _rows(images, x, num), 0 if kept is None else len(kept))
 
 
@@ -306,13 +303,14 @@ def _edit_consistency(
 ) -> Edited:
     """A consistency model's SDEdit: noise to the strength's level, then ``calls`` jumps."""
     y, _ = _conditioning(run, labels, len(images) * num, None)
-    out, used = [], 0
-    for _, x, yb, gens, amp in _batches(run, images, num, y, seed, batch_size, precision):
-        with amp, torch.no_grad():
-            edited, used = edit_consistency(run.config, run.model, run.diffusion, x, strength, calls, yb, gens)
-        out.append(edited.float().cpu())
-    x = torch.cat(out)
-    return Edited(x, _shown_labels(run, y), _rows(images, x, num), used)
+    used = [0]
+
+    def jumps(_, x: Tensor, yb: Tensor | None, gens: list[torch.Generator]) -> Tensor:
+        edited, used[0] = edit_consistency(run.config, run.model, run.diffusion, x, strength, calls, yb, gens)
+        return edited
+
+    x = _edit_batches(run, images, num, y, seed, batch_size, precision, jumps)
+    return Edited(x, _shown_labels(run, y), _rows(images, x, num), used[0])
 
 
 def interpolate(
