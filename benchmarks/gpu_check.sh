@@ -7,7 +7,7 @@
 #     bash benchmarks/gpu_check.sh [OUTDIR [PART...]]   # logs in OUTDIR (default gpu-check/)
 #
 # PARTs (default: all four): benchmark, benchmark_compiled, tests, cli. PYTEST_ADDOPTS (pytest's
-# own variable) can narrow the tests, e.g. PYTEST_ADDOPTS=tests/test_fast_path.py.
+# own variable) can narrow the tests, e.g. PYTEST_ADDOPTS=tests/nn/test_fast_path.py.
 #
 # 1. benchmark.txt: benchmarks/train_speed.py --device cuda: the DDPM CIFAR-10 model (35.7M
 #    parameters, batch 128) against diffusers' UNet2DModel of the same size, in fp32 (TF32), bf16

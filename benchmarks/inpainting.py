@@ -7,7 +7,7 @@
                                            [--picture docs/inpainting_digits.png]
 
 gaussian: data N(mu, Sigma) on four strongly correlated pixels [1, 2, 2] (the matrix of
-tests/test_editing.py), its exact noise predictor (``GaussianMixtureOracle``), float64. The top
+tests/maths/test_editing.py), its exact noise predictor (``GaussianMixtureOracle``), float64. The top
 row (0.8, 0.9) is known; the exact law of the bottom row given it is Gaussian with a closed-form
 mean and covariance. For each T (linear schedule stretched to T), jump J and resampling R,
 ``--samples`` RePaint completions (ancestral, every step kept) are scored by the mean error in

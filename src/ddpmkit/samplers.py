@@ -254,7 +254,7 @@ def dpmpp_2m_sample(
     The multistep extrapolation wants steps whose log-SNR lengths change gradually, as on the
     "snr_root", "logsnr", "karras", "quadratic" and "trailing" grids. On "linspace" and
     "leading" the last step is some 30 times longer in log-SNR than the one before (r << 1), and
-    2M is then less accurate than DDIM on the same timesteps (tests/test_samplers.py).
+    2M is then less accurate than DDIM on the same timesteps (tests/maths/test_samplers.py).
     """
     ts, _ = chain(timesteps, alphas_cumprod)
     return _run(denoiser, x, ts, _dpmpp_update(ts, alphas_cumprod, 2), callback)
@@ -278,7 +278,7 @@ def dpmpp_3m_sample(
 
     The x0'' term is the full Taylor term; diffusers' third-order update (like the reference
     DPM-Solver code) has half of it and converges at order 2, this one at order 3 (both checked
-    in tests/test_samplers.py and tests/test_samplers_diffusers.py).
+    in tests/maths/test_samplers.py and tests/maths/test_samplers_diffusers.py).
     """
     ts, _ = chain(timesteps, alphas_cumprod)
     return _run(denoiser, x, ts, _dpmpp_update(ts, alphas_cumprod, 3), callback)

@@ -1,5 +1,6 @@
 """Docs agree with the tool: every `ddpmkit ...` command line in a bash block of the docs or the README parses
-with the real parser, so no page can name a command or a flag that does not exist."""
+with the real parser, so no page can name a command or a flag that does not exist; every test file or module a
+page, a benchmark or a docstring points to exists."""
 
 import contextlib
 import io
@@ -52,3 +53,19 @@ def test_every_documented_command_parses(page, line):
             build_parser().parse_args(shlex.split(line)[1:])
     except SystemExit as stop:
         assert stop.code == 0, f"{page}: `{line}` does not parse: {err.getvalue().strip().splitlines()[-1:]}"
+
+
+# a path into the repository named in prose: tests/..., benchmarks/..., docs/... or src/... ending in a file type
+REPO_PATH = re.compile(r"(?<![\w/.-])((?:tests|benchmarks|docs|src)/[\w/.-]+?\.(?:py|md|sh|yaml))\b")
+POINTING = PAGES + sorted((ROOT / "benchmarks").glob("*.[ps][yh]")) + sorted((ROOT / "src").rglob("*.py"))
+
+
+def test_the_paths_the_docs_and_code_name_exist():
+    named = {
+        (f.relative_to(ROOT).as_posix(), path)
+        for f in POINTING
+        for path in REPO_PATH.findall(f.read_text(encoding="utf-8"))
+    }
+    assert len(named) > 20  # the pattern finds what the pages cite
+    missing = sorted(f"{f}: {path}" for f, path in named if not (ROOT / path).exists())
+    assert not missing, "named but not in the repository (moved or renamed?):\n" + "\n".join(missing)
