@@ -13,12 +13,13 @@ import torch
 import yaml
 
 from ddpmkit.config import config_yaml, load_config
+from ddpmkit.errors import UserError
 from ddpmkit.eval.quality import reference_stats
 from ddpmkit.power_ema import gamma_from_sigma_rel
 from ddpmkit.runs import Run
 from ddpmkit.runs.posthoc_ema import sweep
 from ddpmkit.runs.report import build_report
-from helpers import assert_user_error, run_cli, run_cli_out
+from helpers import assert_user_error, run_cli, run_cli_out, run_cli_streams
 
 STEPS, EVERY = 8, 2  # 4 snapshots of 2 widths: 8 profiles to fit a third width from
 POWER = {"ema_kind": "power", "ema_sigma_rels": [0.05, 0.10], "ema_snapshot_every": EVERY}
@@ -179,11 +180,19 @@ def test_report_draws_each_sweep_with_its_best_width(power_run, tmp_path):
         (["--sweep", "a:b:c"], ["--sweep must be LO:HI:N"]),
         (["--sweep", "0.02:0.4:3"], ["sigma_rel", "0.4"]),
         (["--sigma-rel", "0.07", "--keep-best"], ["--keep-best"]),
+        (["--sweep", "0.05:0.1:2", "--num", "0"], ["--num", "positive integer", "0"]),
     ],
 )
 def test_bad_inputs_one_line(power_run, tmp_path, args, words):
-    code, err = run_cli("ema", power_run, *args, "--out", tmp_path / "x")
+    code, out, err = run_cli_streams("ema", power_run, *args, "--out", tmp_path / "x")
     assert_user_error(code, err, *words)
+    assert out == "" and not (tmp_path / "x").exists()
+
+
+def test_sweep_refuses_no_samples_before_scoring(power_run):
+    with pytest.raises(UserError, match="--num must be a positive integer, got 0"):
+        sweep(power_run, [0.05], "digits", num=0)
+    assert not (Path(power_run) / "ema_snapshots" / "sweep-digits.json").exists()
 
 
 def test_a_run_without_snapshots_is_refused(tmp_path):

@@ -63,12 +63,12 @@ def cmd_ema(args: argparse.Namespace) -> int:
         path = write_rebuilt_run(args.run, args.sigma_rel, args.out, args.force)
         print(f"wrote {path} (EMA width sigma_rel {args.sigma_rel:g} rebuilt from {args.run}'s snapshots)")
         return 0
-    if args.num is not None and args.num < 1:
-        raise UserError(f"--num must be at least 1, got {args.num}")
     widths = parse_sweep(args.sweep)
-    print(f"{'sigma_rel':>9}  {args.metric + ' score':>12}  {'fit error':>9}", flush=True)
+    header = [f"{'sigma_rel':>9}  {args.metric + ' score':>12}  {'fit error':>9}"]
 
     def row(r: dict) -> None:
+        while header:  # with the first row: a refused input prints its error line alone
+            print(header.pop(), flush=True)
         score = next(v for k, v in r.items() if k not in ("sigma_rel", "fit_error"))
         print(f"{r['sigma_rel']:>9.4f}  {score:>12.4f}  {r['fit_error']:>9.2e}", flush=True)
 

