@@ -7,7 +7,7 @@ import argparse
 
 from ..errors import UserError
 from ..options import EMASweepMetric, choices
-from .flags import add_described_command, add_flag, add_flags
+from .flags import add_described_command, add_flag, add_flags, flag_keywords
 
 __all__ = ["add_parser", "cmd_ema"]
 
@@ -72,19 +72,9 @@ def cmd_ema(args: argparse.Namespace) -> int:
         score = next(v for k, v in r.items() if k not in ("sigma_rel", "fit_error"))
         print(f"{r['sigma_rel']:>9.4f}  {score:>12.4f}  {r['fit_error']:>9.2e}", flush=True)
 
-    progress = not args.no_progress
+    drawn = flag_keywords(args, ("num", "seed", "device", "ref", "steps"))
     table = sweep(
-        args.run,
-        widths,
-        args.metric,
-        num=args.num,
-        seed=args.seed,
-        device=args.device,
-        progress=progress,
-        ref=args.ref,
-        steps=args.steps,
-        network=args.inception,
-        tell=row,
+        args.run, widths, args.metric, **drawn, network=args.inception, progress=not args.no_progress, tell=row
     )
     best = table["best_sigma_rel"]
     print(f"best sigma_rel {best:.4f} by {table['ranked_by']} (table kept in {args.run}/ema_snapshots)")
