@@ -355,6 +355,32 @@ def check_cli_file_size(modules: dict[str, Module], limit: int = MAX_CLI_FILE_LI
     ]
 
 
+def check_choice_lists(modules: dict[str, Module]) -> list[str]:
+    """(h) Every named choice is declared once, in ddpmkit.options: no `Literal` of values and no literal `choices=`
+    tuple elsewhere (`Literal[True]`/`Literal[False]` of typing overloads are not choices)."""
+    home = f"{PACKAGE}.options"
+    found = []
+    for module in modules.values():
+        if module.name == home:
+            continue
+        for node in ast.walk(module.tree):
+            if isinstance(node, ast.Subscript) and _name_of(node.value) == "Literal":
+                values = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+                if not all(isinstance(v, ast.Constant) and isinstance(v.value, bool) for v in values):
+                    found.append(f"{module.path}:{node.lineno}: a Literal of choices outside {home}")
+            elif (
+                isinstance(node, ast.keyword)
+                and node.arg == "choices"
+                and isinstance(node.value, (ast.Tuple, ast.List))
+            ):
+                found.append(f"{module.path}:{node.value.lineno}: a literal choices= list outside {home}")
+    return found
+
+
+def _name_of(node: ast.expr) -> str | None:
+    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+
+
 RULES = {
     "layers": check_layers,
     "cycles": check_cycles,
@@ -363,6 +389,7 @@ RULES = {
     "lazy import reasons": check_lazy_import_reasons,
     "function length": check_function_length,
     "cli file size": check_cli_file_size,
+    "choice lists": check_choice_lists,
 }
 
 
@@ -514,3 +541,23 @@ def test_checker_finds_long_cli_files():
         "ddpmkit/cli/parser.py:301: ddpmkit.cli.parser is 301 lines (at most 300)"
     ]
     assert check_cli_file_size(tree(cli__init=lines * 301))
+
+
+def test_checker_finds_choice_lists_outside_options():
+    options = 'from typing import Literal\nSplit = Literal["train", "test"]\n'
+    overload = "import typing\ndef f(x: typing.Literal[True]) -> int: ...\n"
+    clean = dict(options=options, eval__metrics=overload, cli__parser="p.add_argument('--x', choices=choices(Split))\n")
+    assert not check_choice_lists(tree(**clean))
+    found = check_choice_lists(
+        tree(
+            options=options,
+            consistency='from typing import Literal\nDistance = Literal["l2", "pseudo_huber"]\n',
+            cli__parser="p.add_argument('--order', type=int, choices=(1, 2, 3))\n",
+            eval__digits="import typing\ndef f(ref: typing.Literal['test', 'train']): ...\n",
+        )
+    )
+    assert sorted(found) == [
+        "ddpmkit/cli/parser.py:1: a literal choices= list outside ddpmkit.options",
+        "ddpmkit/consistency.py:2: a Literal of choices outside ddpmkit.options",
+        "ddpmkit/eval/digits.py:2: a Literal of choices outside ddpmkit.options",
+    ]

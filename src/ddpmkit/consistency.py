@@ -17,12 +17,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
 from .errors import UserError
+from .options import ConsistencyDistance as Distance
 from .options import Prediction, check_choice
 from .samplers import Generator, randn
 from .validate import number_in_range
@@ -59,7 +59,6 @@ __all__ = [
     "consistency_jumps",
 ]
 
-Distance = Literal["l2", "pseudo_huber"]  # ECT's ||.||_2 (c = 0) or iCT's pseudo-Huber sqrt(||.||^2 + c^2) - c
 ConsistencyFn = Callable[..., Tensor]  # f(x_sigma, sigma [B], y=None) -> x at sigma_min
 Model = Callable[..., Tensor]
 

@@ -19,6 +19,7 @@ __all__ = [
     "TimestepSampler",
     "SamplerName",
     "UniPCVariant",
+    "UniPCOrder",
     "Spacing",
     "Precision",
     "Device",
@@ -38,6 +39,8 @@ __all__ = [
     "Layout",
     "Logger",
     "ExportFormat",
+    "DistillMethod",
+    "ConsistencyDistance",
     "CUDA_GRAPH_MODES",
     "choices",
     "check_choice",
@@ -51,6 +54,7 @@ Schedule = Literal["linear", "cosine", "scaled_linear"]  # beta schedule
 TimestepSampler = Literal["uniform", "loss_aware"]  # how training draws t
 SamplerName = Literal["ddpm", "ddim", "dpm++2m", "dpm++3m", "unipc-bh1", "unipc-bh2"]  # reverse-process samplers
 UniPCVariant = Literal["bh1", "bh2"]  # UniPC's B(h): h (bh1) or e^h - 1 (bh2), Zhao et al. 2023
+UniPCOrder = Literal[1, 2, 3]  # the UniPC samplers' solver order
 Spacing = Literal["linspace", "leading", "trailing", "quadratic", "logsnr", "karras", "snr_root"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]  # autocast dtype of the network
 Device = Literal["auto", "cpu", "cuda"]
@@ -70,6 +74,8 @@ Resize = Literal["pytorch-fid", "clean-fid"]  # how images reach the Inception n
 Layout = Literal["NCHW", "NHWC"]  # the axis order of an array of images
 Logger = Literal["jsonl", "tensorboard"]  # where training metrics go: metrics.jsonl, TensorBoard event files
 ExportFormat = Literal["safetensors", "diffusers"]  # what `ddpmkit export` writes
+DistillMethod = Literal["ect"]  # how `ddpmkit distill` tunes a consistency model: Easy Consistency Tuning
+ConsistencyDistance = Literal["l2", "pseudo_huber"]  # ECT's ||.||_2 or iCT's pseudo-Huber sqrt(||.||^2 + c^2) - c
 
 # torch.compile modes that capture CUDA graphs on GPUs (a no-op on CPUs)
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .errors import UserError
-from .options import SamplerName, Spacing, UniPCVariant, Variance, check_choice, choices
+from .options import SamplerName, Spacing, UniPCOrder, UniPCVariant, Variance, check_choice, choices
 from .schedules import StepCoefficients, step_coefficients
 from .timestep_grids import as_abar, sampling_timesteps
 from .validate import is_int, number_in_range
@@ -353,7 +353,7 @@ def unipc_sample(
 
 def check_unipc_order(order: int) -> int:
     """The UniPC order: 1, 2 or 3."""
-    if not is_int(order) or not 1 <= order <= 3:
+    if not is_int(order) or order not in choices(UniPCOrder):
         raise UserError(f"the UniPC order must be 1, 2 or 3, got {order!r}")
     return order
 

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from ..errors import UserError
 from ..fields import parse_image_size
-from ..options import CompileMode, choices
+from ..options import CompileMode, UniPCOrder, choices
 from .distill import cmd_distill
 from .editing import cmd_edit, cmd_inpaint, cmd_interpolate
 from .ema import cmd_ema
@@ -138,7 +138,7 @@ def add_sample(sub) -> None:
     p.add_argument(
         "--order",
         type=int,
-        choices=(1, 2, 3),
+        choices=choices(UniPCOrder),
         help="solver order of the unipc samplers (default: the run's sample.order, else 2)",
     )
     add_flag(p, "spacing", "timestep spacing (default: the run's config, else the sampler's)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..options import DistillMethod, choices
 from .flags import add_command, add_flag, add_flags, flag_keywords
 
 __all__ = ["add_parser", "cmd_distill"]
@@ -21,7 +22,9 @@ def add_parser(sub) -> None:
         "  ddpmkit distill runs/digits --out runs/digits-ect --resume --steps 4000",
         "run",
     )
-    p.add_argument("--method", choices=("ect",), default="ect", help="Easy Consistency Tuning (Geng et al. 2024)")
+    p.add_argument(
+        "--method", choices=choices(DistillMethod), default="ect", help="Easy Consistency Tuning (Geng et al. 2024)"
+    )
     p.add_argument("--out", required=True, help="the consistency model's new run directory")
     p.add_argument("--steps", type=int, help="total tuning steps (default: the data's distill preset)")
     add_flag(p, "resume", "continue the tuning in --out from its latest checkpoint")

@@ -8,7 +8,7 @@ combination that cannot work are refused with one ``config key ...`` line before
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Optional, Union
+from typing import ClassVar, Optional, Union
 
 from ..errors import UserError
 from ..fields import IMAGE_SIZE_WORDS, ImageSize, check_fields, check_image_size, fail, require, to_dict
@@ -16,8 +16,10 @@ from ..nn import MLPConfig, UNetConfig
 from ..options import (
     CUDA_GRAPH_MODES,
     CompileMode,
+    ConsistencyDistance,
     DataKind,
     Device,
+    DistillMethod,
     EMAKind,
     Logger,
     LossType,
@@ -317,7 +319,7 @@ class DistillConfig(_Checked):
     """A consistency model tuned from a trained run (ECT, Geng et al. 2024); its ECTParams and its teacher."""
 
     section: ClassVar[str] = "distill"
-    method: Literal["ect"] = "ect"  # Easy Consistency Tuning
+    method: DistillMethod = "ect"  # Easy Consistency Tuning
     teacher: str = ""  # the teacher's checkpoint file, whose EMA weights the tuning starts from
     teacher_step: int = 0  # the teacher's optimizer steps
     teacher_images: int = 0  # the teacher's training cost: its steps x its batch size
@@ -327,7 +329,7 @@ class DistillConfig(_Checked):
     p_std: float = 2.0
     k: float = 8.0  # r(t)'s sigmoid adjustment: size
     b: float = 1.0  # r(t)'s sigmoid adjustment: steepness
-    distance: Literal["l2", "pseudo_huber"] = "l2"  # ECT's L2 or iCT's pseudo-Huber
+    distance: ConsistencyDistance = "l2"  # ECT's L2 or iCT's pseudo-Huber
     huber_c: Optional[float] = None  # pseudo-Huber's c (None: 0.00054 sqrt(d))
     grid_calls: int = 2  # network calls of the training grids' consistency samples
     # the sampler's intermediate levels for len + 1 calls (empty: ECT's 0.821 for two, the Karras grid for more)

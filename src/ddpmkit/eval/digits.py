@@ -10,11 +10,11 @@ import functools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from ..errors import UserError
+from ..options import Split
 from . import metrics
 
 NUM_CLASSES = 10
@@ -121,7 +121,7 @@ def evaluate_digit_samples(
     images: np.ndarray,
     labels: np.ndarray | None = None,
     *,
-    reference: Literal["test", "train"] = "test",
+    reference: Split = "test",
     judge: DigitsJudge | None = None,
     num_permutations: int = 200,
     seed: int = 0,
