@@ -25,7 +25,7 @@ from .errors import UserError
 from .options import ConsistencyDistance as Distance
 from .options import Prediction, check_choice
 from .samplers import Generator, randn
-from .validate import number_in_range
+from .validate import int_in_range, number_in_range, positive_int
 
 __all__ = [
     "Distance",
@@ -235,8 +235,7 @@ def sample_noise_levels(
 
 def r_from_t(sigma_t: Tensor, stage: int, sigma_min: float, q: float = 2.0, k: float = 8.0, b: float = 1.0) -> Tensor:
     """r = t (1 - q^-(stage+1) (1 + k sigmoid(-b t))), clamped to >= sigma_min (ECT's mapping, sec. 3 eq. 9)."""
-    if isinstance(stage, bool) or not isinstance(stage, int) or stage < 0:
-        raise UserError(f"the ECT stage must be a non-negative integer, got {stage!r}")
+    int_in_range("the ECT stage", stage, 0)
     t = sigma_t.double()
     ratio = 1.0 - q ** -(stage + 1) * (1.0 + k * torch.sigmoid(-b * t))
     return (t * ratio).clamp(min=sigma_min)
@@ -244,8 +243,7 @@ def r_from_t(sigma_t: Tensor, stage: int, sigma_min: float, q: float = 2.0, k: f
 
 def stage_of(step: int, steps_per_stage: int) -> int:
     """The ECT stage at a tuning step: Delta t shrinks by q every ``steps_per_stage`` steps (ECT's "double")."""
-    if steps_per_stage < 1:
-        raise UserError(f"steps per stage must be positive, got {steps_per_stage}")
+    positive_int("steps per stage", steps_per_stage)
     return step // steps_per_stage
 
 
@@ -356,8 +354,7 @@ def sampling_sigmas(levels: NoiseLevels, calls: int, mid: Sequence[float] | None
     ``mid`` gives the calls - 1 intermediate levels; by default ECT's 0.821 for two calls and, for more, the
     Karras rho = 7 grid between sigma_max and sigma_min (its first ``calls`` points).
     """
-    if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
-        raise UserError(f"a consistency sampler makes at least one call, got {calls!r}")
+    positive_int("the consistency sampler's calls", calls)
     if mid is None:
         if calls == 2:
             mid = [ECT_MID_SIGMA]
@@ -399,8 +396,7 @@ def edit_sigmas(levels: NoiseLevels, strength: float, calls: int) -> Tensor | No
     (:func:`ddpmkit.editing.edit_timesteps`); later calls follow the Karras rho = 7 grid from it to sigma_min.
     """
     number_in_range("strength", strength, 0, 1)
-    if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
-        raise UserError(f"a consistency edit makes at least one call, got {calls!r}")
+    positive_int("the consistency edit's calls", calls)
     n0 = round(strength * levels.num_timesteps)
     if n0 == 0:
         return None

@@ -26,6 +26,7 @@ from torch import nn
 
 from .ema import unwrap_model
 from .errors import UserError
+from .validate import positive_int
 
 __all__ = [
     "GAMMA_PEAK",
@@ -236,8 +237,7 @@ class PowerEMA:
         update_every: int = 1,  # fold in the weights every k optimizer steps, with beta = (1 - k/t)**(gamma + 1)
     ) -> None:
         """Deep-copy the (unwrapped) model once per width into ``self.models``, in eval mode, without gradients."""
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-            raise UserError(f"power EMA update_every must be an integer >= 1, got {update_every!r}")
+        positive_int("power EMA update_every", update_every)
         if not sigma_rels:
             raise UserError("power EMA needs at least one sigma_rel")
         self.sigma_rels = tuple(float(s) for s in sigma_rels)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..validate import is_int
 
 __all__ = ["SinusoidalEmbedding", "TimeEmbedding"]
 
@@ -23,7 +24,7 @@ class SinusoidalEmbedding(nn.Module):
 
     def __init__(self, dim: int, scale: float = 1.0, shift: int = 0):
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % 2 != 0:
+        if not is_int(dim) or dim <= 0 or dim % 2 != 0:
             raise UserError(f"the sinusoidal embedding size must be a positive even integer, got {dim!r}")
         self.dim = dim  # embedding width (half sines, half cosines)
         self.scale = float(scale)  # factor applied to t before the table
