@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..images import uint8_to_float
+from ..validate import positive_int
 from .base import InMemoryDataset
 
 _MASK64 = (1 << 64) - 1
@@ -67,8 +68,7 @@ def flip_mask(batch_size: int, *, seed: int, step: int) -> Tensor:
 def _check(dataset: InMemoryDataset, batch_size: int, start_step: int, rank: int, world_size: int, hflip: bool) -> None:
     if len(dataset) < 1:
         raise UserError("the dataset is empty")
-    if batch_size < 1:
-        raise UserError(f"batch_size must be at least 1, got {batch_size}")
+    positive_int("batch_size", batch_size)
     if world_size < 1 or not 0 <= rank < world_size:
         raise UserError(f"rank {rank} is not valid for world_size {world_size}")
     if batch_size % world_size:

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..options import Toy2DName, choices
+from ..validate import positive_int
 from .base import InMemoryDataset
 
 TOY2D_NAMES = choices(Toy2DName)
@@ -88,7 +89,6 @@ def sample_toy2d(name: str, n: int, generator: torch.Generator | None = None) ->
 def load_toy2d(name: str, num_samples: int = TOY2D_DEFAULT_SAMPLES, seed: int = 0) -> InMemoryDataset:
     """A fixed set of ``num_samples`` points from the named distribution, drawn with ``seed``."""
     _check_name(name)
-    if num_samples < 1:
-        raise UserError(f"toy2d num_samples must be at least 1, got {num_samples}")
+    positive_int("toy2d num_samples", num_samples)
     g = torch.Generator().manual_seed(int(seed))
     return InMemoryDataset(sample_toy2d(name, num_samples, g), kind="points")

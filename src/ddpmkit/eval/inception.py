@@ -44,6 +44,7 @@ from PIL import Image
 
 from ..errors import UserError
 from ..options import Layout, Resize, choices
+from ..validate import positive_int
 
 __all__ = [
     "FEATURE_BATCH",
@@ -249,8 +250,7 @@ class InceptionFeatures:
         """
         batch = as_uint8_nchw(images, layout)
         check_resize(resize)
-        if batch_size < 1:
-            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        positive_int("batch_size", batch_size)
         starts = range(0, len(batch), batch_size)
         if progress:
             from tqdm import tqdm  # lazy: only a progress bar needs it

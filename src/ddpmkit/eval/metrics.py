@@ -9,6 +9,7 @@ from typing import Literal, overload
 import numpy as np
 
 from ..errors import UserError
+from ..validate import positive_int
 
 __all__ = [
     "frechet_distance",
@@ -143,8 +144,7 @@ def mmd_permutation_test(
 ) -> tuple[float, float]:
     """RBF MMD^2 and its permutation p-value (1 + #{MMD^2_perm >= MMD^2}) / (1 + P)."""
     a, b = _pair(a, b, min_rows=2)
-    if num_permutations < 1:
-        raise UserError(f"num_permutations must be >= 1, got {num_permutations}")
+    positive_int("num_permutations", num_permutations)
     pooled = np.concatenate([a, b])
     h = _median_bandwidth(pooled) if bandwidth is None else float(bandwidth)
     k = _rbf_gram(pooled, h)
