@@ -112,6 +112,34 @@ def test_a_stored_width_is_rebuilt_exactly(power_run, tmp_path):
     torch.testing.assert_close(_samples(out), _samples(power_run, stored), rtol=1e-5, atol=1e-5)
     code, err = run_cli("ema", power_run, "--sigma-rel", "0.10", "--out", out)  # no overwrite without --force
     assert_user_error(code, err, "--force")
+    code, _ = run_cli_out("ema", power_run, "--sigma-rel", "0.05", "--out", out, "--force")
+    assert code == 0 and [c.name for c in (out / "checkpoints").iterdir()] == [_ckpt_name(power_run)]
+    assert _ckpt(out)["extra"]["posthoc_ema"]["sigma_rel"] == pytest.approx(0.05)
+
+
+def _ckpt_name(run):
+    return sorted((Path(run) / "checkpoints").iterdir())[-1].name
+
+
+def test_an_output_folder_with_other_files_is_not_written_into(power_run, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "cat.png").write_bytes(b"mine")
+    code, err = run_cli("ema", power_run, "--sigma-rel", "0.07", "--out", photos)
+    assert_user_error(code, err, "already exists", "--force")
+    assert [f.name for f in photos.iterdir()] == ["cat.png"]
+
+
+def test_keep_best_refuses_its_output_before_the_sweep(power_run, tmp_path, monkeypatch):
+    import ddpmkit.runs.posthoc_ema as posthoc
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    monkeypatch.setattr(posthoc, "sweep", lambda *a, **k: pytest.fail("the sweep ran before the output was checked"))
+    code, out, err = run_cli_streams("ema", power_run, "--sweep", "0.05:0.1:2", "--keep-best", "--out", taken)
+    assert_user_error(code, err, "already exists")
+    assert out == "" and [f.name for f in taken.iterdir()] == ["notes.txt"]
 
 
 def test_rebuilt_width_samples_as_a_run_trained_with_it(power_run, tmp_path):

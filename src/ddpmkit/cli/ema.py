@@ -55,7 +55,7 @@ def add_parser(sub) -> None:
 
 def cmd_ema(args: argparse.Namespace) -> int:
     # lazy: start-up (torch loads only once the command line is accepted)
-    from ..runs.posthoc_ema import parse_sweep, sweep, write_rebuilt_run
+    from ..runs.posthoc_ema import parse_sweep, rebuilt_run_dir, sweep, write_rebuilt_run
 
     if args.sweep is None:
         if args.keep_best:
@@ -64,6 +64,8 @@ def cmd_ema(args: argparse.Namespace) -> int:
         print(f"wrote {path} (EMA width sigma_rel {args.sigma_rel:g} rebuilt from {args.run}'s snapshots)")
         return 0
     widths = parse_sweep(args.sweep)
+    if args.keep_best and args.out is not None:
+        rebuilt_run_dir(args.run, 0.0, args.out, args.force)  # refused now, not after the sweep
     header = [f"{'sigma_rel':>9}  {args.metric + ' score':>12}  {'fit error':>9}"]
 
     def row(r: dict) -> None:

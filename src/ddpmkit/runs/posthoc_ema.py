@@ -32,11 +32,21 @@ from ..train.averages import SNAPSHOT_FORMAT
 from ..train.checkpoint import save_checkpoint
 from ..validate import positive_int
 from .build import build_model
+from .outputs import check_output, claimed_folder
 from .quality import evaluate_quality, reference_images
 from .run import Run
 from .rundir import RunDir, load_checkpoint
 
-__all__ = ["Rebuilt", "SWEEP_METRICS", "read_snapshots", "rebuild", "write_rebuilt_run", "parse_sweep", "sweep"]
+__all__ = [
+    "Rebuilt",
+    "SWEEP_METRICS",
+    "read_snapshots",
+    "rebuild",
+    "rebuilt_run_dir",
+    "write_rebuilt_run",
+    "parse_sweep",
+    "sweep",
+]
 
 SWEEP_METRICS = choices(EMASweepMetric)  # what a sweep scores each width with (cheap, stated in the table)
 # the score each metric ranks widths by, and whether higher is better
@@ -91,28 +101,35 @@ def _buffers(model: torch.nn.Module) -> set[str]:
     return set(model.state_dict()) - {name for name, _ in model.named_parameters()}
 
 
+def rebuilt_run_dir(run_dir: str | Path, sigma_rel: float, out: str | Path | None, force: bool = False) -> Path:
+    """Where ``write_rebuilt_run`` writes width ``sigma_rel`` (default ``RUN-ema<sigma_rel>``), checked as every
+    command's output folder is: a sweep with --keep-best and --out asks before it scores anything."""
+    src = Path(run_dir)
+    dst = Path(out if out is not None else f"{str(src).rstrip('/')}-ema{sigma_rel:g}")
+    if dst.resolve() == src.resolve():
+        raise UserError(f"--out {str(dst)!r} is the run itself: give another directory")
+    return check_output(dst, force, folder=True)
+
+
 def write_rebuilt_run(run_dir: str | Path, sigma_rel: float, out: str | Path | None, force: bool = False) -> Path:
     """A new run directory (default ``RUN-ema<sigma_rel>``) whose checkpoint is the run's latest with the EMA
     weights of width ``sigma_rel`` rebuilt from its snapshots; every command samples it."""
     gamma_from_sigma_rel(sigma_rel)  # a width out of range is refused before anything is read
-    src = RunDir(run_dir)
-    dst = RunDir(out if out is not None else f"{str(src.path).rstrip('/')}-ema{sigma_rel:g}")
-    if dst.path.resolve() == src.path.resolve():
-        raise UserError(f"--out {str(dst.path)!r} is the run itself: give another directory")
-    if dst.latest_checkpoint() is not None and not force:
-        raise UserError(f"{str(dst.path)!r} already has checkpoints: pass --force to overwrite them")
-    snapshots = read_snapshots(src.path)
-    ckpt = load_checkpoint(src.path)
+    dst = RunDir(rebuilt_run_dir(run_dir, sigma_rel, out, force))
+    snapshots = read_snapshots(run_dir)
+    ckpt = load_checkpoint(run_dir)
     cfg = config_from_checkpoint(ckpt["config"], ckpt["version"])
     rebuilt = rebuild(snapshots, sigma_rel, _buffers(build_model(cfg.model)))
-    dst.lay_out(cfg)
-    if force:
-        for old in dst.list_checkpoints():
-            old.unlink()
     extra = dict(ckpt["extra"] or {})
     extra["posthoc_ema"] = {"sigma_rel": rebuilt.sigma_rel, "step": rebuilt.step, "fit_error": rebuilt.fit_error}
     fields = {k: ckpt[k] for k in ("config", "model", "optimizer", "rng")}
-    return save_checkpoint(dst.checkpoint(ckpt["step"]), step=ckpt["step"], ema=rebuilt.state, extra=extra, **fields)
+    with claimed_folder(dst.path, force):
+        dst.lay_out(cfg)
+        for old in dst.list_checkpoints():  # --force: a later step of another run would hide this one
+            old.unlink()
+        return save_checkpoint(
+            dst.checkpoint(ckpt["step"]), step=ckpt["step"], ema=rebuilt.state, extra=extra, **fields
+        )
 
 
 def parse_sweep(text: str) -> list[float]:
