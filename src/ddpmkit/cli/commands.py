@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from ..errors import UserError
 from ..fields import parse_image_size
-from ..options import CompileMode, UniPCOrder, choices
+from ..options import CompileMode, choices
 from .distill import cmd_distill
 from .editing import cmd_edit, cmd_inpaint, cmd_interpolate
 from .ema import cmd_ema
@@ -134,13 +134,7 @@ def add_sample(sub) -> None:
     p.add_argument(
         "--steps", type=int, help="network calls (default: the run's sample.steps; --sampler ddpm chosen here: all T)"
     )
-    add_flags(p, "eta")
-    p.add_argument(
-        "--order",
-        type=int,
-        choices=choices(UniPCOrder),
-        help="solver order of the unipc samplers (default: the run's sample.order, else 2)",
-    )
+    add_flags(p, "eta", "order")
     add_flag(p, "spacing", "timestep spacing (default: the run's config, else the sampler's)")
     p.add_argument(
         "--labels",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import Device, Precision, Resize, SamplerName, Spacing, choices
+from ..options import Device, Precision, Resize, SamplerName, Spacing, UniPCOrder, choices
 
 __all__ = [
     "FLAGS",
@@ -44,6 +44,14 @@ FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
         },
     ),
     "eta": (("--eta",), {"type": float, "help": "DDIM eta in [0, 1] (ddim only)"}),
+    "order": (
+        ("--order",),
+        {
+            "type": int,
+            "choices": choices(UniPCOrder),
+            "help": "solver order of the unipc samplers (default: the run's sample.order, else 2)",
+        },
+    ),
     "sampler": (("--sampler",), {"choices": choices(SamplerName), "help": "default: the run's config"}),
     "guidance": (("--guidance",), {"type": float, "help": "classifier-free guidance weight (1 = off; needs --labels)"}),
     "precision": (
