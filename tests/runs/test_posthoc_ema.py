@@ -266,6 +266,25 @@ def test_an_ema_decay_the_power_ema_would_ignore_is_refused(tmp_path, tiny_confi
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["ema_decay"] == 0.6
 
 
+def test_an_ema_decay_in_a_config_file_is_refused_unless_a_dump_repeats_it(tmp_path, monkeypatch):
+    import ddpmkit.runs.training as training
+
+    trained = []
+    monkeypatch.setattr(training, "train", lambda cfg, out, **_: trained.append(cfg) or {"step": 0})
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("train: {ema_start: 100, ema_decay: 0.995}\n")
+    code, err = run_cli("train", "--preset", "digits", "--config", mine, "--out", tmp_path / "r")
+    assert_user_error(code, err, "train.ema_decay in", "mine.yaml", "power EMA", "train.ema_kind=fixed")
+    assert not trained
+    code, dumped = run_cli_out("config", "--preset", "digits", "--set", "train.steps=20")
+    (tmp_path / "dump.yaml").write_text(dumped)  # the resolved config, ema_decay and ema_start included
+    assert "ema_decay" in dumped and "ema_kind: power" in dumped
+    for args in (["--config", tmp_path / "dump.yaml"], ["--preset", "digits", "--config", tmp_path / "dump.yaml"]):
+        code, err = run_cli("train", *args, "--out", tmp_path / "r")
+        assert code == 0, err
+    assert [cfg.train.ema_kind for cfg in trained] == ["power", "power"]
+
+
 def test_a_power_ema_teacher_is_tuned_with_the_tunings_fixed_ema(power_run):
     from ddpmkit.runs.distill import distill_config
 

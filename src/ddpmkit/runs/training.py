@@ -15,11 +15,13 @@ import torch
 from ..config import (
     RESUMABLE_TRAIN_KEYS,
     ExperimentConfig,
+    TrainConfig,
     config_from_checkpoint,
     deep_merge,
     experiment_from_dict,
     load_config,
     parse_assignments,
+    preset_path,
     read_yaml,
     without_shape,
 )
@@ -402,12 +404,24 @@ class Trained(NamedTuple):
     stopped: str | None = None
 
 
-def _refuse_unused_ema_keys(cfg: ExperimentConfig, sets: dict) -> None:
-    """``--set train.ema_decay`` (or ema_start) would be silently ignored by a power EMA (the digits preset's)."""
-    unused = [key for key in ("ema_decay", "ema_start") if key in sets.get("train", {})]
-    if unused and cfg.train.ema_kind == "power":
+UNUSED_BY_POWER_EMA = ("ema_decay", "ema_start")
+
+
+def _refuse_unused_ema_keys(cfg: ExperimentConfig, sets: dict, preset: str | None, config_file: str | None) -> None:
+    """``train.ema_decay`` (or ema_start) from ``--set``, or changed by a config file, would be silently ignored by a
+    power EMA (the digits preset's); a file's value equal to the preset's (a dumped config) is left alone."""
+    if cfg.train.ema_kind != "power":
+        return
+    given = [f"--set train.{key}" for key in UNUSED_BY_POWER_EMA if key in sets.get("train", {})]
+    if config_file is not None:
+        mine = read_yaml(config_file).get("train") or {}
+        base = (read_yaml(preset_path(preset)).get("train") or {}) if preset else {}
+        for key in UNUSED_BY_POWER_EMA:
+            if key in mine and mine[key] != base.get(key, getattr(TrainConfig, key)):
+                given.append(f"train.{key} in {config_file}")
+    if given:
         raise UserError(
-            f"--set train.{unused[0]} is not used by the power EMA (train.ema_kind power): choose its widths with "
+            f"{given[0]} is not used by the power EMA (train.ema_kind power): choose its widths with "
             "train.ema_sigma_rels, or use the fixed EMA: --set train.ema_kind=fixed --set train.ema_snapshot_every=0"
         )
 
@@ -433,7 +447,7 @@ def train_or_resume(
         out = Path(run_dir)
     else:
         cfg = load_config(preset, config_file, overrides)  # flags and --set merged first, then checked once
-        _refuse_unused_ema_keys(cfg, sets)
+        _refuse_unused_ema_keys(cfg, sets, preset, config_file)
         out = Path(run_dir) if run_dir else Path("runs") / cfg.name
     try:
         last = train(cfg, out, resume=resume, force=force, overrides=overrides, progress=progress)
