@@ -24,8 +24,8 @@ from .flags import (
 __all__ = ["add_inpaint", "add_edit", "add_interpolate", "cmd_inpaint", "cmd_edit", "cmd_interpolate"]
 
 
-def _editing_options(p) -> None:
-    """The options inpaint and edit share with sample."""
+def _editing_options(p, spacing: str) -> None:
+    """The options inpaint and edit share with sample; ``spacing``: the default of --spacing, said in its help."""
     add_flags(p, "run")
     p.add_argument(
         "--image",
@@ -35,7 +35,7 @@ def _editing_options(p) -> None:
     p.add_argument("--num", type=int, default=1, help="results per input image")
     p.add_argument("--steps", type=int, help="network calls of the sampling chain (default: as ddpmkit sample)")
     add_flags(p, "eta")
-    add_flag(p, "spacing", "timestep spacing (default: the sampler's)")
+    add_flag(p, "spacing", f"timestep spacing (default: {spacing})")
     p.add_argument(
         "--labels",
         help="classes to condition on (cycled over the results); default for a class-"
@@ -55,7 +55,7 @@ def add_inpaint(sub) -> None:
         "fill in the masked part of images (RePaint)",
         "  ddpmkit inpaint runs/digits --image digit.png --mask top_half.png --num 4 --resample 4 --out filled.png",
     )
-    _editing_options(p)
+    _editing_options(p, "the sampler's")
     p.add_argument("--mask", required=True, help="PNG, white (255) = keep, black (0) = generate; or .npz 'mask' 0/1")
     p.add_argument("--resample", type=int, default=1, help="RePaint's resamplings R (1: plain replacement)")
     p.add_argument("--jump", type=int, default=1, help="RePaint's jump length J")
@@ -85,7 +85,7 @@ def add_edit(sub) -> None:
         "image-to-image: noise an image part way, then denoise it (SDEdit)",
         "  ddpmkit edit runs/digits --image three.png --strength 0.5 --labels 8 --out eight.png",
     )
-    _editing_options(p)
+    _editing_options(p, "the run's sample.spacing with the run's own sampler, else the sampler's")
     p.add_argument(
         "--strength",
         type=float,
