@@ -56,6 +56,7 @@ def add_parser(sub) -> None:
 def cmd_ema(args: argparse.Namespace) -> int:
     # lazy: start-up (torch loads only once the command line is accepted)
     from ..runs.posthoc_ema import parse_sweep, rebuilt_run_dir, sweep, write_rebuilt_run
+    from ..runs.rundir import RunDir
 
     if args.sweep is None:
         if args.keep_best:
@@ -79,7 +80,9 @@ def cmd_ema(args: argparse.Namespace) -> int:
         args.run, widths, args.metric, **drawn, network=args.inception, progress=not args.no_progress, tell=row
     )
     best = table["best_sigma_rel"]
-    print(f"best sigma_rel {best:.4f} by {table['ranked_by']} (table kept in {args.run}/ema_snapshots)")
+    print(
+        f"best sigma_rel {best:.4f} by {table['ranked_by']} (table kept in {RunDir(args.run).ema_sweep(args.metric)})"
+    )
     if args.keep_best:
         path = write_rebuilt_run(args.run, best, args.out, args.force)
         print(f"wrote {path}")

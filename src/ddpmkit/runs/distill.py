@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..config import ExperimentConfig, config_from_checkpoint, deep_merge, experiment_from_dict, parse_assignments
 from ..errors import UserError
+from ..options import DistillMethod, check_choice
 from ..train.checkpoint import read_checkpoint
 from ..train.signals import TrainingInterrupted
 from .rundir import RunDir, resolve_checkpoint
@@ -56,8 +57,7 @@ def teacher_cost(cfg: ExperimentConfig, step: int | None = None) -> float | None
 def distill_config(teacher: str | Path, method: str = "ect", steps: int | None = None, sets: dict | None = None):
     """The config of an ECT run tuned from the run (or checkpoint) ``teacher``: the teacher's, with its data's
     preset train settings, the ``distill`` section, then ``steps`` and the ``--set`` assignments ``sets``."""
-    if method != "ect":
-        raise UserError(f"unknown distillation method {method!r}; known: ect")
+    check_choice("distillation method", method, DistillMethod)
     file = resolve_checkpoint(teacher)
     ckpt = read_checkpoint(file)
     tcfg = config_from_checkpoint(ckpt["config"], ckpt["version"])

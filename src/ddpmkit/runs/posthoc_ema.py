@@ -20,7 +20,7 @@ from ..eval.inception import InceptionFeatures
 from ..eval.quality import load_stats, reference_stats
 from ..files import write_text
 from ..images import to_uint8
-from ..options import Device, EMASweepMetric, choices
+from ..options import Device, EMASweepMetric, check_choice, choices
 from ..power_ema import (
     PowerProfile,
     gamma_from_sigma_rel,
@@ -168,8 +168,7 @@ def sweep(
     RUN/ema_snapshots/sweep-<metric>.json) and the best width. Samples are drawn with the run's sampler in ``steps``
     calls (None: its own); FID compares with ``ref`` (as ``eval --ref``), read or computed once for all widths, with
     the Inception ``network`` (None: the installed wheel's; another file is accepted unchecked, as ``--inception``)."""
-    if metric not in SWEEP_METRICS:
-        raise UserError(f"--metric must be one of {', '.join(SWEEP_METRICS)}, got {metric!r}")
+    check_choice("--metric", metric, EMASweepMetric)
     if num is not None:
         positive_int("--num", num)  # not `num or default` below: 0 would score the default's count
     snapshots = read_snapshots(run_dir)

@@ -189,7 +189,7 @@ def _grids(run_dir: Path) -> str:
 
 
 def _trajectory(run_dir: Path, device: Device) -> str:
-    if not any(RunDir(run_dir).checkpoints.glob("*.pt")):
+    if RunDir(run_dir).latest_checkpoint() is None:
         return '<p class="note">no checkpoint to draw from</p>'
     run = Run.load(run_dir, device=device)
     if not run.is_image:
@@ -265,7 +265,7 @@ def _evaluation(run_dir: Path) -> str:
 
 def _posthoc_ema(run_dir: Path) -> list[str]:
     """The section of the run's EMA width sweeps (RUN/ema_snapshots/sweep-*.json); none without a sweep."""
-    files = sorted(RunDir(run_dir).ema_snapshots.glob("sweep-*.json"))
+    files = RunDir(run_dir).list_ema_sweeps()
     if not files:
         return []
     return [_section("posthoc-ema", "Post-hoc EMA", "\n".join(_sweep(f) for f in files))]

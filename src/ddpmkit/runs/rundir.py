@@ -108,6 +108,10 @@ class RunDir:
         """Where ``ddpmkit ema --sweep`` keeps its table for ``metric``."""
         return self.ema_snapshots / f"sweep-{metric}.json"
 
+    def list_ema_sweeps(self) -> list[Path]:
+        """The tables ``ddpmkit ema --sweep`` kept, by name."""
+        return sorted(self.ema_snapshots.glob(self.ema_sweep("*").name))
+
     def list_checkpoints(self) -> list[Path]:
         """The run's checkpoints, oldest (lowest step) first."""
         return [p for _, p in _step_files(self.checkpoints)]
