@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..consistency import ECTParams, NoiseLevels, consistency_function, ect_loss, sample_noise_levels, stage_of
 from ..options import Prediction
+from .objective import draw_label_drop, with_null_labels
 
 __all__ = ["ConsistencyObjective"]
 
@@ -61,15 +62,13 @@ class ConsistencyObjective:
         p = self.params
         sigma = sample_noise_levels(batch_size, self.levels, p.p_mean, p.p_std, generator, device)
         noise = torch.randn((batch_size, *sample_shape), device=device, generator=generator)
-        drop = torch.rand(batch_size, device=device, generator=generator) < self.p_uncond
-        return sigma, noise, drop
+        return sigma, noise, draw_label_drop(batch_size, self.p_uncond, device, generator)
 
     def __call__(
         self, model, x0: Tensor, y: Tensor | None, sigma: Tensor, noise: Tensor, drop: Tensor
     ) -> tuple[Tensor, Tensor]:
         """(scalar loss to back-propagate, per-example losses detached)."""
-        if y is not None and self.p_uncond > 0 and self.null_class is not None:
-            y = torch.where(drop, torch.full_like(y, self.null_class), y)
+        y = with_null_labels(y, drop, self.p_uncond, self.null_class)
         f = consistency_function(model, self.levels, self.prediction, self.learned_range, self.clip)
         losses = ect_loss(f, x0, self.levels, self.stage, self.params, y=y, sigma_t=sigma, noise=noise.to(x0.dtype))
         return losses.mean(), losses.detach()

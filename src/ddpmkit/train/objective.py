@@ -17,7 +17,7 @@ from ..diffusion import GaussianDiffusion
 from ..timestep_sampling import LossAwareTimesteps, UniformTimesteps
 from .distributed import DistInfo, all_gather_cat
 
-__all__ = ["DiffusionObjective", "Objective"]
+__all__ = ["DiffusionObjective", "Objective", "draw_label_drop", "with_null_labels"]
 
 
 class Objective(Protocol):
@@ -41,6 +41,18 @@ class Objective(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, extra: dict) -> None: ...
+
+
+def draw_label_drop(batch_size: int, p_uncond: float, device, generator: torch.Generator) -> Tensor:
+    """Which examples of a global batch learn unconditionally (classifier-free guidance's label dropout)."""
+    return torch.rand(batch_size, device=device, generator=generator) < p_uncond
+
+
+def with_null_labels(y: Tensor | None, drop: Tensor, p_uncond: float, null_class: int | None) -> Tensor | None:
+    """``y`` with the ``drop``ped examples' labels replaced by the null class (unchanged without label dropout)."""
+    if y is None or p_uncond <= 0 or null_class is None:
+        return y
+    return torch.where(drop, torch.full_like(y, null_class), y)
 
 
 class DiffusionObjective:
@@ -78,15 +90,13 @@ class DiffusionObjective:
         """
         t, w = self.timesteps.sample(batch_size, device, generator)
         noise = torch.randn((batch_size, *sample_shape), device=device, generator=generator)
-        drop = torch.rand(batch_size, device=device, generator=generator) < self.p_uncond
-        return t, w, noise, drop
+        return t, w, noise, draw_label_drop(batch_size, self.p_uncond, device, generator)
 
     def __call__(
         self, model, x0: Tensor, y: Tensor | None, t: Tensor, weights: Tensor, noise: Tensor, drop: Tensor
     ) -> tuple[Tensor, Tensor]:
         """(scalar loss to back-propagate, per-example losses detached)."""
-        if y is not None and self.p_uncond > 0 and self.null_class is not None:
-            y = torch.where(drop, torch.full_like(y, self.null_class), y)
+        y = with_null_labels(y, drop, self.p_uncond, self.null_class)
         losses = self.diffusion.training_losses(model, x0, t, y, noise)
         return (losses * weights).mean(), losses.detach()
 
