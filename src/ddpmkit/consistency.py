@@ -202,8 +202,9 @@ class ECTParams:
 
     def __post_init__(self) -> None:
         check_choice("distance", self.distance, Distance)
-        if not self.p_std > 0 or not self.q > 1 or self.k < 0 or self.b < 0:
-            raise UserError(f"ECT needs p_std > 0, q > 1, k >= 0 and b >= 0, got {self}")
+        finite = all(math.isfinite(v) for v in (self.p_mean, self.p_std, self.q, self.k, self.b))
+        if not finite or not self.p_std > 0 or not self.q > 1 or not self.k >= 0 or not self.b >= 0:  # NaN fails too
+            raise UserError(f"ECT needs a finite p_mean, p_std > 0, q > 1, k >= 0 and b >= 0, got {self}")
         if self.huber_c is not None and not self.huber_c > 0:
             raise UserError(f"the pseudo-Huber constant c must be positive, got {self.huber_c}")
 

@@ -195,8 +195,9 @@ def test_ect_defaults_are_the_papers():
     assert (p.p_mean, p.p_std, p.q, p.k, p.b, p.distance) == (-1.1, 2.0, 2.0, 8.0, 1.0, "l2")
     with pytest.raises(UserError, match="distance"):
         C.ECTParams(distance="l1")
-    with pytest.raises(UserError):
-        C.ECTParams(q=1.0)
+    for bad in ({"q": 1.0}, {"k": float("nan")}, {"b": float("nan")}, {"p_mean": float("inf")}, {"p_std": 0.0}):
+        with pytest.raises(UserError, match="ECT needs"):
+            C.ECTParams(**bad)
 
 
 def test_r_of_t_follows_the_formula_and_delta_t_shrinks_by_q_per_stage():

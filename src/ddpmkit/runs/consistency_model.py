@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..samplers import Generator, randn
 from ..train.checkpoint import read_checkpoint
 from ..train.consistency_objective import ConsistencyObjective
+from ..validate import positive_int
 from .build import check_state_dict
 from .sampling import SamplingRequest
 
@@ -116,9 +117,7 @@ def check_consistency_options(sc: SampleConfig, asked: SamplingRequest) -> int:
         raise UserError("guidance does not apply to a consistency model: it was tuned at guidance 1 (labels work)")
     calls = sc.steps if asked.steps is None else asked.steps
     calls = 2 if calls is None else calls
-    if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
-        raise UserError(f"steps must be a positive number of network calls, got {calls!r}")
-    return calls
+    return positive_int("steps (network calls)", calls)
 
 
 def sample_consistency(
