@@ -25,6 +25,7 @@ from .errors import UserError
 from .options import ConsistencyDistance as Distance
 from .options import Prediction, check_choice
 from .samplers import Generator, randn
+from .timestep_grids import karras_sigmas
 from .validate import int_in_range, number_in_range, positive_int
 
 __all__ = [
@@ -346,7 +347,6 @@ def ect_loss(
 
 # --------------------------------------------------------------------------- sampling
 ECT_MID_SIGMA = 0.821  # the two-call sampler's intermediate level (Song & Dhariwal 2023; ECT's default mid_t)
-KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5
 
 
 def sampling_sigmas(levels: NoiseLevels, calls: int, mid: Sequence[float] | None = None) -> Tensor:
@@ -360,9 +360,8 @@ def sampling_sigmas(levels: NoiseLevels, calls: int, mid: Sequence[float] | None
         if calls == 2:
             mid = [ECT_MID_SIGMA]
         else:
-            i = torch.arange(calls + 1, dtype=torch.float64) / calls
-            hi, lo = levels.sigma_max ** (1 / KARRAS_RHO), levels.sigma_min ** (1 / KARRAS_RHO)
-            mid = ((hi + i * (lo - hi)) ** KARRAS_RHO)[1:calls].tolist()
+            at = torch.arange(calls + 1, dtype=torch.float64) / calls
+            mid = karras_sigmas(levels.sigma_max, levels.sigma_min, at)[1:calls].tolist()
     sig = torch.tensor([levels.sigma_max, *mid], dtype=torch.float64)
     if len(mid) != calls - 1 or not bool((sig[1:] < sig[:-1]).all()) or float(sig[-1]) <= levels.sigma_min:
         raise UserError(
@@ -402,9 +401,7 @@ def edit_sigmas(levels: NoiseLevels, strength: float, calls: int) -> Tensor | No
     if n0 == 0:
         return None
     top = float(levels.sigma(torch.tensor(float(n0 - 1))))
-    i = torch.arange(calls, dtype=torch.float64) / calls
-    hi, lo = top ** (1 / KARRAS_RHO), levels.sigma_min ** (1 / KARRAS_RHO)
-    return (hi + i * (lo - hi)) ** KARRAS_RHO
+    return karras_sigmas(top, levels.sigma_min, torch.arange(calls, dtype=torch.float64) / calls)
 
 
 def consistency_jumps(

@@ -11,10 +11,17 @@ from .errors import UserError
 from .options import Spacing, check_choice
 from .validate import int_in_range, positive_int
 
-__all__ = ["sampling_timesteps", "as_abar", "log_snr", "interp", "KARRAS_RHO", "SNR_ROOT"]
+__all__ = ["sampling_timesteps", "as_abar", "log_snr", "interp", "karras_sigmas", "KARRAS_RHO", "SNR_ROOT"]
 
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5: the sigma grid's curvature
 SNR_ROOT = 8.0  # "snr_root" is uniform in SNR^(1/SNR_ROOT) (measured: docs/samplers.md)
+
+
+def karras_sigmas(sigma_max: float, sigma_min: float, at: Tensor) -> Tensor:
+    """The noise levels at fractions ``at`` (0: sigma_max, 1: sigma_min) of Karras et al.'s grid, uniform in
+    sigma^(1/rho) (2022, eq. 5)."""
+    hi, lo = sigma_max ** (1 / KARRAS_RHO), sigma_min ** (1 / KARRAS_RHO)
+    return (hi + at * (lo - hi)) ** KARRAS_RHO
 
 
 def sampling_timesteps(

@@ -10,7 +10,6 @@ from torch import Tensor, nn
 
 from ..config import DistillConfig, ExperimentConfig, SampleConfig
 from ..consistency import (
-    KARRAS_RHO,
     ConsistencyFn,
     ECTParams,
     NoiseLevels,
@@ -23,6 +22,7 @@ from ..consistency import (
 from ..diffusion import GaussianDiffusion
 from ..errors import UserError
 from ..samplers import Generator, randn
+from ..timestep_grids import karras_sigmas
 from ..train.checkpoint import read_checkpoint
 from ..train.consistency_objective import ConsistencyObjective
 from ..validate import positive_int
@@ -171,6 +171,6 @@ def run_sampling_sigmas(levels: NoiseLevels, calls: int, mid: Sequence[float] = 
     if calls == 2 and levels.sigma_min < TWO_CALL_MID_SIGMA < levels.sigma_max:
         return sampling_sigmas(levels, 2, [TWO_CALL_MID_SIGMA])
     if calls == 2:
-        hi, lo = levels.sigma_max ** (1 / KARRAS_RHO), levels.sigma_min ** (1 / KARRAS_RHO)
-        return sampling_sigmas(levels, 2, [((hi + lo) / 2) ** KARRAS_RHO])
+        half_way = karras_sigmas(levels.sigma_max, levels.sigma_min, torch.tensor(0.5, dtype=torch.float64))
+        return sampling_sigmas(levels, 2, [float(half_way)])
     return sampling_sigmas(levels, calls)
