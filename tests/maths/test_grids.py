@@ -118,16 +118,3 @@ def test_training_grid_is_one_class_per_row(digits_run):
         assert np.all(block(grid, cls, 1, size) == GRID_GAP_VALUE)
     for cls in range(2):
         assert not np.all(block(grid, cls, 1, size) == GRID_GAP_VALUE)
-
-
-def test_karras_sigmas_run_from_sigma_max_to_sigma_min_evenly_in_sigma_to_the_one_seventh():
-    from ddpmkit.timestep_grids import karras_sigmas
-
-    at = torch.linspace(0, 1, 9, dtype=torch.float64)
-    sigmas = karras_sigmas(80.0, 0.002, at)
-    torch.testing.assert_close(sigmas[[0, -1]], torch.tensor([80.0, 0.002], dtype=torch.float64), rtol=1e-12, atol=0)
-    root = sigmas ** (1 / 7)
-    torch.testing.assert_close(
-        root[1:] - root[:-1], torch.full((8,), (0.002 ** (1 / 7) - 80.0 ** (1 / 7)) / 8, dtype=torch.float64)
-    )
-    assert bool((sigmas[1:] < sigmas[:-1]).all())
