@@ -182,8 +182,8 @@ def save_points_npz(path: str | Path, points: np.ndarray, labels: np.ndarray | N
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read a sample file written by ``save_npz``: (images uint8 NHWC, labels int64 or None)."""
+def read_sample_arrays(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ``images`` and optional ``labels`` arrays of a sample ``.npz`` as stored (``load_npz`` checks them)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"sample file not found: {path}")
@@ -195,8 +195,16 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
             labels = z["labels"] if "labels" in z.files else None
     except UserError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise UserError(f"cannot read sample file {path}: {e}") from None
+    except (ValueError, zipfile.BadZipFile, EOFError):  # numpy's own words would suggest unpickling: never
+        raise UserError(f"cannot read sample file {path}: not a NumPy .npz of plain arrays, or a damaged one") from None
+    except OSError as e:
+        raise UserError(f"cannot read sample file {path}: {e.strerror or e}") from None
+    return images, labels
+
+
+def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a sample file written by ``save_npz``: (images uint8 NHWC, labels int64 or None)."""
+    images, labels = read_sample_arrays(path)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3):
         raise UserError(f"'images' in {path} is not uint8 [N, H, W, C] with C = 1 or 3: {images.dtype} {images.shape}")
     if labels is not None and (labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer)):

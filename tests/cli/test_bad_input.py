@@ -6,6 +6,8 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 from helpers import assert_user_error, run_cli, run_cli_out
@@ -85,3 +87,14 @@ def test_outputs_that_are_directories_or_unwritable_are_refused_before_any_work(
     code, err = run_cli("eval", DIGITS, "--out", tmp_path / "r.json", "--force")
     assert_user_error(code, err, "is a directory")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "r.json"]  # no DIR.tmp left
+
+
+@pytest.mark.parametrize("metric", ["digits", "fid"])
+def test_a_file_that_is_not_a_plain_npz_is_refused_without_suggesting_to_unpickle_it(tmp_path, metric):
+    text, objects = tmp_path / "notes.npz", tmp_path / "objects.npz"
+    text.write_text("not an archive")
+    np.savez(objects, images=np.array([object()], dtype=object))
+    for bad in (text, objects):
+        code, err = run_cli("eval", bad, "--metric", metric, "--ref", tmp_path / "ref.npz")
+        assert_user_error(code, err, "cannot read sample file", "not a NumPy .npz of plain arrays")
+        assert "pickle" not in err

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -215,24 +214,6 @@ def _pixel_report(x: np.ndarray, ref_x: np.ndarray) -> dict:
         "pixel_mean_abs_error": float(np.mean(np.abs(x.mean(0) - ref_x.mean(0)))),
         "pixel_std_abs_error": float(np.mean(np.abs(x.std(0) - ref_x.std(0)))),
     }
-
-
-def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read a sample file .npz: `images` uint8 [N, H, W, C] and optional `labels` int64 [N]."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"sample file not found: {p}")
-    try:
-        with np.load(p, allow_pickle=False) as data:
-            if "images" not in data:
-                raise UserError(f"{p} has no 'images' array (keys: {sorted(data.keys())})")
-            images = data["images"]
-            labels = data["labels"] if "labels" in data else None
-    except UserError:
-        raise
-    except Exception:  # not a readable .npz archive
-        raise UserError(f"cannot read {p}: not a NumPy .npz sample file") from None
-    return images, labels
 
 
 if __name__ == "__main__":  # the judge's old command line: say where it went instead of doing nothing

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import cast
 
 from ..errors import UserError
-from ..eval.digits import evaluate_digit_samples, load_samples
+from ..eval.digits import evaluate_digit_samples
+from ..images import read_sample_arrays
 from ..options import Device, SamplerName, Split
 from .quality import evaluate_quality
 from .report import record_eval
@@ -51,7 +52,7 @@ def evaluate(
                 f"--metric digits scores a samples .npz, not a run directory: write one with "
                 f"`ddpmkit sample {source} --labels all --out samples.npz`"
             )
-        images, given = load_samples(source)
+        images, given = read_sample_arrays(source)  # the judge checks their shape: [N, 8, 8] or [N, 8, 8, 1]
         return evaluate_digit_samples(
             images,
             given if labels else None,
