@@ -182,24 +182,26 @@ def save_points_npz(path: str | Path, points: np.ndarray, labels: np.ndarray | N
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def read_sample_arrays(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """The ``images`` and optional ``labels`` arrays of a sample ``.npz`` as stored (``load_npz`` checks them)."""
+def read_npz(path: str | Path, what: str) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, never unpickling anything; ``what`` names the file in messages."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"sample file not found: {path}")
+        raise UserError(f"{what} not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as z:
-            if "images" not in z.files:
-                raise UserError(f"no 'images' array in {path}")
-            images = z["images"]
-            labels = z["labels"] if "labels" in z.files else None
-    except UserError:
-        raise
+            return {key: z[key] for key in z.files}
     except (ValueError, zipfile.BadZipFile, EOFError):  # numpy's own words would suggest unpickling: never
-        raise UserError(f"cannot read sample file {path}: not a NumPy .npz of plain arrays, or a damaged one") from None
+        raise UserError(f"cannot read {what} {path}: not a NumPy .npz of plain arrays, or a damaged one") from None
     except OSError as e:
-        raise UserError(f"cannot read sample file {path}: {e.strerror or e}") from None
-    return images, labels
+        raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
+def read_sample_arrays(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ``images`` and optional ``labels`` arrays of a sample ``.npz`` as stored (``load_npz`` checks them)."""
+    arrays = read_npz(path, "sample file")
+    if "images" not in arrays:
+        raise UserError(f"no 'images' array in {path}")
+    return arrays["images"], arrays.get("labels")
 
 
 def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:

@@ -19,7 +19,6 @@ mode, or from images of another shape, is refused with a UserError. The network 
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch
 
 from ..errors import UserError
 from ..files import atomic_write
+from ..images import read_npz
 from ..options import Layout, QualityMetric, choices
 from .inception import FEATURE_BATCH, InceptionFeatures, as_uint8_nchw, check_resize
 from .metrics import gaussian_frechet_distance, kid_with_stderr, precision_recall
@@ -137,14 +137,8 @@ def save_features(path: str | Path, stats: dict) -> Path:
 
 
 def _read_npz(path: Path) -> dict:
-    """All arrays of an .npz file, without unpickling anything."""
-    if not path.is_file():
-        raise UserError(f"reference file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {key: f[key] for key in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise UserError(f"cannot read {path} as .npz: {e}") from None
+    """All arrays of a reference .npz file, without unpickling anything."""
+    return read_npz(path, "reference file")
 
 
 def load_stats(path: str | Path) -> dict:

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..editing import check_inpaint_sampler, edit_timesteps, repaint_schedule, slerp_frames
 from ..errors import UserError
-from ..images import load_npz, make_trajectory_grid, save_npz, save_png, tile_scale, to_uint8, uint8_to_float
+from ..images import load_npz, make_trajectory_grid, read_npz, save_npz, save_png, tile_scale, to_uint8, uint8_to_float
 from ..options import Precision, SamplerName, Spacing
 from ..samplers import randn
 from ..sampling_options import SamplingOptions
@@ -113,13 +113,10 @@ def read_mask(path: str | Path, run: Run, count: int) -> Tensor:
 
 
 def _read_npz_mask(path: Path) -> np.ndarray:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "mask" not in z.files:
-                raise UserError(f"no 'mask' array in {path}")
-            m = z["mask"]
-    except (OSError, ValueError, EOFError) as e:
-        raise UserError(f"cannot read mask file {path}: {e}") from None
+    arrays = read_npz(path, "mask file")
+    if "mask" not in arrays:
+        raise UserError(f"no 'mask' array in {path}")
+    m = arrays["mask"]
     if m.ndim == 4 and m.shape[-1] == 1:
         m = m[..., 0]
     if m.dtype != np.bool_ and not np.issubdtype(m.dtype, np.integer) and not np.issubdtype(m.dtype, np.floating):
