@@ -36,6 +36,7 @@ __all__ = [
     "Variance",
     "sampling_timesteps",
     "randn",
+    "seeded_generators",
     "ddpm_sample",
     "ddim_sample",
     "ddim_invert",
@@ -91,6 +92,11 @@ def randn(
         raise UserError(f"got {len(generators)} generators for a batch of {shape[0] if shape else 0} samples")
     rows = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generators]
     return torch.cat(rows).to(device)
+
+
+def seeded_generators(seed: int, draws: range, device: torch.device | str) -> list[torch.Generator]:
+    """One generator per draw, draw i seeded ``seed + i``: what a draw gets does not depend on the batching."""
+    return [torch.Generator(device=device).manual_seed(seed + i) for i in draws]
 
 
 # --------------------------------------------------------------------------- samplers

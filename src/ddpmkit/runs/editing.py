@@ -30,7 +30,7 @@ from ..editing import check_inpaint_sampler, edit_timesteps, repaint_schedule, s
 from ..errors import UserError
 from ..images import load_npz, make_trajectory_grid, read_npz, save_npz, save_png, tile_scale, to_uint8, uint8_to_float
 from ..options import Precision, SamplerName, Spacing
-from ..samplers import randn
+from ..samplers import randn, seeded_generators
 from ..sampling_options import SamplingOptions
 from ..train.runtime import autocast_context, autocast_dtype
 from ..validate import check_guidance, check_seed, int_in_range, positive_int
@@ -182,7 +182,7 @@ def _edit_batches(
     out = []
     for start in range(0, len(x), batch_size):
         part = slice(start, min(start + batch_size, len(x)))
-        gens = [torch.Generator(device=device).manual_seed(seed + j) for j in range(part.start, part.stop)]
+        gens = seeded_generators(seed, range(part.start, part.stop), device)
         yb = None if y is None else y[part].to(device)
         with torch.no_grad(), autocast_context(device, amp):
             out.append(edit_batch(part, x[part].to(device), yb, gens).float().cpu())

@@ -16,6 +16,7 @@ from ..diffusion import GaussianDiffusion
 from ..errors import UserError
 from ..nn import UNetConfig
 from ..options import Device, Precision, SamplerName, Spacing
+from ..samplers import seeded_generators
 from ..sampling_options import SamplingOptions
 from ..train.runtime import autocast_context, autocast_dtype, compute_device
 from ..validate import check_seed, positive_int
@@ -204,7 +205,7 @@ class Run:
         chunks = []
         for start in range(0, num, batch_size):
             n = min(batch_size, num - start)
-            gens = [torch.Generator(device=self.device).manual_seed(seed + start + i) for i in range(n)]
+            gens = seeded_generators(seed, range(start, start + n), self.device)
             part = None if y is None else y[start : start + n].to(self.device)
             with torch.no_grad(), autocast_context(self.device, amp):
                 x = sample_consistency(
@@ -243,7 +244,7 @@ class Run:
 
     def _draw(self, plan: SamplingPlan, start: int, n: int, seed: int, amp, rows: list | None) -> Tensor:
         device = self.device
-        gens = [torch.Generator(device=device).manual_seed(seed + start + i) for i in range(n)]
+        gens = seeded_generators(seed, range(start, start + n), device)
         y = None if plan.labels is None else plan.labels[start : start + n].to(device)
         callback = None if rows is None else _trajectory_callback(rows, plan.calls)
         with autocast_context(device, amp):

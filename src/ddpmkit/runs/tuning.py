@@ -26,7 +26,7 @@ from torch import Tensor
 from ..errors import UserError
 from ..files import write_text
 from ..options import SamplerName, Spacing, check_choice, choices
-from ..samplers import randn
+from ..samplers import randn, seeded_generators
 from ..sampling_options import SamplingOptions
 from ..timestep_grids import interp, log_snr, sampling_timesteps
 from ..validate import check_seed, int_in_range, positive_int
@@ -197,7 +197,7 @@ def tune_steps(
 
 def _noise(run, n: int, seed: int) -> tuple[Tensor, Tensor | None]:
     """x_T of draws seed, seed + 1, ... as ``Run.sample`` draws them, and labels cycling over the classes."""
-    gens = [torch.Generator(device=run.device).manual_seed(seed + i) for i in range(n)]
+    gens = seeded_generators(seed, range(n), run.device)
     x_T = randn((n, *run.sample_shape), gens, run.device, torch.float32)
     return x_T, parse_labels(None, n, run.num_classes, run.class_names)
 
