@@ -332,7 +332,8 @@ class DistillConfig(_Checked):
     distance: ConsistencyDistance = "l2"  # ECT's L2 or iCT's pseudo-Huber
     huber_c: Optional[float] = None  # pseudo-Huber's c (None: 0.00054 sqrt(d))
     grid_calls: int = 2  # network calls of the training grids' consistency samples
-    # the sampler's intermediate levels for len + 1 calls (empty: ECT's 0.821 for two, the Karras grid for more)
+    # the sampler's intermediate levels for len + 1 calls (empty: 1.5 or the Karras middle for two, the Karras grid
+    # for more; runs/consistency_model.run_sampling_sigmas)
     mid_sigmas: tuple[float, ...] = ()
 
     def check(self) -> None:

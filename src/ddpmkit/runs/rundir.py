@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..files import TEMP_FILE, WriteError
 from ..train.checkpoint import read_checkpoint
 from ..train.metrics import truncate_metrics
+from ..validate import positive_int
 
 __all__ = [
     "RunDir",
@@ -123,8 +124,7 @@ class RunDir:
 
     def prune_checkpoints(self, keep: int) -> list[Path]:
         """Delete all but the newest ``keep`` checkpoints; return the deleted paths."""
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise UserError(f"number of checkpoints to keep must be an integer >= 1, got {keep!r}")
+        positive_int("the number of checkpoints to keep", keep)
         doomed = self.list_checkpoints()[:-keep]
         for path in doomed:
             path.unlink(missing_ok=True)

@@ -34,6 +34,7 @@ from torch import nn
 from ..ema import EMA, unwrap_model
 from ..errors import UserError
 from ..files import atomic_write
+from ..validate import is_int
 
 FORMAT = "ddpmkit-checkpoint"
 VERSION = 2  # bump on every change of the layout, with an upgrade in config/upgrades.py where the config changed
@@ -191,6 +192,6 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     missing = [key for key in REQUIRED_KEYS if key not in ckpt]
     if missing:
         raise UserError(f"{path} is not a complete ddpmkit checkpoint (missing: {', '.join(missing)})")
-    if not isinstance(ckpt["model"], Mapping) or not isinstance(ckpt["step"], int):
+    if not isinstance(ckpt["model"], Mapping) or not is_int(ckpt["step"]):
         raise UserError(f"{path} is not a readable checkpoint (malformed model or step entry)")
     return ckpt

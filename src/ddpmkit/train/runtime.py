@@ -12,6 +12,7 @@ import sys
 import torch
 
 from ..errors import UserError
+from ..options import Device, check_choice
 
 __all__ = [
     "compute_device",
@@ -35,8 +36,7 @@ def cpu_threads() -> str:
 def compute_device(prefer: str = "auto", local_rank: int | None = None) -> torch.device:
     """The device to compute on: cuda (GPU ``local_rank``, torchrun's; else the current one) when CUDA is used,
     else cpu."""
-    if prefer not in ("auto", "cpu", "cuda"):
-        raise UserError(f"device must be 'auto', 'cpu' or 'cuda', got {prefer!r}")
+    check_choice("device", prefer, Device)
     if prefer == "cpu" or (prefer == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
