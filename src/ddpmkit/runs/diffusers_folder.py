@@ -25,7 +25,7 @@ from torch import Tensor
 from ..config import ExperimentConfig, experiment_from_dict
 from ..errors import UserError
 from ..nn.unet import UNetConfig
-from ..options import Device
+from ..options import Device, Variance, choices
 from ..schedules import cosine_beta_schedule, linear_beta_schedule, scaled_linear_beta_schedule
 from ..train.distributed import DistInfo, device_for
 from .build import build_diffusion, build_model, check_state_dict
@@ -95,7 +95,6 @@ SCHEDULER_DEFAULTS: dict[str, Any] = {
 }
 _WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 _PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
-_VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 _OLD_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}  # diffusers < 0.14
 
 
@@ -457,8 +456,8 @@ def diffusion_from_scheduler(config: dict) -> dict:
         raise _refuse("scheduler _class_name", s["_class_name"], "ddpmkit maps DDPMScheduler's diffusion only")
     if s["prediction_type"] not in _PREDICTIONS:
         raise _refuse("prediction_type", s["prediction_type"], f"ddpmkit's are {', '.join(_PREDICTIONS)}")
-    if s["variance_type"] not in _VARIANCES:
-        raise _refuse("variance_type", s["variance_type"], f"ddpmkit's are {', '.join(_VARIANCES)}")
+    if s["variance_type"] not in choices(Variance):  # diffusers names ddpmkit's three variances alike
+        raise _refuse("variance_type", s["variance_type"], f"ddpmkit's are {', '.join(choices(Variance))}")
     if s["thresholding"]:
         raise _refuse("thresholding", True, "ddpmkit clips x0 to [-1, 1] (no dynamic thresholding)")
     if s["clip_sample"] and float(s["clip_sample_range"]) != 1.0:
