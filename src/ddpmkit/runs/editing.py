@@ -33,10 +33,10 @@ from ..options import Precision, SamplerName, Spacing
 from ..samplers import randn, seeded_generators
 from ..sampling_options import SamplingOptions
 from ..train.runtime import autocast_context, autocast_dtype
-from ..validate import check_guidance, check_seed, int_in_range, positive_int
+from ..validate import check_guidance, check_seed, int_in_range
 from .consistency_model import check_consistency_options, edit_consistency, is_consistency, sample_consistency
 from .run import Run
-from .sampling import Labels, SamplingRequest, check_steps, default_steps, parse_labels
+from .sampling import Labels, SamplingRequest, check_draws, check_steps, default_steps, parse_labels
 
 __all__ = ["Edited", "read_images", "read_mask", "inpaint", "edit", "interpolate", "write_edited"]
 
@@ -160,9 +160,7 @@ def _conditioning(run: Run, labels: Labels, n: int, guidance: float | None) -> t
 
 def _common(num: int, seed: int, batch_size: int, inputs: int) -> None:
     """The checks of every edit: ``num`` results of each of ``inputs`` images, result j seeded seed + j."""
-    positive_int("num", num)
-    positive_int("the batch size", batch_size)
-    check_seed(seed, inputs * num)
+    check_draws(num, seed, batch_size, "num", inputs * num)
 
 
 def _steps(run: Run, sampler: str, steps: int | None) -> int | None:

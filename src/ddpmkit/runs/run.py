@@ -19,13 +19,12 @@ from ..options import Device, Precision, SamplerName, Spacing
 from ..samplers import seeded_generators
 from ..sampling_options import SamplingOptions
 from ..train.runtime import autocast_context, autocast_dtype, compute_device
-from ..validate import check_seed, positive_int
 from .bpd import evaluate_bpd
 from .build import build_diffusion, build_model, check_state_dict
 from .consistency_model import check_consistency_options, is_consistency, sample_consistency
 from .diffusers_folder import is_diffusers_source, run_fields_from_diffusers
 from .rundir import read_named_checkpoint, resolve_checkpoint, run_dir_of
-from .sampling import Labels, SamplingRequest, default_steps, parse_labels, run_sampling_options
+from .sampling import Labels, SamplingRequest, check_draws, default_steps, parse_labels, run_sampling_options
 from .tuning import load_tuned
 
 __all__ = ["Run", "Samples", "class_names_of", "parse_labels", "default_steps", "describe_checkpoint"]
@@ -194,9 +193,7 @@ class Run:
         self, num: int, asked: SamplingRequest, labels: Labels, seed: int, batch_size: int, precision, trajectory: bool
     ) -> Samples:
         """``asked.steps`` calls (default: the run's sample.steps) of the consistency sampler; sample i: seed + i."""
-        positive_int("the number of samples", num)
-        check_seed(seed, num)
-        positive_int("the batch size", batch_size)
+        check_draws(num, seed, batch_size)
         if trajectory:
             raise UserError("a trajectory follows a diffusion sampler's steps; a consistency model makes a few jumps")
         calls = check_consistency_options(self.config.sample, asked)
@@ -225,9 +222,7 @@ class Run:
         self, num: int, seed: int, batch_size: int, trajectory: bool, labels: Labels, asked: SamplingRequest
     ) -> SamplingPlan:
         """Every option resolved against the run's config and checked."""
-        positive_int("the number of samples", num)
-        check_seed(seed, num)
-        positive_int("the batch size", batch_size)
+        check_draws(num, seed, batch_size)
         if trajectory and not self.is_image:
             raise UserError("a trajectory draws images; this model makes 2-D points")
         T = self.diffusion.num_timesteps

@@ -12,9 +12,17 @@ from ..config import SampleConfig
 from ..errors import UserError
 from ..options import SamplerName, Spacing
 from ..sampling_options import SamplingOptions
-from ..validate import check_guidance, is_int
+from ..validate import check_guidance, check_seed, is_int, positive_int
 
-__all__ = ["Labels", "SamplingRequest", "default_steps", "check_steps", "run_sampling_options", "parse_labels"]
+__all__ = [
+    "Labels",
+    "SamplingRequest",
+    "check_draws",
+    "default_steps",
+    "check_steps",
+    "run_sampling_options",
+    "parse_labels",
+]
 
 Labels = str | int | Sequence[int | str] | Tensor | None
 
@@ -28,6 +36,14 @@ class SamplingRequest(NamedTuple):
     spacing: Spacing | None = None
     order: int | None = None
     guidance: float | None = None
+
+
+def check_draws(num: int, seed: int, batch_size: int, name: str = "the number of samples", draws: int = 0) -> None:
+    """``num`` (``name`` in messages) and ``batch_size`` positive, ``seed`` valid for ``draws`` (default: ``num``)
+    draws seeded seed, seed + 1, ..."""
+    positive_int(name, num)
+    check_seed(seed, draws or num)
+    positive_int("the batch size", batch_size)
 
 
 def default_steps(sampler: str, sc: SampleConfig) -> int | None:
