@@ -4,8 +4,6 @@ as a run every command samples, or swept over widths and scored with a cheap met
 from __future__ import annotations
 
 import json
-import pickle
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,7 +27,7 @@ from ..power_ema import (
     reconstruct_state_dict,
 )
 from ..train.averages import SNAPSHOT_FORMAT
-from ..train.checkpoint import save_checkpoint
+from ..train.checkpoint import load_weights_only, save_checkpoint
 from ..validate import positive_int
 from .build import build_model
 from .outputs import check_output, claimed_folder
@@ -73,12 +71,7 @@ def read_snapshots(run_dir: str | Path) -> list[dict[str, Any]]:
         )
     snapshots = []
     for step, path in files:
-        try:
-            with warnings.catch_warnings():  # torch warns about foreign pickle protocols: we report one line
-                warnings.simplefilter("ignore")
-                snap = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-            raise UserError(f"cannot read EMA snapshot {str(path)!r}: {str(e).splitlines()[0]}") from None
+        snap = load_weights_only(path, "EMA snapshot")
         if not isinstance(snap, dict) or snap.get("format") != SNAPSHOT_FORMAT or snap.get("step") != step:
             raise UserError(f"{str(path)!r} is not a power EMA snapshot of step {step}")
         snapshots.append(snap)

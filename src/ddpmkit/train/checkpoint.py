@@ -165,23 +165,30 @@ def save_checkpoint(
 # --------------------------------------------------------------------------- load
 
 
-def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load and check a checkpoint file with weights_only=True (its ``version`` says how to read its config)."""
+def load_weights_only(path: str | Path, what: str, map_location: Any = "cpu") -> Any:
+    """A ddpmkit file (``what``: checkpoint, EMA snapshot) read with weights_only=True, so never running code; any
+    failure is one UserError (a file that asks to import or run code is refused as unsafe)."""
     path = Path(path)
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols: we report one line
             warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         if "GLOBAL" in str(exc):
             raise UserError(
-                f"refused to load unsafe content: {path} is not a ddpmkit checkpoint (it asks to import or run code)"
+                f"refused to load unsafe content: {path} is not a ddpmkit {what} (it asks to import or run code)"
             ) from None
-        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt)") from None
+        raise UserError(f"{path} is not a readable {what} (truncated or corrupt)") from None
     except (PermissionError, IsADirectoryError) as exc:
-        raise UserError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+        raise UserError(f"cannot read {what} {path}: {exc.strerror}") from None
     except Exception:  # noqa: BLE001 - torch raises many kinds for a damaged file
-        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupt)") from None
+        raise UserError(f"{path} is not a readable {what} (truncated or corrupt)") from None
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint file with weights_only=True (its ``version`` says how to read its config)."""
+    path = Path(path)
+    ckpt = load_weights_only(path, "checkpoint", map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a ddpmkit checkpoint (no format: {FORMAT!r} entry)")
     version = ckpt.get("version")
