@@ -21,12 +21,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .editing import sdedit_start
 from .errors import UserError
 from .options import ConsistencyDistance as Distance
 from .options import Prediction, check_choice
 from .samplers import Generator, randn
 from .timestep_grids import karras_sigmas
-from .validate import int_in_range, number_in_range, positive_int
+from .validate import int_in_range, positive_int
 
 __all__ = [
     "Distance",
@@ -395,9 +396,8 @@ def edit_sigmas(levels: NoiseLevels, strength: float, calls: int) -> Tensor | No
     The first is sigma at t0 = round(S T) - 1, the noisiest timestep a diffusion SDEdit of that strength keeps
     (:func:`ddpmkit.editing.edit_timesteps`); later calls follow the Karras rho = 7 grid from it to sigma_min.
     """
-    number_in_range("strength", strength, 0, 1)
+    n0 = sdedit_start(strength, levels.num_timesteps)
     positive_int("the consistency edit's calls", calls)
-    n0 = round(strength * levels.num_timesteps)
     if n0 == 0:
         return None
     top = float(levels.sigma(torch.tensor(float(n0 - 1))))

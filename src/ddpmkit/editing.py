@@ -29,6 +29,7 @@ from .validate import int_in_range, number_in_range, positive_int
 
 __all__ = [
     "repaint_schedule",
+    "sdedit_start",
     "inpaint",
     "check_mask",
     "check_inpaint_sampler",
@@ -150,6 +151,13 @@ def check_inpaint_sampler(sampler: SamplerName) -> SamplerName:
 
 
 # --------------------------------------------------------------------------- SDEdit
+def sdedit_start(strength: float, num_timesteps: int) -> int:
+    """n0 = round(S T): how many of the chain's first timesteps an SDEdit at ``strength`` S in [0, 1] keeps
+    (t0 = n0 - 1 is the noisiest; 0: no edit)."""
+    number_in_range("strength", strength, 0, 1)
+    return round(strength * num_timesteps)
+
+
 def edit_timesteps(
     num_timesteps: int, strength: float, steps: int, spacing: Spacing, alphas_cumprod: Tensor
 ) -> Tensor | None:
@@ -159,9 +167,8 @@ def edit_timesteps(
     sampler's ``spacing`` spreads max(1, round(S steps)) calls over it (at most n0): a strength-S
     edit costs about S of a full sampling, and S = 1 keeps exactly the sampler's own timesteps.
     """
-    number_in_range("strength", strength, 0, 1)
     abar = as_abar(alphas_cumprod)
-    n0 = round(strength * num_timesteps)
+    n0 = sdedit_start(strength, num_timesteps)
     if n0 == 0:
         return None
     calls = min(n0, max(1, round(strength * steps)))
