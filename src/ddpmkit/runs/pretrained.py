@@ -28,7 +28,10 @@ def import_diffusers(
     pretrained = read_diffusers(src, dataset)
     if out is None:
         out = Path("runs") / pretrained.config.name
-        out.parent.mkdir(exist_ok=True)
+        try:
+            out.parent.mkdir(exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create {str(out.parent)!r} for the run (give --out): {e.strerror or e}") from None
     run = RunDir(check_output(out, force, folder=True))
     if run.list_checkpoints():  # a newer step would hide the imported weights
         raise UserError(f"output {str(out)!r} holds a run's checkpoints; import into another directory")
