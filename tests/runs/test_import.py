@@ -4,6 +4,7 @@ import inspect
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -203,6 +204,17 @@ def test_import_writes_a_run_that_loads_and_records_its_source(cifar_dir, tmp_pa
     assert all(torch.equal(v, direct.model.state_dict()[k]) for k, v in loaded.model.state_dict().items())
     with pytest.raises(UserError, match="already exists"):
         import_diffusers(cifar_dir, out)
+
+
+def test_a_default_runs_folder_that_cannot_be_made_is_one_error(cifar_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "mkdir", refuse)  # root ignores a read-only folder's mode: refuse the mkdir itself
+    with pytest.raises(UserError, match="cannot create 'runs' for the run \\(give --out\\): Permission denied"):
+        import_diffusers(cifar_dir, dataset="cifar10")
 
 
 def test_run_load_takes_the_folder_itself_and_samples_as_the_imported_run(cifar_dir, tmp_path):
