@@ -67,6 +67,12 @@ def _foreach_copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
             d.copy_(s)
 
 
+def mismatch(exc: RuntimeError) -> str:
+    """The line of ``load_state_dict``'s error that says what does not match (its first line only names the model)."""
+    lines = str(exc).strip().splitlines()
+    return lines[1].strip() if len(lines) > 1 else (lines[0] if lines else "")
+
+
 class EMA:
     """Shadow copy of a model whose weights are an exponential moving average of the live ones."""
 
@@ -143,6 +149,4 @@ class EMA:
         try:
             self.model.load_state_dict(state)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()
-            detail = first[1].strip() if len(first) > 1 else (first[0] if first else "")
-            raise UserError(f"EMA state does not match the model: {detail}") from None
+            raise UserError(f"EMA state does not match the model: {mismatch(exc)}") from None

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .ema import unwrap_model
+from .ema import mismatch, unwrap_model
 from .errors import UserError
 from .validate import positive_int
 
@@ -310,7 +310,5 @@ class PowerEMA:
             try:
                 model.load_state_dict(average)
             except RuntimeError as exc:
-                lines = str(exc).strip().splitlines()
-                detail = lines[1].strip() if len(lines) > 1 else (lines[0] if lines else "")
-                raise UserError(f"power EMA state does not match the model: {detail}") from None
+                raise UserError(f"power EMA state does not match the model: {mismatch(exc)}") from None
         self.step = int(state["step"])
