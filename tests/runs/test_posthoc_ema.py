@@ -282,7 +282,10 @@ def test_an_ema_decay_in_a_config_file_is_refused_unless_a_dump_repeats_it(tmp_p
     for args in (["--config", tmp_path / "dump.yaml"], ["--preset", "digits", "--config", tmp_path / "dump.yaml"]):
         code, err = run_cli("train", *args, "--out", tmp_path / "r")
         assert code == 0, err
-    assert [cfg.train.ema_kind for cfg in trained] == ["power", "power"]
+    switched = ["--set", "train.ema_kind=power"]  # the power EMA chosen on the command line: the decay is moot
+    code, err = run_cli("train", "--preset", "digits", "--config", mine, *switched, "--out", tmp_path / "r")
+    assert code == 0, err
+    assert [cfg.train.ema_kind for cfg in trained] == ["power", "power", "power"]
 
 
 def test_a_power_ema_teacher_is_tuned_with_the_tunings_fixed_ema(power_run):

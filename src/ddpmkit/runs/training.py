@@ -408,13 +408,14 @@ UNUSED_BY_POWER_EMA = ("ema_decay", "ema_start")
 
 
 def _refuse_unused_ema_keys(cfg: ExperimentConfig, sets: dict, preset: str | None, config_file: str | None) -> None:
-    """``train.ema_decay`` (or ema_start) from ``--set``, or changed by a config file under a preset's power EMA
-    (the digits preset's), would be silently ignored; a file's value equal to the preset's is left alone."""
+    """``train.ema_decay`` (or ema_start) from ``--set``, or changed by a config file under the preset's power EMA
+    (the digits preset's, the EMA kind chosen nowhere else), would be silently ignored; a value equal to the
+    preset's is left alone."""
     if cfg.train.ema_kind != "power":
         return
     given = [f"--set train.{key}" for key in UNUSED_BY_POWER_EMA if key in sets.get("train", {})]
     mine = (read_yaml(config_file).get("train") or {}) if config_file is not None else {}
-    if mine.get("ema_kind") != "power":  # a file that chooses the power EMA itself knows what it asks for
+    if "ema_kind" not in mine and "ema_kind" not in sets.get("train", {}):  # the preset's power EMA, not one chosen
         base = (read_yaml(preset_path(preset)).get("train") or {}) if preset else {}
         for key in UNUSED_BY_POWER_EMA:
             if key in mine and mine[key] != base.get(key, getattr(TrainConfig, key)):
