@@ -66,7 +66,7 @@ def cmd_ema(args: argparse.Namespace) -> int:
         return 0
     widths = parse_sweep(args.sweep)
     if args.keep_best and args.out is not None:
-        rebuilt_run_dir(args.run, 0.0, args.out, args.force)  # refused now, not after the sweep
+        rebuilt_run_dir(args.run, args.out, args.force)  # refused now, not after the sweep
     header = [f"{'sigma_rel':>9}  {args.metric + ' score':>12}  {'fit error':>9}"]
 
     def row(r: dict) -> None:

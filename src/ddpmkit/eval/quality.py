@@ -136,16 +136,11 @@ def save_features(path: str | Path, stats: dict) -> Path:
     return _write_npz(path, {"features": feats.astype(np.float32), **_meta_arrays(stats)})
 
 
-def _read_npz(path: Path) -> dict:
-    """All arrays of a reference .npz file, without unpickling anything."""
-    return read_npz(path, "reference file")
-
-
 def load_stats(path: str | Path) -> dict:
     """Read a stats .npz (``mu``, ``sigma``) or a features cache (``features``) into a dict with
     mu, sigma, features (None for stats files) and whatever metadata the file carries."""
     path = Path(path)
-    raw = _read_npz(path)
+    raw = read_npz(path, "reference file")
     out: dict = {"features": None, "source": str(path)}
     if "features" in raw:
         feats = raw["features"].astype(np.float64)

@@ -18,7 +18,7 @@ from ..eval.inception import InceptionFeatures
 from ..eval.quality import load_stats, reference_stats
 from ..files import write_text
 from ..images import to_uint8
-from ..options import Device, EMASweepMetric, check_choice, choices
+from ..options import Device, EMASweepMetric, check_choice
 from ..power_ema import (
     PowerProfile,
     gamma_from_sigma_rel,
@@ -37,7 +37,6 @@ from .rundir import RunDir, load_checkpoint
 
 __all__ = [
     "Rebuilt",
-    "SWEEP_METRICS",
     "read_snapshots",
     "rebuild",
     "rebuilt_run_dir",
@@ -46,7 +45,6 @@ __all__ = [
     "sweep",
 ]
 
-SWEEP_METRICS = choices(EMASweepMetric)  # what a sweep scores each width with (cheap, stated in the table)
 # the score each metric ranks widths by, and whether higher is better
 _RANKED_BY = {"digits": ("accuracy", True), "fid": ("fid", False), "bpd": ("bpd", False)}
 
@@ -94,11 +92,10 @@ def _buffers(model: torch.nn.Module) -> set[str]:
     return set(model.state_dict()) - {name for name, _ in model.named_parameters()}
 
 
-def rebuilt_run_dir(run_dir: str | Path, sigma_rel: float, out: str | Path | None, force: bool = False) -> Path:
-    """Where ``write_rebuilt_run`` writes width ``sigma_rel`` (default ``RUN-ema<sigma_rel>``), checked as every
-    command's output folder is: a sweep with --keep-best and --out asks before it scores anything."""
-    src = Path(run_dir)
-    dst = Path(out if out is not None else f"{str(src).rstrip('/')}-ema{sigma_rel:g}")
+def rebuilt_run_dir(run_dir: str | Path, out: str | Path, force: bool = False) -> Path:
+    """``out`` checked as every command's output folder is, for ``write_rebuilt_run``: a sweep with --keep-best and
+    --out asks before it scores anything."""
+    src, dst = Path(run_dir), Path(out)
     if dst.resolve() == src.resolve():
         raise UserError(f"--out {str(dst)!r} is the run itself: give another directory")
     return check_output(dst, force, folder=True)
@@ -108,7 +105,8 @@ def write_rebuilt_run(run_dir: str | Path, sigma_rel: float, out: str | Path | N
     """A new run directory (default ``RUN-ema<sigma_rel>``) whose checkpoint is the run's latest with the EMA
     weights of width ``sigma_rel`` rebuilt from its snapshots; every command samples it."""
     gamma_from_sigma_rel(sigma_rel)  # a width out of range is refused before anything is read
-    dst = RunDir(rebuilt_run_dir(run_dir, sigma_rel, out, force))
+    default = f"{str(Path(run_dir)).rstrip('/')}-ema{sigma_rel:g}"
+    dst = RunDir(rebuilt_run_dir(run_dir, default if out is None else out, force))
     snapshots = read_snapshots(run_dir)
     ckpt = load_checkpoint(run_dir)
     cfg = config_from_checkpoint(ckpt["config"], ckpt["version"])
